@@ -1,0 +1,437 @@
+//! Configuration of both machines, with Fabric's preset and ours.
+
+use std::time::Duration;
+
+/// How the requester picks the peer for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerSelection {
+    /// Uniformly at random among the eligible peers, remembering nothing:
+    /// Fabric's `selectPeerToRequestFrom`.
+    Random,
+    /// The eligible peer with the fewest requests in flight, then the lowest
+    /// smoothed RTT; peers that failed recently are benched with an
+    /// exponential back-off, and a range that failed is retried elsewhere.
+    Scored,
+}
+
+/// Settings of [`AntiEntropy`](crate::AntiEntropy) and
+/// [`StateResponder`](crate::StateResponder).
+///
+/// Start from a preset and change fields:
+///
+/// ```
+/// let mut config = antientropy::Config::default();
+/// config.max_in_flight_per_peer = 4;
+/// config.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    // --- rounds -----------------------------------------------------------
+    /// Time between anti-entropy rounds (Fabric: `checkInterval`, 10 s).
+    pub check_interval: Duration,
+    /// Start a round as soon as a membership update shows a peer ahead of
+    /// us, instead of waiting for the next interval (Fabric: no).
+    pub round_on_membership: bool,
+
+    // --- requests ---------------------------------------------------------
+    /// A request asks for `[start, start + batch_size]` inclusive, so
+    /// `batch_size + 1` blocks (Fabric: `batchSize`, 10). The responder
+    /// rejects longer ranges. A stock Fabric responder rejects anything above
+    /// its own value, 10 by default.
+    pub batch_size: u64,
+    /// Deadline of a request before any round trip has been measured, and
+    /// the fixed deadline when `adaptive_timeout` is off (Fabric:
+    /// `responseTimeout`, 3 s).
+    pub response_timeout: Duration,
+    /// Derive each peer's deadline from its measured round trips
+    /// (SRTT + 4·RTTVAR, clamped to `min_response_timeout..=max_response_timeout`).
+    pub adaptive_timeout: bool,
+    /// Lower clamp of adaptive deadlines.
+    pub min_response_timeout: Duration,
+    /// Upper clamp of adaptive deadlines.
+    pub max_response_timeout: Duration,
+    /// Sends of one range beyond the first before the range is given up
+    /// (Fabric: `maxRetries`, 3, so 4 sends).
+    pub max_retries: u32,
+    /// Requests in flight at once over all peers (Fabric: 1).
+    pub max_in_flight: usize,
+    /// Requests in flight at once to one peer (Fabric: 1).
+    pub max_in_flight_per_peer: usize,
+    /// How a peer is chosen for a request.
+    pub peer_selection: PeerSelection,
+    /// Hedging of the range that holds back the commit point: once its
+    /// request has waited this long *and* longer than twice the asked peer's
+    /// smoothed RTT, the same request goes to a second peer. `None`: never.
+    pub hedge_after: Option<Duration>,
+
+    // --- buffering and back-pressure ----------------------------------------
+    /// Blocks from gossip or the orderer are buffered only if their number
+    /// lies in `[next, next + block_buffer)` (Fabric: `blockBufferSize`, 20).
+    pub block_buffer: u64,
+    /// Blocks ahead of the host's committed height (requested, buffered, or
+    /// delivered but not yet committed) beyond which no request is sent.
+    /// Fabric's blocking `addPayload` waits while more than
+    /// `2 · blockBufferSize` are buffered, which bounds it by 50.
+    pub window_blocks: u64,
+    /// The same bound in bytes of payloads held (buffered or delivered but
+    /// not yet committed) plus the estimated size of those in flight.
+    pub window_bytes: u64,
+    /// Largest message accepted from a peer, in bytes (Fabric's gRPC
+    /// default: 100 MiB).
+    pub max_message_size: usize,
+
+    // --- responder ------------------------------------------------------------
+    /// Bytes of block data and private data in one response: the responder
+    /// serves the longest prefix of the range that fits (always at least one
+    /// block) and the requester asks again for the rest. Fabric has no such
+    /// cap; its preset uses the gRPC message limit, 100 MiB.
+    pub max_response_bytes: usize,
+    /// Requests of one peer being served at once.
+    pub max_requests_per_peer: usize,
+    /// Token bucket per peer: blocks per second it refills at.
+    pub peer_blocks_per_second: u32,
+    /// Token bucket per peer: its capacity in blocks. At least
+    /// `batch_size + 1`, or a full request could never be admitted.
+    pub peer_burst_blocks: u32,
+    /// Requests waiting for a read slot over all peers (Fabric: 100,
+    /// `channelSize`, then silent drops).
+    pub max_queued_requests: usize,
+    /// Reads handed to the host at once (Fabric serves one request at a time).
+    pub max_concurrent_reads: usize,
+    /// A read the host has not answered after this long is abandoned and its
+    /// slot freed.
+    pub read_timeout: Duration,
+}
+
+impl Config {
+    /// Fabric's `gossip/state` defaults, exactly: a round every 10 s, 11-block
+    /// requests (`batchSize` 10, inclusive), one in flight to a random
+    /// eligible peer, a 3 s timeout, 4 sends then the round is abandoned,
+    /// a 20-block gossip buffer, and a responder with Fabric's only limits
+    /// (sequential service, 100 queued requests). Fabric's off-by-one and
+    /// nonce-matching quirks are fixed in both presets (see the README).
+    pub fn fabric() -> Self {
+        Self {
+            check_interval: Duration::from_secs(10),
+            round_on_membership: false,
+            batch_size: 10,
+            response_timeout: Duration::from_secs(3),
+            adaptive_timeout: false,
+            min_response_timeout: Duration::from_secs(3),
+            max_response_timeout: Duration::from_secs(3),
+            max_retries: 3,
+            max_in_flight: 1,
+            max_in_flight_per_peer: 1,
+            peer_selection: PeerSelection::Random,
+            hedge_after: None,
+            block_buffer: 20,
+            // Fabric's TestLargeBlockGap bound: 2 · blockBufferSize + batchSize.
+            window_blocks: 50,
+            window_bytes: u64::MAX,
+            max_message_size: 100 * 1024 * 1024,
+            max_response_bytes: 100 * 1024 * 1024,
+            max_requests_per_peer: usize::MAX,
+            peer_blocks_per_second: u32::MAX,
+            peer_burst_blocks: u32::MAX,
+            max_queued_requests: 100,
+            max_concurrent_reads: 1,
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// Checks every field, returning the first degenerate one. Fabric accepts
+    /// all of these silently (a zero `channelSize` drops every request, a
+    /// zero `checkInterval` busy-loops, …).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use ConfigError::*;
+        let zero_durations = [
+            ("check_interval", self.check_interval),
+            ("response_timeout", self.response_timeout),
+            ("min_response_timeout", self.min_response_timeout),
+            ("read_timeout", self.read_timeout),
+        ];
+        for (field, value) in zero_durations {
+            if value.is_zero() {
+                return Err(Zero { field });
+            }
+        }
+        let zero_counts = [
+            ("batch_size", self.batch_size),
+            ("block_buffer", self.block_buffer),
+            ("window_blocks", self.window_blocks),
+            ("window_bytes", self.window_bytes),
+            ("max_in_flight", self.max_in_flight as u64),
+            ("max_in_flight_per_peer", self.max_in_flight_per_peer as u64),
+            ("max_message_size", self.max_message_size as u64),
+            ("max_response_bytes", self.max_response_bytes as u64),
+            ("max_requests_per_peer", self.max_requests_per_peer as u64),
+            (
+                "peer_blocks_per_second",
+                u64::from(self.peer_blocks_per_second),
+            ),
+            ("peer_burst_blocks", u64::from(self.peer_burst_blocks)),
+            ("max_queued_requests", self.max_queued_requests as u64),
+            ("max_concurrent_reads", self.max_concurrent_reads as u64),
+        ];
+        for (field, value) in zero_counts {
+            if value == 0 {
+                return Err(Zero { field });
+            }
+        }
+        let blocks_per_request = self.batch_size.checked_add(1).ok_or(Overflow {
+            field: "batch_size",
+        })?;
+        if self.window_blocks < blocks_per_request {
+            return Err(Inconsistent {
+                field: "window_blocks",
+                reason: "must hold one full request (batch_size + 1 blocks)",
+            });
+        }
+        if u64::from(self.peer_burst_blocks) < blocks_per_request {
+            return Err(Inconsistent {
+                field: "peer_burst_blocks",
+                reason: "must admit one full request (batch_size + 1 blocks)",
+            });
+        }
+        if self.min_response_timeout > self.max_response_timeout {
+            return Err(Inconsistent {
+                field: "min_response_timeout",
+                reason: "must not exceed max_response_timeout",
+            });
+        }
+        if self.max_in_flight_per_peer > self.max_in_flight {
+            return Err(Inconsistent {
+                field: "max_in_flight_per_peer",
+                reason: "must not exceed max_in_flight",
+            });
+        }
+        if self.hedge_after.is_some_and(|d| d.is_zero()) {
+            return Err(Zero {
+                field: "hedge_after",
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for Config {
+    /// The pipelined engine. Each value and why:
+    ///
+    /// - `batch_size` 10: Fabric's, so every request passes a stock Fabric
+    ///   responder's validator; speed comes from pipelining, not from size.
+    /// - `max_in_flight` 64, `max_in_flight_per_peer` 8: 8 × 11 blocks per
+    ///   peer covers a 100 Mbit/s × 100 ms bandwidth-delay product down to
+    ///   16 KiB blocks; 64 lets 8 peers stream at once.
+    /// - `window_blocks` 1024, `window_bytes` 64 MiB: the memory the
+    ///   requester may hold ahead of the commit point, whichever binds first
+    ///   (counting blocks alone OOM'd CometBFT forks with large blocks).
+    /// - `check_interval` 1 s and `round_on_membership`: catch-up starts when
+    ///   a peer ahead is seen, and a range given up waits one second, not ten.
+    /// - `response_timeout` 2 s before any sample, then adaptive per peer
+    ///   within 200 ms..=10 s: fast failover from silent peers without
+    ///   punishing slow links.
+    /// - `max_retries` 5: with scored selection each retry goes to another
+    ///   peer, so a range is given up only after six peers (or six tries
+    ///   among fewer) failed it.
+    /// - `hedge_after` 500 ms: the range holding back the commit point is
+    ///   asked of a second peer once it is late, so one slow peer cannot
+    ///   stall the window.
+    /// - `block_buffer` 64: more room than Fabric's 20 for gossip blocks that
+    ///   overtake the catch-up.
+    /// - Responder: 16 MiB per response, 16 requests per peer at once,
+    ///   100 000 blocks/s per peer (burst 10 000), 1 024 queued requests,
+    ///   16 concurrent reads: limits an abusive peer without slowing an
+    ///   honest requester, ours (8 in flight) or Fabric's (1 in flight).
+    ///   Reads are abandoned after 10 s, our requester's longest deadline:
+    ///   an answer later than that is wasted, and the slot is worth more.
+    fn default() -> Self {
+        Self {
+            check_interval: Duration::from_secs(1),
+            round_on_membership: true,
+            batch_size: 10,
+            response_timeout: Duration::from_secs(2),
+            adaptive_timeout: true,
+            min_response_timeout: Duration::from_millis(200),
+            max_response_timeout: Duration::from_secs(10),
+            max_retries: 5,
+            max_in_flight: 64,
+            max_in_flight_per_peer: 8,
+            peer_selection: PeerSelection::Scored,
+            hedge_after: Some(Duration::from_millis(500)),
+            block_buffer: 64,
+            window_blocks: 1024,
+            window_bytes: 64 * 1024 * 1024,
+            max_message_size: 100 * 1024 * 1024,
+            max_response_bytes: 16 * 1024 * 1024,
+            max_requests_per_peer: 16,
+            peer_blocks_per_second: 100_000,
+            peer_burst_blocks: 10_000,
+            max_queued_requests: 1024,
+            max_concurrent_reads: 16,
+            read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A configuration value that would make a machine misbehave.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The field is zero, which stalls or busy-loops the machine.
+    #[error("`{field}` must not be zero")]
+    Zero {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// The field makes a block range overflow `u64`.
+    #[error("`{field}` overflows a u64 block range")]
+    Overflow {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// The field contradicts another one.
+    #[error("`{field}` {reason}")]
+    Inconsistent {
+        /// The field's name.
+        field: &'static str,
+        /// What it contradicts.
+        reason: &'static str,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fabric_preset_holds_fabric_defaults() {
+        let c = Config::fabric();
+        assert_eq!(c.check_interval, Duration::from_secs(10));
+        assert_eq!(c.response_timeout, Duration::from_secs(3));
+        assert!(!c.adaptive_timeout);
+        assert_eq!(c.batch_size, 10);
+        assert_eq!(c.max_retries, 3);
+        assert_eq!(c.block_buffer, 20);
+        assert_eq!(c.max_in_flight, 1);
+        assert_eq!(c.max_in_flight_per_peer, 1);
+        assert_eq!(c.peer_selection, PeerSelection::Random);
+        assert_eq!(c.max_queued_requests, 100);
+        assert_eq!(c.hedge_after, None);
+        assert!(!c.round_on_membership);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn default_preset_is_valid_and_interoperable() {
+        let c = Config::default();
+        c.validate().unwrap();
+        // A stock Fabric responder validates against its own batchSize (10).
+        assert!(c.batch_size <= Config::fabric().batch_size);
+        assert!(c.max_in_flight > 1);
+        assert!(c.max_in_flight_per_peer <= c.max_requests_per_peer);
+    }
+
+    #[test]
+    fn validate_names_each_zero_field() {
+        type Set = fn(&mut Config);
+        let cases: [(&str, Set); 16] = [
+            ("check_interval", |c| c.check_interval = Duration::ZERO),
+            ("response_timeout", |c| c.response_timeout = Duration::ZERO),
+            ("min_response_timeout", |c| {
+                c.min_response_timeout = Duration::ZERO
+            }),
+            ("read_timeout", |c| c.read_timeout = Duration::ZERO),
+            ("batch_size", |c| c.batch_size = 0),
+            ("block_buffer", |c| c.block_buffer = 0),
+            ("window_blocks", |c| c.window_blocks = 0),
+            ("window_bytes", |c| c.window_bytes = 0),
+            ("max_in_flight", |c| c.max_in_flight = 0),
+            ("max_in_flight_per_peer", |c| c.max_in_flight_per_peer = 0),
+            ("max_message_size", |c| c.max_message_size = 0),
+            ("max_response_bytes", |c| c.max_response_bytes = 0),
+            ("max_requests_per_peer", |c| c.max_requests_per_peer = 0),
+            ("peer_blocks_per_second", |c| c.peer_blocks_per_second = 0),
+            ("max_queued_requests", |c| c.max_queued_requests = 0),
+            ("max_concurrent_reads", |c| c.max_concurrent_reads = 0),
+        ];
+        for (field, set) in cases {
+            for mut config in [Config::fabric(), Config::default()] {
+                set(&mut config);
+                assert_eq!(
+                    config.validate(),
+                    Err(ConfigError::Zero { field }),
+                    "{field}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn validate_rejects_overflow_and_contradictions() {
+        let c = Config {
+            batch_size: u64::MAX,
+            ..Config::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::Overflow {
+                field: "batch_size"
+            })
+        );
+
+        let mut c = Config::default();
+        c.window_blocks = c.batch_size;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Inconsistent {
+                field: "window_blocks",
+                ..
+            })
+        ));
+
+        let c = Config {
+            peer_burst_blocks: 5,
+            ..Config::default()
+        };
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Inconsistent {
+                field: "peer_burst_blocks",
+                ..
+            })
+        ));
+
+        let mut c = Config::default();
+        c.min_response_timeout = c.max_response_timeout + Duration::from_secs(1);
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Inconsistent {
+                field: "min_response_timeout",
+                ..
+            })
+        ));
+
+        let mut c = Config::default();
+        c.max_in_flight_per_peer = c.max_in_flight + 1;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Inconsistent {
+                field: "max_in_flight_per_peer",
+                ..
+            })
+        ));
+
+        let c = Config {
+            hedge_after: Some(Duration::ZERO),
+            ..Config::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::Zero {
+                field: "hedge_after"
+            })
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! Hyperledger Fabric's gossip state transfer ("anti-entropy" block
+//! catch-up) as sans-IO state machines.
+//!
+//! A peer whose ledger is behind fetches the missing blocks from peers that
+//! advertise a greater height. [`AntiEntropy`] is the requester,
+//! [`StateResponder`] the serving side; both speak Fabric's wire format
+//! ([`wire`]) byte for byte. [`Config::fabric`] reproduces Fabric's
+//! algorithm; [`Config::default`] is a pipelined, multi-peer engine.
+//!
+//! # The contract
+//!
+//! The machines do no IO: no threads, sockets, clocks or OS randomness.
+//!
+//! - **Time is passed in.** Every input carries `now`; it must not go
+//!   backwards (an earlier `now` is treated as the latest one seen).
+//! - **Randomness is seeded.** [`AntiEntropy::new`] takes a `seed`; the same
+//!   seed and the same inputs give the same actions, always.
+//! - **Drain after every input.** After each `handle`, call `poll_action`
+//!   until it returns `None`, then `poll_timeout` and arm one timer for the
+//!   instant it returns; when it fires, `handle` a `Timeout`. Calling early
+//!   or twice is harmless.
+//! - **Bad input never panics.** What a peer sends is checked; a refused
+//!   input is a typed error (and counted), a request that ends for good is
+//!   an action ([`Action::GiveUp`]).
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use antientropy::{Action, AntiEntropy, Config, Event, PeerState};
+//!
+//! let now = Instant::now(); // the host's clock; the machine never reads one
+//! let mut requester: AntiEntropy<&str> =
+//!     AntiEntropy::new(Config::default(), "mychannel".into(), 1, 7, now).unwrap();
+//! requester
+//!     .handle(now, Event::Membership(vec![PeerState::new("peer0", 16)]))
+//!     .unwrap();
+//! let mut asked = Vec::new();
+//! while let Some(action) = requester.poll_action() {
+//!     if let Action::SendRequest { to, message } = action {
+//!         let request = antientropy::wire::as_state_request(&message).unwrap();
+//!         asked.push((to, request.start_seq_num, request.end_seq_num));
+//!     }
+//! }
+//! // Blocks 1..=15 are missing: two requests of at most 11 blocks, in flight at once.
+//! assert_eq!(asked, [("peer0", 1, 11), ("peer0", 12, 15)]);
+//! assert!(requester.poll_timeout().unwrap() > now);
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
+
+mod buffer;
+mod config;
+mod range;
+mod requester;
+mod responder;
+#[cfg(feature = "sim")]
+pub mod sim;
+pub mod wire;
+
+/// The one clock read of the unit tests: an epoch that virtual time counts
+/// from. Machine code never reads the clock.
+#[cfg(test)]
+pub(crate) fn test_epoch() -> std::time::Instant {
+    #[allow(clippy::disallowed_methods)]
+    std::time::Instant::now()
+}
+
+pub use buffer::{payload_size, PayloadBuffer, PushOutcome};
+pub use config::{Config, ConfigError, PeerSelection};
+pub use range::SeqRange;
+pub use requester::{
+    Action, AntiEntropy, Event, EventError, GiveUpReason, IgnoredCounts, Origin, PeerState,
+    PeerStats, ResponseError, Stats,
+};
+pub use responder::{
+    RequestError, ResponderAction, ResponderEvent, ResponderStats, StateResponder, Ticket,
+};

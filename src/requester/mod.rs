@@ -1,0 +1,822 @@
+//! [`AntiEntropy`]: the requester side of state transfer.
+
+mod peers;
+mod requests;
+mod types;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::buffer::{payload_size, PayloadBuffer, PushOutcome};
+use crate::config::{Config, ConfigError, PeerSelection};
+use crate::range::SeqRange;
+use crate::wire::gossip::{GossipMessage, Payload};
+use crate::wire::{self, block_number};
+use peers::Peers;
+use requests::{Attempt, AttemptState, Request, Requests};
+pub use types::{
+    Action, Event, EventError, GiveUpReason, IgnoredCounts, Origin, PeerState, PeerStats,
+    ResponseError, Stats,
+};
+
+/// A payload handed to the host and not yet committed.
+#[derive(Debug, Clone)]
+struct Delivered<P> {
+    seq: u64,
+    origin: Origin<P>,
+    size: u64,
+}
+
+/// The requester: finds the blocks we lack, asks peers for them, and hands
+/// them to the host strictly in order.
+///
+/// One engine, two presets: [`Config::fabric`] reproduces Fabric's
+/// `antiEntropy` loop (a round every 10 s, one 11-block request in flight to
+/// a random eligible peer, 3 s timeout, 4 sends then the round ends);
+/// [`Config::default`] keeps many disjoint requests in flight across peers
+/// within a window bounded in blocks and bytes, with adaptive deadlines,
+/// benching of failing peers and a hedge for the range that holds back the
+/// commit point.
+///
+/// # Driving it
+///
+/// Feed [`Event`]s to [`handle`](Self::handle) with the current time, then
+/// drain [`poll_action`](Self::poll_action) until it returns `None`, then arm
+/// a timer for [`poll_timeout`](Self::poll_timeout) and feed
+/// [`Event::Timeout`] when it fires. Due deadlines are also processed by
+/// every other event, so a late timer loses nothing.
+///
+/// # Guarantees, whatever peers send
+///
+/// - [`Action::AddPayload`] comes strictly in sequence order starting at the
+///   initial height, each number once (after [`Event::Rejected`] delivery
+///   resumes at the rejected number), and only from a peer that was asked
+///   for a range holding it (or from the gossip path).
+/// - Outstanding nonces are unique; outstanding ranges are disjoint,
+///   non-empty, at most `batch_size + 1` long, and sent only to peers whose
+///   advertised height exceeds their end.
+/// - At most `max_in_flight` requests (and `max_in_flight_per_peer` sends to
+///   one peer) are outstanding; every requested block lies below
+///   `committed + window_blocks`; payloads held out of order plus those
+///   delivered and not committed stay within `window_blocks + block_buffer`
+///   blocks and `window_bytes` plus one block.
+#[derive(Debug)]
+pub struct AntiEntropy<P> {
+    config: Config,
+    channel: Bytes,
+    rng: fastrand::Rng,
+    now: Instant,
+    buffer: PayloadBuffer,
+    committed: u64,
+    uncommitted: VecDeque<Delivered<P>>,
+    uncommitted_bytes: u64,
+    peers: Peers<P>,
+    requests: Requests<P>,
+    /// The inclusive end of the active round's range.
+    round_end: Option<u64>,
+    /// When the next round starts, while none is active.
+    next_round_at: Option<Instant>,
+    /// Peers whose copy of a block was rejected, by block number.
+    rejected_by: BTreeMap<u64, Vec<P>>,
+    /// Who sent each payload held in `buffer`.
+    origins: BTreeMap<u64, Origin<P>>,
+    /// Running estimate of a payload's size, for the byte window.
+    block_bytes_estimate: u64,
+    actions: VecDeque<Action<P>>,
+    stats: Stats<P>,
+}
+
+impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
+    /// A requester for `channel` whose ledger holds `height` blocks (so block
+    /// `height` is the first one fetched). `seed` drives every random choice
+    /// (nonces, peer choice); `now` starts the round timer.
+    ///
+    /// Fabric panics on a ledger height of 0; here it is
+    /// [`ConfigError::Zero`] naming `height`.
+    pub fn new(
+        config: Config,
+        channel: Bytes,
+        height: u64,
+        seed: u64,
+        now: Instant,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        if height == 0 {
+            return Err(ConfigError::Zero { field: "height" });
+        }
+        let max_blocks = config.window_blocks.saturating_add(config.block_buffer);
+        let buffer = PayloadBuffer::new(
+            height,
+            usize::try_from(max_blocks).unwrap_or(usize::MAX),
+            usize::try_from(config.window_bytes).unwrap_or(usize::MAX),
+        );
+        let block_bytes_estimate = (config.window_bytes / config.window_blocks).max(1);
+        Ok(Self {
+            next_round_at: Some(now + config.check_interval),
+            config,
+            channel,
+            rng: fastrand::Rng::with_seed(seed),
+            now,
+            buffer,
+            committed: height,
+            uncommitted: VecDeque::new(),
+            uncommitted_bytes: 0,
+            peers: Peers::default(),
+            requests: Requests::default(),
+            round_end: None,
+            rejected_by: BTreeMap::new(),
+            origins: BTreeMap::new(),
+            block_bytes_estimate,
+            actions: VecDeque::new(),
+            stats: Stats::default(),
+        })
+    }
+
+    /// Applies one input. Drain [`poll_action`](Self::poll_action) afterwards.
+    ///
+    /// An error means the input was refused and counted; the machine is
+    /// consistent either way.
+    pub fn handle(&mut self, now: Instant, event: Event<P>) -> Result<(), EventError> {
+        let now = self.observe(now);
+        self.expire(now);
+        let result = match event {
+            Event::Tick => {
+                self.on_tick(now);
+                Ok(())
+            }
+            Event::Membership(view) => {
+                self.on_membership(now, view);
+                Ok(())
+            }
+            Event::Response { from, message } => self
+                .on_response(now, from, &message)
+                .map_err(EventError::from),
+            Event::Timeout => Ok(()),
+            Event::GossipPayload(payload) => {
+                self.on_gossip_payload(payload);
+                Ok(())
+            }
+            Event::Committed { height } => self.on_committed(height),
+            Event::Rejected { seq } => self.on_rejected(now, seq),
+        };
+        self.deliver();
+        self.fill(now);
+        result
+    }
+
+    /// Decodes a message received from `from` (refusing more than
+    /// `max_message_size` bytes) and handles it as [`Event::Response`].
+    pub fn handle_response_bytes(
+        &mut self,
+        now: Instant,
+        from: P,
+        bytes: Bytes,
+    ) -> Result<(), EventError> {
+        match wire::decode_gossip_message(bytes, self.config.max_message_size) {
+            Ok(message) => self.handle(now, Event::Response { from, message }),
+            Err(error) => {
+                self.stats.ignored.not_a_response += 1;
+                Err(ResponseError::Wire(error).into())
+            }
+        }
+    }
+
+    /// The next output, if any.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action<P>> {
+        self.actions.pop_front()
+    }
+
+    /// When to feed [`Event::Timeout`] next: the earliest of the next round,
+    /// a request's deadline and a hedge.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let deadlines = self
+            .requests
+            .iter()
+            .flat_map(|(_, request)| request.waiting().map(|attempt| attempt.deadline));
+        deadlines
+            .chain(self.next_round_at)
+            .chain(self.hedge_due())
+            .min()
+    }
+
+    /// A snapshot of state and counters.
+    pub fn stats(&self) -> Stats<P> {
+        let mut stats = self.stats.clone();
+        stats.height = self.buffer.next();
+        stats.committed = self.committed;
+        stats.target = self.peers.target();
+        stats.in_flight = self.requests.len();
+        stats.buffered_blocks = self.buffer.len();
+        stats.buffered_bytes = self.buffer.bytes();
+        stats.uncommitted_blocks = self.uncommitted.len() as u64;
+        stats.uncommitted_bytes = self.uncommitted_bytes;
+        stats.peers = self
+            .peers
+            .iter()
+            .map(|(id, peer)| {
+                let mut record = peer.stats.clone();
+                record.in_flight = peer.in_flight;
+                record.srtt = peer.rtt.srtt();
+                (id.clone(), record)
+            })
+            .collect();
+        stats
+    }
+
+    /// The next block to deliver.
+    pub fn height(&self) -> u64 {
+        self.buffer.next()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn observe(&mut self, now: Instant) -> Instant {
+        self.now = self.now.max(now);
+        self.now
+    }
+
+    // --- timers -------------------------------------------------------------
+
+    fn expire(&mut self, now: Instant) {
+        if self.next_round_at.is_some_and(|at| at <= now) {
+            self.next_round_at = None;
+            self.start_round(now);
+        }
+        for nonce in self.requests.nonces() {
+            let Some(request) = self.requests.get_mut(nonce) else {
+                continue;
+            };
+            let mut expired = Vec::new();
+            for attempt in &mut request.attempts {
+                if attempt.state == AttemptState::Waiting && attempt.deadline <= now {
+                    attempt.state = AttemptState::TimedOut;
+                    expired.push(attempt.peer.clone());
+                }
+            }
+            if expired.is_empty() {
+                continue;
+            }
+            for peer_id in &expired {
+                self.stats.timeouts += 1;
+                if let Some(peer) = self.peers.get_mut(peer_id) {
+                    peer.in_flight -= 1;
+                    peer.stats.timeouts += 1;
+                    peer.failed(now, 1, self.config.peer_selection);
+                }
+            }
+            self.retry_if_idle(now, nonce);
+        }
+        if self.hedge_due().is_some_and(|due| due <= now) {
+            self.hedge(now);
+        }
+    }
+
+    /// When the request holding back the commit point should be hedged.
+    fn hedge_due(&self) -> Option<Instant> {
+        let hedge_after = self.config.hedge_after?;
+        let (_, request) = self.requests.covering(self.buffer.next())?;
+        if request.hedged {
+            return None;
+        }
+        let attempt = request.waiting().next()?;
+        let srtt = self
+            .peers
+            .get(&attempt.peer)
+            .and_then(|peer| peer.rtt.srtt())
+            .unwrap_or(Duration::ZERO);
+        Some(attempt.sent_at + hedge_after.max(srtt * 2))
+    }
+
+    /// Asks a second peer for the range holding back the commit point. One
+    /// chance per request: if no other peer is free, it is not retried.
+    fn hedge(&mut self, now: Instant) {
+        let Some((nonce, request)) = self.requests.covering(self.buffer.next()) else {
+            return;
+        };
+        let end = request.range.end();
+        let asked: Vec<P> = request.attempts.iter().map(|a| a.peer.clone()).collect();
+        let choice = self
+            .peers
+            .choose(&self.config, end, &asked, true, now, &mut self.rng);
+        if let Some(request) = self.requests.get_mut(nonce) {
+            request.hedged = true;
+        }
+        if let Some(peer) = choice {
+            self.stats.hedges += 1;
+            self.send_attempt(now, nonce, peer);
+        }
+    }
+
+    // --- rounds -------------------------------------------------------------
+
+    fn on_tick(&mut self, now: Instant) {
+        match self.round_end {
+            None => {
+                self.next_round_at = None;
+                self.start_round(now);
+            }
+            Some(_) => self.extend_round(),
+        }
+    }
+
+    fn start_round(&mut self, now: Instant) {
+        let target = self.peers.target();
+        if target > self.buffer.next() {
+            self.stats.rounds += 1;
+            self.round_end = Some(target - 1);
+        } else {
+            self.next_round_at = Some(now + self.config.check_interval);
+        }
+    }
+
+    /// Our engine keeps a round going while peers advance; Fabric's range is
+    /// fixed when its round starts.
+    fn extend_round(&mut self) {
+        if !self.config.round_on_membership {
+            return;
+        }
+        if let Some(end) = self.round_end.as_mut() {
+            *end = (*end).max(self.peers.target().saturating_sub(1));
+        }
+    }
+
+    fn end_round(&mut self, now: Instant) {
+        self.round_end = None;
+        self.next_round_at = Some(now + self.config.check_interval);
+    }
+
+    fn give_up(&mut self, now: Instant, range: SeqRange, reason: GiveUpReason) {
+        self.stats.give_ups += 1;
+        self.actions.push_back(Action::GiveUp { range, reason });
+        self.end_round(now);
+    }
+
+    // --- membership -----------------------------------------------------------
+
+    fn on_membership(&mut self, now: Instant, view: Vec<PeerState<P>>) {
+        let departed = self.peers.replace(view);
+        if !departed.is_empty() {
+            // Sends to peers that left end without blame; their ranges move on.
+            for nonce in self.requests.nonces() {
+                let Some(request) = self.requests.get_mut(nonce) else {
+                    continue;
+                };
+                let mut cancelled = false;
+                for attempt in &mut request.attempts {
+                    if attempt.state == AttemptState::Waiting && departed.contains(&attempt.peer) {
+                        attempt.state = AttemptState::Failed;
+                        cancelled = true;
+                    }
+                }
+                if cancelled {
+                    self.retry_if_idle(now, nonce);
+                }
+            }
+        }
+        match self.round_end {
+            Some(_) => self.extend_round(),
+            None if self.config.round_on_membership && self.peers.target() > self.buffer.next() => {
+                self.next_round_at = None;
+                self.start_round(now);
+            }
+            None => {}
+        }
+    }
+
+    // --- requests ---------------------------------------------------------------
+
+    /// Sends requests while the round has missing blocks, the window has
+    /// room and peers have free slots.
+    fn fill(&mut self, now: Instant) {
+        self.resend_idle(now);
+        let Some(end) = self.round_end else {
+            return;
+        };
+        if self.buffer.next() > end {
+            self.end_round(now);
+            return;
+        }
+        while self.requests.len() < self.config.max_in_flight {
+            let Some(range) = self.next_missing(end) else {
+                return;
+            };
+            if !self.window_admits(range) {
+                return;
+            }
+            if !self.peers.any_covers(range.end()) {
+                self.give_up(now, range, GiveUpReason::NoEligiblePeer);
+                return;
+            }
+            let avoid = self.rejected_in(range);
+            let choice = self.peers.choose(
+                &self.config,
+                range.end(),
+                &avoid,
+                !avoid.is_empty(),
+                now,
+                &mut self.rng,
+            );
+            let Some(peer) = choice else {
+                if self.nothing_waiting() {
+                    // Nothing in flight will wake us: end the round and let
+                    // the round timer try again.
+                    self.give_up(now, range, GiveUpReason::NoEligiblePeer);
+                }
+                return;
+            };
+            let nonce = self.fresh_nonce();
+            self.requests.insert(
+                nonce,
+                Request {
+                    range,
+                    attempts: Vec::new(),
+                    hedged: false,
+                },
+            );
+            self.send_attempt(now, nonce, peer);
+        }
+    }
+
+    /// The first run of blocks from `next` that is neither held nor
+    /// requested, at most `batch_size + 1` long and within `..=end`.
+    fn next_missing(&self, end: u64) -> Option<SeqRange> {
+        let mut seq = self.buffer.next();
+        loop {
+            if seq > end {
+                return None;
+            }
+            if self.buffer.contains(seq) {
+                seq += 1;
+            } else if let Some((_, request)) = self.requests.covering(seq) {
+                seq = request.range.end().checked_add(1)?;
+            } else {
+                break;
+            }
+        }
+        let mut last = end.min(seq.saturating_add(self.config.batch_size));
+        if let Some(held) = self.buffer.stored_in(seq, last).next() {
+            last = held - 1;
+        }
+        if let Some(start) = self.requests.next_start_after(seq) {
+            last = last.min(start - 1);
+        }
+        SeqRange::new(seq, last)
+    }
+
+    /// Back-pressure: a request may not reach `window_blocks` past the
+    /// committed height, nor push the bytes held and expected past
+    /// `window_bytes` (unless nothing is in flight, so a wrong size
+    /// estimate cannot stall us).
+    fn window_admits(&self, range: SeqRange) -> bool {
+        let span = range.end() - self.committed + 1;
+        if span > self.config.window_blocks {
+            return false;
+        }
+        if self.requests.is_empty() {
+            return true;
+        }
+        let held = self.buffer.bytes() as u64 + self.uncommitted_bytes;
+        let expected =
+            (self.requests.blocks() + range.len()).saturating_mul(self.block_bytes_estimate);
+        held.saturating_add(expected) <= self.config.window_bytes
+    }
+
+    fn rejected_in(&self, range: SeqRange) -> Vec<P> {
+        let mut peers: Vec<P> = self
+            .rejected_by
+            .range(range.start()..=range.end())
+            .flat_map(|(_, peers)| peers.iter().cloned())
+            .collect();
+        peers.sort();
+        peers.dedup();
+        peers
+    }
+
+    fn nothing_waiting(&self) -> bool {
+        self.requests
+            .iter()
+            .all(|(_, request)| request.waiting().next().is_none())
+    }
+
+    fn fresh_nonce(&mut self) -> u64 {
+        loop {
+            let nonce = self.rng.u64(1..);
+            if !self.requests.contains(nonce) {
+                return nonce;
+            }
+        }
+    }
+
+    fn send_attempt(&mut self, now: Instant, nonce: u64, to: P) {
+        let Some(peer) = self.peers.get_mut(&to) else {
+            return;
+        };
+        let Some(request) = self.requests.get_mut(nonce) else {
+            return;
+        };
+        peer.in_flight += 1;
+        peer.stats.requests += 1;
+        self.stats.requests += 1;
+        if request.sends() > 0 && !request.hedged {
+            self.stats.retries += 1;
+        }
+        request.attempts.push(Attempt {
+            peer: to.clone(),
+            sent_at: now,
+            deadline: now + peer.timeout(&self.config),
+            state: AttemptState::Waiting,
+        });
+        let message = wire::state_request(
+            nonce,
+            self.channel.clone(),
+            request.range.start(),
+            request.range.end(),
+        );
+        self.actions.push_back(Action::SendRequest { to, message });
+    }
+
+    /// A request with no send still waiting is sent again, or given up.
+    fn retry_if_idle(&mut self, now: Instant, nonce: u64) {
+        let Some(request) = self.requests.get(nonce) else {
+            return;
+        };
+        if request.waiting().next().is_some() {
+            return;
+        }
+        let range = request.range;
+        let sends = request.sends();
+        let failed: Vec<P> = request.attempts.iter().map(|a| a.peer.clone()).collect();
+        if sends > self.config.max_retries {
+            self.drop_request(nonce);
+            self.give_up(now, range, GiveUpReason::RetriesExhausted { sends });
+            return;
+        }
+        if !self.peers.any_covers(range.end()) {
+            self.drop_request(nonce);
+            self.give_up(now, range, GiveUpReason::NoEligiblePeer);
+            return;
+        }
+        let rejected = self.rejected_in(range);
+        let mut avoid = rejected.clone();
+        if self.config.peer_selection == PeerSelection::Scored {
+            avoid.extend(failed);
+        }
+        let choice = self.peers.choose(
+            &self.config,
+            range.end(),
+            &avoid,
+            !rejected.is_empty(),
+            now,
+            &mut self.rng,
+        );
+        // If every eligible peer is busy, `resend_idle` tries again when a
+        // slot frees, and gives up if nothing is left in flight.
+        if let Some(peer) = choice {
+            self.send_attempt(now, nonce, peer);
+        }
+    }
+
+    /// Re-sends requests left without a waiting send; gives them up when
+    /// nothing in flight could free a peer.
+    fn resend_idle(&mut self, now: Instant) {
+        let idle: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, request)| request.waiting().next().is_none())
+            .map(|(nonce, _)| *nonce)
+            .collect();
+        for nonce in idle {
+            self.retry_if_idle(now, nonce);
+            let still_idle = self
+                .requests
+                .get(nonce)
+                .is_some_and(|request| request.waiting().next().is_none());
+            if still_idle && self.nothing_waiting() {
+                let range = self.requests.get(nonce).map(|r| r.range);
+                self.drop_request(nonce);
+                if let Some(range) = range {
+                    self.give_up(now, range, GiveUpReason::NoEligiblePeer);
+                }
+            }
+        }
+    }
+
+    /// Removes a request, freeing the slots of its waiting sends.
+    fn drop_request(&mut self, nonce: u64) -> Option<Request<P>> {
+        let request = self.requests.remove(nonce)?;
+        for attempt in request.waiting() {
+            if let Some(peer) = self.peers.get_mut(&attempt.peer) {
+                peer.in_flight -= 1;
+            }
+        }
+        Some(request)
+    }
+
+    // --- responses --------------------------------------------------------------
+
+    fn on_response(
+        &mut self,
+        now: Instant,
+        from: P,
+        message: &GossipMessage,
+    ) -> Result<(), ResponseError> {
+        let ignored = &mut self.stats.ignored;
+        let Some(response) = wire::as_state_response(message) else {
+            ignored.not_a_response += 1;
+            return Err(ResponseError::NotAResponse);
+        };
+        if message.channel != self.channel {
+            ignored.wrong_channel += 1;
+            return Err(ResponseError::WrongChannel);
+        }
+        let nonce = message.nonce;
+        let Some(request) = self.requests.get_mut(nonce) else {
+            ignored.unknown_nonce += 1;
+            return Err(ResponseError::UnknownNonce { nonce });
+        };
+        if !request.asked(&from) {
+            ignored.unexpected_peer += 1;
+            return Err(ResponseError::UnexpectedPeer { nonce });
+        }
+        let range = request.range;
+        let attempt = request
+            .attempt_to(&from)
+            .expect("asked peers have an attempt");
+        let rtt = now.saturating_duration_since(attempt.sent_at);
+        let was_waiting = attempt.state == AttemptState::Waiting;
+
+        let mut usable = 0u64;
+        let mut malformed = false;
+        let mut bytes = 0u64;
+        for payload in &response.payloads {
+            if !range.contains(payload.seq_num) {
+                self.stats.ignored.out_of_range_payloads += 1;
+                continue;
+            }
+            if block_number(&payload.data) != Ok(payload.seq_num) {
+                self.stats.ignored.bad_payloads += 1;
+                malformed = true;
+                continue;
+            }
+            usable += 1;
+            let size = payload_size(payload) as u64;
+            bytes += size;
+            self.block_bytes_estimate = (self.block_bytes_estimate * 7 + size).div_ceil(8);
+            self.accept_payload(payload.clone(), size, Origin::Peer(from.clone()));
+        }
+
+        let peer = self.peers.get_mut(&from);
+        if usable == 0 {
+            // An empty or useless answer counts against the peer, and the
+            // range goes to the next try at once (as Fabric retries).
+            if let Some(request) = self.requests.get_mut(nonce) {
+                if let Some(attempt) = request.attempt_to(&from) {
+                    attempt.state = AttemptState::Failed;
+                }
+            }
+            if let Some(peer) = peer {
+                if was_waiting {
+                    peer.in_flight -= 1;
+                }
+                peer.stats.empty_responses += 1;
+                peer.failed(now, 1, self.config.peer_selection);
+            }
+            self.retry_if_idle(now, nonce);
+            return Ok(());
+        }
+        if let Some(peer) = peer {
+            peer.rtt.sample(rtt);
+            peer.stats.responses += 1;
+            peer.stats.blocks += usable;
+            peer.stats.bytes += bytes;
+            if malformed {
+                peer.failed(now, 1, self.config.peer_selection);
+            } else {
+                peer.succeeded();
+            }
+        }
+        self.stats.responses += 1;
+        // Blocks of the range that did not arrive are simply missing again:
+        // the planner asks for them in a new request.
+        self.drop_request(nonce);
+        Ok(())
+    }
+
+    fn accept_payload(&mut self, payload: Payload, size: u64, origin: Origin<P>) {
+        let seq = payload.seq_num;
+        let held = self.buffer.bytes() as u64 + self.uncommitted_bytes;
+        if seq != self.buffer.next() && held.saturating_add(size) > self.config.window_bytes {
+            // Over the byte window: dropped now, fetched again later.
+            return;
+        }
+        match self.buffer.push(payload) {
+            PushOutcome::Kept => {
+                self.origins.insert(seq, origin);
+            }
+            PushOutcome::Stale | PushOutcome::Duplicate => {
+                self.stats.ignored.duplicate_payloads += 1
+            }
+            PushOutcome::Full => {}
+        }
+    }
+
+    /// Hands every consecutive payload to the host.
+    fn deliver(&mut self) {
+        while let Some(payload) = self.buffer.pop() {
+            let seq = payload.seq_num;
+            let origin = self.origins.remove(&seq).unwrap_or(Origin::Gossip);
+            let size = payload_size(&payload) as u64;
+            self.uncommitted.push_back(Delivered {
+                seq,
+                origin: origin.clone(),
+                size,
+            });
+            self.uncommitted_bytes += size;
+            self.stats.delivered += 1;
+            self.actions.push_back(Action::AddPayload {
+                payload,
+                from: origin,
+            });
+        }
+    }
+
+    // --- the gossip path and the host's verdicts ----------------------------------
+
+    /// Fabric's non-blocking path: kept only within `[next, next + block_buffer)`;
+    /// older or duplicate blocks are dropped without error.
+    fn on_gossip_payload(&mut self, payload: Payload) {
+        let next = self.buffer.next();
+        let seq = payload.seq_num;
+        if seq < next {
+            self.stats.ignored.duplicate_payloads += 1;
+            return;
+        }
+        if seq - next >= self.config.block_buffer {
+            self.stats.ignored.gossip_outside_window += 1;
+            return;
+        }
+        let size = payload_size(&payload) as u64;
+        self.accept_payload(payload, size, Origin::Gossip);
+    }
+
+    fn on_committed(&mut self, height: u64) -> Result<(), EventError> {
+        let (low, high) = (self.committed, self.buffer.next());
+        if height < low || height > high {
+            return Err(EventError::CommittedOutOfRange { height, low, high });
+        }
+        while self.uncommitted.front().is_some_and(|d| d.seq < height) {
+            if let Some(done) = self.uncommitted.pop_front() {
+                self.uncommitted_bytes -= done.size;
+            }
+        }
+        self.committed = height;
+        self.rejected_by = self.rejected_by.split_off(&height);
+        Ok(())
+    }
+
+    fn on_rejected(&mut self, now: Instant, seq: u64) -> Result<(), EventError> {
+        if seq < self.committed || seq >= self.buffer.next() {
+            return Err(EventError::NotAwaitingVerdict { seq });
+        }
+        self.stats.rejected += 1;
+        let position = self.uncommitted.iter().position(|d| d.seq == seq);
+        if let Some(Delivered {
+            origin: Origin::Peer(sender),
+            ..
+        }) = position.and_then(|i| self.uncommitted.get(i))
+        {
+            let sender = sender.clone();
+            if let Some(peer) = self.peers.get_mut(&sender) {
+                peer.stats.rejected_blocks += 1;
+                peer.failed(now, 2, self.config.peer_selection);
+            }
+            let peers = self.rejected_by.entry(seq).or_default();
+            if !peers.contains(&sender) {
+                peers.push(sender);
+            }
+        }
+        // The host drops what it holds from `seq` on; so do we, including
+        // deliveries not yet drained.
+        while self.uncommitted.back().is_some_and(|d| d.seq >= seq) {
+            if let Some(dropped) = self.uncommitted.pop_back() {
+                self.uncommitted_bytes -= dropped.size;
+            }
+        }
+        self.actions.retain(|action| {
+            !matches!(action, Action::AddPayload { payload, .. } if payload.seq_num >= seq)
+        });
+        self.buffer.rewind(seq);
+        if self.round_end.is_none() {
+            self.next_round_at = None;
+            self.start_round(now);
+        }
+        Ok(())
+    }
+}

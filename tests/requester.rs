@@ -1,0 +1,602 @@
+//! The requester against Fabric's own scenarios and the quirks it fixes.
+
+mod common;
+
+use std::time::Duration;
+
+use antientropy::{
+    Action, AntiEntropy, Config, ConfigError, Event, EventError, GiveUpReason, Origin, PeerState,
+    ResponseError,
+};
+use common::*;
+
+fn fabric(height: u64, seed: u64) -> (AntiEntropy<&'static str>, std::time::Instant) {
+    let now = epoch();
+    let machine = AntiEntropy::new(Config::fabric(), channel(), height, seed, now).unwrap();
+    (machine, now)
+}
+
+// Fabric's TestNewGossipStateProvider_BatchingOfStateRequest: 15 blocks
+// behind ⇒ exactly two requests, [1,11] and [12,15].
+#[test]
+fn batching_of_state_request() {
+    let (mut ae, t0) = fabric(1, 1);
+    ae.handle(t0, Event::Membership(vec![PeerState::new("boot", 16)]))
+        .unwrap();
+    assert!(
+        drain(&mut ae).is_empty(),
+        "Fabric waits for its round timer"
+    );
+    let t1 = t0 + Duration::from_secs(10);
+    ae.handle(t1, Event::Timeout).unwrap();
+    let first = drain(&mut ae);
+    let asked = sends(&first);
+    assert_eq!(asked.len(), 1);
+    assert_eq!((asked[0].2, asked[0].3), (1, 11));
+    let Action::SendRequest { message, .. } = &first[0] else {
+        unreachable!()
+    };
+    ae.handle(
+        t1,
+        Event::Response {
+            from: "boot",
+            message: answer(message, 16),
+        },
+    )
+    .unwrap();
+    let second = drain(&mut ae);
+    assert_eq!(delivered(&second), (1..=11).collect::<Vec<_>>());
+    let asked = sends(&second);
+    assert_eq!(asked.len(), 1);
+    assert_eq!((asked[0].2, asked[0].3), (12, 15));
+    let Some(Action::SendRequest { message, .. }) = second
+        .iter()
+        .find(|a| matches!(a, Action::SendRequest { .. }))
+    else {
+        unreachable!()
+    };
+    ae.handle(
+        t1,
+        Event::Response {
+            from: "boot",
+            message: answer(message, 16),
+        },
+    )
+    .unwrap();
+    let third = drain(&mut ae);
+    assert_eq!(delivered(&third), (12..=15).collect::<Vec<_>>());
+    assert!(sends(&third).is_empty());
+    assert_eq!(ae.stats().requests, 2);
+    assert_eq!(ae.height(), 16);
+}
+
+// Fabric's TestLedgerHeightFromProperties: a peer without properties is never
+// chosen.
+#[test]
+fn ledger_height_from_properties() {
+    for seed in 0..50 {
+        let (mut ae, t0) = fabric(1, seed);
+        let view = vec![
+            PeerState {
+                id: "no-props",
+                ledger_height: None,
+                left_channel: false,
+            },
+            PeerState::new("props", 10),
+            PeerState {
+                id: "left",
+                ledger_height: Some(1000),
+                left_channel: true,
+            },
+        ];
+        ae.handle(t0, Event::Membership(view)).unwrap();
+        ae.handle(t0, Event::Tick).unwrap();
+        let asked = sends(&drain(&mut ae));
+        assert_eq!(asked.len(), 1);
+        assert_eq!(asked[0].0, "props", "seed {seed}");
+        assert_eq!((asked[0].2, asked[0].3), (1, 9));
+    }
+}
+
+// Fabric's TestLargeBlockGap: height 1 → 500, a responder returning full
+// ranges, blocks committed in order at 20 ms each; the blocks held ahead of
+// the ledger never exceed 2·20 + 10 = 50.
+#[test]
+fn large_block_gap() {
+    let (mut ae, t0) = fabric(1, 3);
+    ae.handle(t0, Event::Membership(vec![PeerState::new("peer", 500)]))
+        .unwrap();
+    ae.handle(t0, Event::Tick).unwrap();
+    let mut now = t0;
+    let mut pending = drain(&mut ae);
+    let mut committed = Vec::new();
+    let mut to_commit = std::collections::VecDeque::new();
+    for _ in 0..100_000 {
+        if ae.height() == 500 && to_commit.is_empty() {
+            break;
+        }
+        for action in std::mem::take(&mut pending) {
+            match action {
+                Action::SendRequest { to, message } => {
+                    assert_eq!(to, "peer");
+                    ae.handle(
+                        now,
+                        Event::Response {
+                            from: to,
+                            message: answer(&message, 500),
+                        },
+                    )
+                    .unwrap();
+                }
+                Action::AddPayload { payload, .. } => to_commit.push_back(payload.seq_num),
+                Action::GiveUp { .. } => panic!("no give-up expected"),
+            }
+            pending.extend(drain(&mut ae));
+        }
+        let stats = ae.stats();
+        let ahead = stats.buffered_blocks as u64 + stats.uncommitted_blocks;
+        assert!(ahead <= 50, "{ahead} blocks held ahead of the ledger");
+        // The host commits one block every 20 ms.
+        now += Duration::from_millis(20);
+        if let Some(seq) = to_commit.pop_front() {
+            committed.push(seq);
+            ae.handle(now, Event::Committed { height: seq + 1 })
+                .unwrap();
+            pending.extend(drain(&mut ae));
+        }
+    }
+    assert_eq!(committed, (1..500).collect::<Vec<_>>());
+}
+
+// Fabric's TestOverPopulation: the gossip path only keeps blocks within
+// [next, next + block_buffer); ours counts from the next block to deliver
+// (Fabric from the ledger height, which its test holds at 1).
+#[test]
+fn over_population() {
+    let (mut ae, t0) = fabric(1, 4);
+    for seq in 1..=4 {
+        ae.handle(t0, Event::GossipPayload(payload(seq))).unwrap();
+    }
+    assert_eq!(delivered(&drain(&mut ae)), vec![1, 2, 3, 4]);
+    for seq in 10..=200 {
+        ae.handle(t0, Event::GossipPayload(payload(seq))).unwrap();
+    }
+    assert!(
+        drain(&mut ae).is_empty(),
+        "5..=9 are missing: nothing deliverable"
+    );
+    let stats = ae.stats();
+    assert_eq!(stats.buffered_blocks, 15, "10..=24 fit the window [5, 25)");
+    assert!(stats.buffered_blocks < 20);
+    assert_eq!(stats.ignored.gossip_outside_window, 176);
+    // Old blocks are dropped without error; the first copy wins.
+    ae.handle(t0, Event::GossipPayload(payload(2))).unwrap();
+    ae.handle(t0, Event::GossipPayload(payload(10))).unwrap();
+    assert_eq!(ae.stats().buffered_blocks, 15);
+    for seq in 5..=9 {
+        ae.handle(t0, Event::GossipPayload(payload(seq))).unwrap();
+    }
+    assert_eq!(delivered(&drain(&mut ae)), (5..=24).collect::<Vec<_>>());
+}
+
+#[test]
+fn gossip_payloads_are_delivered_with_gossip_origin() {
+    let (mut ae, t0) = fabric(5, 4);
+    ae.handle(t0, Event::GossipPayload(payload(5))).unwrap();
+    let actions = drain(&mut ae);
+    assert!(matches!(
+        &actions[..],
+        [Action::AddPayload { from: Origin::Gossip, payload }] if payload.seq_num == 5
+    ));
+}
+
+// Fabric quirk: `hasRequiredHeight` accepts height == end, a peer that lacks
+// block `end`. Eligibility here is height > end.
+#[test]
+fn eligibility_requires_height_above_range_end() {
+    for seed in 0..30 {
+        let (mut ae, t0) = fabric(1, seed);
+        // Target 12 ⇒ round [1, 11]; "short" (height 11) lacks block 11.
+        let view = vec![PeerState::new("short", 11), PeerState::new("full", 12)];
+        ae.handle(t0, Event::Membership(view)).unwrap();
+        ae.handle(t0, Event::Tick).unwrap();
+        let asked = sends(&drain(&mut ae));
+        assert_eq!(asked[0].0, "full", "seed {seed}");
+    }
+}
+
+fn fabric_with_one_request() -> (AntiEntropy<&'static str>, std::time::Instant, u64) {
+    let (mut ae, t0) = fabric(1, 9);
+    let view = vec![PeerState::new("a", 100), PeerState::new("b", 100)];
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    ae.handle(t0, Event::Tick).unwrap();
+    let asked = sends(&drain(&mut ae));
+    assert_eq!(asked.len(), 1);
+    (ae, t0, asked[0].1)
+}
+
+fn asked_peer(ae: &AntiEntropy<&'static str>) -> &'static str {
+    ae.stats()
+        .peers
+        .iter()
+        .find(|(_, p)| p.in_flight == 1)
+        .map(|(id, _)| *id)
+        .unwrap()
+}
+
+// Fabric quirks 6 and 8: a response is accepted only from the asked peer and
+// only with an outstanding nonce; anything else is counted and ignored,
+// costs no retry and triggers no re-send.
+#[test]
+fn stray_responses_cost_nothing() {
+    let (mut ae, t0, nonce) = fabric_with_one_request();
+    let asked = asked_peer(&ae);
+    let other = if asked == "a" { "b" } else { "a" };
+    let good = wire_response(nonce, 1..=11);
+
+    let stale = wire_response(nonce.wrapping_add(1), 1..=11);
+    assert_eq!(
+        ae.handle(
+            t0,
+            Event::Response {
+                from: asked,
+                message: stale
+            }
+        ),
+        Err(EventError::Response(ResponseError::UnknownNonce {
+            nonce: nonce.wrapping_add(1)
+        }))
+    );
+    assert_eq!(
+        ae.handle(
+            t0,
+            Event::Response {
+                from: other,
+                message: good.clone()
+            }
+        ),
+        Err(EventError::Response(ResponseError::UnexpectedPeer {
+            nonce
+        }))
+    );
+    let mut wrong_channel = good.clone();
+    wrong_channel.channel = "other".into();
+    assert_eq!(
+        ae.handle(
+            t0,
+            Event::Response {
+                from: asked,
+                message: wrong_channel
+            }
+        ),
+        Err(EventError::Response(ResponseError::WrongChannel))
+    );
+    let request = antientropy::wire::state_request(nonce, channel(), 1, 11);
+    assert_eq!(
+        ae.handle(
+            t0,
+            Event::Response {
+                from: asked,
+                message: request
+            }
+        ),
+        Err(EventError::Response(ResponseError::NotAResponse))
+    );
+    assert!(drain(&mut ae).is_empty(), "no re-send");
+    let stats = ae.stats();
+    assert_eq!((stats.requests, stats.retries), (1, 0));
+    assert_eq!(stats.ignored.unknown_nonce, 1);
+    assert_eq!(stats.ignored.unexpected_peer, 1);
+    assert_eq!(stats.ignored.wrong_channel, 1);
+    assert_eq!(stats.ignored.not_a_response, 1);
+    // The genuine answer is still accepted.
+    ae.handle(
+        t0,
+        Event::Response {
+            from: asked,
+            message: good,
+        },
+    )
+    .unwrap();
+    assert_eq!(delivered(&drain(&mut ae)), (1..=11).collect::<Vec<_>>());
+}
+
+fn wire_response(
+    nonce: u64,
+    seqs: impl IntoIterator<Item = u64>,
+) -> antientropy::wire::gossip::GossipMessage {
+    antientropy::wire::state_response(nonce, channel(), seqs.into_iter().map(payload).collect())
+}
+
+// Fabric quirk 9: payloads outside the requested range are dropped, and
+// `prev` neither jumps ahead nor goes back.
+#[test]
+fn out_of_range_payloads_are_dropped() {
+    let (mut ae, t0, nonce) = fabric_with_one_request();
+    let asked = asked_peer(&ae);
+    let message = wire_response(nonce, [0, 1, 2, 3, 50, 60]);
+    ae.handle(
+        t0,
+        Event::Response {
+            from: asked,
+            message,
+        },
+    )
+    .unwrap();
+    let actions = drain(&mut ae);
+    assert_eq!(delivered(&actions), vec![1, 2, 3]);
+    assert_eq!(ae.stats().ignored.out_of_range_payloads, 3);
+    // The rest of the batch is asked again, starting right after the prefix.
+    let next = sends(&actions);
+    assert_eq!((next[0].2, next[0].3), (4, 14));
+}
+
+// A partial response advances by what arrived; the rest is asked again.
+#[test]
+fn partial_response_advances_by_prefix() {
+    let (mut ae, t0, nonce) = fabric_with_one_request();
+    let asked = asked_peer(&ae);
+    ae.handle(
+        t0,
+        Event::Response {
+            from: asked,
+            message: wire_response(nonce, 1..=5),
+        },
+    )
+    .unwrap();
+    let actions = drain(&mut ae);
+    assert_eq!(delivered(&actions), vec![1, 2, 3, 4, 5]);
+    let next = sends(&actions);
+    assert_eq!((next[0].2, next[0].3), (6, 16));
+    assert_ne!(next[0].1, nonce, "a new batch gets a new nonce");
+}
+
+// Fabric quirk 12: an empty response counts against the peer; the range is
+// sent again at once.
+#[test]
+fn empty_response_counts_against_peer() {
+    let (mut ae, t0, nonce) = fabric_with_one_request();
+    let asked = asked_peer(&ae);
+    ae.handle(
+        t0,
+        Event::Response {
+            from: asked,
+            message: wire_response(nonce, []),
+        },
+    )
+    .unwrap();
+    let actions = drain(&mut ae);
+    let resent = sends(&actions);
+    assert_eq!(resent.len(), 1);
+    assert_eq!(
+        (resent[0].1, resent[0].2, resent[0].3),
+        (nonce, 1, 11),
+        "same batch, same nonce"
+    );
+    let stats = ae.stats();
+    assert_eq!(stats.peers[asked].empty_responses, 1);
+    assert_eq!(stats.retries, 1);
+}
+
+// Fabric: 4 sends 3 s apart, then the round is abandoned until the next one
+// (10 s later).
+#[test]
+fn fabric_gives_up_after_four_sends() {
+    let (mut ae, t0, nonce) = fabric_with_one_request();
+    let mut now = t0;
+    for send in 2..=4 {
+        assert_eq!(ae.poll_timeout(), Some(now + Duration::from_secs(3)));
+        now += Duration::from_secs(3);
+        ae.handle(now, Event::Timeout).unwrap();
+        let resent = sends(&drain(&mut ae));
+        assert_eq!(resent.len(), 1, "send {send}");
+        assert_eq!(resent[0].1, nonce, "Fabric reuses the batch's nonce");
+    }
+    now += Duration::from_secs(3);
+    ae.handle(now, Event::Timeout).unwrap();
+    let actions = drain(&mut ae);
+    assert_eq!(
+        actions,
+        vec![Action::GiveUp {
+            range: antientropy::SeqRange::new(1, 11).unwrap(),
+            reason: GiveUpReason::RetriesExhausted { sends: 4 },
+        }]
+    );
+    let stats = ae.stats();
+    assert_eq!((stats.requests, stats.timeouts, stats.give_ups), (4, 4, 1));
+    // The next round starts a check interval later.
+    assert_eq!(ae.poll_timeout(), Some(now + Duration::from_secs(10)));
+    ae.handle(now + Duration::from_secs(10), Event::Timeout)
+        .unwrap();
+    assert_eq!(sends(&drain(&mut ae)).len(), 1);
+}
+
+#[test]
+fn no_eligible_peer_gives_up_the_round() {
+    let (mut ae, t0) = fabric(1, 2);
+    ae.handle(t0, Event::Membership(vec![PeerState::new("a", 30)]))
+        .unwrap();
+    ae.handle(t0, Event::Tick).unwrap();
+    let first = sends(&drain(&mut ae));
+    // "a" leaves the channel before answering.
+    ae.handle(
+        t0,
+        Event::Membership(vec![PeerState {
+            id: "a",
+            ledger_height: Some(30),
+            left_channel: true,
+        }]),
+    )
+    .unwrap();
+    let actions = drain(&mut ae);
+    assert_eq!(
+        actions,
+        vec![Action::GiveUp {
+            range: antientropy::SeqRange::new(first[0].2, first[0].3).unwrap(),
+            reason: GiveUpReason::NoEligiblePeer,
+        }]
+    );
+}
+
+// A rejected block penalises its sender and is fetched again from another
+// peer; delivery resumes at the rejected number.
+#[test]
+fn rejected_block_is_refetched_from_another_peer() {
+    for preset in [Config::fabric(), Config::default()] {
+        for seed in 0..20 {
+            let t0 = epoch();
+            let mut ae = AntiEntropy::new(preset.clone(), channel(), 1, seed, t0).unwrap();
+            let view = vec![PeerState::new("a", 12), PeerState::new("b", 12)];
+            ae.handle(t0, Event::Membership(view)).unwrap();
+            ae.handle(t0, Event::Tick).unwrap();
+            let asked = sends(&drain(&mut ae));
+            let (bad, nonce) = (asked[0].0, asked[0].1);
+            ae.handle(
+                t0,
+                Event::Response {
+                    from: bad,
+                    message: wire_response(nonce, 1..=11),
+                },
+            )
+            .unwrap();
+            assert_eq!(delivered(&drain(&mut ae)), (1..=11).collect::<Vec<_>>());
+            ae.handle(t0, Event::Committed { height: 3 }).unwrap();
+            ae.handle(t0, Event::Rejected { seq: 3 }).unwrap();
+            let again = sends(&drain(&mut ae));
+            assert_eq!(again.len(), 1, "seed {seed}");
+            let good = if bad == "a" { "b" } else { "a" };
+            assert_eq!(
+                (again[0].0, again[0].2, again[0].3),
+                (good, 3, 11),
+                "seed {seed}"
+            );
+            let stats = ae.stats();
+            assert_eq!(stats.peers[bad].rejected_blocks, 1);
+            assert_eq!(stats.height, 3);
+            ae.handle(
+                t0,
+                Event::Response {
+                    from: good,
+                    message: wire_response(again[0].1, 3..=11),
+                },
+            )
+            .unwrap();
+            assert_eq!(delivered(&drain(&mut ae)), (3..=11).collect::<Vec<_>>());
+        }
+    }
+}
+
+#[test]
+fn verdicts_outside_the_delivered_range_are_refused() {
+    let (mut ae, t0) = fabric(5, 1);
+    assert_eq!(
+        ae.handle(t0, Event::Rejected { seq: 5 }),
+        Err(EventError::NotAwaitingVerdict { seq: 5 })
+    );
+    assert_eq!(
+        ae.handle(t0, Event::Committed { height: 7 }),
+        Err(EventError::CommittedOutOfRange {
+            height: 7,
+            low: 5,
+            high: 5
+        })
+    );
+}
+
+// Fabric panics on a ledger height of 0.
+#[test]
+fn zero_height_is_a_typed_error() {
+    let result = AntiEntropy::<u8>::new(Config::fabric(), channel(), 0, 1, epoch());
+    assert_eq!(result.err(), Some(ConfigError::Zero { field: "height" }));
+}
+
+// Our preset: many disjoint requests in flight across peers, each peer within
+// its cap, the window bounded, and back-pressure from uncommitted blocks.
+#[test]
+fn default_preset_pipelines_disjoint_ranges() {
+    let t0 = epoch();
+    let mut config = Config::default();
+    config.window_blocks = 200;
+    let mut ae = AntiEntropy::new(config.clone(), channel(), 1, 5, t0).unwrap();
+    let view = (0..4).map(|i| PeerState::new(i, 10_000)).collect();
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    let asked = sends(&drain(&mut ae));
+    // 200-block window ⇒ 18 requests of 11 (198 blocks), started at once.
+    assert_eq!(asked.len(), 18);
+    let mut ranges: Vec<(u64, u64)> = asked.iter().map(|s| (s.2, s.3)).collect();
+    ranges.sort();
+    for pair in ranges.windows(2) {
+        assert_eq!(pair[0].1 + 1, pair[1].0, "disjoint and contiguous");
+    }
+    for peer in 0..4 {
+        let count = asked.iter().filter(|s| s.0 == peer).count();
+        assert!(
+            count <= config.max_in_flight_per_peer,
+            "peer {peer}: {count}"
+        );
+    }
+    // Answer everything but never commit: no further request beyond the window.
+    for (to, nonce, start, end) in asked {
+        ae.handle(
+            t0,
+            Event::Response {
+                from: to,
+                message: wire_response(nonce, start..=end),
+            },
+        )
+        .unwrap();
+    }
+    let actions = drain(&mut ae);
+    assert_eq!(delivered(&actions).len(), 198);
+    assert!(
+        sends(&actions).is_empty(),
+        "window full of uncommitted blocks"
+    );
+    // Committing opens the window again.
+    ae.handle(t0, Event::Committed { height: 199 }).unwrap();
+    assert!(!sends(&drain(&mut ae)).is_empty());
+}
+
+// With scored selection a timed-out range goes to a different peer.
+#[test]
+fn default_retries_on_a_different_peer() {
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 5, t0).unwrap();
+    let view = vec![PeerState::new("a", 12), PeerState::new("b", 12)];
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    let asked = sends(&drain(&mut ae));
+    assert_eq!(asked.len(), 1);
+    let deadline = ae.poll_timeout().unwrap();
+    // The hedge (500 ms) comes before the first deadline (2 s).
+    assert_eq!(deadline, t0 + Duration::from_millis(500));
+    // First the hedge (the range holds back the commit point), then the timeout.
+    ae.handle(deadline, Event::Timeout).unwrap();
+    let hedge = sends(&drain(&mut ae));
+    assert_eq!(hedge.len(), 1);
+    assert_ne!(hedge[0].0, asked[0].0, "hedged to the other peer");
+    assert_eq!(hedge[0].1, asked[0].1, "same nonce");
+    assert_eq!(ae.stats().hedges, 1);
+}
+
+#[test]
+fn same_seed_and_events_give_same_actions() {
+    let run = |seed| {
+        let t0 = epoch();
+        let mut ae = AntiEntropy::new(Config::fabric(), channel(), 1, seed, t0).unwrap();
+        let view = (0..5).map(|i| PeerState::new(i, 40)).collect();
+        ae.handle(t0, Event::Membership(view)).unwrap();
+        ae.handle(t0, Event::Tick).unwrap();
+        let mut log = Vec::new();
+        for step in 1..20u32 {
+            log.extend(sends(&drain(&mut ae)));
+            ae.handle(
+                t0 + Duration::from_secs(3 * u64::from(step)),
+                Event::Timeout,
+            )
+            .unwrap();
+        }
+        log
+    };
+    assert_eq!(run(42), run(42));
+    assert_ne!(run(42), run(43), "the seed drives nonces and peer choice");
+}
