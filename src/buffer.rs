@@ -26,6 +26,8 @@ pub enum PushOutcome {
     Duplicate,
     /// Storing it would exceed the block or byte bound.
     Full,
+    /// Its number is `u64::MAX`: no ledger height can follow it.
+    TooHigh,
 }
 
 impl PushOutcome {
@@ -82,6 +84,9 @@ impl PayloadBuffer {
         if seq < self.next {
             return PushOutcome::Stale;
         }
+        if seq == u64::MAX {
+            return PushOutcome::TooHigh;
+        }
         if self.payloads.contains_key(&seq) {
             return PushOutcome::Duplicate;
         }
@@ -127,6 +132,18 @@ impl PayloadBuffer {
     /// Whether a payload with this number is stored.
     pub fn contains(&self, seq: u64) -> bool {
         self.payloads.contains_key(&seq)
+    }
+
+    /// The highest stored payload number.
+    pub fn highest(&self) -> Option<u64> {
+        self.payloads.last_key_value().map(|(seq, _)| *seq)
+    }
+
+    /// Takes out the payload numbered `seq` (to make room for lower ones).
+    pub fn remove(&mut self, seq: u64) -> Option<Payload> {
+        let payload = self.payloads.remove(&seq)?;
+        self.bytes = self.bytes.saturating_sub(payload_size(&payload));
+        Some(payload)
     }
 
     /// The stored payload numbers in `from..=to`, ascending.
@@ -208,6 +225,27 @@ mod tests {
         assert!(b.push(payload(3, 60)).is_kept());
         assert_eq!(b.push(payload(4, 60)), PushOutcome::Full);
         assert_eq!(b.bytes(), 60);
+    }
+
+    #[test]
+    fn highest_and_remove_free_room() {
+        let mut b = PayloadBuffer::new(0, 10, 100);
+        b.push(payload(4, 10));
+        b.push(payload(9, 20));
+        assert_eq!(b.highest(), Some(9));
+        assert_eq!(b.remove(9).map(|p| p.seq_num), Some(9));
+        assert_eq!((b.highest(), b.bytes(), b.len()), (Some(4), 10, 1));
+        assert!(b.remove(9).is_none());
+    }
+
+    #[test]
+    fn the_last_u64_is_refused() {
+        let mut b = PayloadBuffer::new(u64::MAX - 1, 10, 1000);
+        assert!(b.push(payload(u64::MAX - 1, 1)).is_kept());
+        assert_eq!(b.push(payload(u64::MAX, 1)), PushOutcome::TooHigh);
+        assert_eq!(b.pop().unwrap().seq_num, u64::MAX - 1);
+        assert_eq!(b.next(), u64::MAX);
+        assert!(b.pop().is_none());
     }
 
     #[test]

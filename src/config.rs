@@ -57,8 +57,13 @@ pub struct Config {
     pub max_retries: u32,
     /// Requests in flight at once over all peers (Fabric: 1).
     pub max_in_flight: usize,
-    /// Requests in flight at once to one peer (Fabric: 1).
+    /// Requests in flight at once to one peer (Fabric: 1): the cap of the
+    /// adaptive window, or the window itself when `adaptive_window` is off.
     pub max_in_flight_per_peer: usize,
+    /// Size each peer's window of requests in flight from its round trips
+    /// (TCP Vegas: grow while our requests do not queue at the peer, shrink
+    /// when more than three do, halve on a timeout), starting at 2.
+    pub adaptive_window: bool,
     /// How a peer is chosen for a request.
     pub peer_selection: PeerSelection,
     /// Hedging of the range that holds back the commit point: once its
@@ -124,6 +129,7 @@ impl Config {
             max_retries: 3,
             max_in_flight: 1,
             max_in_flight_per_peer: 1,
+            adaptive_window: false,
             peer_selection: PeerSelection::Random,
             hedge_after: None,
             block_buffer: 20,
@@ -221,10 +227,11 @@ impl Default for Config {
     ///
     /// - `batch_size` 10: Fabric's, so every request passes a stock Fabric
     ///   responder's validator; speed comes from pipelining, not from size.
-    /// - `max_in_flight` 64, `max_in_flight_per_peer` 8: 8 × 11 blocks per
-    ///   peer covers a 100 Mbit/s × 100 ms bandwidth-delay product down to
-    ///   16 KiB blocks; 64 lets 8 peers stream at once.
-    /// - `window_blocks` 1024, `window_bytes` 64 MiB: the memory the
+    /// - `adaptive_window` with `max_in_flight_per_peer` 32: each peer's
+    ///   window starts at 2 requests and follows its bandwidth-delay product
+    ///   (Vegas); 32 × 11 blocks covers a 100 Mbit/s × 100 ms product down
+    ///   to 4 KiB blocks. `max_in_flight` 128 lets four such peers stream.
+    /// - `window_blocks` 4096, `window_bytes` 64 MiB: the memory the
     ///   requester may hold ahead of the commit point, whichever binds first
     ///   (counting blocks alone OOM'd CometBFT forks with large blocks).
     /// - `check_interval` 1 s and `round_on_membership`: catch-up starts when
@@ -236,14 +243,14 @@ impl Default for Config {
     ///   peer, so a range is given up only after six peers (or six tries
     ///   among fewer) failed it.
     /// - `hedge_after` 500 ms: the range holding back the commit point is
-    ///   asked of a second peer once it is late, so one slow peer cannot
-    ///   stall the window.
+    ///   asked of another peer once it is late (up to three times), so one
+    ///   slow, silent or lying peer cannot stall the window.
     /// - `block_buffer` 64: more room than Fabric's 20 for gossip blocks that
     ///   overtake the catch-up.
-    /// - Responder: 16 MiB per response, 16 requests per peer at once,
+    /// - Responder: 16 MiB per response, 64 requests per peer at once,
     ///   100 000 blocks/s per peer (burst 10 000), 1 024 queued requests,
     ///   16 concurrent reads: limits an abusive peer without slowing an
-    ///   honest requester, ours (8 in flight) or Fabric's (1 in flight).
+    ///   honest requester, ours (at most 32 in flight) or Fabric's (1).
     ///   Reads are abandoned after 10 s, our requester's longest deadline:
     ///   an answer later than that is wasted, and the slot is worth more.
     fn default() -> Self {
@@ -256,16 +263,17 @@ impl Default for Config {
             min_response_timeout: Duration::from_millis(200),
             max_response_timeout: Duration::from_secs(10),
             max_retries: 5,
-            max_in_flight: 64,
-            max_in_flight_per_peer: 8,
+            max_in_flight: 128,
+            max_in_flight_per_peer: 32,
+            adaptive_window: true,
             peer_selection: PeerSelection::Scored,
             hedge_after: Some(Duration::from_millis(500)),
             block_buffer: 64,
-            window_blocks: 1024,
+            window_blocks: 4096,
             window_bytes: 64 * 1024 * 1024,
             max_message_size: 100 * 1024 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
-            max_requests_per_peer: 16,
+            max_requests_per_peer: 64,
             peer_blocks_per_second: 100_000,
             peer_burst_blocks: 10_000,
             max_queued_requests: 1024,

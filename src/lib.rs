@@ -50,6 +50,10 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+/// Runtime adapters (features `tokio`, `smol`): drive either machine on an
+/// async runtime, with the clock, the timer and the channels it supplies.
+#[cfg(any(feature = "tokio", feature = "smol"))]
+pub mod adapters;
 mod buffer;
 mod config;
 mod range;

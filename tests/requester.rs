@@ -148,9 +148,10 @@ fn large_block_gap() {
     assert_eq!(committed, (1..500).collect::<Vec<_>>());
 }
 
-// Fabric's TestOverPopulation: the gossip path only keeps blocks within
-// [next, next + block_buffer); ours counts from the next block to deliver
-// (Fabric from the ledger height, which its test holds at 1).
+// Fabric's TestOverPopulation: with the ledger held at height 1 (the host
+// never commits), the gossip path keeps only blocks within
+// [height, height + block_buffer) = [1, 21): 1–4 are delivered, 10–20 wait
+// behind the gap 5–9, 21–200 are dropped, and fewer than 20 are buffered.
 #[test]
 fn over_population() {
     let (mut ae, t0) = fabric(1, 4);
@@ -166,17 +167,21 @@ fn over_population() {
         "5..=9 are missing: nothing deliverable"
     );
     let stats = ae.stats();
-    assert_eq!(stats.buffered_blocks, 15, "10..=24 fit the window [5, 25)");
+    assert_eq!(stats.buffered_blocks, 11, "10..=20");
     assert!(stats.buffered_blocks < 20);
-    assert_eq!(stats.ignored.gossip_outside_window, 176);
+    assert_eq!(stats.ignored.gossip_outside_window, 180);
     // Old blocks are dropped without error; the first copy wins.
     ae.handle(t0, Event::GossipPayload(payload(2))).unwrap();
     ae.handle(t0, Event::GossipPayload(payload(10))).unwrap();
-    assert_eq!(ae.stats().buffered_blocks, 15);
+    assert_eq!(ae.stats().buffered_blocks, 11);
     for seq in 5..=9 {
         ae.handle(t0, Event::GossipPayload(payload(seq))).unwrap();
     }
-    assert_eq!(delivered(&drain(&mut ae)), (5..=24).collect::<Vec<_>>());
+    assert_eq!(delivered(&drain(&mut ae)), (5..=20).collect::<Vec<_>>());
+    // Committing moves the window: 21.. is welcome now.
+    ae.handle(t0, Event::Committed { height: 21 }).unwrap();
+    ae.handle(t0, Event::GossipPayload(payload(21))).unwrap();
+    assert_eq!(delivered(&drain(&mut ae)), vec![21]);
 }
 
 #[test]
@@ -517,6 +522,9 @@ fn default_preset_pipelines_disjoint_ranges() {
     let t0 = epoch();
     let mut config = Config::default();
     config.window_blocks = 200;
+    // A fixed window of 8 per peer here; the adaptive one is tested below.
+    config.adaptive_window = false;
+    config.max_in_flight_per_peer = 8;
     let mut ae = AntiEntropy::new(config.clone(), channel(), 1, 5, t0).unwrap();
     let view = (0..4).map(|i| PeerState::new(i, 10_000)).collect();
     ae.handle(t0, Event::Membership(view)).unwrap();
@@ -555,6 +563,42 @@ fn default_preset_pipelines_disjoint_ranges() {
     // Committing opens the window again.
     ae.handle(t0, Event::Committed { height: 199 }).unwrap();
     assert!(!sends(&drain(&mut ae)).is_empty());
+}
+
+// The adaptive per-peer window starts at 2 requests and grows by one per
+// answer that did not queue at the peer.
+#[test]
+fn adaptive_window_starts_small_and_grows() {
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 5, t0).unwrap();
+    ae.handle(t0, Event::Membership(vec![PeerState::new(0u8, 10_000)]))
+        .unwrap();
+    let first = sends(&drain(&mut ae));
+    assert_eq!(first.len(), 2);
+    // Both answered after the same round trip: no queueing, the window grows
+    // to 3 then 4, and the two freed slots plus two new ones are used.
+    let t1 = t0 + Duration::from_millis(100);
+    for (to, nonce, start, end) in first {
+        ae.handle(
+            t1,
+            Event::Response {
+                from: to,
+                message: wire_response(nonce, start..=end),
+            },
+        )
+        .unwrap();
+    }
+    let actions = drain(&mut ae);
+    ae.handle(
+        t1,
+        Event::Committed {
+            height: ae.height(),
+        },
+    )
+    .unwrap();
+    let second = sends(&actions);
+    assert_eq!(second.len(), 4);
+    assert_eq!(ae.stats().peers[&0].in_flight, 4);
 }
 
 // With scored selection a timed-out range goes to a different peer.
@@ -599,4 +643,24 @@ fn same_seed_and_events_give_same_actions() {
     };
     assert_eq!(run(42), run(42));
     assert_ne!(run(42), run(43), "the seed drives nonces and peer choice");
+}
+
+// Durations too long to add to an Instant mean "never", not a panic.
+#[test]
+fn unrepresentable_deadlines_never_fire() {
+    let t0 = epoch();
+    let mut config = Config::default();
+    config.check_interval = Duration::MAX;
+    config.response_timeout = Duration::MAX;
+    config.max_response_timeout = Duration::MAX;
+    config.hedge_after = Some(Duration::MAX);
+    let mut ae = AntiEntropy::new(config, channel(), 1, 1, t0).unwrap();
+    assert_eq!(ae.poll_timeout(), None);
+    ae.handle(t0, Event::Membership(vec![PeerState::new("a", 50)]))
+        .unwrap();
+    assert!(!sends(&drain(&mut ae)).is_empty());
+    assert_eq!(ae.poll_timeout(), None);
+    ae.handle(t0 + Duration::from_secs(3600), Event::Timeout)
+        .unwrap();
+    assert_eq!(ae.stats().timeouts, 0);
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::buffer::{payload_size, PayloadBuffer, PushOutcome};
-use crate::config::{Config, ConfigError, PeerSelection};
+use crate::buffer::{payload_size, PayloadBuffer};
+use crate::config::{Config, ConfigError};
 use crate::range::SeqRange;
 use crate::wire::gossip::{GossipMessage, Payload};
 use crate::wire::{self, block_number};
@@ -20,6 +20,20 @@ pub use types::{
     Action, Event, EventError, GiveUpReason, IgnoredCounts, Origin, PeerState, PeerStats,
     ResponseError, Stats,
 };
+
+/// Why a request is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Send {
+    First,
+    /// After a failure; counts against `max_retries`.
+    Retry,
+    /// A duplicate for the range holding back the commit point; free.
+    Hedge,
+}
+
+/// Hedges per request at most: bounds the sends of a range at
+/// `max_retries + 1 + MAX_HEDGES`.
+const MAX_HEDGES: u32 = 3;
 
 /// A payload handed to the host and not yet committed.
 #[derive(Debug, Clone)]
@@ -114,7 +128,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         );
         let block_bytes_estimate = (config.window_bytes / config.window_blocks).max(1);
         Ok(Self {
-            next_round_at: Some(now + config.check_interval),
+            next_round_at: now.checked_add(config.check_interval),
             config,
             channel,
             rng: fastrand::Rng::with_seed(seed),
@@ -163,6 +177,12 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         };
         self.deliver();
         self.fill(now);
+        // The event may have made another request the one holding back the
+        // commit point, with its hedge already due: so that `poll_timeout`
+        // never lies in the past, hedge it now.
+        if self.hedge_due().is_some_and(|due| due <= now) {
+            self.hedge(now);
+        }
         result
     }
 
@@ -196,7 +216,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let deadlines = self
             .requests
             .iter()
-            .flat_map(|(_, request)| request.waiting().map(|attempt| attempt.deadline));
+            .flat_map(|(_, request)| request.waiting().filter_map(|attempt| attempt.deadline));
         deadlines
             .chain(self.next_round_at)
             .chain(self.hedge_due())
@@ -255,7 +275,9 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             };
             let mut expired = Vec::new();
             for attempt in &mut request.attempts {
-                if attempt.state == AttemptState::Waiting && attempt.deadline <= now {
+                if attempt.state == AttemptState::Waiting
+                    && attempt.deadline.is_some_and(|d| d <= now)
+                {
                     attempt.state = AttemptState::TimedOut;
                     expired.push(attempt.peer.clone());
                 }
@@ -268,6 +290,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 if let Some(peer) = self.peers.get_mut(peer_id) {
                     peer.in_flight -= 1;
                     peer.stats.timeouts += 1;
+                    peer.timed_out();
                     peer.failed(now, 1, self.config.peer_selection);
                 }
             }
@@ -278,39 +301,66 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         }
     }
 
-    /// When the request holding back the commit point should be hedged.
+    /// When the request holding back the commit point should be hedged: once
+    /// its only waiting send is older than `max(hedge_after, 2·SRTT)` of the
+    /// peer asked, at most [`MAX_HEDGES`] times per request.
     fn hedge_due(&self) -> Option<Instant> {
         let hedge_after = self.config.hedge_after?;
         let (_, request) = self.requests.covering(self.buffer.next())?;
-        if request.hedged {
+        if request.hedges >= MAX_HEDGES {
             return None;
         }
-        let attempt = request.waiting().next()?;
+        let mut waiting = request.waiting();
+        let attempt = waiting.next()?;
+        if waiting.next().is_some() {
+            return None; // a hedge is already racing it
+        }
         let srtt = self
             .peers
             .get(&attempt.peer)
             .and_then(|peer| peer.rtt.srtt())
             .unwrap_or(Duration::ZERO);
-        Some(attempt.sent_at + hedge_after.max(srtt * 2))
+        let due = attempt.sent_at.checked_add(hedge_after.max(srtt * 2))?;
+        Some(
+            request
+                .hedge_not_before
+                .map_or(due, |not_before| due.max(not_before)),
+        )
     }
 
-    /// Asks a second peer for the range holding back the commit point. One
-    /// chance per request: if no other peer is free, it is not retried.
+    /// Asks another peer for the range holding back the commit point, so a
+    /// slow, silent or lying peer cannot stall the window. If no other peer
+    /// is free, tries again `hedge_after` later.
     fn hedge(&mut self, now: Instant) {
         let Some((nonce, request)) = self.requests.covering(self.buffer.next()) else {
             return;
         };
         let end = request.range.end();
         let asked: Vec<P> = request.attempts.iter().map(|a| a.peer.clone()).collect();
+        let range = request.range;
+        // A hedge goes only to a peer not already working on the range, and
+        // never to one whose copy of a block in it was rejected.
+        let mut exclude: Vec<P> = request.waiting().map(|a| a.peer.clone()).collect();
+        exclude.extend(self.rejected_in(range));
         let choice = self
             .peers
-            .choose(&self.config, end, &asked, true, now, &mut self.rng);
-        if let Some(request) = self.requests.get_mut(nonce) {
-            request.hedged = true;
-        }
-        if let Some(peer) = choice {
-            self.stats.hedges += 1;
-            self.send_attempt(now, nonce, peer);
+            .choose(&self.config, end, &asked, &exclude, now, &mut self.rng)
+            .filter(|peer| !exclude.contains(peer));
+        match choice {
+            Some(peer) => {
+                if let Some(request) = self.requests.get_mut(nonce) {
+                    request.hedges += 1;
+                }
+                self.stats.hedges += 1;
+                self.send_attempt(now, nonce, peer, Send::Hedge);
+            }
+            None => {
+                if let (Some(request), Some(hedge_after)) =
+                    (self.requests.get_mut(nonce), self.config.hedge_after)
+                {
+                    request.hedge_not_before = now.checked_add(hedge_after);
+                }
+            }
         }
     }
 
@@ -332,7 +382,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             self.stats.rounds += 1;
             self.round_end = Some(target - 1);
         } else {
-            self.next_round_at = Some(now + self.config.check_interval);
+            self.next_round_at = now.checked_add(self.config.check_interval);
         }
     }
 
@@ -349,7 +399,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
 
     fn end_round(&mut self, now: Instant) {
         self.round_end = None;
-        self.next_round_at = Some(now + self.config.check_interval);
+        self.next_round_at = now.checked_add(self.config.check_interval);
     }
 
     fn give_up(&mut self, now: Instant, range: SeqRange, reason: GiveUpReason) {
@@ -368,14 +418,20 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 let Some(request) = self.requests.get_mut(nonce) else {
                     continue;
                 };
-                let mut cancelled = false;
+                let mut cancelled = Vec::new();
                 for attempt in &mut request.attempts {
                     if attempt.state == AttemptState::Waiting && departed.contains(&attempt.peer) {
                         attempt.state = AttemptState::Failed;
-                        cancelled = true;
+                        cancelled.push(attempt.peer.clone());
                     }
                 }
-                if cancelled {
+                for peer_id in &cancelled {
+                    // A peer that left the channel keeps its record: free its slot.
+                    if let Some(peer) = self.peers.get_mut(peer_id) {
+                        peer.in_flight -= 1;
+                    }
+                }
+                if !cancelled.is_empty() {
                     self.retry_if_idle(now, nonce);
                 }
             }
@@ -395,6 +451,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// Sends requests while the round has missing blocks, the window has
     /// room and peers have free slots.
     fn fill(&mut self, now: Instant) {
+        self.drop_obsolete();
         self.resend_idle(now);
         let Some(end) = self.round_end else {
             return;
@@ -414,12 +471,12 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 self.give_up(now, range, GiveUpReason::NoEligiblePeer);
                 return;
             }
-            let avoid = self.rejected_in(range);
+            let rejected = self.rejected_in(range);
             let choice = self.peers.choose(
                 &self.config,
                 range.end(),
-                &avoid,
-                !avoid.is_empty(),
+                &[],
+                &rejected,
                 now,
                 &mut self.rng,
             );
@@ -437,10 +494,32 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 Request {
                     range,
                     attempts: Vec::new(),
-                    hedged: false,
+                    hedges: 0,
+                    hedge_not_before: None,
                 },
             );
-            self.send_attempt(now, nonce, peer);
+            self.send_attempt(now, nonce, peer, Send::First);
+        }
+    }
+
+    /// Whether every block of `range` is delivered or held already.
+    fn obsolete(&self, range: SeqRange) -> bool {
+        let from = range.start().max(self.buffer.next());
+        from > range.end()
+            || self.buffer.stored_in(from, range.end()).count() as u64 == range.end() - from + 1
+    }
+
+    /// Drops requests whose blocks all came another way (gossip, a hedge's
+    /// twin, a rewind), freeing their slots without blame.
+    fn drop_obsolete(&mut self) {
+        let obsolete: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, request)| self.obsolete(request.range))
+            .map(|(nonce, _)| *nonce)
+            .collect();
+        for nonce in obsolete {
+            self.drop_request(nonce);
         }
     }
 
@@ -479,10 +558,14 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         if span > self.config.window_blocks {
             return false;
         }
-        if self.requests.is_empty() {
+        // With nothing in flight and nothing awaiting a commit, the block at
+        // `next` is accepted whatever its size (see `accept_payload`), so a
+        // wrong estimate cannot stall us; while blocks await a commit, wait
+        // for it rather than fetch what would be dropped.
+        if self.requests.is_empty() && self.uncommitted.is_empty() {
             return true;
         }
-        let held = self.buffer.bytes() as u64 + self.uncommitted_bytes;
+        let held = self.held_bytes();
         let expected =
             (self.requests.blocks() + range.len()).saturating_mul(self.block_bytes_estimate);
         held.saturating_add(expected) <= self.config.window_bytes
@@ -514,7 +597,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         }
     }
 
-    fn send_attempt(&mut self, now: Instant, nonce: u64, to: P) {
+    fn send_attempt(&mut self, now: Instant, nonce: u64, to: P, kind: Send) {
         let Some(peer) = self.peers.get_mut(&to) else {
             return;
         };
@@ -524,13 +607,15 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         peer.in_flight += 1;
         peer.stats.requests += 1;
         self.stats.requests += 1;
-        if request.sends() > 0 && !request.hedged {
-            self.stats.retries += 1;
+        match kind {
+            Send::First => {}
+            Send::Retry => self.stats.retries += 1,
+            Send::Hedge => {}
         }
         request.attempts.push(Attempt {
             peer: to.clone(),
             sent_at: now,
-            deadline: now + peer.timeout(&self.config),
+            deadline: now.checked_add(peer.timeout(&self.config)),
             state: AttemptState::Waiting,
         });
         let message = wire::state_request(
@@ -542,6 +627,45 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         self.actions.push_back(Action::SendRequest { to, message });
     }
 
+    /// A peer that answers is alive and working through its queue: the
+    /// requests it holds that were sent after the one it answered (queued
+    /// behind it) get at least one more timeout from now, so a deep pipeline
+    /// is not mistaken for a silent peer. Requests sent before the answered
+    /// one were overtaken (a responder serves in order) and keep their
+    /// deadline. Never past `max_response_timeout` after the send, so a peer
+    /// that answers some requests and drops others cannot hold the rest for
+    /// long. Fixed (Fabric) timeouts are left alone.
+    fn extend_deadlines(&mut self, now: Instant, from: &P, answered_sent_at: Instant) {
+        if !self.config.adaptive_timeout {
+            return;
+        }
+        let Some(peer) = self.peers.get(from) else {
+            return;
+        };
+        let timeout = peer.timeout(&self.config);
+        let cap = self.config.max_response_timeout;
+        for nonce in self.requests.nonces() {
+            let Some(request) = self.requests.get_mut(nonce) else {
+                continue;
+            };
+            for attempt in &mut request.attempts {
+                if attempt.state != AttemptState::Waiting
+                    || &attempt.peer != from
+                    || attempt.sent_at < answered_sent_at
+                {
+                    continue;
+                }
+                let extended = now.checked_add(timeout);
+                let latest = attempt.sent_at.checked_add(cap);
+                if let (Some(deadline), Some(extended), Some(latest)) =
+                    (attempt.deadline, extended, latest)
+                {
+                    attempt.deadline = Some(deadline.max(extended.min(latest)));
+                }
+            }
+        }
+    }
+
     /// A request with no send still waiting is sent again, or given up.
     fn retry_if_idle(&mut self, now: Instant, nonce: u64) {
         let Some(request) = self.requests.get(nonce) else {
@@ -551,8 +675,13 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             return;
         }
         let range = request.range;
-        let sends = request.sends();
+        let sends = request.counted_sends();
         let failed: Vec<P> = request.attempts.iter().map(|a| a.peer.clone()).collect();
+        if self.obsolete(range) {
+            // Everything it asked for came another way (gossip): no re-send.
+            self.drop_request(nonce);
+            return;
+        }
         if sends > self.config.max_retries {
             self.drop_request(nonce);
             self.give_up(now, range, GiveUpReason::RetriesExhausted { sends });
@@ -564,22 +693,18 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             return;
         }
         let rejected = self.rejected_in(range);
-        let mut avoid = rejected.clone();
-        if self.config.peer_selection == PeerSelection::Scored {
-            avoid.extend(failed);
-        }
         let choice = self.peers.choose(
             &self.config,
             range.end(),
-            &avoid,
-            !rejected.is_empty(),
+            &failed,
+            &rejected,
             now,
             &mut self.rng,
         );
         // If every eligible peer is busy, `resend_idle` tries again when a
         // slot frees, and gives up if nothing is left in flight.
         if let Some(peer) = choice {
-            self.send_attempt(now, nonce, peer);
+            self.send_attempt(now, nonce, peer, Send::Retry);
         }
     }
 
@@ -641,15 +766,13 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             ignored.unknown_nonce += 1;
             return Err(ResponseError::UnknownNonce { nonce });
         };
-        if !request.asked(&from) {
+        let range = request.range;
+        let Some(attempt) = request.attempt_to(&from) else {
             ignored.unexpected_peer += 1;
             return Err(ResponseError::UnexpectedPeer { nonce });
-        }
-        let range = request.range;
-        let attempt = request
-            .attempt_to(&from)
-            .expect("asked peers have an attempt");
-        let rtt = now.saturating_duration_since(attempt.sent_at);
+        };
+        let answered_sent_at = attempt.sent_at;
+        let rtt = now.saturating_duration_since(answered_sent_at);
         let was_waiting = attempt.state == AttemptState::Waiting;
 
         let mut usable = 0u64;
@@ -692,7 +815,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             return Ok(());
         }
         if let Some(peer) = peer {
-            peer.rtt.sample(rtt);
+            peer.answered(rtt, &self.config);
             peer.stats.responses += 1;
             peer.stats.blocks += usable;
             peer.stats.bytes += bytes;
@@ -706,25 +829,44 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // Blocks of the range that did not arrive are simply missing again:
         // the planner asks for them in a new request.
         self.drop_request(nonce);
+        self.extend_deadlines(now, &from, answered_sent_at);
         Ok(())
     }
 
     fn accept_payload(&mut self, payload: Payload, size: u64, origin: Origin<P>) {
         let seq = payload.seq_num;
-        let held = self.buffer.bytes() as u64 + self.uncommitted_bytes;
-        if seq != self.buffer.next() && held.saturating_add(size) > self.config.window_bytes {
-            // Over the byte window: dropped now, fetched again later.
+        if seq < self.buffer.next() || self.buffer.contains(seq) {
+            self.stats.ignored.duplicate_payloads += 1;
             return;
         }
-        match self.buffer.push(payload) {
-            PushOutcome::Kept => {
-                self.origins.insert(seq, origin);
+        // The block that unblocks delivery may overshoot the byte window by
+        // itself when nothing awaits a commit (else out-of-order blocks could
+        // fill the window for good).
+        let unblocks = seq == self.buffer.next() && self.uncommitted.is_empty();
+        // Lower blocks are needed first: a full window makes room by
+        // evicting the highest held ones (fetched again later), so that
+        // after a rewind the gap refills at full speed, not one block per
+        // round trip.
+        while !unblocks && self.held_bytes().saturating_add(size) > self.config.window_bytes {
+            match self.buffer.highest() {
+                Some(highest) if highest > seq => {
+                    self.buffer.remove(highest);
+                    self.origins.remove(&highest);
+                    self.stats.evicted += 1;
+                }
+                // Otherwise it waits for commits: dropped now, fetched later.
+                _ => return,
             }
-            PushOutcome::Stale | PushOutcome::Duplicate => {
-                self.stats.ignored.duplicate_payloads += 1
-            }
-            PushOutcome::Full => {}
         }
+        if self.buffer.push(payload).is_kept() {
+            self.origins.insert(seq, origin);
+        }
+    }
+
+    /// Bytes of payloads held: buffered out of order, or delivered and not
+    /// yet committed.
+    fn held_bytes(&self) -> u64 {
+        self.buffer.bytes() as u64 + self.uncommitted_bytes
     }
 
     /// Hands every consecutive payload to the host.
@@ -749,16 +891,18 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
 
     // --- the gossip path and the host's verdicts ----------------------------------
 
-    /// Fabric's non-blocking path: kept only within `[next, next + block_buffer)`;
-    /// older or duplicate blocks are dropped without error.
+    /// Fabric's non-blocking path: kept only within
+    /// `[height, height + block_buffer)` of the committed height (Fabric
+    /// compares with the ledger height too), so gossip alone never holds more
+    /// than `block_buffer` blocks ahead of the ledger; older or duplicate
+    /// blocks are dropped without error.
     fn on_gossip_payload(&mut self, payload: Payload) {
-        let next = self.buffer.next();
         let seq = payload.seq_num;
-        if seq < next {
+        if seq < self.buffer.next() {
             self.stats.ignored.duplicate_payloads += 1;
             return;
         }
-        if seq - next >= self.config.block_buffer {
+        if seq - self.committed >= self.config.block_buffer {
             self.stats.ignored.gossip_outside_window += 1;
             return;
         }

@@ -12,15 +12,22 @@ const MAX_BENCH: Duration = Duration::from_secs(30);
 /// First bench after a failure; doubles with each further strike.
 const BASE_BENCH: Duration = Duration::from_millis(500);
 
-/// Jacobson/Karels round-trip estimator (RFC 6298).
+/// Jacobson/Karels round-trip estimator with exponential back-off of the
+/// timeout after a timeout (RFC 6298 §5.5): under a sudden queue the
+/// deadline grows instead of expiring every request in turn.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct RttEstimator {
     srtt: Option<Duration>,
     rttvar: Duration,
+    backoff: u32,
 }
+
+/// The back-off doubles the timeout at most this many times.
+const MAX_BACKOFF: u32 = 6;
 
 impl RttEstimator {
     pub(crate) fn sample(&mut self, rtt: Duration) {
+        self.backoff = 0;
         match self.srtt {
             None => {
                 self.srtt = Some(rtt);
@@ -38,9 +45,63 @@ impl RttEstimator {
         self.srtt
     }
 
-    /// SRTT + 4·RTTVAR, if measured.
-    pub(crate) fn rto(&self) -> Option<Duration> {
-        self.srtt.map(|srtt| srtt + self.rttvar * 4)
+    /// A request timed out: double the timeout until the next sample.
+    pub(crate) fn back_off(&mut self) {
+        self.backoff = (self.backoff + 1).min(MAX_BACKOFF);
+    }
+
+    /// (SRTT + 4·RTTVAR) · 2^backoff, or `initial` · 2^backoff before any
+    /// sample (RFC 6298 backs off the initial timeout too: under a queue
+    /// longer than it, every first request would otherwise expire).
+    pub(crate) fn rto(&self, initial: Duration) -> Duration {
+        let base = self.srtt.map_or(initial, |srtt| srtt + self.rttvar * 4);
+        base.saturating_mul(1 << self.backoff)
+    }
+}
+
+/// The number of requests kept in flight to one peer, sized like TCP
+/// Vegas sizes its window: it grows while round trips stay near the fastest
+/// seen (the peer's link is not queueing our requests), shrinks when more
+/// than a few requests wait in its queue, and halves on a timeout. So each
+/// peer gets about its bandwidth-delay product, whatever the block size.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerWindow {
+    size: usize,
+    base_rtt: Option<Duration>,
+}
+
+impl PeerWindow {
+    /// Requests in flight before any round trip is measured.
+    const INITIAL: usize = 2;
+    /// Below this many of our requests queued at the peer, grow.
+    const ALPHA: f64 = 1.0;
+    /// Above this many, shrink.
+    const BETA: f64 = 3.0;
+
+    fn new() -> Self {
+        Self {
+            size: Self::INITIAL,
+            base_rtt: None,
+        }
+    }
+
+    fn on_sample(&mut self, rtt: Duration, max: usize) {
+        let base = self.base_rtt.map_or(rtt, |base| base.min(rtt));
+        self.base_rtt = Some(base);
+        if rtt.is_zero() {
+            return;
+        }
+        // Vegas: window × (1 − base/rtt) requests are waiting in a queue.
+        let queued = self.size as f64 * (1.0 - base.as_secs_f64() / rtt.as_secs_f64());
+        if queued < Self::ALPHA {
+            self.size = (self.size + 1).min(max);
+        } else if queued > Self::BETA {
+            self.size = (self.size - 1).max(1);
+        }
+    }
+
+    fn on_timeout(&mut self) {
+        self.size = (self.size / 2).max(1);
     }
 }
 
@@ -50,6 +111,7 @@ pub(crate) struct Peer {
     pub(crate) advertised: Option<u64>,
     pub(crate) in_flight: usize,
     pub(crate) rtt: RttEstimator,
+    window: PeerWindow,
     /// Failures not yet paid back by successes; drives the bench time.
     strikes: u32,
     benched_until: Option<Instant>,
@@ -62,10 +124,32 @@ impl Peer {
             advertised,
             in_flight: 0,
             rtt: RttEstimator::default(),
+            window: PeerWindow::new(),
             strikes: 0,
             benched_until: None,
             stats: PeerStats::default(),
         }
+    }
+
+    /// How many requests may be in flight to this peer now.
+    pub(crate) fn limit(&self, config: &Config) -> usize {
+        if config.adaptive_window {
+            self.window.size.min(config.max_in_flight_per_peer)
+        } else {
+            config.max_in_flight_per_peer
+        }
+    }
+
+    /// A response came back after `rtt`.
+    pub(crate) fn answered(&mut self, rtt: Duration, config: &Config) {
+        self.rtt.sample(rtt);
+        self.window.on_sample(rtt, config.max_in_flight_per_peer);
+    }
+
+    /// A request to this peer timed out.
+    pub(crate) fn timed_out(&mut self) {
+        self.rtt.back_off();
+        self.window.on_timeout();
     }
 
     /// Whether the peer advertises block `end` (height > end).
@@ -79,11 +163,12 @@ impl Peer {
 
     /// The deadline of a request sent to this peer now.
     pub(crate) fn timeout(&self, config: &Config) -> Duration {
-        match (config.adaptive_timeout, self.rtt.rto()) {
-            (true, Some(rto)) => {
-                rto.clamp(config.min_response_timeout, config.max_response_timeout)
-            }
-            _ => config.response_timeout,
+        if config.adaptive_timeout {
+            self.rtt
+                .rto(config.response_timeout)
+                .clamp(config.min_response_timeout, config.max_response_timeout)
+        } else {
+            config.response_timeout
         }
     }
 
@@ -96,12 +181,19 @@ impl Peer {
 
     /// Records a failure; under scored selection the peer is benched for a
     /// time doubling with its outstanding strikes.
+    ///
+    /// Failures while already benched belong to the same episode (several
+    /// requests in flight to a peer that stalls all time out together) and
+    /// add no strike, so one bad moment cannot bench a peer for long.
     pub(crate) fn failed(&mut self, now: Instant, weight: u32, selection: PeerSelection) {
+        if self.benched(now) {
+            return;
+        }
         self.strikes = self.strikes.saturating_add(weight);
         if selection == PeerSelection::Scored {
             let doublings = self.strikes.saturating_sub(1).min(16);
             let bench = BASE_BENCH.saturating_mul(1 << doublings).min(MAX_BENCH);
-            self.benched_until = Some(now + bench);
+            self.benched_until = now.checked_add(bench);
         }
     }
 }
@@ -126,21 +218,30 @@ impl<P: Clone + Ord> Peers<P> {
     /// the peers that may no longer be asked: departed, left the channel, or
     /// advertising nothing.
     pub(crate) fn replace(&mut self, view: Vec<PeerState<P>>) -> Vec<P> {
-        let mut next = BTreeMap::new();
-        let mut unusable = Vec::new();
+        let mut next: BTreeMap<P, Peer> = BTreeMap::new();
         for state in view {
-            if state.usable_height().is_none() {
-                unusable.push(state.id.clone());
-            }
             let advertised = state.usable_height();
-            let mut peer = self
-                .map
-                .remove(&state.id)
-                .unwrap_or_else(|| Peer::new(advertised));
+            // A peer listed twice keeps one record (the last entry wins), so
+            // its in-flight count is never reset behind our back.
+            let peer = match next.entry(state.id) {
+                std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    let record = self
+                        .map
+                        .remove(entry.key())
+                        .unwrap_or_else(|| Peer::new(advertised));
+                    entry.insert(record)
+                }
+            };
             peer.advertised = advertised;
-            next.insert(state.id, peer);
         }
         let departed = std::mem::replace(&mut self.map, next);
+        let mut unusable: Vec<P> = self
+            .map
+            .iter()
+            .filter(|(_, peer)| peer.advertised.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
         unusable.extend(departed.into_keys());
         unusable
     }
@@ -172,33 +273,47 @@ impl<P: Clone + Ord> Peers<P> {
     }
 
     /// Picks the peer for a request ending at `end`, or `None` if every
-    /// eligible peer is at its in-flight cap (or benched).
+    /// eligible peer is at its in-flight cap (or benched while others are
+    /// not).
     ///
-    /// `avoid` lists peers that already failed this range: under scored
-    /// selection they are used only if no other peer can serve; under random
-    /// selection (Fabric) they are skipped only when `strict` (a rejected
-    /// block must be fetched from someone else).
+    /// `exclude` lists peers whose copy of a block in the range was rejected:
+    /// they are used only if no other peer advertises the range (a single
+    /// peer is asked again rather than never). `prefer_not` lists peers that
+    /// already failed the range: under scored selection they are used only
+    /// when no other peer is free; random selection (Fabric) ignores it.
     pub(crate) fn choose(
         &self,
         config: &Config,
         end: u64,
-        avoid: &[P],
-        strict: bool,
+        prefer_not: &[P],
+        exclude: &[P],
         now: Instant,
         rng: &mut fastrand::Rng,
     ) -> Option<P> {
-        let available = |id: &P, peer: &Peer| {
-            peer.covers(end)
-                && peer.in_flight < config.max_in_flight_per_peer
-                && !(config.peer_selection == PeerSelection::Scored && peer.benched(now))
-                && (!strict || !avoid.contains(id))
-        };
+        let scored = config.peer_selection == PeerSelection::Scored;
+        let others_cover = self
+            .map
+            .iter()
+            .any(|(id, peer)| peer.covers(end) && !exclude.contains(id));
+        let usable =
+            |id: &P, peer: &Peer| peer.covers(end) && !(others_cover && exclude.contains(id));
+        // Benching steers load to better peers; it must not stall us when
+        // every peer that can serve the range is benched.
+        let respect_bench = scored
+            && self
+                .map
+                .iter()
+                .any(|(id, peer)| usable(id, peer) && !peer.benched(now));
         let mut candidates: Vec<(&P, &Peer)> = self
             .map
             .iter()
-            .filter(|(id, peer)| available(id, peer))
+            .filter(|(id, peer)| {
+                usable(id, peer)
+                    && peer.in_flight < peer.limit(config)
+                    && !(respect_bench && peer.benched(now))
+            })
             .collect();
-        if config.peer_selection == PeerSelection::Random {
+        if !scored {
             if candidates.is_empty() {
                 return None;
             }
@@ -207,7 +322,7 @@ impl<P: Clone + Ord> Peers<P> {
         let fresh: Vec<(&P, &Peer)> = candidates
             .iter()
             .copied()
-            .filter(|(id, _)| !avoid.contains(id))
+            .filter(|(id, _)| !prefer_not.contains(id))
             .collect();
         if !fresh.is_empty() {
             candidates = fresh;
@@ -232,14 +347,40 @@ mod tests {
     #[test]
     fn rtt_estimator_follows_rfc6298() {
         let mut rtt = RttEstimator::default();
-        assert_eq!(rtt.rto(), None);
+        let initial = Duration::from_secs(1);
+        assert_eq!(rtt.rto(initial), initial);
+        rtt.back_off();
+        assert_eq!(
+            rtt.rto(initial),
+            initial * 2,
+            "the initial timeout backs off too"
+        );
         rtt.sample(Duration::from_millis(100));
         assert_eq!(rtt.srtt(), Some(Duration::from_millis(100)));
-        assert_eq!(rtt.rto(), Some(Duration::from_millis(300)));
+        assert_eq!(
+            rtt.rto(initial),
+            Duration::from_millis(300),
+            "a sample ends the back-off"
+        );
         rtt.sample(Duration::from_millis(200));
         // srtt = 7/8·100 + 1/8·200; rttvar = 3/4·50 + 1/4·100
         assert_eq!(rtt.srtt(), Some(Duration::from_micros(112_500)));
-        assert_eq!(rtt.rto(), Some(Duration::from_micros(112_500 + 4 * 62_500)));
+        assert_eq!(
+            rtt.rto(initial),
+            Duration::from_micros(112_500 + 4 * 62_500)
+        );
+        rtt.back_off();
+        rtt.back_off();
+        assert_eq!(
+            rtt.rto(initial),
+            Duration::from_micros(4 * (112_500 + 4 * 62_500))
+        );
+        rtt.sample(Duration::from_micros(112_500));
+        assert_eq!(rtt.srtt(), Some(Duration::from_micros(112_500)));
+        assert!(
+            rtt.rto(initial) < Duration::from_millis(400),
+            "a sample ends the back-off"
+        );
     }
 
     #[test]
@@ -251,20 +392,89 @@ mod tests {
         peers.replace(vec![PeerState::new("a", 100), PeerState::new("b", 100)]);
         peers.get_mut(&"a").unwrap().in_flight = 1;
         assert_eq!(
-            peers.choose(&config, 50, &[], false, now, &mut rng),
+            peers.choose(&config, 50, &[], &[], now, &mut rng),
             Some("b")
         );
         assert_eq!(
-            peers.choose(&config, 50, &["b"], false, now, &mut rng),
+            peers.choose(&config, 50, &["b"], &[], now, &mut rng),
             Some("a")
         );
         // Only "b" can serve: the failed peer is still used rather than stall.
         peers.get_mut(&"a").unwrap().advertised = Some(10);
         assert_eq!(
-            peers.choose(&config, 50, &["b"], false, now, &mut rng),
+            peers.choose(&config, 50, &["b"], &[], now, &mut rng),
             Some("b")
         );
-        assert_eq!(peers.choose(&config, 50, &["b"], true, now, &mut rng), None);
+        // An excluded peer is still asked when nobody else advertises the range.
+        assert_eq!(
+            peers.choose(&config, 50, &[], &["b"], now, &mut rng),
+            Some("b")
+        );
+        peers.get_mut(&"a").unwrap().advertised = Some(100);
+        peers.get_mut(&"a").unwrap().in_flight = config.max_in_flight_per_peer;
+        assert_eq!(
+            peers.choose(&config, 50, &[], &["b"], now, &mut rng),
+            None,
+            "another peer advertises it: wait for it rather than ask the excluded one"
+        );
+    }
+
+    #[test]
+    fn window_grows_without_queueing_and_shrinks_with_it() {
+        let mut window = PeerWindow::new();
+        for _ in 0..10 {
+            window.on_sample(Duration::from_millis(100), 32);
+        }
+        assert_eq!(window.size, PeerWindow::INITIAL + 10, "no queue: grow");
+        // RTT doubled: half the window is queued (6 > BETA): shrink.
+        window.on_sample(Duration::from_millis(200), 32);
+        assert_eq!(window.size, PeerWindow::INITIAL + 9);
+        window.on_timeout();
+        assert_eq!(window.size, (PeerWindow::INITIAL + 9) / 2);
+        for _ in 0..100 {
+            window.on_sample(Duration::from_millis(100), 8);
+        }
+        assert_eq!(window.size, 8, "capped by max_in_flight_per_peer");
+    }
+
+    #[test]
+    fn the_only_peer_is_never_benched_out() {
+        let config = Config::default();
+        let now = crate::test_epoch();
+        let mut rng = fastrand::Rng::with_seed(1);
+        let mut peers = Peers::default();
+        peers.replace(vec![PeerState::new("a", 100), PeerState::new("b", 5)]);
+        peers
+            .get_mut(&"a")
+            .unwrap()
+            .failed(now, 1, PeerSelection::Scored);
+        assert_eq!(
+            peers.choose(&config, 50, &[], &[], now, &mut rng),
+            Some("a")
+        );
+        peers.replace(vec![PeerState::new("a", 100), PeerState::new("b", 100)]);
+        assert_eq!(
+            peers.choose(&config, 50, &[], &[], now, &mut rng),
+            Some("b")
+        );
+    }
+
+    #[test]
+    fn duplicate_ids_keep_one_record() {
+        let mut peers = Peers::default();
+        peers.replace(vec![PeerState::new("a", 10)]);
+        peers.get_mut(&"a").unwrap().in_flight = 3;
+        let gone = peers.replace(vec![PeerState::new("a", 20), PeerState::new("a", 30)]);
+        assert!(gone.is_empty());
+        let a = peers.get(&"a").unwrap();
+        assert_eq!((a.in_flight, a.advertised), (3, Some(30)));
+        let left = PeerState {
+            id: "a",
+            ledger_height: Some(30),
+            left_channel: true,
+        };
+        assert_eq!(peers.replace(vec![left]), vec!["a"]);
+        assert_eq!(peers.get(&"a").unwrap().in_flight, 3, "the record stays");
     }
 
     #[test]
@@ -275,9 +485,9 @@ mod tests {
         let mut peers = Peers::default();
         peers.replace(vec![PeerState::new("a", 11)]);
         // Fabric asks a peer with height == end (it lacks block `end`).
-        assert_eq!(peers.choose(&config, 11, &[], false, now, &mut rng), None);
+        assert_eq!(peers.choose(&config, 11, &[], &[], now, &mut rng), None);
         assert_eq!(
-            peers.choose(&config, 10, &[], false, now, &mut rng),
+            peers.choose(&config, 10, &[], &[], now, &mut rng),
             Some("a")
         );
     }
@@ -290,7 +500,16 @@ mod tests {
         assert!(peer.benched(now + BASE_BENCH - Duration::from_millis(1)));
         assert!(!peer.benched(now + BASE_BENCH));
         peer.failed(now, 1, PeerSelection::Scored);
-        assert!(peer.benched(now + BASE_BENCH));
+        assert!(
+            !peer.benched(now + BASE_BENCH),
+            "same episode: no extra strike"
+        );
+        let later = now + BASE_BENCH;
+        peer.failed(later, 1, PeerSelection::Scored);
+        assert!(
+            peer.benched(later + BASE_BENCH),
+            "second episode: bench doubles"
+        );
         peer.succeeded();
         peer.succeeded();
         assert!(!peer.benched(now));

@@ -22,7 +22,8 @@ pub(crate) enum AttemptState {
 pub(crate) struct Attempt<P> {
     pub(crate) peer: P,
     pub(crate) sent_at: Instant,
-    pub(crate) deadline: Instant,
+    /// `None` if the timeout is too long to represent: never expires.
+    pub(crate) deadline: Option<Instant>,
     pub(crate) state: AttemptState,
 }
 
@@ -31,24 +32,24 @@ pub(crate) struct Attempt<P> {
 #[derive(Debug, Clone)]
 pub(crate) struct Request<P> {
     pub(crate) range: SeqRange,
-    /// Every send, oldest first; at most `max_retries + 2` (one hedge).
+    /// Every send, oldest first; at most `max_retries + 1` plus the hedges.
     pub(crate) attempts: Vec<Attempt<P>>,
-    pub(crate) hedged: bool,
+    /// Hedges sent: they do not count against `max_retries`.
+    pub(crate) hedges: u32,
+    /// No hedge before this (none was possible at the last try).
+    pub(crate) hedge_not_before: Option<Instant>,
 }
 
 impl<P: PartialEq> Request<P> {
-    pub(crate) fn sends(&self) -> u32 {
-        self.attempts.len() as u32
+    /// Sends that count against `max_retries`: all but the hedges.
+    pub(crate) fn counted_sends(&self) -> u32 {
+        self.attempts.len() as u32 - self.hedges
     }
 
     pub(crate) fn waiting(&self) -> impl Iterator<Item = &Attempt<P>> {
         self.attempts
             .iter()
             .filter(|attempt| attempt.state == AttemptState::Waiting)
-    }
-
-    pub(crate) fn asked(&self, peer: &P) -> bool {
-        self.attempts.iter().any(|attempt| &attempt.peer == peer)
     }
 
     /// The latest send to `peer`.

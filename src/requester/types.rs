@@ -292,6 +292,9 @@ pub struct Stats<P> {
     pub delivered: u64,
     /// Blocks the host rejected.
     pub rejected: u64,
+    /// Held payloads dropped to make room in the byte window for lower
+    /// blocks (they are fetched again).
+    pub evicted: u64,
     /// Ignored input, by reason.
     pub ignored: IgnoredCounts,
     /// Per-peer records, for peers in the current membership.
@@ -318,6 +321,7 @@ impl<P> Default for Stats<P> {
             give_ups: 0,
             delivered: 0,
             rejected: 0,
+            evicted: 0,
             ignored: IgnoredCounts::default(),
             peers: BTreeMap::new(),
         }

@@ -1,0 +1,370 @@
+//! Catch-up in a simulated cluster: how long a lagging peer takes to fetch
+//! the blocks it lacks, under Fabric's algorithm and under ours.
+//!
+//! ```text
+//! cargo run --release --example catchup
+//! cargo run --release --example catchup -- --laggers 3 --loss 0.01 --byzantine 1 --json
+//! cargo run --release --example catchup -- --help
+//! ```
+//!
+//! Without flags: 4 up-to-date peers, one peer 10 000 blocks of 64 KiB
+//! behind, 100 ms round trip, 100 Mbit/s uplinks and 1 Gbit/s downlinks,
+//! run with `Config::fabric()` and `Config::default()` on the same seed.
+//! Everything runs in virtual time in the deterministic simulator
+//! (`antientropy::sim`): the same flags and seed print the same numbers.
+//!
+//! The table compares each run's catch-up time with a lower bound: one-way
+//! latency + bytes / min(lagger downlink, summed uplinks of the peers that
+//! serve valid blocks), or for several laggers the Kumar–Ross bound
+//! `max(F/u_s, F/d_min, N·F/(u_s + Σu_i))` plus the latency (see
+//! `antientropy::sim::Bound`). `--json` prints one JSON object per run
+//! instead. The exit status is 1 if a run did not converge or broke an
+//! invariant.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use antientropy::sim::{Chain, Report, Scenario, Simulation};
+use antientropy::Config;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Largest chain the example builds (it is held in memory once).
+const MAX_CHAIN_BYTES: u64 = 8 << 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Preset {
+    /// `Config::fabric()`: Fabric's algorithm and defaults.
+    Fabric,
+    /// `Config::default()`: the pipelined multi-peer engine.
+    Default,
+    /// Both, on the same scenario and seed.
+    Both,
+}
+
+/// Simulates a Fabric channel where lagging peers catch up by state
+/// transfer, and compares the catch-up time with a lower bound.
+#[derive(Debug, Parser)]
+#[command(name = "catchup", version)]
+struct Cli {
+    /// Up-to-date peers (faulty ones included).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    peers: u64,
+    /// Peers that start with only the genesis block and catch up.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    laggers: u64,
+    /// Blocks the laggers lack.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    blocks: u64,
+    /// Bytes of data per block.
+    #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
+    block_size: u64,
+    /// Round-trip time between any two peers, milliseconds.
+    #[arg(long, default_value_t = 100.0, value_parser = parse_rtt)]
+    rtt_ms: f64,
+    /// Every peer's uplink, Mbit/s.
+    #[arg(long, default_value_t = 100.0, value_parser = parse_bandwidth)]
+    uplink_mbps: f64,
+    /// Every peer's downlink, Mbit/s.
+    #[arg(long, default_value_t = 1000.0, value_parser = parse_bandwidth)]
+    downlink_mbps: f64,
+    /// Probability that a message is lost (0 to below 1).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_loss)]
+    loss: f64,
+    /// Probability that a message is delivered twice (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
+    dup: f64,
+    /// Probability that a message is delayed so that later ones overtake it (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
+    reorder: f64,
+    /// Up-to-date peers that never answer.
+    #[arg(long, default_value_t = 0)]
+    silent: u64,
+    /// Up-to-date peers that take 500 ms more per read.
+    #[arg(long, default_value_t = 0)]
+    slow: u64,
+    /// Peers that advertise the whole chain but hold only its first half.
+    #[arg(long, default_value_t = 0)]
+    lying: u64,
+    /// Up-to-date peers that answer with forged blocks, wrong nonces,
+    /// out-of-range payloads or garbage.
+    #[arg(long, default_value_t = 0)]
+    byzantine: u64,
+    /// Which configuration to run.
+    #[arg(long, value_enum, default_value_t = Preset::Both)]
+    preset: Preset,
+    /// Seed of every random choice (faults, peers' choices).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print one JSON object per run instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_f64(s: &str) -> Result<f64, String> {
+    let value: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if !value.is_finite() {
+        return Err(format!("`{s}` is not a finite number"));
+    }
+    Ok(value)
+}
+
+fn parse_probability(s: &str) -> Result<f64, String> {
+    let p = parse_f64(s)?;
+    if !(0.0..=1.0).contains(&p) {
+        return Err(format!("{p} is not a probability between 0 and 1"));
+    }
+    Ok(p)
+}
+
+fn parse_loss(s: &str) -> Result<f64, String> {
+    let p = parse_probability(s)?;
+    if p >= 1.0 {
+        return Err("a loss of 1 delivers nothing; use a value below 1".into());
+    }
+    Ok(p)
+}
+
+fn parse_rtt(s: &str) -> Result<f64, String> {
+    let ms = parse_f64(s)?;
+    if !(0.0..=600_000.0).contains(&ms) {
+        return Err(format!("{ms} ms is outside 0..=600000"));
+    }
+    Ok(ms)
+}
+
+fn parse_bandwidth(s: &str) -> Result<f64, String> {
+    let mbps = parse_f64(s)?;
+    if !(0.001..=1_000_000.0).contains(&mbps) {
+        return Err(format!("{mbps} Mbit/s is outside 0.001..=1000000"));
+    }
+    Ok(mbps)
+}
+
+impl Cli {
+    /// The scenario, or a clap-style error for combinations no single flag
+    /// can check.
+    fn scenario(&self) -> Result<Scenario, clap::Error> {
+        let faulty = self.silent + self.slow + self.lying + self.byzantine;
+        if faulty >= self.peers {
+            return Err(Cli::command().error(
+                ErrorKind::ArgumentConflict,
+                format!(
+                    "--silent, --slow, --lying and --byzantine name {faulty} of {} peers; \
+                     at least one must stay honest (raise --peers)",
+                    self.peers
+                ),
+            ));
+        }
+        let chain_bytes = self
+            .blocks
+            .saturating_add(1)
+            .saturating_mul(self.block_size);
+        if chain_bytes > MAX_CHAIN_BYTES {
+            return Err(Cli::command().error(
+                ErrorKind::ValueValidation,
+                format!(
+                    "--blocks × --block-size is {:.1} GiB; the simulator holds the chain in memory, at most {} GiB",
+                    chain_bytes as f64 / f64::from(1 << 30),
+                    MAX_CHAIN_BYTES >> 30
+                ),
+            ));
+        }
+        let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        let bps = |mbps: f64| ((mbps * 1e6).round() as u64).max(1);
+        Ok(Scenario {
+            peers: as_usize(self.peers),
+            laggers: as_usize(self.laggers),
+            blocks: self.blocks,
+            block_size: as_usize(self.block_size),
+            latency: Duration::from_secs_f64(self.rtt_ms / 2000.0),
+            uplink_bps: bps(self.uplink_mbps),
+            downlink_bps: bps(self.downlink_mbps),
+            loss: self.loss,
+            duplicate: self.dup,
+            reorder: self.reorder,
+            ..Scenario::default()
+        }
+        .with_faults(
+            as_usize(self.silent),
+            as_usize(self.slow),
+            as_usize(self.lying),
+            as_usize(self.byzantine),
+        ))
+    }
+
+    fn presets(&self) -> Vec<(&'static str, Config)> {
+        let fabric = ("fabric", Config::fabric());
+        let default = ("default", Config::default());
+        match self.preset {
+            Preset::Fabric => vec![fabric],
+            Preset::Default => vec![default],
+            Preset::Both => vec![fabric, default],
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let scenario = match cli.scenario() {
+        Ok(scenario) => scenario,
+        Err(error) => error.exit(),
+    };
+    if let Err(error) = scenario.validate() {
+        Cli::command()
+            .error(ErrorKind::ValueValidation, error)
+            .exit();
+    }
+
+    let building = ProgressBar::new_spinner().with_message(format!(
+        "building {} blocks of {} …",
+        scenario.target_height(),
+        bytes(scenario.block_size as f64)
+    ));
+    building.enable_steady_tick(Duration::from_millis(100));
+    let chain = Chain::new(scenario.target_height(), scenario.block_size);
+    building.finish_and_clear();
+
+    let mut reports = Vec::new();
+    for (preset, config) in cli.presets() {
+        let sim = Simulation::with_chain(scenario.clone(), config, cli.seed, chain.clone());
+        let mut sim = match sim {
+            Ok(sim) => sim,
+            Err(error) => Cli::command()
+                .error(ErrorKind::ValueValidation, error)
+                .exit(),
+        };
+        let report = run(preset, &mut sim);
+        if cli.json {
+            println!("{{\"preset\":\"{preset}\",{}}}", report.json_fields());
+        }
+        reports.push((preset, report));
+    }
+    if !cli.json {
+        print_table(&cli, &scenario, &reports);
+    }
+    if reports.iter().all(|(_, report)| report.passed()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs one simulation with a progress bar on stderr; fills in wall time.
+fn run(preset: &str, sim: &mut Simulation) -> Report {
+    let total = sim.progress().blocks_total;
+    let bar = ProgressBar::new(total).with_prefix(preset.to_string());
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>8} [{bar:40}] {pos}/{len} blocks, {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    // The example, not the simulator, reads the wall clock.
+    #[allow(clippy::disallowed_methods)]
+    let started = Instant::now();
+    let mut report = sim.run(|p| {
+        bar.set_position(p.blocks_committed);
+        bar.set_message(format!("virtual {:.1} s", p.virtual_time.as_secs_f64()));
+    });
+    report.wall = Some(started.elapsed());
+    bar.finish_and_clear();
+    report
+}
+
+fn print_table(cli: &Cli, scenario: &Scenario, reports: &[(&str, Report)]) {
+    let faults: Vec<String> = [
+        ("silent", cli.silent),
+        ("slow", cli.slow),
+        ("lying", cli.lying),
+        ("byzantine", cli.byzantine),
+    ]
+    .iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(name, n)| format!("{n} {name}"))
+    .collect();
+    let faults = if faults.is_empty() {
+        "all honest".to_string()
+    } else {
+        faults.join(", ")
+    };
+    let bound = reports.first().map(|(_, r)| r.bound);
+    println!(
+        "{} peers ({faults}), {} lagger{} {} blocks × {} behind ({} each), RTT {} ms, up {} Mbit/s, down {} Mbit/s, \
+         loss {}, dup {}, reorder {}, seed {}",
+        scenario.peers,
+        scenario.laggers,
+        if scenario.laggers == 1 { "" } else { "s" },
+        scenario.blocks,
+        bytes(scenario.block_size as f64),
+        bytes(bound.map_or(0.0, |b| b.bytes as f64)),
+        cli.rtt_ms,
+        cli.uplink_mbps,
+        cli.downlink_mbps,
+        cli.loss,
+        cli.dup,
+        cli.reorder,
+        cli.seed,
+    );
+    println!();
+    println!(
+        "{:<8} {:>10} {:>9} {:>7} {:>9} {:>9} {:>12} {:>8}",
+        "preset", "catch-up", "bound", "ratio", "requests", "timeouts", "peak buffer", "wall"
+    );
+    for (preset, r) in reports {
+        let catchup = match r.catchup {
+            Some(t) => format!("{:.2} s", t.as_secs_f64()),
+            None => format!("({})", r.outcome.as_str()),
+        };
+        println!(
+            "{:<8} {:>10} {:>9} {:>7} {:>9} {:>9} {:>12} {:>8}",
+            preset,
+            catchup,
+            format!("{:.2} s", r.bound.value().as_secs_f64()),
+            r.ratio().map_or("-".into(), |x| format!("{x:.2}")),
+            r.requests,
+            r.timeouts,
+            bytes(r.peak_buffer_bytes as f64),
+            r.wall
+                .map_or("-".into(), |w| format!("{:.2} s", w.as_secs_f64())),
+        );
+    }
+    println!();
+    if scenario.laggers == 1 {
+        println!("bound: one-way latency + bytes / min(lagger downlink, summed uplinks of peers serving valid blocks)");
+    } else {
+        println!("bound: one-way latency + Kumar–Ross max(F/u_source, F/d_min, N·F/(u_source + Σ u_laggers))");
+    }
+    for (preset, r) in reports {
+        if !r.converged() {
+            println!(
+                "{preset}: did not converge ({}): lagger heights {:?} of {}",
+                r.outcome.as_str(),
+                r.lagger_heights,
+                scenario.target_height()
+            );
+        }
+        if r.violations > 0 {
+            println!("{preset}: {} invariant violations, first:", r.violations);
+            for message in &r.violation_messages {
+                println!("  {message}");
+            }
+        }
+    }
+}
+
+/// A byte count for people: B, KiB, MiB, GiB.
+fn bytes(n: f64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = n;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

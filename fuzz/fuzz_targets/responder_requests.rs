@@ -1,0 +1,7 @@
+//! cargo-fuzz target: `harness::responder_requests` (see `tests/fuzz_harness/mod.rs`).
+#![no_main]
+
+#[path = "../../tests/fuzz_harness/mod.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::responder_requests(data));

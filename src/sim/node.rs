@@ -1,0 +1,622 @@
+//! One simulated peer: its machines, its ledger, its behaviour, and the
+//! invariants checked on what its requester does.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Instant;
+
+use bytes::Bytes;
+use prost::Message;
+
+use super::chain::{self, forged_block};
+use super::scenario::Behaviour;
+use super::World;
+use crate::wire::gossip::{GossipMessage, Payload, Properties, StateInfo};
+use crate::wire::{self, gossip::gossip_message::Content};
+use crate::{
+    Action, AntiEntropy, Config, ConfigError, Event, Origin, PeerState, ResponderAction,
+    ResponderEvent, SeqRange, StateResponder, Ticket,
+};
+
+/// A simulated peer's id: its index in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(pub usize);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "n{}", self.0)
+    }
+}
+
+/// Which of a node's machines a timer belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Machine {
+    Requester,
+    Responder,
+}
+
+/// The last `StateInfo` heard from a peer.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    published: Instant,
+    height: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) id: NodeId,
+    pub(crate) behaviour: Behaviour,
+    pub(crate) lagger: bool,
+    /// The committed ledger height: blocks `0..height` of the chain.
+    pub(crate) height: u64,
+    pub(crate) requester: Option<AntiEntropy<NodeId>>,
+    responder: Option<StateResponder<NodeId>>,
+    view: BTreeMap<NodeId, Heard>,
+    /// Heights in the last `Membership` fed to the requester.
+    fed: BTreeMap<NodeId, u64>,
+    /// Ranges asked of each peer, as `(start, end)`.
+    asked: BTreeMap<NodeId, BTreeSet<(u64, u64)>>,
+    longest_ask: u64,
+    /// Ranges of requests a byzantine node is answering, by nonce.
+    byzantine_ranges: BTreeMap<u64, SeqRange>,
+    pub(crate) requester_timer: Option<Instant>,
+    pub(crate) responder_timer: Option<Instant>,
+    pub(crate) caught_up_at: Option<Instant>,
+    pub(crate) peak_held_bytes: u64,
+    pub(crate) refused_requests: u64,
+    pub(crate) rejected: u64,
+}
+
+impl Node {
+    /// A node holding blocks `0..height`; faulty peers run only the
+    /// machines their behaviour needs.
+    #[allow(clippy::too_many_arguments)] // internal, called once
+    pub(crate) fn new(
+        id: NodeId,
+        behaviour: Behaviour,
+        lagger: bool,
+        height: u64,
+        config: &Config,
+        channel: &Bytes,
+        seed: u64,
+        now: Instant,
+    ) -> Result<Self, ConfigError> {
+        let requester = match behaviour {
+            Behaviour::Honest | Behaviour::Slow => Some(AntiEntropy::new(
+                config.clone(),
+                channel.clone(),
+                height,
+                seed,
+                now,
+            )?),
+            _ => None,
+        };
+        let responder = match behaviour {
+            Behaviour::Silent => None,
+            _ => Some(StateResponder::new(
+                config.clone(),
+                channel.clone(),
+                height,
+            )?),
+        };
+        let mut node = Self {
+            id,
+            behaviour,
+            lagger,
+            height,
+            requester,
+            responder,
+            view: BTreeMap::new(),
+            fed: BTreeMap::new(),
+            asked: BTreeMap::new(),
+            longest_ask: 0,
+            byzantine_ranges: BTreeMap::new(),
+            requester_timer: None,
+            responder_timer: None,
+            caught_up_at: None,
+            peak_held_bytes: 0,
+            refused_requests: 0,
+            rejected: 0,
+        };
+        node.refresh_timers();
+        Ok(node)
+    }
+
+    /// The height this node advertises in its `StateInfo`.
+    pub(crate) fn advertised_height(&self, chain_height: u64) -> u64 {
+        match self.behaviour {
+            Behaviour::Lying => chain_height,
+            _ => self.height,
+        }
+    }
+
+    /// Whether the node listens to `StateInfo` (it has a requester).
+    pub(crate) fn wants_state_info(&self) -> bool {
+        self.requester.is_some()
+    }
+
+    // --- inputs ---------------------------------------------------------------
+
+    /// A message arrived over the network, as bytes.
+    pub(crate) fn on_message(&mut self, w: &mut World, from: NodeId, bytes: Bytes) {
+        if self.lagger {
+            w.bytes_received += bytes.len() as u64;
+        }
+        let now = w.now;
+        match wire::decode_gossip_message(bytes.clone(), w.config.max_message_size) {
+            Ok(message) if wire::as_state_request(&message).is_some() => {
+                if self.behaviour == Behaviour::Byzantine {
+                    if let Some(r) = wire::as_state_request(&message) {
+                        if let Some(range) = SeqRange::new(r.start_seq_num, r.end_seq_num) {
+                            self.byzantine_ranges.insert(message.nonce, range);
+                        }
+                    }
+                }
+                if let Some(responder) = self.responder.as_mut() {
+                    if responder
+                        .handle(now, ResponderEvent::Request { from, message })
+                        .is_err()
+                    {
+                        self.refused_requests += 1;
+                    }
+                }
+            }
+            Ok(message) => {
+                if let Some(requester) = self.requester.as_mut() {
+                    let _ = requester.handle(now, Event::Response { from, message });
+                }
+            }
+            Err(_) => {
+                if let Some(requester) = self.requester.as_mut() {
+                    let _ = requester.handle_response_bytes(now, from, bytes);
+                }
+            }
+        }
+        self.drain(w);
+    }
+
+    /// A `StateInfo` from `from`, published at `published`, advertising
+    /// `height`. The newest one wins; the requester gets the whole view.
+    pub(crate) fn on_state_info(
+        &mut self,
+        w: &mut World,
+        from: NodeId,
+        height: u64,
+        published: Instant,
+    ) {
+        if self
+            .view
+            .get(&from)
+            .is_some_and(|heard| heard.published >= published)
+        {
+            return;
+        }
+        self.view.insert(from, Heard { published, height });
+        let Some(requester) = self.requester.as_mut() else {
+            return;
+        };
+        let members: Vec<PeerState<NodeId>> = self
+            .view
+            .iter()
+            .map(|(&id, heard)| {
+                let info = StateInfo {
+                    properties: Some(Properties {
+                        ledger_height: heard.height,
+                        left_channel: false,
+                        chaincodes: Vec::new(),
+                    }),
+                    ..StateInfo::default()
+                };
+                PeerState::from_state_info(id, &info)
+            })
+            .collect();
+        self.fed = members
+            .iter()
+            .filter_map(|p| Some((p.id, p.ledger_height?)))
+            .collect();
+        let _ = requester.handle(w.now, Event::Membership(members));
+        self.drain(w);
+    }
+
+    /// A slow read finished.
+    pub(crate) fn on_read_done(&mut self, w: &mut World, ticket: Ticket, payloads: Vec<Payload>) {
+        if let Some(responder) = self.responder.as_mut() {
+            // The responder may have abandoned the read (read_timeout).
+            let _ = responder.handle(w.now, ResponderEvent::BlocksRead { ticket, payloads });
+        }
+        self.drain(w);
+    }
+
+    /// One of the machines' deadlines came.
+    pub(crate) fn on_timeout(&mut self, w: &mut World, machine: Machine) {
+        let now = w.now;
+        match machine {
+            Machine::Requester => {
+                if let Some(requester) = self.requester.as_mut() {
+                    let _ = requester.handle(now, Event::Timeout);
+                }
+            }
+            Machine::Responder => {
+                if let Some(responder) = self.responder.as_mut() {
+                    let _ = responder.handle(now, ResponderEvent::Timeout);
+                }
+            }
+        }
+        self.drain(w);
+        let timer = match machine {
+            Machine::Requester => self.requester_timer,
+            Machine::Responder => self.responder_timer,
+        };
+        if timer.is_some_and(|t| t <= now) {
+            w.violation(
+                self.id,
+                format!("{machine:?}: poll_timeout is still at or before now after a Timeout"),
+            );
+        }
+    }
+
+    // --- outputs --------------------------------------------------------------
+
+    /// Drains both machines until neither has an action left.
+    fn drain(&mut self, w: &mut World) {
+        loop {
+            if let Some(action) = self.requester.as_mut().and_then(|r| r.poll_action()) {
+                self.on_requester_action(w, action);
+                continue;
+            }
+            if let Some(action) = self.responder.as_mut().and_then(|r| r.poll_action()) {
+                self.on_responder_action(w, action);
+                continue;
+            }
+            break;
+        }
+        self.refresh_timers();
+    }
+
+    fn refresh_timers(&mut self) {
+        self.requester_timer = self.requester.as_ref().and_then(|r| r.poll_timeout());
+        self.responder_timer = self.responder.as_ref().and_then(|r| r.poll_timeout());
+    }
+
+    fn on_requester_action(&mut self, w: &mut World, action: Action<NodeId>) {
+        match action {
+            Action::SendRequest { to, message } => self.send_request(w, to, message),
+            Action::AddPayload { payload, from } => self.commit(w, payload, from),
+            Action::GiveUp { .. } => {}
+        }
+    }
+
+    fn on_responder_action(&mut self, w: &mut World, action: ResponderAction<NodeId>) {
+        match action {
+            ResponderAction::ReadBlocks {
+                ticket,
+                to: _,
+                range,
+                max_bytes,
+            } => {
+                let payloads = self.read(w, range, max_bytes);
+                if self.behaviour == Behaviour::Slow {
+                    w.read_later(self.id, ticket, payloads);
+                } else if let Some(responder) = self.responder.as_mut() {
+                    if let Err(error) =
+                        responder.handle(w.now, ResponderEvent::BlocksRead { ticket, payloads })
+                    {
+                        w.violation(
+                            self.id,
+                            format!("responder refused its own read {ticket:?}: {error}"),
+                        );
+                    }
+                }
+            }
+            ResponderAction::SendResponse { to, message } => {
+                if !w.can_send(self.id, to) {
+                    // The send buffer is full: dropped, no need to encode.
+                    return;
+                }
+                let bytes = if self.behaviour == Behaviour::Byzantine {
+                    self.corrupt(w, to, message)
+                } else {
+                    Bytes::from(message.encode_to_vec())
+                };
+                w.send(self.id, to, bytes);
+            }
+        }
+    }
+
+    /// Checks a request against the requester's promises, records it, and
+    /// sends it.
+    fn send_request(&mut self, w: &mut World, to: NodeId, message: GossipMessage) {
+        let Some(request) = wire::as_state_request(&message) else {
+            w.violation(
+                self.id,
+                format!("SendRequest to {to} without a state request"),
+            );
+            return;
+        };
+        let (start, end) = (request.start_seq_num, request.end_seq_num);
+        if to == self.id {
+            w.violation(self.id, "SendRequest to itself".into());
+        }
+        match SeqRange::new(start, end) {
+            None => w.violation(
+                self.id,
+                format!("SendRequest to {to} of reversed range {start}..={end}"),
+            ),
+            Some(range) => {
+                if range.len() > w.config.batch_size.saturating_add(1) {
+                    w.violation(
+                        self.id,
+                        format!("SendRequest to {to} of {range}: longer than batch_size + 1"),
+                    );
+                }
+                if self.fed.get(&to).is_none_or(|&height| height <= end) {
+                    w.violation(
+                        self.id,
+                        format!(
+                            "SendRequest to {to} of {range}, which it does not advertise ({:?})",
+                            self.fed.get(&to)
+                        ),
+                    );
+                }
+                if end >= self.height.saturating_add(w.config.window_blocks) {
+                    w.violation(
+                        self.id,
+                        format!(
+                            "SendRequest of {range} past the window (committed {})",
+                            self.height
+                        ),
+                    );
+                }
+                if start < self.height {
+                    w.violation(
+                        self.id,
+                        format!(
+                            "SendRequest of {range} below the committed height {}",
+                            self.height
+                        ),
+                    );
+                }
+                self.asked.entry(to).or_default().insert((start, end));
+                w.overhear(self.id, message.nonce, to, range);
+                self.longest_ask = self.longest_ask.max(range.len());
+            }
+        }
+        w.send(self.id, to, Bytes::from(message.encode_to_vec()));
+    }
+
+    fn was_asked(&self, peer: &NodeId, seq: u64) -> bool {
+        let Some(ranges) = self.asked.get(peer) else {
+            return false;
+        };
+        let lowest = seq.saturating_sub(self.longest_ask);
+        ranges
+            .range((lowest, 0)..=(seq, u64::MAX))
+            .any(|&(start, end)| start <= seq && seq <= end)
+    }
+
+    /// The host's side of `AddPayload`: checks the delivery invariants,
+    /// verifies the block, commits it or rejects it.
+    fn commit(&mut self, w: &mut World, payload: Payload, from: Origin<NodeId>) {
+        let seq = payload.seq_num;
+        if seq != self.height {
+            w.violation(
+                self.id,
+                format!(
+                    "AddPayload of block {seq} from {from:?}, but the ledger's next block is {}",
+                    self.height
+                ),
+            );
+            return;
+        }
+        match &from {
+            Origin::Peer(peer) if !self.was_asked(peer, seq) => {
+                w.violation(
+                    self.id,
+                    format!("AddPayload of block {seq} from {peer}, never asked for it"),
+                );
+            }
+            Origin::Peer(_) => {}
+            Origin::Gossip => {
+                w.violation(
+                    self.id,
+                    format!("AddPayload of block {seq} from gossip, but none was sent"),
+                );
+            }
+        }
+        let now = w.now;
+        let Some(requester) = self.requester.as_mut() else {
+            return;
+        };
+        match chain::verify(seq, &payload.data) {
+            Ok(()) => {
+                if w.chain.block(seq) != Some(&payload.data) {
+                    w.violation(
+                        self.id,
+                        format!("block {seq} verified but is not the chain's"),
+                    );
+                }
+                self.height += 1;
+                if let Err(error) = requester.handle(
+                    now,
+                    Event::Committed {
+                        height: self.height,
+                    },
+                ) {
+                    w.violation(
+                        self.id,
+                        format!("Committed {{ height: {} }} refused: {error}", self.height),
+                    );
+                }
+                if let Some(responder) = self.responder.as_mut() {
+                    let _ = responder.handle(now, ResponderEvent::Height(self.height));
+                }
+                if self.lagger && self.height == w.chain.height() && self.caught_up_at.is_none() {
+                    self.caught_up_at = Some(now);
+                    w.caught_up += 1;
+                }
+            }
+            Err(_) => {
+                self.rejected += 1;
+                if let Err(error) = requester.handle(now, Event::Rejected { seq }) {
+                    w.violation(
+                        self.id,
+                        format!("Rejected {{ seq: {seq} }} refused: {error}"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Reads the longest prefix of `range` below our height that fits in
+    /// `max_bytes` (at least one block).
+    fn read(&self, w: &World, range: SeqRange, max_bytes: usize) -> Vec<Payload> {
+        let mut payloads = Vec::new();
+        let mut total = 0usize;
+        let end = range.end().min(self.height.saturating_sub(1));
+        for seq in range.start()..=end {
+            if seq >= self.height {
+                break;
+            }
+            let Some(block) = w.chain.block(seq) else {
+                break;
+            };
+            if !payloads.is_empty() && total.saturating_add(block.len()) > max_bytes {
+                break;
+            }
+            total += block.len();
+            payloads.push(Payload {
+                seq_num: seq,
+                data: block.clone(),
+                private_data: Vec::new(),
+            });
+        }
+        payloads
+    }
+
+    /// A byzantine answer to `to`, chosen by the seed: forged blocks, a
+    /// wrong nonce, payloads outside the range, payloads whose number is not
+    /// their block's, garbage, or the right blocks under a nonce `to` sent
+    /// to another peer.
+    fn corrupt(&mut self, w: &mut World, to: NodeId, mut message: GossipMessage) -> Bytes {
+        let range = self.byzantine_ranges.remove(&message.nonce);
+        let block_size = w.chain.block_size();
+        let chain_height = w.chain.height();
+        let mode = w.rng.u8(0..6);
+        let payloads = match &mut message.content {
+            Some(Content::StateResponse(response)) => &mut response.payloads,
+            _ => return Bytes::from(message.encode_to_vec()),
+        };
+        match mode {
+            5 => {
+                // A nonce of the requester's, overheard on its way to another
+                // peer, with the right blocks: only the peer asked may answer.
+                let stolen = w.overheard(to).find(|(_, asked, _)| *asked != self.id);
+                match stolen {
+                    Some((nonce, _, range)) => {
+                        message.nonce = nonce;
+                        *payloads = (range.start()..=range.end())
+                            .filter_map(|seq| {
+                                Some(Payload {
+                                    seq_num: seq,
+                                    data: w.chain.block(seq)?.clone(),
+                                    private_data: Vec::new(),
+                                })
+                            })
+                            .collect();
+                    }
+                    None => message.nonce = message.nonce.wrapping_add(w.rng.u64(1..)),
+                }
+            }
+            0 => {
+                for payload in payloads.iter_mut() {
+                    payload.data = forged_block(payload.seq_num, block_size, &mut w.rng);
+                }
+            }
+            1 => message.nonce = message.nonce.wrapping_add(w.rng.u64(1..)),
+            2 => {
+                let count = payloads.len().max(1);
+                let (start, end) = range.map_or((0, 0), |r| (r.start(), r.end()));
+                let outside = (end.saturating_add(1)..chain_height).chain((0..start).rev());
+                *payloads = outside
+                    .take(count)
+                    .filter_map(|seq| {
+                        Some(Payload {
+                            seq_num: seq,
+                            data: w.chain.block(seq)?.clone(),
+                            private_data: Vec::new(),
+                        })
+                    })
+                    .collect();
+            }
+            3 => {
+                for payload in payloads.iter_mut() {
+                    let other = if payload.seq_num + 1 < chain_height {
+                        payload.seq_num + 1
+                    } else {
+                        payload.seq_num.saturating_sub(1)
+                    };
+                    if let Some(block) = w.chain.block(other) {
+                        payload.data = block.clone();
+                    }
+                }
+            }
+            _ => {
+                let mut garbage = vec![0u8; w.rng.usize(1..=512)];
+                w.rng.fill(&mut garbage);
+                return Bytes::from(garbage);
+            }
+        }
+        Bytes::from(message.encode_to_vec())
+    }
+
+    // --- invariants -----------------------------------------------------------
+
+    /// Checks the requester's bounds after a step.
+    pub(crate) fn check(&mut self, w: &mut World) {
+        let Some(requester) = self.requester.as_ref() else {
+            return;
+        };
+        let stats = requester.stats();
+        let config = &w.config;
+        let mut found = Vec::new();
+        if stats.in_flight > config.max_in_flight {
+            found.push(format!(
+                "{} requests in flight, max_in_flight {}",
+                stats.in_flight, config.max_in_flight
+            ));
+        }
+        for (peer, record) in &stats.peers {
+            if record.in_flight > config.max_in_flight_per_peer {
+                found.push(format!(
+                    "{} requests in flight to {peer}, max_in_flight_per_peer {}",
+                    record.in_flight, config.max_in_flight_per_peer
+                ));
+            }
+        }
+        let held_blocks = stats.buffered_blocks as u64 + stats.uncommitted_blocks;
+        let max_blocks = config.window_blocks.saturating_add(config.block_buffer);
+        if held_blocks > max_blocks {
+            found.push(format!(
+                "{held_blocks} blocks held (buffered {} + uncommitted {}), more than window_blocks + block_buffer = {max_blocks}",
+                stats.buffered_blocks, stats.uncommitted_blocks
+            ));
+        }
+        let held_bytes = stats.buffered_bytes as u64 + stats.uncommitted_bytes;
+        let max_bytes = config.window_bytes.saturating_add(w.max_block_bytes);
+        if held_bytes > max_bytes {
+            found.push(format!(
+                "{held_bytes} bytes held, more than window_bytes + one block = {max_bytes}"
+            ));
+        }
+        if stats.committed != self.height {
+            found.push(format!(
+                "stats.committed {} but the ledger is at {}",
+                stats.committed, self.height
+            ));
+        }
+        self.peak_held_bytes = self.peak_held_bytes.max(held_bytes);
+        for message in found {
+            w.violation(self.id, message);
+        }
+    }
+}

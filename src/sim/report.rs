@@ -1,0 +1,312 @@
+//! What a run measured, and the lower bound it is compared with.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// The lower bound on catch-up time, with its inputs.
+///
+/// `F` bytes (the encoded blocks each lagger lacks) must reach each of `N`
+/// laggers. The *source* is every up-to-date peer that answers with valid
+/// blocks (honest, slow and lying peers: a liar still serves its first
+/// half; silent and byzantine peers serve nothing valid), of total uplink
+/// `u_s`; laggers can re-serve what they got, with uplinks summing to `Σu`;
+/// `d_min` is the smallest lagger downlink. Then
+///
+/// ```text
+/// bound = latency + max(F / u_s, F / d_min, N·F / (u_s + Σu))
+/// ```
+///
+/// The `max` term is the Kumar–Ross bound for peer-to-peer distribution
+/// (every byte leaves the source at least once; every lagger downloads `F`;
+/// the `N·F` bytes delivered all leave some uplink). With one lagger it
+/// reduces to `F / min(d, u_s)`, the single-lagger bound of the design. The
+/// one-way latency is added in both cases: the first byte cannot arrive
+/// sooner. It ignores the request round trip, the `StateInfo` that tells
+/// a lagger whom to ask, and protocol overhead, so a ratio of 1 is out of
+/// reach; compare ratios between presets on the same scenario and seed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bound {
+    /// One-way latency.
+    pub latency: Duration,
+    /// `F`: bytes each lagger must receive.
+    pub bytes: u64,
+    /// `N`: laggers.
+    pub laggers: usize,
+    /// `u_s`: summed uplinks of the up-to-date peers that serve valid
+    /// blocks, bits per second.
+    pub source_uplink_bps: u64,
+    /// `Σu`: summed uplinks of the laggers, bits per second.
+    pub lagger_uplink_bps: u64,
+    /// `d_min`: the smallest lagger downlink, bits per second.
+    pub min_downlink_bps: u64,
+}
+
+impl Bound {
+    /// The bound's value.
+    pub fn value(&self) -> Duration {
+        let bits = self.bytes as f64 * 8.0;
+        let n = self.laggers as f64;
+        let per = |bps: u64| {
+            if bps == 0 {
+                f64::INFINITY
+            } else {
+                bits / bps as f64
+            }
+        };
+        let source = per(self.source_uplink_bps);
+        let download = per(self.min_downlink_bps);
+        let total_up = self
+            .source_uplink_bps
+            .saturating_add(self.lagger_uplink_bps);
+        let aggregate = n * per(total_up);
+        let seconds = source.max(download).max(aggregate);
+        let transfer = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX);
+        self.latency.saturating_add(transfer)
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Every lagger reached the target height.
+    Converged,
+    /// The step cap was reached first: a livelock (or a cap too small).
+    StepCap,
+    /// The virtual-time cap was reached first.
+    TimeCap,
+}
+
+impl Outcome {
+    /// A short name, as printed in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Converged => "converged",
+            Outcome::StepCap => "step_cap",
+            Outcome::TimeCap => "time_cap",
+        }
+    }
+}
+
+/// Where a run is, for a progress bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Virtual time since the start.
+    pub virtual_time: Duration,
+    /// Steps taken.
+    pub steps: u64,
+    /// Blocks committed by laggers so far, summed over them.
+    pub blocks_committed: u64,
+    /// Blocks the laggers must commit in all.
+    pub blocks_total: u64,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The run's seed.
+    pub seed: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Invariant violations found.
+    pub violations: u64,
+    /// The first few, each with its node and virtual time.
+    pub violation_messages: Vec<String>,
+    /// Virtual time until the last lagger reached the target height.
+    pub catchup: Option<Duration>,
+    /// Each lagger's catch-up time.
+    pub lagger_catchup: Vec<Option<Duration>>,
+    /// Each lagger's final height.
+    pub lagger_heights: Vec<u64>,
+    /// The lower bound and its inputs.
+    pub bound: Bound,
+    /// Requests sent by all requesters (first sends, retries, hedges).
+    pub requests: u64,
+    /// Requests that timed out.
+    pub timeouts: u64,
+    /// Re-sends after a failure.
+    pub retries: u64,
+    /// Hedged duplicate requests.
+    pub hedges: u64,
+    /// Ranges given up.
+    pub give_ups: u64,
+    /// Blocks the hosts refused (failed verification).
+    pub rejected: u64,
+    /// Responses and payloads the requesters ignored, in all.
+    pub ignored: u64,
+    /// Requests the responders refused.
+    pub refused_requests: u64,
+    /// Bytes of messages delivered to laggers (responses, duplicates and
+    /// garbage included; `StateInfo` excluded).
+    pub bytes_received: u64,
+    /// Messages lost by the network.
+    pub messages_lost: u64,
+    /// Messages dropped because a connection's send buffer was full.
+    pub send_buffer_drops: u64,
+    /// Largest `buffered_bytes + uncommitted_bytes` of any requester.
+    pub peak_buffer_bytes: u64,
+    /// Steps taken (events handled).
+    pub steps: u64,
+    /// Virtual time when the run stopped.
+    pub virtual_time: Duration,
+    /// Wall-clock time of the run, if the caller measured it (the simulator
+    /// reads no clock but the one epoch).
+    pub wall: Option<Duration>,
+}
+
+impl Report {
+    /// Whether every lagger reached the target height.
+    pub fn converged(&self) -> bool {
+        self.outcome == Outcome::Converged
+    }
+
+    /// Converged with no invariant violation.
+    pub fn passed(&self) -> bool {
+        self.converged() && self.violations == 0
+    }
+
+    /// `catchup / bound`, once converged.
+    pub fn ratio(&self) -> Option<f64> {
+        let bound = self.bound.value().as_secs_f64();
+        self.catchup
+            .filter(|_| bound > 0.0)
+            .map(|c| c.as_secs_f64() / bound)
+    }
+
+    /// The report's fields as the inside of a JSON object (`"key":value`
+    /// pairs separated by commas, no braces), so a caller can add its own:
+    /// `format!("{{\"preset\":\"fabric\",{}}}", report.json_fields())`.
+    pub fn json_fields(&self) -> String {
+        let mut out = String::new();
+        let mut field = |key: &str, value: String| {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            let _ = write!(out, "\"{key}\":{value}");
+        };
+        let secs =
+            |d: Option<Duration>| d.map_or("null".into(), |d| format!("{:.6}", d.as_secs_f64()));
+        field("seed", self.seed.to_string());
+        field("converged", self.converged().to_string());
+        field("outcome", json_string(self.outcome.as_str()));
+        field("invariant_violations", self.violations.to_string());
+        let messages: Vec<String> = self
+            .violation_messages
+            .iter()
+            .map(|m| json_string(m))
+            .collect();
+        field("violation_messages", format!("[{}]", messages.join(",")));
+        field("catchup_s", secs(self.catchup));
+        field("bound_s", secs(Some(self.bound.value())));
+        field(
+            "ratio",
+            self.ratio().map_or("null".into(), |r| format!("{r:.4}")),
+        );
+        field("bytes_to_transfer", self.bound.bytes.to_string());
+        field("laggers", self.bound.laggers.to_string());
+        field("requests", self.requests.to_string());
+        field("timeouts", self.timeouts.to_string());
+        field("retries", self.retries.to_string());
+        field("hedges", self.hedges.to_string());
+        field("give_ups", self.give_ups.to_string());
+        field("rejected", self.rejected.to_string());
+        field("ignored", self.ignored.to_string());
+        field("refused_requests", self.refused_requests.to_string());
+        field("bytes_received", self.bytes_received.to_string());
+        field("messages_lost", self.messages_lost.to_string());
+        field("send_buffer_drops", self.send_buffer_drops.to_string());
+        field("peak_buffer_bytes", self.peak_buffer_bytes.to_string());
+        field("steps", self.steps.to_string());
+        field("virtual_time_s", secs(Some(self.virtual_time)));
+        field(
+            "wall_ms",
+            self.wall
+                .map_or("null".into(), |w| format!("{:.3}", w.as_secs_f64() * 1e3)),
+        );
+        out
+    }
+
+    /// The report as one JSON object.
+    pub fn to_json(&self) -> String {
+        format!("{{{}}}", self.json_fields())
+    }
+}
+
+/// A JSON string literal.
+pub(crate) fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MBIT: u64 = 1_000_000;
+
+    #[test]
+    fn one_lagger_bound_is_latency_plus_bytes_over_the_narrowest() {
+        let mut b = Bound {
+            latency: Duration::from_millis(50),
+            bytes: 100_000_000, // 800 Mbit
+            laggers: 1,
+            source_uplink_bps: 4 * 100 * MBIT,
+            lagger_uplink_bps: 100 * MBIT,
+            min_downlink_bps: 1000 * MBIT,
+        };
+        // The four uplinks (400 Mbit/s) are narrower than the downlink.
+        assert_eq!(b.value(), Duration::from_millis(50 + 2000));
+        // A narrow downlink binds instead.
+        b.min_downlink_bps = 200 * MBIT;
+        assert_eq!(b.value(), Duration::from_millis(50 + 4000));
+    }
+
+    #[test]
+    fn many_laggers_use_kumar_ross() {
+        // F = 800 Mbit to N = 10 laggers; the source has 400 Mbit/s, the
+        // laggers 100 Mbit/s each: N·F / (u_s + Σu) = 8000 / 1400 s.
+        let b = Bound {
+            latency: Duration::ZERO,
+            bytes: 100_000_000,
+            laggers: 10,
+            source_uplink_bps: 400 * MBIT,
+            lagger_uplink_bps: 10 * 100 * MBIT,
+            min_downlink_bps: 1000 * MBIT,
+        };
+        let expected = 8000.0 / 1400.0;
+        assert!((b.value().as_secs_f64() - expected).abs() < 1e-6);
+        // A slow source binds: F / u_s.
+        let b = Bound {
+            source_uplink_bps: 10 * MBIT,
+            ..b
+        };
+        assert!((b.value().as_secs_f64() - 80.0).abs() < 1e-6);
+        // A slow downlink binds: F / d_min.
+        let b = Bound {
+            source_uplink_bps: 400 * MBIT,
+            min_downlink_bps: 50 * MBIT,
+            ..b
+        };
+        assert!((b.value().as_secs_f64() - 16.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
+    }
+}

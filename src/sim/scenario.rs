@@ -1,0 +1,250 @@
+//! What a simulation runs: the cluster, its links and its faulty peers.
+
+use std::time::Duration;
+
+/// Smallest bandwidth accepted, bits per second.
+const MIN_BANDWIDTH: u64 = 1_000;
+/// Longest duration accepted in a scenario: virtual time stays far from
+/// what an `Instant` can hold.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How an up-to-date peer behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Behaviour {
+    /// Serves what it has, at once.
+    #[default]
+    Honest,
+    /// Advertises its height but never answers a request.
+    Silent,
+    /// Honest, but each read of blocks takes [`Scenario::slow_delay`] more.
+    Slow,
+    /// Advertises the full chain while holding only its first half
+    /// (`1 + blocks / 2` blocks); serves what it really has.
+    Lying,
+    /// Advertises the full chain and answers every request with one of, by
+    /// the seed: blocks that fail verification, a wrong nonce, payloads
+    /// outside the requested range, payloads whose number is not their
+    /// block's, garbage bytes, or the right blocks under a nonce the
+    /// requester sent to another peer (overheard).
+    Byzantine,
+}
+
+/// A cluster: `peers` up-to-date peers (nodes `0..peers`, behaving as
+/// [`behaviours`](Self::behaviours) says) and `laggers` honest peers holding
+/// only the genesis block (nodes `peers..peers + laggers`), which must catch
+/// up `blocks` blocks. Every node runs an `AntiEntropy` and a
+/// `StateResponder` (faulty peers run only what their behaviour needs), and
+/// laggers serve each other what they already have.
+///
+/// `Default` is the `catchup` example's cluster: 4 peers, one lagger 10 000
+/// blocks of 64 KiB behind, 100 ms round trip, 100 Mbit/s uplinks, 1 Gbit/s
+/// downlinks, no faults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// Up-to-date peers (honest or faulty).
+    pub peers: usize,
+    /// Peers that start at height 1 (the genesis block) and catch up.
+    pub laggers: usize,
+    /// Blocks the laggers lack: the chain's height is `blocks + 1`.
+    pub blocks: u64,
+    /// Bytes of transaction data per block (the encoded block is a few
+    /// dozen bytes larger).
+    pub block_size: usize,
+    /// One-way latency between any two nodes (half the round trip).
+    pub latency: Duration,
+    /// Every node's uplink, bits per second (at least 1 000).
+    pub uplink_bps: u64,
+    /// Every node's downlink, bits per second (at least 1 000).
+    pub downlink_bps: u64,
+    /// Probability that a message (or a `StateInfo`) is lost.
+    pub loss: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+    /// Probability that a message gets an extra delay of up to
+    /// [`reorder_delay`](Self::reorder_delay).
+    pub reorder: f64,
+    /// Largest extra delay of a reordered message.
+    pub reorder_delay: Duration,
+    /// Behaviour of up-to-date peer `i` (`Honest` past the end).
+    pub behaviours: Vec<Behaviour>,
+    /// Messages each connection's send buffer holds until they leave the
+    /// uplink; more are dropped (Fabric's `peer.gossip.sendBuffSize`: 200).
+    pub send_buffer: usize,
+    /// Extra service time of a [`Behaviour::Slow`] peer, per read.
+    pub slow_delay: Duration,
+    /// Every node advertises its height (a `StateInfo`) to all others this
+    /// often, starting at time zero (Fabric: 4 s).
+    pub state_info_interval: Duration,
+    /// Steps after which the run stops as a livelock.
+    pub max_steps: u64,
+    /// Virtual time after which the run stops unconverged.
+    pub max_virtual_time: Duration,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Self {
+            peers: 4,
+            laggers: 1,
+            blocks: 10_000,
+            block_size: 64 * 1024,
+            latency: Duration::from_millis(50),
+            uplink_bps: 100_000_000,
+            downlink_bps: 1_000_000_000,
+            loss: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            reorder_delay: Duration::from_millis(50),
+            behaviours: Vec::new(),
+            send_buffer: 200,
+            slow_delay: Duration::from_millis(500),
+            state_info_interval: Duration::from_secs(4),
+            max_steps: 5_000_000,
+            max_virtual_time: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl Scenario {
+    /// Makes the last up-to-date peers faulty: `silent`, then `slow`, then
+    /// `lying`, then `byzantine` ones, counted from the end, so peer 0 stays
+    /// honest as long as one honest peer is left.
+    pub fn with_faults(
+        mut self,
+        silent: usize,
+        slow: usize,
+        lying: usize,
+        byzantine: usize,
+    ) -> Self {
+        let faulty = [
+            (Behaviour::Byzantine, byzantine),
+            (Behaviour::Lying, lying),
+            (Behaviour::Slow, slow),
+            (Behaviour::Silent, silent),
+        ];
+        let mut behaviours = vec![Behaviour::Honest; self.peers];
+        let mut slots = (0..self.peers).rev();
+        for (behaviour, count) in faulty {
+            for _ in 0..count {
+                if let Some(i) = slots.next() {
+                    behaviours[i] = behaviour;
+                }
+            }
+        }
+        self.behaviours = behaviours;
+        self
+    }
+
+    /// The behaviour of up-to-date peer `i`.
+    pub fn behaviour(&self, i: usize) -> Behaviour {
+        self.behaviours.get(i).copied().unwrap_or_default()
+    }
+
+    /// The height every lagger must reach: the chain's.
+    pub fn target_height(&self) -> u64 {
+        self.blocks.saturating_add(1)
+    }
+
+    /// Checks that the scenario can run and can converge.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        use ScenarioError::*;
+        if self.peers == 0 {
+            return Err(Invalid("peers must be at least 1"));
+        }
+        if self.laggers == 0 {
+            return Err(Invalid("laggers must be at least 1"));
+        }
+        if self.blocks == 0 {
+            return Err(Invalid("blocks must be at least 1"));
+        }
+        for (name, p) in [
+            ("loss", self.loss),
+            ("duplicate", self.duplicate),
+            ("reorder", self.reorder),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(Probability(name));
+            }
+        }
+        if self.loss >= 1.0 {
+            return Err(Invalid("loss must be below 1, or nothing arrives"));
+        }
+        if self.behaviours.len() > self.peers {
+            return Err(Invalid("more behaviours than peers"));
+        }
+        if !(0..self.peers).any(|i| self.behaviour(i) == Behaviour::Honest) {
+            return Err(Invalid("at least one up-to-date peer must be honest"));
+        }
+        if self.uplink_bps < MIN_BANDWIDTH || self.downlink_bps < MIN_BANDWIDTH {
+            return Err(Invalid("bandwidths must be at least 1 kbit/s"));
+        }
+        if self.send_buffer == 0 {
+            return Err(Invalid("send_buffer must be at least 1"));
+        }
+        if self.state_info_interval.is_zero() {
+            return Err(Invalid("state_info_interval must not be zero"));
+        }
+        let durations = [
+            self.latency,
+            self.reorder_delay,
+            self.slow_delay,
+            self.state_info_interval,
+            self.max_virtual_time,
+        ];
+        if durations.iter().any(|d| *d > MAX_DURATION) {
+            return Err(Invalid("durations must not exceed a year"));
+        }
+        Ok(())
+    }
+}
+
+/// A scenario that cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScenarioError {
+    /// A probability outside `0..=1`.
+    #[error("`{0}` must be a probability in 0..=1")]
+    Probability(&'static str),
+    /// Another inconsistency.
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_leave_peer_zero_honest() {
+        let s = Scenario {
+            peers: 5,
+            ..Scenario::default()
+        }
+        .with_faults(1, 1, 1, 1);
+        use Behaviour::*;
+        assert_eq!(s.behaviours, [Honest, Silent, Slow, Lying, Byzantine]);
+        s.validate().unwrap();
+        let s = Scenario {
+            peers: 2,
+            ..Scenario::default()
+        }
+        .with_faults(1, 0, 0, 1);
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn validate_checks_probabilities() {
+        let s = Scenario {
+            reorder: 1.5,
+            ..Scenario::default()
+        };
+        assert_eq!(s.validate(), Err(ScenarioError::Probability("reorder")));
+        let s = Scenario {
+            loss: f64::NAN,
+            ..Scenario::default()
+        };
+        assert_eq!(s.validate(), Err(ScenarioError::Probability("loss")));
+        Scenario::default().validate().unwrap();
+    }
+}
