@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// Room a response needs beyond its payloads' bytes (nonce, channel, tags,
+/// lengths): far more than 11 payloads' framing takes.
+const RESPONSE_OVERHEAD: usize = 64 * 1024;
+
 /// How the requester picks the peer for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -73,7 +77,8 @@ pub struct Config {
 
     // --- buffering and back-pressure ----------------------------------------
     /// Blocks from gossip or the orderer are buffered only if their number
-    /// lies in `[next, next + block_buffer)` (Fabric: `blockBufferSize`, 20).
+    /// lies in `[height, height + block_buffer)` of the committed height
+    /// (Fabric: `blockBufferSize`, 20, against the ledger height).
     pub block_buffer: u64,
     /// Blocks ahead of the host's committed height (requested, buffered, or
     /// delivered but not yet committed) beyond which no request is sent.
@@ -90,8 +95,9 @@ pub struct Config {
     // --- responder ------------------------------------------------------------
     /// Bytes of block data and private data in one response: the responder
     /// serves the longest prefix of the range that fits (always at least one
-    /// block) and the requester asks again for the rest. Fabric has no such
-    /// cap; its preset uses the gRPC message limit, 100 MiB.
+    /// block) and the requester asks again for the rest. At most
+    /// `max_message_size` − 64 KiB. Fabric has no such cap; its preset uses
+    /// the gRPC message limit, 100 MiB, less that room.
     pub max_response_bytes: usize,
     /// Requests of one peer being served at once.
     pub max_requests_per_peer: usize,
@@ -137,7 +143,9 @@ impl Config {
             window_blocks: 50,
             window_bytes: u64::MAX,
             max_message_size: 100 * 1024 * 1024,
-            max_response_bytes: 100 * 1024 * 1024,
+            // Fabric has no cap but gRPC's 100 MiB message limit; leave room
+            // for the message's own fields so a full response still decodes.
+            max_response_bytes: 100 * 1024 * 1024 - RESPONSE_OVERHEAD,
             max_requests_per_peer: usize::MAX,
             peer_blocks_per_second: u32::MAX,
             peer_burst_blocks: u32::MAX,
@@ -199,6 +207,12 @@ impl Config {
             return Err(Inconsistent {
                 field: "peer_burst_blocks",
                 reason: "must admit one full request (batch_size + 1 blocks)",
+            });
+        }
+        if self.max_response_bytes.saturating_add(RESPONSE_OVERHEAD) > self.max_message_size {
+            return Err(Inconsistent {
+                field: "max_response_bytes",
+                reason: "must leave 64 KiB of max_message_size for the message's own fields",
             });
         }
         if self.min_response_timeout > self.max_response_timeout {
@@ -417,6 +431,16 @@ mod tests {
             c.validate(),
             Err(ConfigError::Inconsistent {
                 field: "min_response_timeout",
+                ..
+            })
+        ));
+
+        let mut c = Config::default();
+        c.max_response_bytes = c.max_message_size;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Inconsistent {
+                field: "max_response_bytes",
                 ..
             })
         ));

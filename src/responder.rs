@@ -64,9 +64,11 @@ pub enum ResponderEvent<P> {
 }
 
 /// An output of [`StateResponder`].
+///
+/// Not `#[non_exhaustive]`, like [`Action`](crate::Action): a driver must
+/// handle every output.
 #[derive(Debug, Clone, PartialEq)]
 #[must_use]
-#[non_exhaustive]
 pub enum ResponderAction<P> {
     /// Read the blocks of `range` from the ledger, with the private data
     /// `to` may see, and hand them back in [`ResponderEvent::BlocksRead`]
@@ -300,7 +302,6 @@ const EMPTY_RESPONSE_COST: u128 = NANO;
 ///                 .unwrap();
 ///         }
 ///         ResponderAction::SendResponse { to, message } => sent.push((to, message)),
-///         _ => {}
 ///     }
 /// }
 /// let response = wire::as_state_response(&sent[0].1).unwrap();

@@ -131,16 +131,26 @@ impl Transport<Id> for Void {
 }
 
 /// The requester's ledger: commits a block if it is the next one, carries
-/// that number and came from the responder.
+/// that number and came from the responder; may fail one block's
+/// verification once (`reject_once`).
 #[derive(Debug, Default)]
 struct Chain {
     height: u64,
     rejected: u64,
     give_ups: Vec<(SeqRange, GiveUpReason)>,
+    reject_once: Option<u64>,
+    /// Every block number handed over, in order.
+    seen: Vec<u64>,
 }
 
 impl Ledger<Id> for Chain {
     fn add_payload(&mut self, payload: Payload, from: Origin<Id>) -> Verdict {
+        self.seen.push(payload.seq_num);
+        if self.reject_once == Some(payload.seq_num) {
+            self.reject_once = None;
+            self.rejected += 1;
+            return Verdict::Rejected;
+        }
         let ok = payload.seq_num == self.height
             && wire::block_number(&payload.data) == Ok(payload.seq_num)
             && from == Origin::Peer(RESPONDER);
@@ -231,6 +241,15 @@ struct Outcome {
 
 /// The catch-up: a requester at height 1 and a responder at 501.
 async fn catch_up<R: TestRuntime>(seed: u64, latency: Duration) -> Outcome {
+    catch_up_rejecting::<R>(seed, latency, None).await
+}
+
+/// [`catch_up`], with the ledger failing block `reject`'s verification once.
+async fn catch_up_rejecting<R: TestRuntime>(
+    seed: u64,
+    latency: Duration,
+    reject: Option<u64>,
+) -> Outcome {
     let start = R::now();
     let (req_tx, req_rx) = R::channel::<Event<Id>>(INBOX);
     let (resp_tx, resp_rx) = R::channel::<ResponderEvent<Id>>(INBOX);
@@ -245,6 +264,7 @@ async fn catch_up<R: TestRuntime>(seed: u64, latency: Duration) -> Outcome {
     };
     let chain = Chain {
         height: 1,
+        reject_once: reject,
         ..Chain::default()
     };
     let mut req: ReqDriver<R> =
@@ -279,20 +299,35 @@ async fn catch_up<R: TestRuntime>(seed: u64, latency: Duration) -> Outcome {
     let elapsed = R::now() - start;
     let ledger = &req.host().ledger;
     assert_eq!(ledger.height, HEIGHT);
-    assert_eq!(ledger.rejected, 0);
+    assert_eq!(ledger.rejected, u64::from(reject.is_some()));
+    // Every block once, in order; after a rejection, the same block again
+    // and nothing behind it in between (the driver feeds the verdict back
+    // before the next delivery).
+    let mut expected: Vec<u64> = (1..HEIGHT).collect();
+    if let Some(seq) = reject {
+        expected.insert(expected.iter().position(|&s| s == seq).unwrap(), seq);
+    }
+    assert_eq!(ledger.seen, expected);
     assert!(ledger.give_ups.is_empty(), "{:?}", ledger.give_ups);
     assert_eq!(req.host().dropped_sends, 0);
     assert_eq!(resp.host().dropped_sends, 0);
 
     let requester = req.machine().stats();
-    assert_eq!(requester.delivered, HEIGHT - 1);
+    // The rejected block was handed over twice.
+    assert_eq!(
+        requester.delivered,
+        HEIGHT - 1 + u64::from(reject.is_some())
+    );
     assert_eq!(requester.committed, HEIGHT);
     assert_eq!(requester.timeouts, 0);
     let responder = resp.machine().stats();
     assert!(responder.blocks_served >= HEIGHT - 1);
     assert_eq!(responder.refused(), 0);
-    // Every committed block came back as feedback within the driver.
-    assert_eq!(req.stats().feedback, HEIGHT - 1);
+    // Every verdict (commits and the rejection) came back as feedback.
+    assert_eq!(
+        req.stats().feedback,
+        HEIGHT - 1 + u64::from(reject.is_some())
+    );
     assert_eq!(req.stats().refused, 0);
     assert_eq!(resp.stats().refused, 0);
     println!(
@@ -393,9 +428,10 @@ async fn budget_and_close<R: TestRuntime>() {
 
     let stats = driver.stats().clone();
     assert_eq!(stats.inputs, REQUESTS);
-    // Each request's read came back as feedback, within the same budget.
+    // Each request's read came back as feedback, handled in the same step
+    // (outside the budget, which counts inbox inputs).
     assert_eq!(stats.feedback, REQUESTS);
-    assert!(stats.yields >= (2 * REQUESTS) / 4 - 1, "{stats:?}");
+    assert!(stats.yields >= REQUESTS / 4 - 1, "{stats:?}");
     assert!(stats.wakeups > stats.yields, "{stats:?}");
     let (responder, host) = driver.into_parts();
     assert_eq!(responder.stats().responses, REQUESTS);
@@ -438,6 +474,12 @@ mod on_tokio {
     #[tokio::test(start_paused = true)]
     async fn catches_up_500_blocks_without_latency() {
         catch_up::<Tokio>(1, Duration::ZERO).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejected_block_is_delivered_again_before_any_later_one() {
+        let outcome = catch_up_rejecting::<Tokio>(3, Duration::from_millis(5), Some(123)).await;
+        assert_eq!(outcome.requester.rejected, 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -505,19 +547,18 @@ mod on_smol {
 
     #[test]
     fn catches_up_500_blocks_in_real_time() {
-        let outcome = async_io::block_on(catch_up::<Smol>(7, Duration::ZERO));
-        assert!(outcome.elapsed < Duration::from_secs(2), "{outcome:?}");
+        // Real time: what is checked is the catch-up (inside `catch_up`),
+        // not how long it took.
+        async_io::block_on(catch_up::<Smol>(7, Duration::ZERO));
     }
 
     #[test]
     fn the_timer_drives_retries_to_a_give_up() {
         let (elapsed, _, give_ups) =
             async_io::block_on(silent_peer::<Smol>(quick_config(), Duration::from_secs(5)));
-        // Scored selection benches the silent peer after its first
-        // timeouts: the ranges end with no eligible peer.
+        // The silent peer's sends time out until the retries run out.
         assert!(!give_ups.is_empty());
         assert!(elapsed >= Duration::from_millis(20), "{elapsed:?}");
-        assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
     }
 
     #[test]

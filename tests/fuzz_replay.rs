@@ -65,7 +65,11 @@ fn random(target: &str, harness: fn(&[u8]), seed: u64, count: usize, max_len: us
     let mut rng = XorShift(seed);
     for case in 0..count {
         let len = (rng.next() % (max_len as u64 + 1)) as usize;
-        let mask = if rng.next() % 2 == 0 { 0xff } else { 0x1f };
+        let mask = if rng.next().is_multiple_of(2) {
+            0xff
+        } else {
+            0x1f
+        };
         let data: Vec<u8> = (0..len).map(|_| rng.next() as u8 & mask).collect();
         let hex: String = data.iter().map(|byte| format!("{byte:02x}")).collect();
         let _context = OnPanic(format!("{target}: random case {case}: {hex}"));
@@ -84,7 +88,7 @@ fn wire_decode_random() {
         "wire_decode",
         fuzz_harness::wire_decode,
         0x9e37_79b9_7f4a_7c15,
-        4000,
+        16_000,
         256,
     );
 }
@@ -100,7 +104,7 @@ fn requester_events_random() {
         "requester_events",
         fuzz_harness::requester_events,
         0xd1b5_4a32_d192_ed03,
-        3000,
+        8_000,
         384,
     );
 }
@@ -116,7 +120,7 @@ fn responder_requests_random() {
         "responder_requests",
         fuzz_harness::responder_requests,
         0x94d0_49bb_1331_11eb,
-        3000,
+        8_000,
         384,
     );
 }

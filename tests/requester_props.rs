@@ -4,15 +4,19 @@
 //! `AntiEntropy`'s doc comment ("Guarantees, whatever peers send").
 //!
 //! The harness keeps its own model of what the machine was asked and told:
-//! the membership view, the outstanding nonces and their ranges, what each
-//! peer was asked, the delivery frontier, the reorder buffer (which payloads
-//! the machine keeps, under the gossip window, the byte window and eviction),
-//! the host's queue of delivered but uncommitted blocks and the peers whose
-//! blocks the host rejected. With the buffer modelled, the outstanding
-//! requests are known exactly, including those dropped as obsolete (all their
-//! blocks delivered or held), so every response's verdict is predicted. Every
-//! action is checked against that model as it is drained, and the machine's
-//! counters and sizes against it after every input.
+//! the membership view, the outstanding requests (disjoint ranges) with
+//! every send of each (its own fresh nonce, its peer, when it went out and
+//! whether it still waits, timed out or failed), what each peer was asked,
+//! the delivery frontier, the reorder buffer (which payloads the machine
+//! keeps, under the gossip window, the byte window and eviction), the host's
+//! queue of delivered but uncommitted blocks and the peers whose blocks the
+//! host rejected. With the buffer modelled, the outstanding requests are
+//! known exactly, including those dropped as obsolete (all their blocks
+//! delivered or held), so every response's verdict is predicted (see
+//! `SendState` for the one case the model cannot always tell). Every action
+//! is checked against that model as it is drained, and the machine's
+//! counters and sizes against it after every input; a refused response must
+//! cost nothing but its `ignored` counter.
 //!
 //! `PROPTEST_CASES=N` raises the case count for a deeper run.
 
@@ -25,7 +29,7 @@ use antientropy::wire::gossip::gossip_message::Tag;
 use antientropy::wire::gossip::{GossipMessage, Payload};
 use antientropy::{
     payload_size, wire, Action, AntiEntropy, Config, Event, EventError, GiveUpReason, Origin,
-    PeerState, ResponseError,
+    PeerState, ResponseError, Stats,
 };
 use common::*;
 use proptest::prelude::*;
@@ -84,7 +88,9 @@ enum Answer {
     Shuffled,
     /// A full answer under another nonce.
     WrongNonce(u64),
-    /// A full answer from a peer that was not asked.
+    /// A full answer from a peer the send did not go to: even, another
+    /// peer asked for the same range (under another nonce) if any; odd,
+    /// any other peer.
     WrongPeer(u8),
     /// A full answer for another channel.
     WrongChannel,
@@ -103,8 +109,9 @@ enum Op {
     ToTimer,
     /// A `Timeout` carrying a `now` this many milliseconds in the past.
     Backwards(u16),
-    /// An answer to a request seen: one still outstanding (from a peer it
-    /// was sent to), or any request ever sent.
+    /// An answer to a send seen: one of a request still outstanding (from
+    /// the peer it went to, answered already or not), or any send ever
+    /// made.
     Respond {
         outstanding: bool,
         pick: Index,
@@ -146,7 +153,7 @@ fn answer() -> impl Strategy<Value = Answer> {
         1 => any::<u8>().prop_map(Answer::Garbage),
         1 => Just(Answer::Shuffled),
         1 => (1u64..).prop_map(Answer::WrongNonce),
-        1 => any::<u8>().prop_map(Answer::WrongPeer),
+        2 => any::<u8>().prop_map(Answer::WrongPeer),
         1 => Just(Answer::WrongChannel),
         1 => Just(Answer::NotAResponse),
     ]
@@ -206,14 +213,63 @@ fn size_of(seq: u64) -> u64 {
     payload_size(&sized(seq)) as u64
 }
 
+/// Where one send of an outstanding request stands, as far as the model
+/// can tell. The machine counts a peer's waiting sends (`in_flight`) and its
+/// timeouts, not which of its sends timed out: with several sends to a peer
+/// and some timed out, the model may not know which still wait (`Pending`);
+/// it resolves that from `in_flight` whenever the count settles it. Only if
+/// such a peer then leaves does a send's fate stay open (`MaybeFailed`):
+/// the model knows how many of those sends were cancelled, not which, and
+/// learns one from each answer to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendState {
+    /// Awaiting its answer: counted in its peer's `in_flight`.
+    Waiting,
+    /// Its deadline passed: no longer counted, a late answer is accepted.
+    TimedOut,
+    /// `Waiting` or `TimedOut`.
+    Pending,
+    /// Answered with nothing usable, or cancelled (waiting when its peer
+    /// left): a further answer is a duplicate, refused as an unknown nonce.
+    Failed,
+    /// `TimedOut` or `Failed`: its peer left while it was `Pending`; the
+    /// sends left so by one departure share an entry of
+    /// `Harness::undecided`.
+    MaybeFailed(usize),
+}
+
+/// Of the sends left `MaybeFailed` by one departure and not yet shown by an
+/// answer (outstanding still or not), how many were cancelled and how many
+/// had timed out.
+#[derive(Debug, Clone, Copy)]
+struct Undecided {
+    failed: usize,
+    timed_out: usize,
+}
+
+/// One send of a request, under its own nonce.
+#[derive(Debug, Clone)]
+struct Sent {
+    nonce: u64,
+    to: u8,
+    at: Instant,
+    state: SendState,
+}
+
 /// A request the machine considers outstanding, as far as the model knows.
 #[derive(Debug, Clone)]
 struct Outstanding {
     start: u64,
     end: u64,
-    asked: BTreeSet<u8>,
-    /// Every send of it, first, re-sends after a failure and hedges alike.
-    sends: u32,
+    /// Every send of it, first, re-sends after a failure and hedges alike,
+    /// oldest first.
+    sends: Vec<Sent>,
+}
+
+impl Outstanding {
+    fn send(&self, nonce: u64) -> Option<&Sent> {
+        self.sends.iter().find(|sent| sent.nonce == nonce)
+    }
 }
 
 struct Harness {
@@ -231,15 +287,19 @@ struct Harness {
     buffer: BTreeMap<u64, (u64, Origin<u8>)>,
     /// Delivered, not yet committed, in order: number, size, sender.
     host: VecDeque<(u64, u64, Origin<u8>)>,
-    /// Exactly the machine's outstanding requests, by nonce.
+    /// Exactly the machine's outstanding requests, by the start of their
+    /// (disjoint) ranges.
     outstanding: BTreeMap<u64, Outstanding>,
-    /// Nonces answered (accepted), given up or dropped as obsolete.
+    /// Nonces of the sends of requests answered (accepted), given up or
+    /// dropped as obsolete.
     finished: BTreeSet<u64>,
     /// Every send: (to, nonce, start, end).
     sent: Vec<(u8, u64, u64, u64)>,
-    /// Sends of a nonce already outstanding: re-sends after a failure and
+    /// Sends of a range already outstanding: re-sends after a failure and
     /// hedges.
     resends: u64,
+    /// See `SendState::MaybeFailed`.
+    undecided: Vec<Undecided>,
     /// Every range each peer was asked for.
     asked: BTreeMap<u8, Vec<(u64, u64)>>,
     /// Peers whose copy of a block the host rejected, until a commit past it.
@@ -285,6 +345,7 @@ impl Harness {
             finished: BTreeSet::new(),
             sent: Vec::new(),
             resends: 0,
+            undecided: Vec::new(),
             asked: BTreeMap::new(),
             rejected_by: BTreeMap::new(),
             delivered: 0,
@@ -381,19 +442,197 @@ impl Harness {
 
     /// Outstanding requests whose blocks are all delivered or held (by
     /// gossip, or an answer to another request) are dropped before planning:
-    /// no action, no penalty, and a late answer has an unknown nonce.
+    /// no action, no penalty, and a late answer to any of their sends has an
+    /// unknown nonce.
     fn drop_obsolete(&mut self) {
         let obsolete: Vec<u64> = self
             .outstanding
-            .iter()
-            .filter(|(_, known)| self.obsolete(known.start, known.end))
-            .map(|(nonce, _)| *nonce)
+            .values()
+            .filter(|known| self.obsolete(known.start, known.end))
+            .map(|known| known.start)
             .collect();
-        for nonce in obsolete {
-            self.log.push(format!("  (obsolete: {nonce} dropped)"));
-            self.outstanding.remove(&nonce);
-            self.finished.insert(nonce);
+        for start in obsolete {
+            self.end_request(start);
+            self.log
+                .push(format!("  (obsolete: [{start}, ..] dropped)"));
         }
+    }
+
+    // --- the model of the outstanding requests ---------------------------------
+
+    /// The outstanding request (by start) one of whose sends used `nonce`.
+    fn request_with(&self, nonce: u64) -> Option<u64> {
+        self.outstanding
+            .values()
+            .find(|known| known.send(nonce).is_some())
+            .map(|known| known.start)
+    }
+
+    /// The request starting at `start` ended: every nonce of its sends is
+    /// unknown from now on.
+    fn end_request(&mut self, start: u64) {
+        if let Some(known) = self.outstanding.remove(&start) {
+            self.finished
+                .extend(known.sends.iter().map(|sent| sent.nonce));
+        }
+    }
+
+    fn set_state(&mut self, nonce: u64, state: SendState) {
+        let send = self
+            .outstanding
+            .values_mut()
+            .flat_map(|known| known.sends.iter_mut())
+            .find(|sent| sent.nonce == nonce);
+        if let Some(send) = send {
+            send.state = state;
+        }
+    }
+
+    /// A new view went in: the waiting sends to peers it makes unusable
+    /// (gone, left the channel, no height) are cancelled, those timed out
+    /// stay answerable. Of a peer's `Pending` sends, as many were cancelled
+    /// as its `in_flight` (`before` the view) counted beyond those known to
+    /// wait. If sends timed out during the event itself (before the view was
+    /// applied), that count says nothing.
+    fn cancel_departed(&mut self, before: &Stats<u8>, timed_out_meanwhile: bool) {
+        let departed: BTreeSet<u8> = self
+            .outstanding
+            .values()
+            .flat_map(|known| known.sends.iter().map(|sent| sent.to))
+            .filter(|&peer| self.usable_height(peer).is_none())
+            .collect();
+        for peer in departed {
+            let mut sends: Vec<&mut Sent> = self
+                .outstanding
+                .values_mut()
+                .flat_map(|known| known.sends.iter_mut())
+                .filter(|sent| sent.to == peer)
+                .collect();
+            let count = |state| sends.iter().filter(|s| s.state == state).count();
+            let (waiting, pending) = (count(SendState::Waiting), count(SendState::Pending));
+            let in_flight = before.peers.get(&peer).map_or(0, |r| r.in_flight);
+            let undecided = if timed_out_meanwhile {
+                let open = waiting + pending;
+                Undecided {
+                    failed: open,
+                    timed_out: open,
+                }
+            } else {
+                // `settle` checked `waiting <= in_flight <= waiting + pending`.
+                let failed = in_flight - waiting;
+                Undecided {
+                    failed,
+                    timed_out: pending - failed,
+                }
+            };
+            let group = self.undecided.len();
+            for send in sends.iter_mut() {
+                send.state = match send.state {
+                    SendState::Waiting if !timed_out_meanwhile => SendState::Failed,
+                    SendState::Waiting | SendState::Pending => SendState::MaybeFailed(group),
+                    other => other,
+                };
+            }
+            self.undecided.push(undecided);
+            self.decide(group);
+        }
+    }
+
+    /// An answer showed whether a `MaybeFailed` send had been cancelled.
+    fn reveal(&mut self, nonce: u64, group: usize, failed: bool) -> Result<(), String> {
+        let undecided = &mut self.undecided[group];
+        let left = if failed {
+            &mut undecided.failed
+        } else {
+            &mut undecided.timed_out
+        };
+        let fate = if failed { "cancelled" } else { "timed out" };
+        *left = left.checked_sub(1).ok_or_else(|| {
+            format!("send {nonce}: more of its departed peer's sends turned out {fate} than its in_flight allowed")
+        })?;
+        let state = if failed {
+            SendState::Failed
+        } else {
+            SendState::TimedOut
+        };
+        self.set_state(nonce, state);
+        self.decide(group);
+        Ok(())
+    }
+
+    /// Once none of a group's undecided sends is left to be cancelled (or
+    /// to have timed out), the others are known.
+    fn decide(&mut self, group: usize) {
+        let undecided = self.undecided[group];
+        let state = if undecided.failed == 0 {
+            SendState::TimedOut
+        } else if undecided.timed_out == 0 {
+            SendState::Failed
+        } else {
+            return;
+        };
+        for send in self
+            .outstanding
+            .values_mut()
+            .flat_map(|known| known.sends.iter_mut())
+            .filter(|sent| sent.state == SendState::MaybeFailed(group))
+        {
+            send.state = state;
+        }
+    }
+
+    /// After an input: which sends still wait, from each peer's `in_flight`
+    /// and timeouts. Checks that `in_flight` counts exactly the sends that
+    /// may still wait (at least those known to).
+    fn settle(&mut self, before: &Stats<u8>) -> Result<(), String> {
+        let after = self.ae.stats();
+        let mut peers: BTreeSet<u8> = after.peers.keys().copied().collect();
+        peers.extend(
+            self.outstanding
+                .values()
+                .flat_map(|known| known.sends.iter().map(|sent| sent.to)),
+        );
+        for peer in peers {
+            let record = after.peers.get(&peer);
+            let timed_out = record.map_or(0, |record| {
+                let earlier = before.peers.get(&peer).map_or(0, |r| r.timeouts);
+                record.timeouts.saturating_sub(earlier)
+            });
+            let mut sends: Vec<&mut Sent> = self
+                .outstanding
+                .values_mut()
+                .flat_map(|known| known.sends.iter_mut())
+                .filter(|sent| sent.to == peer)
+                .collect();
+            if timed_out > 0 {
+                for send in sends.iter_mut() {
+                    if send.state == SendState::Waiting {
+                        send.state = SendState::Pending;
+                    }
+                }
+            }
+            let count = |state| sends.iter().filter(|s| s.state == state).count();
+            let (waiting, pending) = (count(SendState::Waiting), count(SendState::Pending));
+            let in_flight = record.map_or(0, |record| record.in_flight);
+            check!(
+                waiting <= in_flight && in_flight <= waiting + pending,
+                "peer {peer}: in_flight {in_flight}, but {waiting} sends to it surely wait and {pending} may: {:?}",
+                sends
+            );
+            let resolved = if in_flight == waiting {
+                SendState::TimedOut
+            } else if in_flight == waiting + pending {
+                SendState::Waiting
+            } else {
+                continue;
+            };
+            for send in sends {
+                if send.state == SendState::Pending {
+                    send.state = resolved;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The host committed every block below `height`.
@@ -417,11 +656,18 @@ impl Harness {
     ) -> Result<(), String> {
         self.now = self.now.max(at);
         self.log.push(brief_event(&event));
+        let before = self.ae.stats();
+        let membership = matches!(event, Event::Membership(_));
         let result = self.ae.handle(at, event);
         self.log.push(format!("  -> {result:?}"));
         self.trace.push(format!("{result:?}"));
+        if membership {
+            let timed_out_meanwhile = self.ae.stats().timeouts != before.timeouts;
+            self.cancel_departed(&before, timed_out_meanwhile);
+        }
         verdict(self, &result)?;
         self.drain()?;
+        self.settle(&before)?;
         self.check_state()
     }
 
@@ -490,9 +736,19 @@ impl Harness {
             self.frontier,
             self.buffer.keys().collect::<Vec<_>>()
         );
+        // Every send has a fresh nonce: unique among those of every
+        // outstanding request (the machine's guarantee), and in practice
+        // (64 random bits) never one of a request that ended.
+        if let Some(other) = self.request_with(nonce) {
+            let known = &self.outstanding[&other];
+            return Err(format!(
+                "{what}: nonce already used by a send of outstanding request [{}, {}]: {:?}",
+                known.start, known.end, known.sends
+            ));
+        }
         check!(
             !self.finished.contains(&nonce),
-            "{what}: nonce reused after it was answered, given up or dropped"
+            "{what}: nonce reused after its request was answered, given up or dropped"
         );
         // A peer whose copy of a block in the range was rejected is asked
         // only if no other peer advertises the range.
@@ -511,16 +767,22 @@ impl Harness {
                 self.rejected_by.range(start..=end).collect::<Vec<_>>()
             );
         }
-        match self.outstanding.get_mut(&nonce) {
+        let send = Sent {
+            nonce,
+            to,
+            at: self.now,
+            state: SendState::Waiting,
+        };
+        // Outstanding ranges are disjoint: a send of exactly an outstanding
+        // range is a re-send of that request (counted as a retry or a hedge,
+        // checked against the counters), any other must not overlap one.
+        match self
+            .outstanding
+            .get_mut(&start)
+            .filter(|known| known.end == end)
+        {
             Some(known) => {
-                check!(
-                    (known.start, known.end) == (start, end),
-                    "{what}: outstanding nonce reused for another range [{}, {}]",
-                    known.start,
-                    known.end
-                );
-                known.asked.insert(to);
-                known.sends += 1;
+                known.sends.push(send);
                 self.resends += 1;
             }
             None => {
@@ -531,10 +793,10 @@ impl Harness {
                 );
                 let held: Vec<u64> = self.buffer.range(start..=end).map(|(s, _)| *s).collect();
                 check!(held.is_empty(), "{what}: asks for blocks held {held:?}");
-                for (other, known) in &self.outstanding {
+                for known in self.outstanding.values() {
                     check!(
                         end < known.start || known.end < start,
-                        "{what}: overlaps outstanding request {other} [{}, {}]",
+                        "{what}: overlaps outstanding request [{}, {}]",
                         known.start,
                         known.end
                     );
@@ -560,12 +822,11 @@ impl Harness {
                     );
                 }
                 self.outstanding.insert(
-                    nonce,
+                    start,
                     Outstanding {
                         start,
                         end,
-                        asked: BTreeSet::from([to]),
-                        sends: 1,
+                        sends: vec![send],
                     },
                 );
             }
@@ -614,11 +875,10 @@ impl Harness {
 
     fn on_give_up(&mut self, start: u64, end: u64, reason: GiveUpReason) -> Result<(), String> {
         self.give_ups += 1;
-        let nonce = self
+        let outstanding = self
             .outstanding
-            .iter()
-            .find(|(_, known)| (known.start, known.end) == (start, end))
-            .map(|(nonce, _)| *nonce);
+            .get(&start)
+            .is_some_and(|known| known.end == end);
         if let GiveUpReason::RetriesExhausted { sends } = reason {
             // Counted sends exclude hedges; the range is given up after the
             // first failure past `max_retries` re-sends.
@@ -627,32 +887,27 @@ impl Harness {
                 "give-up [{start}, {end}] after {sends} counted sends, max_retries {}",
                 self.config.max_retries
             );
-            let Some(nonce) = nonce else {
-                return Err(format!(
-                    "give-up [{start}, {end}] ({reason:?}) of a range not outstanding"
-                ));
-            };
-            let made = self.outstanding[&nonce].sends;
+            check!(
+                outstanding,
+                "give-up [{start}, {end}] ({reason:?}) of a range not outstanding"
+            );
+            let made = self.outstanding[&start].sends.len() as u32;
             check!(
                 made >= sends,
                 "give-up [{start}, {end}] after {sends} counted sends, {made} seen"
             );
         }
-        match nonce {
-            Some(nonce) => {
-                self.outstanding.remove(&nonce);
-                self.finished.insert(nonce);
-            }
-            None => {
-                // A range never sent: it must not overlap one in flight.
-                for (other, known) in &self.outstanding {
-                    check!(
-                        end < known.start || known.end < start,
-                        "give-up [{start}, {end}] ({reason:?}) overlaps outstanding {other} [{}, {}]",
-                        known.start,
-                        known.end
-                    );
-                }
+        if outstanding {
+            self.end_request(start);
+        } else {
+            // A range never sent: it must not overlap one in flight.
+            for known in self.outstanding.values() {
+                check!(
+                    end < known.start || known.end < start,
+                    "give-up [{start}, {end}] ({reason:?}) overlaps outstanding [{}, {}]",
+                    known.start,
+                    known.end
+                );
             }
         }
         Ok(())
@@ -700,7 +955,7 @@ impl Harness {
         );
         check!(
             stats.in_flight == self.outstanding.len(),
-            "in_flight {} but {} nonces outstanding: {:?}",
+            "in_flight {} but {} requests outstanding: {:?}",
             stats.in_flight,
             self.outstanding.len(),
             self.outstanding
@@ -722,16 +977,7 @@ impl Harness {
                 "peer {peer}: in_flight {} > max_in_flight_per_peer",
                 record.in_flight
             );
-            let sent = self
-                .outstanding
-                .values()
-                .filter(|known| known.asked.contains(peer))
-                .count();
-            check!(
-                record.in_flight <= sent,
-                "peer {peer}: in_flight {} but only {sent} outstanding requests were sent to it",
-                record.in_flight
-            );
+            // `settle` checked `in_flight` against the sends to the peer.
             check!(
                 self.usable_height(*peer).is_some() || record.in_flight == 0,
                 "peer {peer}: unusable ({:?}) but in_flight {}",
@@ -941,12 +1187,12 @@ impl Harness {
     fn respond(&mut self, outstanding: bool, pick: &Index, answer: &Answer) -> Result<(), String> {
         let candidates: Vec<(u8, u64, u64, u64)> = if outstanding && !self.outstanding.is_empty() {
             self.outstanding
-                .iter()
-                .flat_map(|(nonce, known)| {
+                .values()
+                .flat_map(|known| {
                     known
-                        .asked
+                        .sends
                         .iter()
-                        .map(move |peer| (*peer, *nonce, known.start, known.end))
+                        .map(move |sent| (sent.to, sent.nonce, known.start, known.end))
                 })
                 .collect()
         } else {
@@ -991,15 +1237,25 @@ impl Harness {
                 full()
             }
             Answer::WrongPeer(q) => {
-                let asked = self
-                    .outstanding
-                    .get(&nonce)
-                    .map(|known| known.asked.clone())
+                // Peers asked for the same range under another nonce.
+                let siblings: Vec<u8> = self
+                    .request_with(nonce)
+                    .map(|start| {
+                        self.outstanding[&start]
+                            .sends
+                            .iter()
+                            .map(|sent| sent.to)
+                            .filter(|&peer| peer != from)
+                            .collect()
+                    })
                     .unwrap_or_default();
-                from = *q;
-                while asked.contains(&from) {
-                    from = from.wrapping_add(1);
-                }
+                from = if q % 2 == 0 && !siblings.is_empty() {
+                    siblings[usize::from(q / 2) % siblings.len()]
+                } else if *q == from {
+                    q.wrapping_add(1)
+                } else {
+                    *q
+                };
                 full()
             }
             Answer::WrongChannel => {
@@ -1024,23 +1280,41 @@ impl Harness {
     /// and what it does with the payloads.
     fn response(&mut self, from: u8, message: GossipMessage) -> Result<(), String> {
         let nonce = message.nonce;
-        let known = self.outstanding.get(&nonce).cloned();
+        let unknown = ResponseError::UnknownNonce { nonce };
+        // The request and the very send this nonce belongs to, if outstanding.
+        let known = self.request_with(nonce).map(|start| {
+            let known = self.outstanding[&start].clone();
+            let sent = known.send(nonce).cloned();
+            (known, sent.expect("the send of its nonce"))
+        });
         let expected: Result<(), ResponseError> = match wire::as_state_response(&message) {
             None => Err(ResponseError::NotAResponse),
             Some(_) if &message.channel[..] != CHANNEL.as_bytes() => {
                 Err(ResponseError::WrongChannel)
             }
             Some(_) => match &known {
-                None => Err(ResponseError::UnknownNonce { nonce }),
-                Some(known) if !known.asked.contains(&from) => {
-                    Err(ResponseError::UnexpectedPeer { nonce })
-                }
+                None => Err(unknown.clone()),
+                Some((_, sent)) if sent.to != from => Err(ResponseError::UnexpectedPeer { nonce }),
+                // A duplicate of an answer already used up, or an answer to
+                // a send cancelled when its peer left.
+                Some((_, sent)) if sent.state == SendState::Failed => Err(unknown.clone()),
                 Some(_) => Ok(()),
             },
         };
-        // The payloads the machine uses, in order: in the range, genuine.
+        // Whether the send may have been cancelled (see `SendState`): then
+        // the machine may refuse the answer as a duplicate instead.
+        let undecided = match &known {
+            Some((_, sent)) if expected.is_ok() => match sent.state {
+                SendState::MaybeFailed(group) => Some(group),
+                _ => None,
+            },
+            _ => None,
+        };
+        let maybe_failed = undecided.is_some();
+        // The payloads the machine uses if it takes the answer, in order: in
+        // the range, genuine.
         let usable: Vec<u64> = match (&known, wire::as_state_response(&message)) {
-            (Some(known), Some(response)) if expected.is_ok() => response
+            (Some((known, _)), Some(response)) if expected.is_ok() => response
                 .payloads
                 .iter()
                 .filter(|p| known.start <= p.seq_num && p.seq_num <= known.end)
@@ -1049,28 +1323,109 @@ impl Harness {
                 .collect(),
             _ => Vec::new(),
         };
-        let before = self.ae.stats().responses;
+        let before = self.ae.stats();
         self.responses.push((from, message.clone()));
         self.handle_with(self.now, Event::Response { from, message }, |h, result| {
+            let refused_as_duplicate =
+                maybe_failed && *result == Err(EventError::from(unknown.clone()));
             check!(
-                *result == expected.clone().map_err(EventError::from),
-                "response to {nonce} from {from}: {result:?}, expected {expected:?}"
+                *result == expected.clone().map_err(EventError::from) || refused_as_duplicate,
+                "response to {nonce} from {from}: {result:?}, expected {expected:?}{}",
+                if maybe_failed { " (or an unknown nonce)" } else { "" }
             );
-            let accepted = h.ae.stats().responses - before;
+            let after = h.ae.stats();
+            let Ok(()) = result else {
+                // Refused: it costs nothing but its counter, and does nothing.
+                let mut want = before.clone();
+                let ignored = &mut want.ignored;
+                match result {
+                    Err(EventError::Response(ResponseError::NotAResponse)) => {
+                        ignored.not_a_response += 1
+                    }
+                    Err(EventError::Response(ResponseError::WrongChannel)) => {
+                        ignored.wrong_channel += 1
+                    }
+                    Err(EventError::Response(ResponseError::UnknownNonce { .. })) => {
+                        ignored.unknown_nonce += 1
+                    }
+                    Err(EventError::Response(ResponseError::UnexpectedPeer { .. })) => {
+                        ignored.unexpected_peer += 1
+                    }
+                    other => return Err(format!("response to {nonce}: {other:?}")),
+                }
+                check!(
+                    after == want,
+                    "refused response to {nonce} from {from} ({result:?}) changed the state:\n  before {before:?}\n  after  {after:?}"
+                );
+                let action = h.ae.poll_action();
+                check!(
+                    action.is_none(),
+                    "refused response to {nonce} from {from} ({result:?}) led to {:?}",
+                    action.as_ref().map(brief_action)
+                );
+                if let (true, Some(group)) = (refused_as_duplicate, undecided) {
+                    h.reveal(nonce, group, true)?;
+                }
+                return Ok(());
+            };
+            let Some((known, sent)) = &known else {
+                return Err(format!("response to {nonce} accepted, but no send had it"));
+            };
+            if let Some(group) = undecided {
+                h.reveal(nonce, group, false)?;
+            }
+            let accepted = after.responses - before.responses;
             check!(
                 accepted == u64::from(!usable.is_empty()),
                 "response to {nonce} with {} usable payloads: {accepted} accepted",
                 usable.len()
             );
+            check!(
+                after.ignored.unknown_nonce == before.ignored.unknown_nonce
+                    && after.ignored.unexpected_peer == before.ignored.unexpected_peer,
+                "response to {nonce} taken, yet counted as ignored: {:?}",
+                after.ignored
+            );
+            if let (Some(was), Some(now)) = (before.peers.get(&from), after.peers.get(&from)) {
+                check!(
+                    (now.responses - was.responses, now.empty_responses - was.empty_responses)
+                        == (accepted, 1 - accepted),
+                    "peer {from}: response to {nonce} with {} usable payloads: {} responses, {} empty ones counted",
+                    usable.len(),
+                    now.responses - was.responses,
+                    now.empty_responses - was.empty_responses
+                );
+                // The round trip is measured from the very send answered:
+                // the first sample is the SRTT, later ones pull it towards
+                // themselves.
+                if accepted == 1 {
+                    let rtt = h.now.saturating_duration_since(sent.at);
+                    let srtt = now.srtt.unwrap_or(Duration::MAX);
+                    let ok = match was.srtt {
+                        None => srtt == rtt,
+                        Some(old) => old.min(rtt) <= srtt && srtt <= old.max(rtt),
+                    };
+                    check!(
+                        ok,
+                        "peer {from}: answer to {nonce} after {rtt:?} (sent at {:?}) moved its SRTT from {:?} to {:?}",
+                        sent.at - epoch(),
+                        was.srtt,
+                        now.srtt
+                    );
+                }
+            }
             for &seq in &usable {
                 h.estimate_floor = h.estimate_floor.min(size_of(seq));
                 h.accept(seq, Origin::Peer(from));
             }
-            if !usable.is_empty() {
+            if usable.is_empty() {
+                // Used up: the range goes to its next send (drained next).
+                h.set_state(nonce, SendState::Failed);
+            } else {
                 // Answered: what did not come (or was dropped for the byte
-                // window) is missing again.
-                h.outstanding.remove(&nonce);
-                h.finished.insert(nonce);
+                // window) is missing again; all its sends' nonces are
+                // unknown from now on.
+                h.end_request(known.start);
                 h.drop_obsolete();
             }
             Ok(())

@@ -331,8 +331,10 @@ fn contended_slow_peer_converges() {
     }
 }
 
-/// Replays one seed of the fault sweep from `SIM_SEED` (a no-op without it).
+/// Replays one seed of the fault sweep from `SIM_SEED`:
+/// `SIM_SEED=<n> [SIM_WILD=1] cargo test --all-features --test sim replay -- --ignored --nocapture`.
 #[test]
+#[ignore = "needs SIM_SEED"]
 fn replay() {
     let Some(seed) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) else {
         return;
@@ -356,7 +358,7 @@ fn replay() {
 /// The large sweep: 10 000 seeds of [`wild`] clusters, each with both
 /// presets (and a small-window config on odd seeds). Under a minute in
 /// release on two cores. Replay a seed with
-/// `SIM_SEED=<seed> SIM_WILD=1 cargo test --all-features --test sim replay -- --nocapture`.
+/// `SIM_SEED=<seed> SIM_WILD=1 cargo test --all-features --test sim replay -- --ignored --nocapture`.
 #[test]
 #[ignore = "slow: cargo test --release --all-features --test sim -- --ignored"]
 fn large_fault_sweep() {

@@ -558,6 +558,17 @@ impl<M: Machine, H: Host<M>, R: Runtime> Driver<M, H, R> {
         while let Some(output) = self.machine.poll_output() {
             self.stats.outputs += 1;
             self.host.on_output(output, &mut self.feedback);
+            // Verdicts go back before the next output (allowed inside the
+            // drain): after a rejection the machine withdraws the deliveries
+            // it had queued behind the rejected block, so the host never sees
+            // them.
+            while let Some(input) = self.feedback.queue.pop_front() {
+                self.stats.feedback += 1;
+                if let Err(error) = self.machine.handle(now, input) {
+                    self.stats.refused += 1;
+                    self.host.on_refused(error);
+                }
+            }
         }
     }
 

@@ -31,6 +31,15 @@ enum Send {
     Hedge,
 }
 
+/// Whom a range can go to now.
+enum Pick<P> {
+    Peer(P),
+    /// Peers advertise the range but none is free.
+    Busy,
+    /// No peer advertises the range.
+    NoneEligible,
+}
+
 /// Hedges per request at most: bounds the sends of a range at
 /// `max_retries + 1 + MAX_HEDGES`.
 const MAX_HEDGES: u32 = 3;
@@ -71,8 +80,9 @@ struct Delivered<P> {
 /// - Outstanding nonces are unique; outstanding ranges are disjoint,
 ///   non-empty, at most `batch_size + 1` long, and sent only to peers whose
 ///   advertised height exceeds their end.
-/// - At most `max_in_flight` requests (and `max_in_flight_per_peer` sends to
-///   one peer) are outstanding; every requested block lies below
+/// - At most `max_in_flight` requests (and `max_in_flight_per_peer` waiting
+///   sends to one peer; a send that timed out frees its slot but stays
+///   answerable, so a slow peer may hold more) are outstanding; every requested block lies below
 ///   `committed + window_blocks`; payloads held out of order plus those
 ///   delivered and not committed stay within `window_blocks + block_buffer`
 ///   blocks and `window_bytes` plus one block.
@@ -126,7 +136,8 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             usize::try_from(max_blocks).unwrap_or(usize::MAX),
             usize::try_from(config.window_bytes).unwrap_or(usize::MAX),
         );
-        let block_bytes_estimate = (config.window_bytes / config.window_blocks).max(1);
+        let block_bytes_estimate =
+            (config.window_bytes / config.window_blocks).clamp(1, config.max_message_size as u64);
         Ok(Self {
             next_round_at: now.checked_add(config.check_interval),
             config,
@@ -197,7 +208,9 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         match wire::decode_gossip_message(bytes, self.config.max_message_size) {
             Ok(message) => self.handle(now, Event::Response { from, message }),
             Err(error) => {
-                self.stats.ignored.not_a_response += 1;
+                // Still an input at `now`: due deadlines are processed.
+                let _ = self.handle(now, Event::Timeout);
+                self.stats.ignored.malformed += 1;
                 Err(ResponseError::Wire(error).into())
             }
         }
@@ -269,8 +282,8 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             self.next_round_at = None;
             self.start_round(now);
         }
-        for nonce in self.requests.nonces() {
-            let Some(request) = self.requests.get_mut(nonce) else {
+        for id in self.requests.ids() {
+            let Some(request) = self.requests.get_mut(id) else {
                 continue;
             };
             let mut expired = Vec::new();
@@ -294,7 +307,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                     peer.failed(now, 1, self.config.peer_selection);
                 }
             }
-            self.retry_if_idle(now, nonce);
+            self.retry_if_idle(now, id);
         }
         if self.hedge_due().is_some_and(|due| due <= now) {
             self.hedge(now);
@@ -332,7 +345,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// slow, silent or lying peer cannot stall the window. If no other peer
     /// is free, tries again `hedge_after` later.
     fn hedge(&mut self, now: Instant) {
-        let Some((nonce, request)) = self.requests.covering(self.buffer.next()) else {
+        let Some((id, request)) = self.requests.covering(self.buffer.next()) else {
             return;
         };
         let end = request.range.end();
@@ -348,15 +361,15 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             .filter(|peer| !exclude.contains(peer));
         match choice {
             Some(peer) => {
-                if let Some(request) = self.requests.get_mut(nonce) {
+                if let Some(request) = self.requests.get_mut(id) {
                     request.hedges += 1;
                 }
                 self.stats.hedges += 1;
-                self.send_attempt(now, nonce, peer, Send::Hedge);
+                self.send_attempt(now, id, peer, Send::Hedge);
             }
             None => {
                 if let (Some(request), Some(hedge_after)) =
-                    (self.requests.get_mut(nonce), self.config.hedge_after)
+                    (self.requests.get_mut(id), self.config.hedge_after)
                 {
                     request.hedge_not_before = now.checked_add(hedge_after);
                 }
@@ -414,8 +427,8 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let departed = self.peers.replace(view);
         if !departed.is_empty() {
             // Sends to peers that left end without blame; their ranges move on.
-            for nonce in self.requests.nonces() {
-                let Some(request) = self.requests.get_mut(nonce) else {
+            for id in self.requests.ids() {
+                let Some(request) = self.requests.get_mut(id) else {
                     continue;
                 };
                 let mut cancelled = Vec::new();
@@ -432,7 +445,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                     }
                 }
                 if !cancelled.is_empty() {
-                    self.retry_if_idle(now, nonce);
+                    self.retry_if_idle(now, id);
                 }
             }
         }
@@ -467,38 +480,18 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             if !self.window_admits(range) {
                 return;
             }
-            if !self.peers.any_covers(range.end()) {
-                self.give_up(now, range, GiveUpReason::NoEligiblePeer);
-                return;
-            }
-            let rejected = self.rejected_in(range);
-            let choice = self.peers.choose(
-                &self.config,
-                range.end(),
-                &[],
-                &rejected,
-                now,
-                &mut self.rng,
-            );
-            let Some(peer) = choice else {
-                if self.nothing_waiting() {
-                    // Nothing in flight will wake us: end the round and let
-                    // the round timer try again.
+            let peer = match self.pick(now, range, &[]) {
+                Pick::Peer(peer) => peer,
+                Pick::Busy if !self.nothing_waiting() => return,
+                // Nothing in flight will wake us: end the round and let the
+                // round timer try again.
+                Pick::Busy | Pick::NoneEligible => {
                     self.give_up(now, range, GiveUpReason::NoEligiblePeer);
+                    return;
                 }
-                return;
             };
-            let nonce = self.fresh_nonce();
-            self.requests.insert(
-                nonce,
-                Request {
-                    range,
-                    attempts: Vec::new(),
-                    hedges: 0,
-                    hedge_not_before: None,
-                },
-            );
-            self.send_attempt(now, nonce, peer, Send::First);
+            let id = self.requests.insert(range);
+            self.send_attempt(now, id, peer, Send::First);
         }
     }
 
@@ -516,10 +509,10 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             .requests
             .iter()
             .filter(|(_, request)| self.obsolete(request.range))
-            .map(|(nonce, _)| *nonce)
+            .map(|(id, _)| *id)
             .collect();
-        for nonce in obsolete {
-            self.drop_request(nonce);
+        for id in obsolete {
+            self.drop_request(id);
         }
     }
 
@@ -591,38 +584,43 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     fn fresh_nonce(&mut self) -> u64 {
         loop {
             let nonce = self.rng.u64(1..);
-            if !self.requests.contains(nonce) {
+            if self.requests.with_nonce(nonce).is_none() {
                 return nonce;
             }
         }
     }
 
-    fn send_attempt(&mut self, now: Instant, nonce: u64, to: P, kind: Send) {
+    /// Sends request `id` to `to` under a fresh nonce of its own.
+    fn send_attempt(&mut self, now: Instant, id: u64, to: P, kind: Send) {
+        let nonce = self.fresh_nonce();
         let Some(peer) = self.peers.get_mut(&to) else {
             return;
         };
-        let Some(request) = self.requests.get_mut(nonce) else {
+        let Some(request) = self.requests.get(id) else {
             return;
         };
         peer.in_flight += 1;
         peer.stats.requests += 1;
         self.stats.requests += 1;
-        match kind {
-            Send::First => {}
-            Send::Retry => self.stats.retries += 1,
-            Send::Hedge => {}
+        if kind == Send::Retry {
+            self.stats.retries += 1;
         }
-        request.attempts.push(Attempt {
-            peer: to.clone(),
-            sent_at: now,
-            deadline: now.checked_add(peer.timeout(&self.config)),
-            state: AttemptState::Waiting,
-        });
         let message = wire::state_request(
             nonce,
             self.channel.clone(),
             request.range.start(),
             request.range.end(),
+        );
+        let deadline = now.checked_add(peer.timeout(&self.config));
+        self.requests.push_attempt(
+            id,
+            Attempt {
+                nonce,
+                peer: to.clone(),
+                sent_at: now,
+                deadline,
+                state: AttemptState::Waiting,
+            },
         );
         self.actions.push_back(Action::SendRequest { to, message });
     }
@@ -644,8 +642,8 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         };
         let timeout = peer.timeout(&self.config);
         let cap = self.config.max_response_timeout;
-        for nonce in self.requests.nonces() {
-            let Some(request) = self.requests.get_mut(nonce) else {
+        for id in self.requests.ids() {
+            let Some(request) = self.requests.get_mut(id) else {
                 continue;
             };
             for attempt in &mut request.attempts {
@@ -667,8 +665,8 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     }
 
     /// A request with no send still waiting is sent again, or given up.
-    fn retry_if_idle(&mut self, now: Instant, nonce: u64) {
-        let Some(request) = self.requests.get(nonce) else {
+    fn retry_if_idle(&mut self, now: Instant, id: u64) {
+        let Some(request) = self.requests.get(id) else {
             return;
         };
         if request.waiting().next().is_some() {
@@ -679,33 +677,43 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let failed: Vec<P> = request.attempts.iter().map(|a| a.peer.clone()).collect();
         if self.obsolete(range) {
             // Everything it asked for came another way (gossip): no re-send.
-            self.drop_request(nonce);
+            self.drop_request(id);
             return;
         }
         if sends > self.config.max_retries {
-            self.drop_request(nonce);
+            self.drop_request(id);
             self.give_up(now, range, GiveUpReason::RetriesExhausted { sends });
             return;
         }
+        match self.pick(now, range, &failed) {
+            Pick::Peer(peer) => self.send_attempt(now, id, peer, Send::Retry),
+            // `resend_idle` tries again when a slot frees, and gives up if
+            // nothing is left in flight.
+            Pick::Busy => {}
+            Pick::NoneEligible => {
+                self.drop_request(id);
+                self.give_up(now, range, GiveUpReason::NoEligiblePeer);
+            }
+        }
+    }
+
+    /// The peer to send `range` to: one that advertises it, is free, and
+    /// preferably not among `failed` nor a sender of a rejected block in it.
+    fn pick(&mut self, now: Instant, range: SeqRange, failed: &[P]) -> Pick<P> {
         if !self.peers.any_covers(range.end()) {
-            self.drop_request(nonce);
-            self.give_up(now, range, GiveUpReason::NoEligiblePeer);
-            return;
+            return Pick::NoneEligible;
         }
         let rejected = self.rejected_in(range);
-        let choice = self.peers.choose(
-            &self.config,
-            range.end(),
-            &failed,
-            &rejected,
-            now,
-            &mut self.rng,
-        );
-        // If every eligible peer is busy, `resend_idle` tries again when a
-        // slot frees, and gives up if nothing is left in flight.
-        if let Some(peer) = choice {
-            self.send_attempt(now, nonce, peer, Send::Retry);
-        }
+        self.peers
+            .choose(
+                &self.config,
+                range.end(),
+                failed,
+                &rejected,
+                now,
+                &mut self.rng,
+            )
+            .map_or(Pick::Busy, Pick::Peer)
     }
 
     /// Re-sends requests left without a waiting send; gives them up when
@@ -715,17 +723,17 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             .requests
             .iter()
             .filter(|(_, request)| request.waiting().next().is_none())
-            .map(|(nonce, _)| *nonce)
+            .map(|(id, _)| *id)
             .collect();
-        for nonce in idle {
-            self.retry_if_idle(now, nonce);
+        for id in idle {
+            self.retry_if_idle(now, id);
             let still_idle = self
                 .requests
-                .get(nonce)
+                .get(id)
                 .is_some_and(|request| request.waiting().next().is_none());
             if still_idle && self.nothing_waiting() {
-                let range = self.requests.get(nonce).map(|r| r.range);
-                self.drop_request(nonce);
+                let range = self.requests.get(id).map(|r| r.range);
+                self.drop_request(id);
                 if let Some(range) = range {
                     self.give_up(now, range, GiveUpReason::NoEligiblePeer);
                 }
@@ -734,8 +742,8 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     }
 
     /// Removes a request, freeing the slots of its waiting sends.
-    fn drop_request(&mut self, nonce: u64) -> Option<Request<P>> {
-        let request = self.requests.remove(nonce)?;
+    fn drop_request(&mut self, id: u64) -> Option<Request<P>> {
+        let request = self.requests.remove(id)?;
         for attempt in request.waiting() {
             if let Some(peer) = self.peers.get_mut(&attempt.peer) {
                 peer.in_flight -= 1;
@@ -762,15 +770,29 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             return Err(ResponseError::WrongChannel);
         }
         let nonce = message.nonce;
-        let Some(request) = self.requests.get_mut(nonce) else {
+        let unknown = ResponseError::UnknownNonce { nonce };
+        let Some(id) = self.requests.with_nonce(nonce) else {
             ignored.unknown_nonce += 1;
-            return Err(ResponseError::UnknownNonce { nonce });
+            return Err(unknown);
+        };
+        let Some(request) = self.requests.get_mut(id) else {
+            ignored.unknown_nonce += 1;
+            return Err(unknown);
         };
         let range = request.range;
-        let Some(attempt) = request.attempt_to(&from) else {
+        let Some(attempt) = request.attempt_with(nonce) else {
+            ignored.unknown_nonce += 1;
+            return Err(unknown);
+        };
+        if attempt.peer != from {
             ignored.unexpected_peer += 1;
             return Err(ResponseError::UnexpectedPeer { nonce });
-        };
+        }
+        if attempt.state == AttemptState::Failed {
+            // This send was answered already (or cancelled): a duplicate.
+            ignored.unknown_nonce += 1;
+            return Err(unknown);
+        }
         let answered_sent_at = attempt.sent_at;
         let rtt = now.saturating_duration_since(answered_sent_at);
         let was_waiting = attempt.state == AttemptState::Waiting;
@@ -791,7 +813,11 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             usable += 1;
             let size = payload_size(payload) as u64;
             bytes += size;
-            self.block_bytes_estimate = (self.block_bytes_estimate * 7 + size).div_ceil(8);
+            self.block_bytes_estimate = self
+                .block_bytes_estimate
+                .saturating_mul(7)
+                .saturating_add(size)
+                .div_ceil(8);
             self.accept_payload(payload.clone(), size, Origin::Peer(from.clone()));
         }
 
@@ -799,10 +825,12 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         if usable == 0 {
             // An empty or useless answer counts against the peer, and the
             // range goes to the next try at once (as Fabric retries).
-            if let Some(request) = self.requests.get_mut(nonce) {
-                if let Some(attempt) = request.attempt_to(&from) {
-                    attempt.state = AttemptState::Failed;
-                }
+            if let Some(attempt) = self
+                .requests
+                .get_mut(id)
+                .and_then(|request| request.attempt_with(nonce))
+            {
+                attempt.state = AttemptState::Failed;
             }
             if let Some(peer) = peer {
                 if was_waiting {
@@ -811,7 +839,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 peer.stats.empty_responses += 1;
                 peer.failed(now, 1, self.config.peer_selection);
             }
-            self.retry_if_idle(now, nonce);
+            self.retry_if_idle(now, id);
             return Ok(());
         }
         if let Some(peer) = peer {
@@ -828,7 +856,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         self.stats.responses += 1;
         // Blocks of the range that did not arrive are simply missing again:
         // the planner asks for them in a new request.
-        self.drop_request(nonce);
+        self.drop_request(id);
         self.extend_deadlines(now, &from, answered_sent_at);
         Ok(())
     }
@@ -953,9 +981,12 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 self.uncommitted_bytes -= dropped.size;
             }
         }
+        let queued = self.actions.len();
         self.actions.retain(|action| {
             !matches!(action, Action::AddPayload { payload, .. } if payload.seq_num >= seq)
         });
+        // Withdrawn before the host saw them: not delivered after all.
+        self.stats.delivered -= (queued - self.actions.len()) as u64;
         self.buffer.rewind(seq);
         if self.round_end.is_none() {
             self.next_round_at = None;

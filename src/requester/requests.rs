@@ -1,5 +1,5 @@
-//! The table of outstanding requests: by nonce for matching responses, by
-//! start for planning disjoint ranges.
+//! The table of outstanding requests: by id, by the nonce of each send for
+//! matching responses, and by start for planning disjoint ranges.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -13,13 +13,18 @@ pub(crate) enum AttemptState {
     Waiting,
     /// Ended without an answer in time; a late answer is still accepted.
     TimedOut,
-    /// Ended with an unusable answer, or the peer left the channel.
+    /// Answered with nothing usable, or the peer left the channel: a
+    /// further answer to it (a duplicate) is ignored.
     Failed,
 }
 
-/// One send of a request to one peer.
+/// One send of a request to one peer, under its own nonce: an answer is
+/// matched to the very send it answers, so a stale or duplicated answer
+/// cannot count against a later send, and its round trip is measured from
+/// the right instant (Karn).
 #[derive(Debug, Clone)]
 pub(crate) struct Attempt<P> {
+    pub(crate) nonce: u64,
     pub(crate) peer: P,
     pub(crate) sent_at: Instant,
     /// `None` if the timeout is too long to represent: never expires.
@@ -27,8 +32,8 @@ pub(crate) struct Attempt<P> {
     pub(crate) state: AttemptState,
 }
 
-/// A range asked for under one nonce, possibly of several peers in turn
-/// (retries) or at once (a hedge).
+/// A range asked for, possibly of several peers in turn (retries) or at
+/// once (hedges).
 #[derive(Debug, Clone)]
 pub(crate) struct Request<P> {
     pub(crate) range: SeqRange,
@@ -52,66 +57,94 @@ impl<P: PartialEq> Request<P> {
             .filter(|attempt| attempt.state == AttemptState::Waiting)
     }
 
-    /// The latest send to `peer`.
-    pub(crate) fn attempt_to(&mut self, peer: &P) -> Option<&mut Attempt<P>> {
+    /// The send that used `nonce`.
+    pub(crate) fn attempt_with(&mut self, nonce: u64) -> Option<&mut Attempt<P>> {
         self.attempts
             .iter_mut()
-            .rev()
-            .find(|attempt| &attempt.peer == peer)
+            .find(|attempt| attempt.nonce == nonce)
     }
 }
 
-/// Outstanding requests. Their ranges are disjoint.
+/// Outstanding requests. Their ranges are disjoint; every nonce of every
+/// send of theirs is unique and answerable until the request ends.
 #[derive(Debug, Clone)]
 pub(crate) struct Requests<P> {
-    by_nonce: BTreeMap<u64, Request<P>>,
+    by_id: BTreeMap<u64, Request<P>>,
     by_start: BTreeMap<u64, u64>,
+    by_nonce: BTreeMap<u64, u64>,
     blocks: u64,
+    next_id: u64,
 }
 
 impl<P> Default for Requests<P> {
     fn default() -> Self {
         Self {
-            by_nonce: BTreeMap::new(),
+            by_id: BTreeMap::new(),
             by_start: BTreeMap::new(),
+            by_nonce: BTreeMap::new(),
             blocks: 0,
+            next_id: 0,
         }
     }
 }
 
 impl<P> Requests<P> {
-    pub(crate) fn insert(&mut self, nonce: u64, request: Request<P>) {
-        debug_assert!(self.covering(request.range.start()).is_none());
-        self.blocks += request.range.len();
-        self.by_start.insert(request.range.start(), nonce);
-        self.by_nonce.insert(nonce, request);
+    /// Adds a request (with no send yet) and returns its id.
+    pub(crate) fn insert(&mut self, range: SeqRange) -> u64 {
+        debug_assert!(self.covering(range.start()).is_none());
+        let id = self.next_id;
+        self.next_id += 1;
+        self.blocks += range.len();
+        self.by_start.insert(range.start(), id);
+        self.by_id.insert(
+            id,
+            Request {
+                range,
+                attempts: Vec::new(),
+                hedges: 0,
+                hedge_not_before: None,
+            },
+        );
+        id
     }
 
-    pub(crate) fn remove(&mut self, nonce: u64) -> Option<Request<P>> {
-        let request = self.by_nonce.remove(&nonce)?;
+    /// Records a send of request `id`.
+    pub(crate) fn push_attempt(&mut self, id: u64, attempt: Attempt<P>) {
+        if let Some(request) = self.by_id.get_mut(&id) {
+            self.by_nonce.insert(attempt.nonce, id);
+            request.attempts.push(attempt);
+        }
+    }
+
+    pub(crate) fn remove(&mut self, id: u64) -> Option<Request<P>> {
+        let request = self.by_id.remove(&id)?;
         self.by_start.remove(&request.range.start());
+        for attempt in &request.attempts {
+            self.by_nonce.remove(&attempt.nonce);
+        }
         self.blocks -= request.range.len();
         Some(request)
     }
 
-    pub(crate) fn get(&self, nonce: u64) -> Option<&Request<P>> {
-        self.by_nonce.get(&nonce)
+    pub(crate) fn get(&self, id: u64) -> Option<&Request<P>> {
+        self.by_id.get(&id)
     }
 
-    pub(crate) fn get_mut(&mut self, nonce: u64) -> Option<&mut Request<P>> {
-        self.by_nonce.get_mut(&nonce)
+    pub(crate) fn get_mut(&mut self, id: u64) -> Option<&mut Request<P>> {
+        self.by_id.get_mut(&id)
     }
 
-    pub(crate) fn contains(&self, nonce: u64) -> bool {
-        self.by_nonce.contains_key(&nonce)
+    /// The request one of whose sends used `nonce`.
+    pub(crate) fn with_nonce(&self, nonce: u64) -> Option<u64> {
+        self.by_nonce.get(&nonce).copied()
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.by_nonce.len()
+        self.by_id.len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.by_nonce.is_empty()
+        self.by_id.is_empty()
     }
 
     /// Blocks covered by outstanding requests.
@@ -120,18 +153,18 @@ impl<P> Requests<P> {
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&u64, &Request<P>)> {
-        self.by_nonce.iter()
+        self.by_id.iter()
     }
 
-    pub(crate) fn nonces(&self) -> Vec<u64> {
-        self.by_nonce.keys().copied().collect()
+    pub(crate) fn ids(&self) -> Vec<u64> {
+        self.by_id.keys().copied().collect()
     }
 
     /// The request whose range holds `seq`.
     pub(crate) fn covering(&self, seq: u64) -> Option<(u64, &Request<P>)> {
-        let (_, nonce) = self.by_start.range(..=seq).next_back()?;
-        let request = &self.by_nonce[nonce];
-        request.range.contains(seq).then_some((*nonce, request))
+        let (_, id) = self.by_start.range(..=seq).next_back()?;
+        let request = &self.by_id[id];
+        request.range.contains(seq).then_some((*id, request))
     }
 
     /// The lowest start of an outstanding range above `seq`.

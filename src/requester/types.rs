@@ -212,6 +212,8 @@ pub enum EventError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct IgnoredCounts {
+    /// Bytes that did not decode as a gossip message.
+    pub malformed: u64,
     /// Messages that are not state responses.
     pub not_a_response: u64,
     /// Responses for another channel.
@@ -226,7 +228,8 @@ pub struct IgnoredCounts {
     pub duplicate_payloads: u64,
     /// Payloads whose `data` is not a block with the payload's number.
     pub bad_payloads: u64,
-    /// Gossip payloads outside `[next, next + block_buffer)`.
+    /// Gossip payloads above the next block but outside
+    /// `[committed, committed + block_buffer)`.
     pub gossip_outside_window: u64,
 }
 
