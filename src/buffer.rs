@@ -43,7 +43,8 @@ impl PushOutcome {
 /// [`next`](Self::next), each number at most once. The buffer holds at most
 /// `max_blocks` payloads and `max_bytes` bytes, with one exception: the
 /// payload numbered `next` is always kept, since popping it is what frees
-/// room (refusing it could stall delivery for good).
+/// room (refusing it could stall delivery for good). Pop it before pushing
+/// more, or (after [`rewind`](Self::rewind)) the exception can repeat.
 ///
 /// ```
 /// use antientropy::{PayloadBuffer, wire::gossip::Payload};

@@ -67,7 +67,7 @@ fn batching_of_state_request() {
     assert_eq!(delivered(&third), (12..=15).collect::<Vec<_>>());
     assert!(sends(&third).is_empty());
     assert_eq!(ae.stats().requests, 2);
-    assert_eq!(ae.height(), 16);
+    assert_eq!((ae.height(), ae.target(), ae.in_flight()), (16, 16, 0));
 }
 
 // Fabric's TestLedgerHeightFromProperties: a peer without properties is never

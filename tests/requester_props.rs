@@ -1926,19 +1926,12 @@ fn regression_duplicate_peer_in_a_view_underflows_in_flight() {
     assert_eq!(sends(&drain(&mut ae)).len(), 1, "retried");
 }
 
-// --- known bugs -------------------------------------------------------------------
-//
-// Minimal reproductions of what the properties find in the machine today
-// (tolerated there, see `TOLERATE_HEDGE_TO_REJECTED_PEER`). Each asserts the
-// intended behaviour and fails; un-ignore once fixed.
-
 // A peer whose copy of a block was rejected is excluded for ranges holding
-// that block while another peer advertises them, but the hedge passes only
-// the busy peers as excluded: here "b" sent block 1, the host rejected it,
-// [1, 11] went to "a" and, while "a" is slow, all three hedges go to "b"
-// (benched, but the only peer not busy with the range), each timing out
-// after 200 ms (its SRTT is 0). Had "b" answered with its bad copy again,
-// the hedge's answer would have been delivered and rejected again.
+// that block while another peer advertises them; the hedge used to pass only
+// the busy peers as excluded: "b" sent block 1, the host rejected it,
+// [1, 11] went to "a" and, while "a" was slow, all three hedges went to "b".
+// Had "b" answered with its bad copy again, it would have been delivered and
+// rejected again.
 #[test]
 fn regression_hedge_asks_the_peer_whose_block_was_rejected() {
     let view = vec![PeerState::new("a", 12), PeerState::new("b", 12)];

@@ -265,6 +265,21 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         self.buffer.next()
     }
 
+    /// The host's committed height, as last reported.
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// The best height advertised by a peer that may be asked.
+    pub fn target(&self) -> u64 {
+        self.peers.target()
+    }
+
+    /// Requests (ranges) outstanding.
+    pub fn in_flight(&self) -> usize {
+        self.requests.len()
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.config
