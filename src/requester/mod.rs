@@ -297,7 +297,19 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             self.next_round_at = None;
             self.start_round(now);
         }
-        for id in self.requests.ids() {
+        // Only requests with a send past its deadline; on most events there
+        // is none, and this allocates nothing.
+        let due: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, request)| {
+                request
+                    .waiting()
+                    .any(|attempt| attempt.deadline.is_some_and(|d| d <= now))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
             let Some(request) = self.requests.get_mut(id) else {
                 continue;
             };
@@ -657,10 +669,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         };
         let timeout = peer.timeout(&self.config);
         let cap = self.config.max_response_timeout;
-        for id in self.requests.ids() {
-            let Some(request) = self.requests.get_mut(id) else {
-                continue;
-            };
+        for request in self.requests.iter_mut() {
             for attempt in &mut request.attempts {
                 if attempt.state != AttemptState::Waiting
                     || &attempt.peer != from

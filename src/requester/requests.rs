@@ -156,6 +156,10 @@ impl<P> Requests<P> {
         self.by_id.iter()
     }
 
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Request<P>> {
+        self.by_id.values_mut()
+    }
+
     pub(crate) fn ids(&self) -> Vec<u64> {
         self.by_id.keys().copied().collect()
     }
