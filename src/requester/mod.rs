@@ -185,6 +185,14 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             }
             Event::Committed { height } => self.on_committed(height),
             Event::Rejected { seq } => self.on_rejected(now, seq),
+            Event::PeerDisconnected { peer } => {
+                self.on_disconnected(now, &peer);
+                Ok(())
+            }
+            Event::PeerConnected { peer } => {
+                self.on_connected(now, &peer);
+                Ok(())
+            }
         };
         self.deliver();
         self.fill(now);
@@ -452,8 +460,42 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
 
     fn on_membership(&mut self, now: Instant, view: Vec<PeerState<P>>) {
         let departed = self.peers.replace(view);
-        if !departed.is_empty() {
-            // Sends to peers that left end without blame; their ranges move on.
+        self.cancel_sends_to(now, &departed);
+        self.round_on_news(now);
+    }
+
+    fn on_disconnected(&mut self, now: Instant, peer: &P) {
+        let Some(record) = self.peers.get_mut(peer) else {
+            return;
+        };
+        record.connected = false;
+        self.cancel_sends_to(now, std::slice::from_ref(peer));
+    }
+
+    fn on_connected(&mut self, now: Instant, peer: &P) {
+        let Some(record) = self.peers.get_mut(peer) else {
+            return;
+        };
+        record.reconnected();
+        self.round_on_news(now);
+    }
+
+    /// A peer ahead may have appeared: keep the round going, or start one.
+    fn round_on_news(&mut self, now: Instant) {
+        match self.round_end {
+            Some(_) => self.extend_round(),
+            None if self.config.round_on_membership && self.peers.target() > self.buffer.next() => {
+                self.next_round_at = None;
+                self.start_round(now);
+            }
+            None => {}
+        }
+    }
+
+    /// Sends to `gone` peers end without blame; their ranges move on at once.
+    fn cancel_sends_to(&mut self, now: Instant, gone: &[P]) {
+        if !gone.is_empty() {
+            let departed = gone;
             for id in self.requests.ids() {
                 let Some(request) = self.requests.get_mut(id) else {
                     continue;
@@ -475,14 +517,6 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                     self.retry_if_idle(now, id);
                 }
             }
-        }
-        match self.round_end {
-            Some(_) => self.extend_round(),
-            None if self.config.round_on_membership && self.peers.target() > self.buffer.next() => {
-                self.next_round_at = None;
-                self.start_round(now);
-            }
-            None => {}
         }
     }
 

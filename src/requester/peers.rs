@@ -115,6 +115,8 @@ pub(crate) struct Peer {
     /// Failures not yet paid back by successes; drives the bench time.
     strikes: u32,
     benched_until: Option<Instant>,
+    /// False between `PeerDisconnected` and `PeerConnected`: not asked.
+    pub(crate) connected: bool,
     pub(crate) stats: PeerStats,
 }
 
@@ -127,6 +129,7 @@ impl Peer {
             window: PeerWindow::new(),
             strikes: 0,
             benched_until: None,
+            connected: true,
             stats: PeerStats::default(),
         }
     }
@@ -152,9 +155,19 @@ impl Peer {
         self.window.on_timeout();
     }
 
-    /// Whether the peer advertises block `end` (height > end).
+    /// Whether the peer is reachable and advertises block `end`
+    /// (height > end).
     pub(crate) fn covers(&self, end: u64) -> bool {
-        self.advertised.is_some_and(|height| height > end)
+        self.connected && self.advertised.is_some_and(|height| height > end)
+    }
+
+    /// The connection came back: what it earned while unreachable is
+    /// forgiven, since a restarted peer is a new process.
+    pub(crate) fn reconnected(&mut self) {
+        self.connected = true;
+        self.strikes = 0;
+        self.benched_until = None;
+        self.rtt = RttEstimator::default();
     }
 
     fn benched(&self, now: Instant) -> bool {
@@ -258,10 +271,11 @@ impl<P: Clone + Ord> Peers<P> {
         self.map.iter()
     }
 
-    /// The best height advertised by a peer that may be asked.
+    /// The best height advertised by a reachable peer that may be asked.
     pub(crate) fn target(&self) -> u64 {
         self.map
             .values()
+            .filter(|peer| peer.connected)
             .filter_map(|peer| peer.advertised)
             .max()
             .unwrap_or(0)

@@ -94,6 +94,24 @@ pub enum Event<P> {
         /// The refused block.
         seq: u64,
     },
+    /// The transport lost its connection to `peer` (closed, reset, or a
+    /// keep-alive failed). Send it as soon as the transport knows, before
+    /// any reconnection attempt: the peer's waiting requests move to other
+    /// peers at once, without blame, and it is not asked again until
+    /// [`Event::PeerConnected`]. It stays in the membership.
+    PeerDisconnected {
+        /// The peer whose connection went down.
+        peer: P,
+    },
+    /// A connection to `peer` is up: the first one, or a new one after
+    /// [`Event::PeerDisconnected`]. Send it once the transport can carry a
+    /// request. The peer's doubts, back-offs and bench (earned while it was
+    /// unreachable) are forgiven, and it is asked at once if it has blocks
+    /// we lack.
+    PeerConnected {
+        /// The peer whose connection came up.
+        peer: P,
+    },
 }
 
 /// Where a delivered payload came from.
