@@ -1,0 +1,105 @@
+//! Delivery to the host, the gossip path, and the host's verdicts.
+
+use std::time::Instant;
+
+use super::{Action, AntiEntropy, Delivered, EventError, Origin};
+use crate::buffer::payload_size;
+use crate::wire::gossip::Payload;
+
+impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
+    /// Hands every consecutive payload to the host.
+    pub(super) fn deliver(&mut self) {
+        while let Some(payload) = self.buffer.pop() {
+            let seq = payload.seq_num;
+            let origin = self.origins.remove(&seq).unwrap_or(Origin::Gossip);
+            let size = payload_size(&payload) as u64;
+            self.uncommitted.push_back(Delivered {
+                seq,
+                origin: origin.clone(),
+                size,
+            });
+            self.uncommitted_bytes += size;
+            self.stats.delivered += 1;
+            self.actions.push_back(Action::AddPayload {
+                payload,
+                from: origin,
+            });
+        }
+    }
+
+    /// Fabric's non-blocking path: kept only within
+    /// `[height, height + block_buffer)` of the committed height (Fabric
+    /// compares with the ledger height too), so gossip alone never holds more
+    /// than `block_buffer` blocks ahead of the ledger; older or duplicate
+    /// blocks are dropped without error.
+    pub(super) fn on_gossip_payload(&mut self, payload: Payload) {
+        let seq = payload.seq_num;
+        if seq < self.buffer.next() {
+            self.stats.ignored.duplicate_payloads += 1;
+            return;
+        }
+        if seq - self.committed >= self.config.block_buffer {
+            self.stats.ignored.gossip_outside_window += 1;
+            return;
+        }
+        let size = payload_size(&payload) as u64;
+        self.accept_payload(payload, size, Origin::Gossip);
+    }
+
+    pub(super) fn on_committed(&mut self, height: u64) -> Result<(), EventError> {
+        let (low, high) = (self.committed, self.buffer.next());
+        if height < low || height > high {
+            return Err(EventError::CommittedOutOfRange { height, low, high });
+        }
+        while self.uncommitted.front().is_some_and(|d| d.seq < height) {
+            if let Some(done) = self.uncommitted.pop_front() {
+                self.uncommitted_bytes -= done.size;
+            }
+        }
+        self.committed = height;
+        self.rejected_by = self.rejected_by.split_off(&height);
+        Ok(())
+    }
+
+    pub(super) fn on_rejected(&mut self, now: Instant, seq: u64) -> Result<(), EventError> {
+        if seq < self.committed || seq >= self.buffer.next() {
+            return Err(EventError::NotAwaitingVerdict { seq });
+        }
+        self.stats.rejected += 1;
+        let position = self.uncommitted.iter().position(|d| d.seq == seq);
+        if let Some(Delivered {
+            origin: Origin::Peer(sender),
+            ..
+        }) = position.and_then(|i| self.uncommitted.get(i))
+        {
+            let sender = sender.clone();
+            if let Some(peer) = self.peers.get_mut(&sender) {
+                peer.stats.rejected_blocks += 1;
+                peer.failed(now, 2, self.config.peer_selection);
+            }
+            let peers = self.rejected_by.entry(seq).or_default();
+            if !peers.contains(&sender) {
+                peers.push(sender);
+            }
+        }
+        // The host drops what it holds from `seq` on; so do we, including
+        // deliveries not yet drained.
+        while self.uncommitted.back().is_some_and(|d| d.seq >= seq) {
+            if let Some(dropped) = self.uncommitted.pop_back() {
+                self.uncommitted_bytes -= dropped.size;
+            }
+        }
+        let queued = self.actions.len();
+        self.actions.retain(|action| {
+            !matches!(action, Action::AddPayload { payload, .. } if payload.seq_num >= seq)
+        });
+        // Withdrawn before the host saw them: not delivered after all.
+        self.stats.delivered -= (queued - self.actions.len()) as u64;
+        self.buffer.rewind(seq);
+        if self.round_end.is_none() {
+            self.next_round_at = None;
+            self.start_round(now);
+        }
+        Ok(())
+    }
+}

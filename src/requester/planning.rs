@@ -1,0 +1,406 @@
+//! Rounds and requests: which blocks to ask for, of whom, and when.
+
+use std::time::Instant;
+
+use super::requests::{Attempt, AttemptState, Request};
+use super::{Action, AntiEntropy, GiveUpReason, PeerState, Pick, Send};
+use crate::range::SeqRange;
+use crate::wire;
+
+impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
+    pub(super) fn on_tick(&mut self, now: Instant) {
+        match self.round_end {
+            None => {
+                self.next_round_at = None;
+                self.start_round(now);
+            }
+            Some(_) => self.extend_round(),
+        }
+    }
+
+    pub(super) fn start_round(&mut self, now: Instant) {
+        let target = self.peers.target();
+        if target > self.buffer.next() {
+            self.stats.rounds += 1;
+            self.round_end = Some(target - 1);
+        } else {
+            self.next_round_at = now.checked_add(self.config.check_interval);
+        }
+    }
+
+    /// Our engine keeps a round going while peers advance; Fabric's range is
+    /// fixed when its round starts.
+    pub(super) fn extend_round(&mut self) {
+        if !self.config.round_on_membership {
+            return;
+        }
+        if let Some(end) = self.round_end.as_mut() {
+            *end = (*end).max(self.peers.target().saturating_sub(1));
+        }
+    }
+
+    pub(super) fn end_round(&mut self, now: Instant) {
+        self.round_end = None;
+        self.next_round_at = now.checked_add(self.config.check_interval);
+    }
+
+    pub(super) fn give_up(&mut self, now: Instant, range: SeqRange, reason: GiveUpReason) {
+        self.stats.give_ups += 1;
+        self.actions.push_back(Action::GiveUp { range, reason });
+        self.end_round(now);
+    }
+
+    // --- membership and connections ----------------------------------------
+
+    pub(super) fn on_membership(&mut self, now: Instant, view: Vec<PeerState<P>>) {
+        let departed = self.peers.replace(view);
+        self.cancel_sends_to(now, &departed);
+        self.round_on_news(now);
+    }
+
+    pub(super) fn on_disconnected(&mut self, now: Instant, peer: &P) {
+        let Some(record) = self.peers.get_mut(peer) else {
+            return;
+        };
+        record.connected = false;
+        self.cancel_sends_to(now, std::slice::from_ref(peer));
+    }
+
+    pub(super) fn on_connected(&mut self, now: Instant, peer: &P) {
+        let Some(record) = self.peers.get_mut(peer) else {
+            return;
+        };
+        record.reconnected();
+        self.round_on_news(now);
+    }
+
+    /// A peer ahead may have appeared: keep the round going, or start one.
+    pub(super) fn round_on_news(&mut self, now: Instant) {
+        match self.round_end {
+            Some(_) => self.extend_round(),
+            None if self.config.round_on_membership && self.peers.target() > self.buffer.next() => {
+                self.next_round_at = None;
+                self.start_round(now);
+            }
+            None => {}
+        }
+    }
+
+    /// Sends to `gone` peers end without blame; their ranges move on at once.
+    pub(super) fn cancel_sends_to(&mut self, now: Instant, gone: &[P]) {
+        if !gone.is_empty() {
+            let departed = gone;
+            for id in self.requests.ids() {
+                let Some(request) = self.requests.get_mut(id) else {
+                    continue;
+                };
+                let mut cancelled = Vec::new();
+                for attempt in &mut request.attempts {
+                    if attempt.state == AttemptState::Waiting && departed.contains(&attempt.peer) {
+                        attempt.state = AttemptState::Failed;
+                        cancelled.push(attempt.peer.clone());
+                    }
+                }
+                for peer_id in &cancelled {
+                    // A peer that left the channel keeps its record: free its slot.
+                    if let Some(peer) = self.peers.get_mut(peer_id) {
+                        peer.in_flight -= 1;
+                    }
+                }
+                if !cancelled.is_empty() {
+                    self.retry_if_idle(now, id);
+                }
+            }
+        }
+    }
+
+    // --- requests --------------------------------------------------------------
+
+    /// Sends requests while the round has missing blocks, the window has
+    /// room and peers have free slots.
+    pub(super) fn fill(&mut self, now: Instant) {
+        self.drop_obsolete();
+        self.resend_idle(now);
+        let Some(end) = self.round_end else {
+            return;
+        };
+        if self.buffer.next() > end {
+            self.end_round(now);
+            return;
+        }
+        while self.requests.len() < self.config.max_in_flight {
+            let Some(range) = self.next_missing(end) else {
+                return;
+            };
+            if !self.window_admits(range) {
+                return;
+            }
+            let peer = match self.pick(now, range, &[]) {
+                Pick::Peer(peer) => peer,
+                Pick::Busy if !self.nothing_waiting() => return,
+                // Nothing in flight will wake us: end the round and let the
+                // round timer try again.
+                Pick::Busy | Pick::NoneEligible => {
+                    self.give_up(now, range, GiveUpReason::NoEligiblePeer);
+                    return;
+                }
+            };
+            let id = self.requests.insert(range);
+            self.send_attempt(now, id, peer, Send::First);
+        }
+    }
+
+    /// Whether every block of `range` is delivered or held already.
+    pub(super) fn obsolete(&self, range: SeqRange) -> bool {
+        let from = range.start().max(self.buffer.next());
+        from > range.end()
+            || self.buffer.stored_in(from, range.end()).count() as u64 == range.end() - from + 1
+    }
+
+    /// Drops requests whose blocks all came another way (gossip, a hedge's
+    /// twin, a rewind), freeing their slots without blame.
+    pub(super) fn drop_obsolete(&mut self) {
+        let obsolete: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, request)| self.obsolete(request.range))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in obsolete {
+            self.drop_request(id);
+        }
+    }
+
+    /// The first run of blocks from `next` that is neither held nor
+    /// requested, at most `batch_size + 1` long and within `..=end`.
+    pub(super) fn next_missing(&self, end: u64) -> Option<SeqRange> {
+        let mut seq = self.buffer.next();
+        loop {
+            if seq > end {
+                return None;
+            }
+            if self.buffer.contains(seq) {
+                seq += 1;
+            } else if let Some((_, request)) = self.requests.covering(seq) {
+                seq = request.range.end().checked_add(1)?;
+            } else {
+                break;
+            }
+        }
+        let mut last = end.min(seq.saturating_add(self.config.batch_size));
+        if let Some(held) = self.buffer.stored_in(seq, last).next() {
+            last = held - 1;
+        }
+        if let Some(start) = self.requests.next_start_after(seq) {
+            last = last.min(start - 1);
+        }
+        SeqRange::new(seq, last)
+    }
+
+    /// Back-pressure: a request may not reach `window_blocks` past the
+    /// committed height, nor push the bytes held and expected past
+    /// `window_bytes` (unless nothing is in flight, so a wrong size
+    /// estimate cannot stall us).
+    pub(super) fn window_admits(&self, range: SeqRange) -> bool {
+        let span = range.end() - self.committed + 1;
+        if span > self.config.window_blocks {
+            return false;
+        }
+        // With nothing in flight and nothing awaiting a commit, the block at
+        // `next` is accepted whatever its size (see `accept_payload`), so a
+        // wrong estimate cannot stall us; while blocks await a commit, wait
+        // for it rather than fetch what would be dropped.
+        if self.requests.is_empty() && self.uncommitted.is_empty() {
+            return true;
+        }
+        let held = self.held_bytes();
+        let expected =
+            (self.requests.blocks() + range.len()).saturating_mul(self.block_bytes_estimate);
+        held.saturating_add(expected) <= self.config.window_bytes
+    }
+
+    pub(super) fn rejected_in(&self, range: SeqRange) -> Vec<P> {
+        let mut peers: Vec<P> = self
+            .rejected_by
+            .range(range.start()..=range.end())
+            .flat_map(|(_, peers)| peers.iter().cloned())
+            .collect();
+        peers.sort();
+        peers.dedup();
+        peers
+    }
+
+    pub(super) fn nothing_waiting(&self) -> bool {
+        self.requests
+            .iter()
+            .all(|(_, request)| request.waiting().next().is_none())
+    }
+
+    pub(super) fn fresh_nonce(&mut self) -> u64 {
+        loop {
+            let nonce = self.rng.u64(1..);
+            if self.requests.with_nonce(nonce).is_none() {
+                return nonce;
+            }
+        }
+    }
+
+    /// Sends request `id` to `to` under a fresh nonce of its own.
+    pub(super) fn send_attempt(&mut self, now: Instant, id: u64, to: P, kind: Send) {
+        let nonce = self.fresh_nonce();
+        let Some(peer) = self.peers.get_mut(&to) else {
+            return;
+        };
+        let Some(request) = self.requests.get(id) else {
+            return;
+        };
+        peer.in_flight += 1;
+        peer.stats.requests += 1;
+        self.stats.requests += 1;
+        if kind == Send::Retry {
+            self.stats.retries += 1;
+        }
+        let message = wire::state_request(
+            nonce,
+            self.channel.clone(),
+            request.range.start(),
+            request.range.end(),
+        );
+        let deadline = now.checked_add(peer.timeout(&self.config));
+        self.requests.push_attempt(
+            id,
+            Attempt {
+                nonce,
+                peer: to.clone(),
+                sent_at: now,
+                deadline,
+                state: AttemptState::Waiting,
+            },
+        );
+        self.actions.push_back(Action::SendRequest { to, message });
+    }
+
+    /// A peer that answers is alive and working through its queue: the
+    /// requests it holds that were sent after the one it answered (queued
+    /// behind it) get at least one more timeout from now, so a deep pipeline
+    /// is not mistaken for a silent peer. Requests sent before the answered
+    /// one were overtaken (a responder serves in order) and keep their
+    /// deadline. Never past `max_response_timeout` after the send, so a peer
+    /// that answers some requests and drops others cannot hold the rest for
+    /// long. Fixed (Fabric) timeouts are left alone.
+    pub(super) fn extend_deadlines(&mut self, now: Instant, from: &P, answered_sent_at: Instant) {
+        if !self.config.adaptive_timeout {
+            return;
+        }
+        let Some(peer) = self.peers.get(from) else {
+            return;
+        };
+        let timeout = peer.timeout(&self.config);
+        let cap = self.config.max_response_timeout;
+        for request in self.requests.iter_mut() {
+            for attempt in &mut request.attempts {
+                if attempt.state != AttemptState::Waiting
+                    || &attempt.peer != from
+                    || attempt.sent_at < answered_sent_at
+                {
+                    continue;
+                }
+                let extended = now.checked_add(timeout);
+                let latest = attempt.sent_at.checked_add(cap);
+                if let (Some(deadline), Some(extended), Some(latest)) =
+                    (attempt.deadline, extended, latest)
+                {
+                    attempt.deadline = Some(deadline.max(extended.min(latest)));
+                }
+            }
+        }
+    }
+
+    /// A request with no send still waiting is sent again, or given up.
+    pub(super) fn retry_if_idle(&mut self, now: Instant, id: u64) {
+        let Some(request) = self.requests.get(id) else {
+            return;
+        };
+        if request.waiting().next().is_some() {
+            return;
+        }
+        let range = request.range;
+        let sends = request.counted_sends();
+        let failed: Vec<P> = request.attempts.iter().map(|a| a.peer.clone()).collect();
+        if self.obsolete(range) {
+            // Everything it asked for came another way (gossip): no re-send.
+            self.drop_request(id);
+            return;
+        }
+        if sends > self.config.max_retries {
+            self.drop_request(id);
+            self.give_up(now, range, GiveUpReason::RetriesExhausted { sends });
+            return;
+        }
+        match self.pick(now, range, &failed) {
+            Pick::Peer(peer) => self.send_attempt(now, id, peer, Send::Retry),
+            // `resend_idle` tries again when a slot frees, and gives up if
+            // nothing is left in flight.
+            Pick::Busy => {}
+            Pick::NoneEligible => {
+                self.drop_request(id);
+                self.give_up(now, range, GiveUpReason::NoEligiblePeer);
+            }
+        }
+    }
+
+    /// The peer to send `range` to: one that advertises it, is free, and
+    /// preferably not among `failed` nor a sender of a rejected block in it.
+    pub(super) fn pick(&mut self, now: Instant, range: SeqRange, failed: &[P]) -> Pick<P> {
+        if !self.peers.any_covers(range.end()) {
+            return Pick::NoneEligible;
+        }
+        let rejected = self.rejected_in(range);
+        self.peers
+            .choose(
+                &self.config,
+                range.end(),
+                failed,
+                &rejected,
+                now,
+                &mut self.rng,
+            )
+            .map_or(Pick::Busy, Pick::Peer)
+    }
+
+    /// Re-sends requests left without a waiting send; gives them up when
+    /// nothing in flight could free a peer.
+    pub(super) fn resend_idle(&mut self, now: Instant) {
+        let idle: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, request)| request.waiting().next().is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            self.retry_if_idle(now, id);
+            let still_idle = self
+                .requests
+                .get(id)
+                .is_some_and(|request| request.waiting().next().is_none());
+            if still_idle && self.nothing_waiting() {
+                let range = self.requests.get(id).map(|r| r.range);
+                self.drop_request(id);
+                if let Some(range) = range {
+                    self.give_up(now, range, GiveUpReason::NoEligiblePeer);
+                }
+            }
+        }
+    }
+
+    /// Removes a request, freeing the slots of its waiting sends.
+    pub(super) fn drop_request(&mut self, id: u64) -> Option<Request<P>> {
+        let request = self.requests.remove(id)?;
+        for attempt in request.waiting() {
+            if let Some(peer) = self.peers.get_mut(&attempt.peer) {
+                peer.in_flight -= 1;
+            }
+        }
+        Some(request)
+    }
+}

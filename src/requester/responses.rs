@@ -1,0 +1,154 @@
+//! State responses: matching them to requests and taking their payloads.
+
+use std::time::Instant;
+
+use super::requests::AttemptState;
+use super::{AntiEntropy, Origin, ResponseError};
+use crate::buffer::payload_size;
+use crate::wire::gossip::{GossipMessage, Payload};
+use crate::wire::{self, block_number};
+
+impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
+    pub(super) fn on_response(
+        &mut self,
+        now: Instant,
+        from: P,
+        message: &GossipMessage,
+    ) -> Result<(), ResponseError> {
+        let ignored = &mut self.stats.ignored;
+        let Some(response) = wire::as_state_response(message) else {
+            ignored.not_a_response += 1;
+            return Err(ResponseError::NotAResponse);
+        };
+        if message.channel != self.channel {
+            ignored.wrong_channel += 1;
+            return Err(ResponseError::WrongChannel);
+        }
+        let nonce = message.nonce;
+        let unknown = ResponseError::UnknownNonce { nonce };
+        let Some(id) = self.requests.with_nonce(nonce) else {
+            ignored.unknown_nonce += 1;
+            return Err(unknown);
+        };
+        let Some(request) = self.requests.get_mut(id) else {
+            ignored.unknown_nonce += 1;
+            return Err(unknown);
+        };
+        let range = request.range;
+        let Some(attempt) = request.attempt_with(nonce) else {
+            ignored.unknown_nonce += 1;
+            return Err(unknown);
+        };
+        if attempt.peer != from {
+            ignored.unexpected_peer += 1;
+            return Err(ResponseError::UnexpectedPeer { nonce });
+        }
+        if attempt.state == AttemptState::Failed {
+            // This send was answered already (or cancelled): a duplicate.
+            ignored.unknown_nonce += 1;
+            return Err(unknown);
+        }
+        let answered_sent_at = attempt.sent_at;
+        let rtt = now.saturating_duration_since(answered_sent_at);
+        let was_waiting = attempt.state == AttemptState::Waiting;
+
+        let mut usable = 0u64;
+        let mut malformed = false;
+        let mut bytes = 0u64;
+        for payload in &response.payloads {
+            if !range.contains(payload.seq_num) {
+                self.stats.ignored.out_of_range_payloads += 1;
+                continue;
+            }
+            if block_number(&payload.data) != Ok(payload.seq_num) {
+                self.stats.ignored.bad_payloads += 1;
+                malformed = true;
+                continue;
+            }
+            usable += 1;
+            let size = payload_size(payload) as u64;
+            bytes += size;
+            self.block_bytes_estimate = self
+                .block_bytes_estimate
+                .saturating_mul(7)
+                .saturating_add(size)
+                .div_ceil(8);
+            self.accept_payload(payload.clone(), size, Origin::Peer(from.clone()));
+        }
+
+        let peer = self.peers.get_mut(&from);
+        if usable == 0 {
+            // An empty or useless answer counts against the peer, and the
+            // range goes to the next try at once (as Fabric retries).
+            if let Some(attempt) = self
+                .requests
+                .get_mut(id)
+                .and_then(|request| request.attempt_with(nonce))
+            {
+                attempt.state = AttemptState::Failed;
+            }
+            if let Some(peer) = peer {
+                if was_waiting {
+                    peer.in_flight -= 1;
+                }
+                peer.stats.empty_responses += 1;
+                peer.failed(now, 1, self.config.peer_selection);
+            }
+            self.retry_if_idle(now, id);
+            return Ok(());
+        }
+        if let Some(peer) = peer {
+            peer.answered(rtt, &self.config);
+            peer.stats.responses += 1;
+            peer.stats.blocks += usable;
+            peer.stats.bytes += bytes;
+            if malformed {
+                peer.failed(now, 1, self.config.peer_selection);
+            } else {
+                peer.succeeded();
+            }
+        }
+        self.stats.responses += 1;
+        // Blocks of the range that did not arrive are simply missing again:
+        // the planner asks for them in a new request.
+        self.drop_request(id);
+        self.extend_deadlines(now, &from, answered_sent_at);
+        Ok(())
+    }
+
+    pub(super) fn accept_payload(&mut self, payload: Payload, size: u64, origin: Origin<P>) {
+        let seq = payload.seq_num;
+        if seq < self.buffer.next() || self.buffer.contains(seq) {
+            self.stats.ignored.duplicate_payloads += 1;
+            return;
+        }
+        // The block that unblocks delivery may overshoot the byte window by
+        // itself when nothing awaits a commit (else out-of-order blocks could
+        // fill the window for good).
+        let unblocks = seq == self.buffer.next() && self.uncommitted.is_empty();
+        // Lower blocks are needed first: a full window makes room by
+        // evicting the highest held ones (fetched again later), so that
+        // after a rewind the gap refills at full speed, not one block per
+        // round trip.
+        while !unblocks && self.held_bytes().saturating_add(size) > self.config.window_bytes {
+            match self.buffer.highest() {
+                Some(highest) if highest > seq => {
+                    self.buffer.remove(highest);
+                    self.origins.remove(&highest);
+                    self.stats.evicted += 1;
+                }
+                // Otherwise it waits for commits: dropped now, fetched later.
+                _ => return,
+            }
+        }
+        if self.buffer.push(payload).is_kept() {
+            self.origins.insert(seq, origin);
+        }
+    }
+
+    /// Bytes of payloads held: buffered out of order, or delivered and not
+    /// yet committed.
+    pub(super) fn held_bytes(&self) -> u64 {
+        self.buffer.bytes() as u64 + self.uncommitted_bytes
+    }
+}

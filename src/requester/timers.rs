@@ -1,0 +1,120 @@
+//! Deadlines and hedges: what happens when time passes.
+
+use std::time::{Duration, Instant};
+
+use super::requests::AttemptState;
+use super::{AntiEntropy, Send, MAX_HEDGES};
+
+impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
+    pub(super) fn expire(&mut self, now: Instant) {
+        if self.next_round_at.is_some_and(|at| at <= now) {
+            self.next_round_at = None;
+            self.start_round(now);
+        }
+        // Only requests with a send past its deadline; on most events there
+        // is none, and this allocates nothing.
+        let due: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, request)| {
+                request
+                    .waiting()
+                    .any(|attempt| attempt.deadline.is_some_and(|d| d <= now))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(request) = self.requests.get_mut(id) else {
+                continue;
+            };
+            let mut expired = Vec::new();
+            for attempt in &mut request.attempts {
+                if attempt.state == AttemptState::Waiting
+                    && attempt.deadline.is_some_and(|d| d <= now)
+                {
+                    attempt.state = AttemptState::TimedOut;
+                    expired.push(attempt.peer.clone());
+                }
+            }
+            if expired.is_empty() {
+                continue;
+            }
+            for peer_id in &expired {
+                self.stats.timeouts += 1;
+                if let Some(peer) = self.peers.get_mut(peer_id) {
+                    peer.in_flight -= 1;
+                    peer.stats.timeouts += 1;
+                    peer.timed_out();
+                    peer.failed(now, 1, self.config.peer_selection);
+                }
+            }
+            self.retry_if_idle(now, id);
+        }
+        if self.hedge_due().is_some_and(|due| due <= now) {
+            self.hedge(now);
+        }
+    }
+
+    /// When the request holding back the commit point should be hedged: once
+    /// its only waiting send is older than `max(hedge_after, 2·SRTT)` of the
+    /// peer asked, at most [`MAX_HEDGES`] times per request.
+    pub(super) fn hedge_due(&self) -> Option<Instant> {
+        let hedge_after = self.config.hedge_after?;
+        let (_, request) = self.requests.covering(self.buffer.next())?;
+        if request.hedges >= MAX_HEDGES {
+            return None;
+        }
+        let mut waiting = request.waiting();
+        let attempt = waiting.next()?;
+        if waiting.next().is_some() {
+            return None; // a hedge is already racing it
+        }
+        let srtt = self
+            .peers
+            .get(&attempt.peer)
+            .and_then(|peer| peer.rtt.srtt())
+            .unwrap_or(Duration::ZERO);
+        let due = attempt.sent_at.checked_add(hedge_after.max(srtt * 2))?;
+        Some(
+            request
+                .hedge_not_before
+                .map_or(due, |not_before| due.max(not_before)),
+        )
+    }
+
+    /// Asks another peer for the range holding back the commit point, so a
+    /// slow, silent or lying peer cannot stall the window. If no other peer
+    /// is free, tries again `hedge_after` later.
+    pub(super) fn hedge(&mut self, now: Instant) {
+        let Some((id, request)) = self.requests.covering(self.buffer.next()) else {
+            return;
+        };
+        let end = request.range.end();
+        let asked: Vec<P> = request.attempts.iter().map(|a| a.peer.clone()).collect();
+        let range = request.range;
+        // A hedge goes only to a peer not already working on the range, and
+        // never to one whose copy of a block in it was rejected.
+        let mut exclude: Vec<P> = request.waiting().map(|a| a.peer.clone()).collect();
+        exclude.extend(self.rejected_in(range));
+        let choice = self
+            .peers
+            .choose(&self.config, end, &asked, &exclude, now, &mut self.rng)
+            .filter(|peer| !exclude.contains(peer));
+        match choice {
+            Some(peer) => {
+                if let Some(request) = self.requests.get_mut(id) {
+                    request.hedges += 1;
+                }
+                self.stats.hedges += 1;
+                self.send_attempt(now, id, peer, Send::Hedge);
+            }
+            None => {
+                if let (Some(request), Some(hedge_after)) =
+                    (self.requests.get_mut(id), self.config.hedge_after)
+                {
+                    request.hedge_not_before = now.checked_add(hedge_after);
+                }
+            }
+        }
+    }
+}
