@@ -196,7 +196,9 @@ fn gossip_payloads_are_delivered_with_gossip_origin() {
 }
 
 // Fabric quirk: `hasRequiredHeight` accepts height == end, a peer that lacks
-// block `end`. Eligibility here is height > end.
+// block `end`. Eligibility here is height > end, and ranges are cut at every
+// advertised height (issue #8.1), so a peer is never asked for a block it
+// does not advertise, and no block waits behind one only some peers hold.
 #[test]
 fn eligibility_requires_height_above_range_end() {
     for seed in 0..30 {
@@ -206,7 +208,15 @@ fn eligibility_requires_height_above_range_end() {
         ae.handle(t0, Event::Membership(view)).unwrap();
         ae.handle(t0, Event::Tick).unwrap();
         let asked = sends(&drain(&mut ae));
-        assert_eq!(asked[0].0, "full", "seed {seed}");
+        assert_eq!((asked[0].2, asked[0].3), (1, 10), "cut at short's height");
+        let (to, nonce, _, _) = asked[0];
+        let message = wire_response(nonce, 1..=10);
+        ae.handle(t0, Event::Response { from: to, message })
+            .unwrap();
+        let asked = sends(&drain(&mut ae));
+        assert_eq!(asked.len(), 1);
+        assert_eq!(asked[0].0, "full", "seed {seed}: only full holds 11");
+        assert_eq!((asked[0].2, asked[0].3), (11, 11));
     }
 }
 

@@ -2,8 +2,12 @@
 
 use std::time::Instant;
 
-use super::{Action, AntiEntropy, Delivered, EventError, Origin};
+use super::{
+    Action, AntiEntropy, BlockBackoff, Delivered, EventError, GiveUpReason, Origin,
+    BASE_BLOCK_BACKOFF, MAX_BLOCK_BACKOFF,
+};
 use crate::buffer::payload_size;
+use crate::range::SeqRange;
 use crate::wire::gossip::Payload;
 
 impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
@@ -57,7 +61,18 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             }
         }
         self.committed = height;
-        self.rejected_by = self.rejected_by.split_off(&height);
+        // The committed blocks are fixed: their senders' rejected copies no
+        // longer hold their strikes up.
+        let kept = self.rejected_by.split_off(&height);
+        for sender in std::mem::replace(&mut self.rejected_by, kept)
+            .into_values()
+            .flatten()
+        {
+            if let Some(peer) = self.peers.get_mut(&sender) {
+                peer.unfixed_rejections = peer.unfixed_rejections.saturating_sub(1);
+            }
+        }
+        self.backoffs = self.backoffs.split_off(&height);
         Ok(())
     }
 
@@ -73,15 +88,31 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         }) = position.and_then(|i| self.uncommitted.get(i))
         {
             let sender = sender.clone();
+            let peers = self.rejected_by.entry(seq).or_default();
+            let first_time = !peers.contains(&sender);
+            if first_time {
+                peers.push(sender.clone());
+            }
             if let Some(peer) = self.peers.get_mut(&sender) {
                 peer.stats.rejected_blocks += 1;
+                if first_time {
+                    peer.unfixed_rejections += 1;
+                }
                 peer.failed(now, 2, self.config.peer_selection);
             }
-            let peers = self.rejected_by.entry(seq).or_default();
-            if !peers.contains(&sender) {
-                peers.push(sender);
-            }
         }
+        // Each rejection doubles the wait before the block is fetched again
+        // from a peer that sent a bad copy (a new peer is asked at once).
+        let backoff = self.backoffs.entry(seq).or_insert(BlockBackoff {
+            times: 0,
+            not_before: now,
+        });
+        backoff.times = backoff.times.saturating_add(1);
+        let wait = BASE_BLOCK_BACKOFF
+            .saturating_mul(1 << backoff.times.saturating_sub(1).min(16))
+            .min(MAX_BLOCK_BACKOFF);
+        backoff.not_before = now.checked_add(wait).unwrap_or(now);
+        let times = backoff.times;
         // The host drops what it holds from `seq` on; so do we, including
         // deliveries not yet drained.
         while self.uncommitted.back().is_some_and(|d| d.seq >= seq) {
@@ -96,7 +127,12 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // Withdrawn before the host saw them: not delivered after all.
         self.stats.delivered -= (queued - self.actions.len()) as u64;
         self.buffer.rewind(seq);
-        if self.round_end.is_none() {
+        if times > self.config.max_retries {
+            // As many bad copies as a range has sends: give the round up, as
+            // Fabric does after its four tries; the back-off keeps growing.
+            let range = SeqRange::single(seq);
+            self.give_up(now, range, GiveUpReason::BlockRejected { seq, times });
+        } else if self.round_end.is_none() {
             self.next_round_at = None;
             self.start_round(now);
         }

@@ -9,7 +9,7 @@ mod timers;
 mod types;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -40,6 +40,23 @@ enum Pick<P> {
     Busy,
     /// No peer advertises the range.
     NoneEligible,
+    /// Only senders of a rejected block in it hold the range, and that
+    /// block's back-off has not passed.
+    Later,
+}
+
+/// First wait before a rejected block is fetched again from a peer that
+/// sent a rejected copy; doubles with each rejection.
+const BASE_BLOCK_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest such wait: a block bad at its only source costs about one
+/// request a minute, not a loop.
+const MAX_BLOCK_BACKOFF: Duration = Duration::from_secs(64);
+
+/// The rejections of one block not yet committed.
+#[derive(Debug, Clone, Copy)]
+struct BlockBackoff {
+    times: u32,
+    not_before: Instant,
 }
 
 /// Hedges per request at most: bounds the sends of a range at
@@ -106,6 +123,8 @@ pub struct AntiEntropy<P> {
     next_round_at: Option<Instant>,
     /// Peers whose copy of a block was rejected, by block number.
     rejected_by: BTreeMap<u64, Vec<P>>,
+    /// Back-off of each rejected block not yet committed.
+    backoffs: BTreeMap<u64, BlockBackoff>,
     /// Who sent each payload held in `buffer`.
     origins: BTreeMap<u64, Origin<P>>,
     /// Running estimate of a payload's size, for the byte window.
@@ -154,6 +173,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             requests: Requests::default(),
             round_end: None,
             rejected_by: BTreeMap::new(),
+            backoffs: BTreeMap::new(),
             origins: BTreeMap::new(),
             block_bytes_estimate,
             actions: VecDeque::new(),
@@ -240,9 +260,16 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             .requests
             .iter()
             .flat_map(|(_, request)| request.waiting().filter_map(|attempt| attempt.deadline));
+        // A back-off still to come holds a range back: wake up when it ends.
+        let backoffs = self
+            .backoffs
+            .values()
+            .map(|backoff| backoff.not_before)
+            .filter(|at| *at > self.now);
         deadlines
             .chain(self.next_round_at)
             .chain(self.hedge_due())
+            .chain(backoffs)
             .min()
     }
 
@@ -251,7 +278,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let mut stats = self.stats.clone();
         stats.height = self.buffer.next();
         stats.committed = self.committed;
-        stats.target = self.peers.target();
+        stats.target = self.peers.target(self.now);
         stats.in_flight = self.requests.len();
         stats.buffered_blocks = self.buffer.len();
         stats.buffered_bytes = self.buffer.bytes();
@@ -282,7 +309,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
 
     /// The best height advertised by a peer that may be asked.
     pub fn target(&self) -> u64 {
-        self.peers.target()
+        self.peers.target(self.now)
     }
 
     /// Requests (ranges) outstanding.

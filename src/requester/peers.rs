@@ -12,6 +12,24 @@ const MAX_BENCH: Duration = Duration::from_secs(30);
 /// First bench after a failure; doubles with each further strike.
 const BASE_BENCH: Duration = Duration::from_millis(500);
 
+/// First doubt of a peer's advertisement; doubles with each further one.
+/// Short, because a busy responder answers empty too (ours does, to spare
+/// the requester a timeout): a busy peer is back in the rotation within a
+/// few round trips, while an overclaimer is asked ever more rarely.
+const BASE_DOUBT: Duration = Duration::from_millis(500);
+/// Longest doubt: an overclaimer is asked about once a minute at most, and a
+/// peer that really catches up is believed again within a minute even if it
+/// never reconnects.
+const MAX_DOUBT: Duration = Duration::from_secs(64);
+
+/// A peer failed to serve a block it advertised: until `until`, it is
+/// believed to hold only the blocks below `from`.
+#[derive(Debug, Clone, Copy)]
+struct Doubt {
+    from: u64,
+    until: Instant,
+}
+
 /// Jacobson/Karels round-trip estimator with exponential back-off of the
 /// timeout after a timeout (RFC 6298 §5.5): under a sudden queue the
 /// deadline grows instead of expiring every request in turn.
@@ -117,6 +135,14 @@ pub(crate) struct Peer {
     benched_until: Option<Instant>,
     /// False between `PeerDisconnected` and `PeerConnected`: not asked.
     pub(crate) connected: bool,
+    doubt: Option<Doubt>,
+    /// Doubts in a row, not yet cleared by the peer serving what it was
+    /// doubted for: drives the doubt's length.
+    doubts: u32,
+    /// Blocks it sent that the host rejected and that are not committed
+    /// yet: its strikes never drop below twice this, whatever else it
+    /// serves well.
+    pub(crate) unfixed_rejections: u32,
     pub(crate) stats: PeerStats,
 }
 
@@ -130,12 +156,21 @@ impl Peer {
             strikes: 0,
             benched_until: None,
             connected: true,
+            doubt: None,
+            doubts: 0,
+            unfixed_rejections: 0,
             stats: PeerStats::default(),
         }
     }
 
     /// How many requests may be in flight to this peer now.
     pub(crate) fn limit(&self, config: &Config) -> usize {
+        if self.doubts > 0 {
+            // On probation since a doubt: one request at a time until it
+            // serves what it was doubted for, or an overclaimer would be
+            // asked a whole window of ranges it does not hold.
+            return 1;
+        }
         if config.adaptive_window {
             self.window.size.min(config.max_in_flight_per_peer)
         } else {
@@ -155,18 +190,61 @@ impl Peer {
         self.window.on_timeout();
     }
 
-    /// Whether the peer is reachable and advertises block `end`
-    /// (height > end).
-    pub(crate) fn covers(&self, end: u64) -> bool {
-        self.connected && self.advertised.is_some_and(|height| height > end)
+    /// The height we believe the peer holds now: what it advertises, cut
+    /// to a doubt in force; `None` while it is unreachable or advertises
+    /// nothing.
+    pub(crate) fn credible_height(&self, now: Instant) -> Option<u64> {
+        if !self.connected {
+            return None;
+        }
+        let advertised = self.advertised?;
+        Some(match self.doubt {
+            Some(doubt) if doubt.until > now => advertised.min(doubt.from),
+            _ => advertised,
+        })
+    }
+
+    /// Whether the peer is reachable and credibly holds block `end`.
+    pub(crate) fn covers(&self, end: u64, now: Instant) -> bool {
+        self.credible_height(now).is_some_and(|height| height > end)
+    }
+
+    /// The peer failed to serve block `from`, which it advertised: believe
+    /// it holds only the blocks below for a while, doubling with each doubt
+    /// in a row. Asked only of what it advertised, an honest peer is never
+    /// doubted; an overclaimer is asked ever more rarely.
+    pub(crate) fn doubt(&mut self, from: u64, now: Instant) {
+        if self
+            .doubt
+            .is_some_and(|doubt| doubt.until > now && doubt.from <= from)
+        {
+            return; // same episode
+        }
+        self.doubts = self.doubts.saturating_add(1);
+        let length = BASE_DOUBT
+            .saturating_mul(1 << self.doubts.saturating_sub(1).min(16))
+            .min(MAX_DOUBT);
+        if let Some(until) = now.checked_add(length) {
+            self.doubt = Some(Doubt { from, until });
+        }
+    }
+
+    /// The peer served block `seq`: a doubt at or below it was wrong.
+    pub(crate) fn served(&mut self, seq: u64) {
+        if self.doubt.is_some_and(|doubt| doubt.from <= seq) {
+            self.doubt = None;
+            self.doubts = 0;
+        }
     }
 
     /// The connection came back: what it earned while unreachable is
     /// forgiven, since a restarted peer is a new process.
     pub(crate) fn reconnected(&mut self) {
         self.connected = true;
-        self.strikes = 0;
+        self.strikes = self.unfixed_rejections.saturating_mul(2);
         self.benched_until = None;
+        self.doubt = None;
+        self.doubts = 0;
         self.rtt = RttEstimator::default();
     }
 
@@ -185,8 +263,13 @@ impl Peer {
         }
     }
 
+    /// A good answer pays a strike back, but not those of its rejected
+    /// blocks: serving other blocks well does not fix a bad one.
     pub(crate) fn succeeded(&mut self) {
-        self.strikes = self.strikes.saturating_sub(1);
+        self.strikes = self
+            .strikes
+            .saturating_sub(1)
+            .max(self.unfixed_rejections.saturating_mul(2));
         if self.strikes == 0 {
             self.benched_until = None;
         }
@@ -271,19 +354,30 @@ impl<P: Clone + Ord> Peers<P> {
         self.map.iter()
     }
 
-    /// The best height advertised by a reachable peer that may be asked.
-    pub(crate) fn target(&self) -> u64 {
+    /// The best height credibly held by a reachable peer.
+    pub(crate) fn target(&self, now: Instant) -> u64 {
         self.map
             .values()
-            .filter(|peer| peer.connected)
-            .filter_map(|peer| peer.advertised)
+            .filter_map(|peer| peer.credible_height(now))
             .max()
             .unwrap_or(0)
     }
 
-    /// Whether any peer, busy or not, advertises block `end`.
-    pub(crate) fn any_covers(&self, end: u64) -> bool {
-        self.map.values().any(|peer| peer.covers(end))
+    /// Whether any peer, busy or not, credibly holds block `end`.
+    pub(crate) fn any_covers(&self, end: u64, now: Instant) -> bool {
+        self.map.values().any(|peer| peer.covers(end, now))
+    }
+
+    /// The lowest credible height above `seq`: a range from `seq` that ends
+    /// below it can go to every peer holding `seq`, so ranges are cut there
+    /// and no block a peer holds waits behind one only an overclaimer
+    /// claims.
+    pub(crate) fn next_boundary(&self, seq: u64, now: Instant) -> Option<u64> {
+        self.map
+            .values()
+            .filter_map(|peer| peer.credible_height(now))
+            .filter(|height| *height > seq)
+            .min()
     }
 
     /// Picks the peer for a request ending at `end`, or `None` if every
@@ -308,9 +402,9 @@ impl<P: Clone + Ord> Peers<P> {
         let others_cover = self
             .map
             .iter()
-            .any(|(id, peer)| peer.covers(end) && !exclude.contains(id));
+            .any(|(id, peer)| peer.covers(end, now) && !exclude.contains(id));
         let usable =
-            |id: &P, peer: &Peer| peer.covers(end) && !(others_cover && exclude.contains(id));
+            |id: &P, peer: &Peer| peer.covers(end, now) && !(others_cover && exclude.contains(id));
         // Benching steers load to better peers; it must not stall us when
         // every peer that can serve the range is benched.
         let respect_bench = scored

@@ -19,7 +19,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     }
 
     pub(super) fn start_round(&mut self, now: Instant) {
-        let target = self.peers.target();
+        let target = self.peers.target(self.now);
         if target > self.buffer.next() {
             self.stats.rounds += 1;
             self.round_end = Some(target - 1);
@@ -35,7 +35,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             return;
         }
         if let Some(end) = self.round_end.as_mut() {
-            *end = (*end).max(self.peers.target().saturating_sub(1));
+            *end = (*end).max(self.peers.target(self.now).saturating_sub(1));
         }
     }
 
@@ -78,7 +78,9 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     pub(super) fn round_on_news(&mut self, now: Instant) {
         match self.round_end {
             Some(_) => self.extend_round(),
-            None if self.config.round_on_membership && self.peers.target() > self.buffer.next() => {
+            None if self.config.round_on_membership
+                && self.peers.target(self.now) > self.buffer.next() =>
+            {
                 self.next_round_at = None;
                 self.start_round(now);
             }
@@ -129,7 +131,10 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             return;
         }
         while self.requests.len() < self.config.max_in_flight {
-            let Some(range) = self.next_missing(end) else {
+            if self.probing(now) && !self.requests.is_empty() {
+                return;
+            }
+            let Some(range) = self.next_missing(end, now) else {
                 return;
             };
             if !self.window_admits(range) {
@@ -137,6 +142,10 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             }
             let peer = match self.pick(now, range, &[]) {
                 Pick::Peer(peer) => peer,
+                // Its bad block waits for its back-off (the timer wakes us).
+                // Blocks past it would be delivered after it and dropped
+                // with it when its copy is rejected again: not fetched.
+                Pick::Later => return,
                 Pick::Busy if !self.nothing_waiting() => return,
                 // Nothing in flight will wake us: end the round and let the
                 // round timer try again.
@@ -172,8 +181,10 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     }
 
     /// The first run of blocks from `next` that is neither held nor
-    /// requested, at most `batch_size + 1` long and within `..=end`.
-    pub(super) fn next_missing(&self, end: u64) -> Option<SeqRange> {
+    /// requested, at most `batch_size + 1` long, within `..=end`, and below
+    /// the next credible height above its start (so every peer holding its
+    /// first block can serve all of it).
+    pub(super) fn next_missing(&self, end: u64, now: Instant) -> Option<SeqRange> {
         let mut seq = self.buffer.next();
         loop {
             if seq > end {
@@ -193,6 +204,9 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         }
         if let Some(start) = self.requests.next_start_after(seq) {
             last = last.min(start - 1);
+        }
+        if let Some(boundary) = self.peers.next_boundary(seq, now) {
+            last = last.min(boundary - 1);
         }
         SeqRange::new(seq, last)
     }
@@ -217,6 +231,30 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let expected =
             (self.requests.blocks() + range.len()).saturating_mul(self.block_bytes_estimate);
         held.saturating_add(expected) <= self.config.window_bytes
+    }
+
+    /// Whether a block not yet committed, up to the commit point, was
+    /// rejected and only peers that sent a bad copy hold it: then nothing
+    /// past its range is asked (it is a probe), since blocks delivered after
+    /// it are dropped with it if it is bad again.
+    pub(super) fn probing(&self, now: Instant) -> bool {
+        self.rejected_by
+            .range(..=self.buffer.next())
+            .any(|(seq, rejecters)| {
+                !self
+                    .peers
+                    .iter()
+                    .any(|(id, peer)| peer.covers(*seq, now) && !rejecters.contains(id))
+            })
+    }
+
+    /// When the rejected blocks of `range` may be fetched again from a
+    /// peer that sent a rejected copy.
+    pub(super) fn backoff_until(&self, range: SeqRange) -> Option<Instant> {
+        self.backoffs
+            .range(range.start()..=range.end())
+            .map(|(_, backoff)| backoff.not_before)
+            .max()
     }
 
     pub(super) fn rejected_in(&self, range: SeqRange) -> Vec<P> {
@@ -333,15 +371,24 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             return;
         }
         if sends > self.config.max_retries {
+            // Every peer asked failed the range: none is believed to hold
+            // its first block for a while, so the next round does not ask
+            // them the same at once.
+            for peer in &failed {
+                if let Some(peer) = self.peers.get_mut(peer) {
+                    peer.doubt(range.start(), now);
+                }
+            }
             self.drop_request(id);
             self.give_up(now, range, GiveUpReason::RetriesExhausted { sends });
             return;
         }
         match self.pick(now, range, &failed) {
             Pick::Peer(peer) => self.send_attempt(now, id, peer, Send::Retry),
-            // `resend_idle` tries again when a slot frees, and gives up if
-            // nothing is left in flight.
-            Pick::Busy => {}
+            // `resend_idle` tries again when a slot frees or the back-off
+            // ends (`poll_timeout` wakes us then), and gives up if nothing
+            // is left in flight to free a slot.
+            Pick::Busy | Pick::Later => {}
             Pick::NoneEligible => {
                 self.drop_request(id);
                 self.give_up(now, range, GiveUpReason::NoEligiblePeer);
@@ -352,10 +399,19 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// The peer to send `range` to: one that advertises it, is free, and
     /// preferably not among `failed` nor a sender of a rejected block in it.
     pub(super) fn pick(&mut self, now: Instant, range: SeqRange, failed: &[P]) -> Pick<P> {
-        if !self.peers.any_covers(range.end()) {
+        if !self.peers.any_covers(range.end(), now) {
             return Pick::NoneEligible;
         }
         let rejected = self.rejected_in(range);
+        // Only peers whose copy of a block in it was rejected hold the range:
+        // ask them again only once that block's back-off has passed.
+        let fresh_holder = self
+            .peers
+            .iter()
+            .any(|(id, peer)| peer.covers(range.end(), now) && !rejected.contains(id));
+        if !fresh_holder && self.backoff_until(range).is_some_and(|until| until > now) {
+            return Pick::Later;
+        }
         self.peers
             .choose(
                 &self.config,
@@ -383,7 +439,11 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 .requests
                 .get(id)
                 .is_some_and(|request| request.waiting().next().is_none());
-            if still_idle && self.nothing_waiting() {
+            let deferred = self.requests.get(id).is_some_and(|request| {
+                self.backoff_until(request.range)
+                    .is_some_and(|until| until > now)
+            });
+            if still_idle && !deferred && self.nothing_waiting() {
                 let range = self.requests.get(id).map(|r| r.range);
                 self.drop_request(id);
                 if let Some(range) = range {

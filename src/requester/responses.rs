@@ -53,11 +53,16 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let was_waiting = attempt.state == AttemptState::Waiting;
 
         let mut usable = 0u64;
+        let mut highest = None;
         let mut malformed = false;
         let mut bytes = 0u64;
         for payload in &response.payloads {
             if !range.contains(payload.seq_num) {
+                // Padding costs the peer like a wrong block number: else a
+                // peer could fill every answer to the message limit and
+                // stay preferred.
                 self.stats.ignored.out_of_range_payloads += 1;
+                malformed = true;
                 continue;
             }
             if block_number(&payload.data) != Ok(payload.seq_num) {
@@ -66,6 +71,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 continue;
             }
             usable += 1;
+            highest = highest.max(Some(payload.seq_num));
             let size = payload_size(payload) as u64;
             bytes += size;
             self.block_bytes_estimate = self
@@ -93,6 +99,10 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 }
                 peer.stats.empty_responses += 1;
                 peer.failed(now, 1, self.config.peer_selection);
+                // It was asked only for blocks it advertised, and served
+                // none: it is not believed to hold them for a while (a busy
+                // responder answers so too, and is back soon).
+                peer.doubt(range.start(), now);
             }
             self.retry_if_idle(now, id);
             return Ok(());
@@ -102,6 +112,9 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             peer.stats.responses += 1;
             peer.stats.blocks += usable;
             peer.stats.bytes += bytes;
+            if let Some(highest) = highest {
+                peer.served(highest);
+            }
             if malformed {
                 peer.failed(now, 1, self.config.peer_selection);
             } else {

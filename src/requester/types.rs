@@ -132,8 +132,17 @@ pub enum GiveUpReason {
         /// How many times the range was sent.
         sends: u32,
     },
-    /// No peer advertises a height above the range's end.
+    /// No reachable peer credibly advertises the range's first block.
     NoEligiblePeer,
+    /// The host rejected every copy of block `seq` it was handed, `times`
+    /// in all (`max_retries + 1` in a row ends the round): fetching it is
+    /// retried with an exponential back-off, and from any new peer at once.
+    BlockRejected {
+        /// The block.
+        seq: u64,
+        /// Rejections of it so far.
+        times: u32,
+    },
 }
 
 /// An output of [`AntiEntropy`](crate::AntiEntropy).
