@@ -53,6 +53,22 @@ async fn read_frames<I>(
     from: Id,
     inbox: mpsc::Sender<I>,
     wrap: fn(Id, GossipMessage) -> I,
+    closed: Option<I>,
+) -> io::Result<()> {
+    let result = read_until_closed(read, from, &inbox, wrap).await;
+    // The connection is gone, cleanly or not: tell the machine at once, so
+    // its requests to this peer move elsewhere instead of timing out.
+    if let Some(event) = closed {
+        let _ = inbox.send(event).await;
+    }
+    result
+}
+
+async fn read_until_closed<I>(
+    read: OwnedReadHalf,
+    from: Id,
+    inbox: &mpsc::Sender<I>,
+    wrap: fn(Id, GossipMessage) -> I,
 ) -> io::Result<()> {
     let max = wire::DEFAULT_MAX_MESSAGE_SIZE;
     let mut read = BufReader::with_capacity(256 * 1024, read);
@@ -243,9 +259,13 @@ async fn responder_node(
         store,
     );
     let (inbox, mut driver) = adapters::tokio::driver(responder, host, INBOX);
-    let reader = tokio::spawn(read_frames(read, REQUESTER, inbox, |from, message| {
-        ResponderEvent::Request { from, message }
-    }));
+    let reader = tokio::spawn(read_frames(
+        read,
+        REQUESTER,
+        inbox,
+        |from, message| ResponderEvent::Request { from, message },
+        None,
+    ));
     // Ends once the reader saw the requester close and dropped the inbox.
     (&mut driver).await;
     reader.await??;
@@ -292,9 +312,15 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     inbox
         .send(Event::Membership(vec![PeerState::new(RESPONDER, height)]))
         .await?;
-    let reader = tokio::spawn(read_frames(read, RESPONDER, inbox, |from, message| {
-        Event::Response { from, message }
-    }));
+    // The connection is up: a host sends this on every (re)connection.
+    inbox.send(Event::PeerConnected { peer: RESPONDER }).await?;
+    let reader = tokio::spawn(read_frames(
+        read,
+        RESPONDER,
+        inbox,
+        |from, message| Event::Response { from, message },
+        Some(Event::PeerDisconnected { peer: RESPONDER }),
+    ));
 
     tokio::select! {
         _ = &mut driver => return Err("the requester's inbox closed early".into()),

@@ -19,6 +19,12 @@
 //!   until it returns `None`, then `poll_timeout` and arm one timer for the
 //!   instant it returns; when it fires, `handle` a `Timeout`. Calling early
 //!   or twice is harmless.
+//! - **Connections are events.** A host whose transport knows when a
+//!   connection to a peer breaks sends [`Event::PeerDisconnected`] at once
+//!   (the peer's requests move to other peers instead of timing out) and
+//!   [`Event::PeerConnected`] when one is up again (the peer is forgiven and
+//!   asked at once). A host that never sends them loses nothing but speed:
+//!   peers start connected, and a lost peer is found by its timeouts.
 //! - **Bad input never panics.** What a peer sends is checked; a refused
 //!   input is a typed error (and counted), a request that ends for good is
 //!   an action ([`Action::GiveUp`]).

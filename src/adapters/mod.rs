@@ -78,6 +78,9 @@
 //! tokio::spawn(driver);
 //! // A reader task feeds `Event::Response`s; the host feeds membership:
 //! inputs.send(Event::Membership(vec![PeerState::new(2, 500)])).await.unwrap();
+//! // ...and the transport's view of each connection, as it changes (a
+//! // reader task that sees its socket close sends `PeerDisconnected`):
+//! inputs.send(Event::PeerConnected { peer: 2 }).await.unwrap();
 //! # }
 //! ```
 //!
