@@ -129,6 +129,10 @@ enum Op {
     Reject(Index),
     /// A verdict about a block not awaiting one.
     StrayVerdict,
+    /// The transport lost its connection to this peer.
+    Disconnect(u8),
+    /// A connection to this peer is up (again).
+    Connect(u8),
 }
 
 fn member() -> impl Strategy<Value = Member> {
@@ -174,6 +178,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0u8..25).prop_map(Op::Commit),
         1 => any::<Index>().prop_map(Op::Reject),
         1 => Just(Op::StrayVerdict),
+        1 => (0u8..5).prop_map(Op::Disconnect),
+        1 => (0u8..5).prop_map(Op::Connect),
     ]
 }
 
@@ -308,6 +314,8 @@ struct Harness {
     /// range was given up: the machine may doubt their advertisement, so
     /// its target lies between the best height of the others and the view's.
     doubted: BTreeSet<u8>,
+    /// Peers whose connection is down: never asked, not in the target.
+    disconnected: BTreeSet<u8>,
     /// `AddPayload`s, `GiveUp`s and accepted rejections so far.
     delivered: u64,
     give_ups: u64,
@@ -353,6 +361,7 @@ impl Harness {
             asked: BTreeMap::new(),
             rejected_by: BTreeMap::new(),
             doubted: BTreeSet::new(),
+            disconnected: BTreeSet::new(),
             delivered: 0,
             give_ups: 0,
             rejected: 0,
@@ -365,12 +374,12 @@ impl Harness {
         }
     }
 
-    /// The best usable advertised height, as the machine's `target`.
+    /// The best usable advertised height, an upper bound of the machine's
+    /// `target`.
     fn target(&self) -> u64 {
         self.view
-            .values()
-            .filter(|p| !p.left_channel)
-            .filter_map(|p| p.ledger_height)
+            .keys()
+            .filter_map(|&peer| self.usable_height(peer))
             .max()
             .unwrap_or(0)
     }
@@ -378,14 +387,19 @@ impl Harness {
     /// The best usable advertised height of the peers never doubted.
     fn undoubted_target(&self) -> u64 {
         self.view
-            .iter()
-            .filter(|(id, p)| !p.left_channel && !self.doubted.contains(id))
-            .filter_map(|(_, p)| p.ledger_height)
+            .keys()
+            .filter(|peer| !self.doubted.contains(peer))
+            .filter_map(|&peer| self.usable_height(peer))
             .max()
             .unwrap_or(0)
     }
 
+    /// The height a peer may be asked below: listed, in the channel,
+    /// connected.
     fn usable_height(&self, peer: u8) -> Option<u64> {
+        if self.disconnected.contains(&peer) {
+            return None;
+        }
         self.view
             .get(&peer)
             .filter(|p| !p.left_channel)
@@ -672,7 +686,7 @@ impl Harness {
         self.now = self.now.max(at);
         self.log.push(brief_event(&event));
         let before = self.ae.stats();
-        let membership = matches!(event, Event::Membership(_));
+        let membership = matches!(event, Event::Membership(_) | Event::PeerDisconnected { .. });
         let result = self.ae.handle(at, event);
         self.log.push(format!("  -> {result:?}"));
         self.trace.push(format!("{result:?}"));
@@ -1092,10 +1106,25 @@ impl Harness {
                     })
                     .collect();
                 self.view = states.iter().map(|p| (p.id, p.clone())).collect();
+                // A peer dropped from the view loses its record: if it comes
+                // back, it starts connected.
+                let view = &self.view;
+                self.disconnected.retain(|peer| view.contains_key(peer));
                 self.handle(now, Event::Membership(states))?;
             }
             Op::Tick => {
                 self.handle(now, Event::Tick)?;
+            }
+            Op::Disconnect(peer) => {
+                // Only a listed peer has a record to mark down.
+                if self.view.contains_key(peer) {
+                    self.disconnected.insert(*peer);
+                }
+                self.handle(now, Event::PeerDisconnected { peer: *peer })?;
+            }
+            Op::Connect(peer) => {
+                self.disconnected.remove(peer);
+                self.handle(now, Event::PeerConnected { peer: *peer })?;
             }
             Op::Advance(ms) => {
                 let at = now + Duration::from_millis(u64::from(*ms));
