@@ -2,9 +2,25 @@
 
 use std::time::Duration;
 
-/// Room a response needs beyond its payloads' bytes (nonce, channel, tags,
-/// lengths): far more than 11 payloads' framing takes.
-const RESPONSE_OVERHEAD: usize = 64 * 1024;
+use prost::encoding::{encoded_len_varint, key_len};
+
+/// What a NoopSign `Envelope` adds around a `GossipMessage` of `len` bytes:
+/// the payload field's key and length. The signature is empty and the
+/// secret envelope absent, so proto3 encodes neither.
+fn envelope_framing(len: usize) -> usize {
+    key_len(1) + encoded_len_varint(len as u64)
+}
+
+/// The largest `max_response_bytes` whose envelope fits `max_message_size`.
+fn largest_response(max_message_size: usize) -> usize {
+    // The framing of a shorter message is never longer, so this fits; it
+    // may be short by the few bytes a shorter length varint saves.
+    let mut len = max_message_size.saturating_sub(envelope_framing(max_message_size));
+    while len < max_message_size && len + 1 + envelope_framing(len + 1) <= max_message_size {
+        len += 1;
+    }
+    len
+}
 
 /// How the requester picks the peer for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,11 +109,15 @@ pub struct Config {
     pub max_message_size: usize,
 
     // --- responder ------------------------------------------------------------
-    /// Bytes of block data and private data in one response: the responder
-    /// serves the longest prefix of the range that fits (always at least one
-    /// block) and the requester asks again for the rest. At most
-    /// `max_message_size` − 64 KiB. Fabric has no such cap; its preset uses
-    /// the gRPC message limit, 100 MiB, less that room.
+    /// Bytes of one encoded response message (the `GossipMessage` with its
+    /// nonce, channel, tag and every payload's framing, computed exactly):
+    /// the responder serves the longest prefix of the range that fits
+    /// (always at least one block) and the requester asks again for the
+    /// rest. The message wrapped in its NoopSign `Envelope` must fit
+    /// `max_message_size`, so this is at most `max_message_size` less the
+    /// envelope's key and length varint (5 bytes at 100 MiB). Fabric has no
+    /// such cap; its preset uses the largest that the gRPC message limit,
+    /// 100 MiB, lets through.
     pub max_response_bytes: usize,
     /// Requests of one peer being served at once.
     pub max_requests_per_peer: usize,
@@ -143,9 +163,10 @@ impl Config {
             window_blocks: 50,
             window_bytes: u64::MAX,
             max_message_size: 100 * 1024 * 1024,
-            // Fabric has no cap but gRPC's 100 MiB message limit; leave room
-            // for the message's own fields so a full response still decodes.
-            max_response_bytes: 100 * 1024 * 1024 - RESPONSE_OVERHEAD,
+            // Fabric has no cap but gRPC's 100 MiB message limit, which
+            // applies to the envelope: the largest response that still
+            // decodes.
+            max_response_bytes: largest_response(100 * 1024 * 1024),
             max_requests_per_peer: usize::MAX,
             peer_blocks_per_second: u32::MAX,
             peer_burst_blocks: u32::MAX,
@@ -209,10 +230,13 @@ impl Config {
                 reason: "must admit one full request (batch_size + 1 blocks)",
             });
         }
-        if self.max_response_bytes.saturating_add(RESPONSE_OVERHEAD) > self.max_message_size {
+        let envelope = self
+            .max_response_bytes
+            .saturating_add(envelope_framing(self.max_response_bytes));
+        if envelope > self.max_message_size {
             return Err(Inconsistent {
                 field: "max_response_bytes",
-                reason: "must leave 64 KiB of max_message_size for the message's own fields",
+                reason: "must fit max_message_size once wrapped in its envelope",
             });
         }
         if self.min_response_timeout > self.max_response_timeout {
@@ -353,6 +377,21 @@ mod tests {
         assert!(c.batch_size <= Config::fabric().batch_size);
         assert!(c.max_in_flight > 1);
         assert!(c.max_in_flight_per_peer <= c.max_requests_per_peer);
+    }
+
+    #[test]
+    fn the_largest_response_fits_its_envelope_exactly() {
+        for max in [1usize << 7, 1 << 14, 100 * 1024 * 1024, 1 << 28] {
+            let mut c = Config {
+                max_message_size: max,
+                max_response_bytes: largest_response(max),
+                ..Config::default()
+            };
+            c.validate().unwrap();
+            c.max_response_bytes += 1;
+            assert!(c.validate().is_err(), "{max}");
+        }
+        assert_eq!(Config::fabric().max_response_bytes, 100 * 1024 * 1024 - 5);
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use prost::encoding::{encoded_len_varint, key_len};
+use prost::Message;
 
 use crate::buffer::payload_size;
 use crate::config::{Config, ConfigError};
@@ -88,11 +90,13 @@ pub enum ResponderAction<P> {
     ///
     /// # Size
     ///
-    /// Only the longest prefix of the range whose payloads total at most
-    /// `max_bytes` ([`payload_size`](crate::payload_size)) is sent, and
-    /// always the first block, so the host may stop reading once the next
-    /// block would not fit. Blocks it cannot read are skipped: Fabric does
-    /// the same, and the requester asks again for what is missing.
+    /// Only the longest prefix of the range whose encoded response message
+    /// is at most `max_bytes` is sent, and always the first block. A
+    /// payload takes at least its [`payload_size`](crate::payload_size) in
+    /// that message, so the host may stop reading once the payloads' sizes
+    /// would exceed `max_bytes`: nothing after that could be sent. Blocks it
+    /// cannot read are skipped: Fabric does the same, and the requester
+    /// asks again for what is missing.
     ReadBlocks {
         /// Hand back in [`ResponderEvent::BlocksRead`].
         ticket: Ticket,
@@ -100,7 +104,7 @@ pub enum ResponderAction<P> {
         to: P,
         /// The blocks to read, already clamped to our height.
         range: SeqRange,
-        /// The byte budget of the response.
+        /// The byte budget of the encoded response message.
         max_bytes: usize,
     },
     /// Send `message` (the request's nonce, tag `CHAN_OR_ORG`, our channel
@@ -186,7 +190,8 @@ pub struct ResponderStats {
     /// does. Blocks after the highest one returned are not counted: the
     /// host may have stopped at `max_bytes`.
     pub skipped_unreadable: u64,
-    /// Responses cut short by `max_response_bytes`.
+    /// Responses cut short by `max_response_bytes` (their encoded message
+    /// would have been larger).
     pub truncated_by_bytes: u64,
     /// Payloads from the host outside the read range, or repeating a
     /// number: dropped.
@@ -572,7 +577,19 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             return Err(RequestError::UnknownTicket(ticket));
         };
         self.buckets.finish(&read.job.from);
-        let selection = select(read.job.range, payloads, self.config.max_response_bytes);
+        let header = wire::state_response(read.job.nonce, self.channel.clone(), Vec::new());
+        // Without its content: `response_len` adds the oneof field back.
+        let header = GossipMessage {
+            content: None,
+            ..header
+        }
+        .encoded_len();
+        let selection = select(
+            read.job.range,
+            payloads,
+            header,
+            self.config.max_response_bytes,
+        );
         self.stats.dropped_payloads += selection.dropped;
         self.stats.skipped_unreadable += selection.unreadable;
         self.stats.truncated_by_bytes += u64::from(selection.truncated);
@@ -604,13 +621,46 @@ struct Selection {
     truncated: bool,
 }
 
+/// `GossipMessage.state_response`'s field number (`message.proto`).
+const STATE_RESPONSE_FIELD: u32 = 19;
+/// `RemoteStateResponse.payloads`'s field number.
+const PAYLOADS_FIELD: u32 = 1;
+
+/// The encoded length of a state response whose `GossipMessage` fields
+/// other than the content take `header` bytes and whose
+/// `RemoteStateResponse` takes `body`: the oneof field's key, its length
+/// varint, then the body.
+fn response_len(header: usize, body: usize) -> usize {
+    header
+        .saturating_add(key_len(STATE_RESPONSE_FIELD))
+        .saturating_add(encoded_len_varint(body as u64))
+        .saturating_add(body)
+}
+
+/// What one payload adds to a `RemoteStateResponse`: its field key, its
+/// length varint and its encoding.
+fn payload_field_len(payload: &Payload) -> usize {
+    let len = payload.encoded_len();
+    key_len(PAYLOADS_FIELD)
+        .saturating_add(encoded_len_varint(len as u64))
+        .saturating_add(len)
+}
+
 /// Picks what to send of the host's answer to a read of `range`: the
 /// payloads inside the range, ascending, each number once (the host's first
-/// copy), then the longest prefix whose sizes total at most `max_bytes`,
-/// but always the first payload, or a block larger than the cap could never
-/// be served. Missing numbers are skipped, as Fabric skips unreadable
-/// blocks: the requester keeps what came and asks again for the rest.
-fn select(range: SeqRange, mut payloads: Vec<Payload>, max_bytes: usize) -> Selection {
+/// copy), then the longest prefix whose encoded response (with `header`
+/// bytes of nonce, channel and tag) is at most `max_bytes`, but always the
+/// first payload, or a block larger than the cap could never be served.
+/// The length is summed from each field's size, which is exactly what
+/// prost encodes, so no trial encoding is needed. Missing numbers are
+/// skipped, as Fabric skips unreadable blocks: the requester keeps what
+/// came and asks again for the rest.
+fn select(
+    range: SeqRange,
+    mut payloads: Vec<Payload>,
+    header: usize,
+    max_bytes: usize,
+) -> Selection {
     let received = payloads.len();
     payloads.retain(|payload| range.contains(payload.seq_num));
     // Stable, so among equal numbers the host's first copy stays first.
@@ -626,13 +676,15 @@ fn select(range: SeqRange, mut payloads: Vec<Payload>, max_bytes: usize) -> Sele
         None => range.len(),
     };
 
-    let mut total = 0usize;
+    // The encoded length grows with the body, so the first prefix that
+    // does not fit ends the search.
+    let mut body = 0usize;
     let fitting = payloads
         .iter()
         .enumerate()
         .take_while(|(index, payload)| {
-            total = total.saturating_add(payload_size(payload));
-            *index == 0 || total <= max_bytes
+            body = body.saturating_add(payload_field_len(payload));
+            *index == 0 || response_len(header, body) <= max_bytes
         })
         .count();
     let truncated = fitting < payloads.len();
@@ -795,38 +847,62 @@ mod tests {
             payload(12, 2),
             payload(16, 1),
         ];
-        let s = select(range, answer, usize::MAX);
+        let s = select(range, answer, HEADER, usize::MAX);
         assert_eq!(seqs(&s.payloads), [10, 12, 14]);
         assert_eq!(s.payloads[1], first_12, "the host's first copy wins");
         assert_eq!(s.dropped, 3);
         assert_eq!(s.unreadable, 2, "11 and 13; 15 may be the host's byte stop");
         assert!(!s.truncated);
 
-        let s = select(range, vec![payload(3, 1)], usize::MAX);
+        let s = select(range, vec![payload(3, 1)], HEADER, usize::MAX);
         assert!(s.payloads.is_empty());
         assert_eq!((s.dropped, s.unreadable), (1, 6));
     }
+
+    /// The encoded length of the response carrying `payloads` (nonce 0,
+    /// no channel).
+    fn encoded(payloads: &[Payload]) -> usize {
+        wire::state_response(0, Bytes::new(), payloads.to_vec()).encoded_len()
+    }
+
+    /// Nonce 0 and the empty channel are not encoded: only the tag.
+    const HEADER: usize = 2;
 
     #[test]
     fn select_serves_a_prefix_but_always_the_first() {
         let range = SeqRange::new(0, 3).unwrap();
         let answer = || (0..=3).map(|seq| payload(seq, 10)).collect::<Vec<_>>();
-        let s = select(range, answer(), 25);
+        let two = encoded(&answer()[..2]);
+        let s = select(range, answer(), HEADER, two);
         assert_eq!(seqs(&s.payloads), [0, 1]);
         assert!(s.truncated);
-        let s = select(range, answer(), 40);
+        let s = select(range, answer(), HEADER, encoded(&answer()[..3]) - 1);
+        assert_eq!(seqs(&s.payloads), [0, 1], "one byte short of three");
+        let s = select(range, answer(), HEADER, encoded(&answer()));
         assert_eq!(seqs(&s.payloads), [0, 1, 2, 3]);
         assert!(!s.truncated);
-        let s = select(range, answer(), 1);
+        let s = select(range, answer(), HEADER, 1);
         assert_eq!(seqs(&s.payloads), [0], "a block above the cap still goes");
         assert!(s.truncated);
         // A prefix: a small block after one that does not fit is not sent.
         let s = select(
             range,
             vec![payload(0, 5), payload(1, 50), payload(2, 1)],
-            10,
+            HEADER,
+            30,
         );
         assert_eq!(seqs(&s.payloads), [0]);
+    }
+
+    #[test]
+    fn header_is_the_message_without_its_content() {
+        let message = wire::state_response(0, Bytes::new(), vec![]);
+        let header = GossipMessage {
+            content: None,
+            ..message.clone()
+        };
+        assert_eq!(header.encoded_len(), HEADER);
+        assert_eq!(response_len(HEADER, 0), message.encoded_len());
     }
 
     #[test]

@@ -982,6 +982,44 @@ proptest! {
         prop_assert_eq!(stats.requests, stats.refused() + stats.responses + stats.reading as u64 + stats.queued as u64 + stats.expired_reads);
     }
 
+    // The chosen prefix is the longest whose encoded response fits the cap
+    // (the first block always goes).
+    #[test]
+    fn prefix_is_the_longest_that_encodes_within_the_cap(
+        cap in 1usize..=3000,
+        nonce in any::<u64>(),
+        start in prop_oneof![3 => 0u64..1000, 1 => (u64::MAX / 2)..u64::MAX - 20],
+        blocks in proptest::collection::vec(
+            (0usize..400, proptest::collection::vec(0usize..200, 0..5)),
+            1..=11,
+        ),
+    ) {
+        let t0 = epoch();
+        let mut config = Config::default();
+        config.max_response_bytes = cap;
+        let mut r = responder(config, u64::MAX);
+        let payloads: Vec<Payload> = blocks
+            .iter()
+            .zip(start..)
+            .map(|((data, private), seq)| Payload {
+                seq_num: seq,
+                data: Bytes::from(vec![1u8; *data]),
+                private_data: private.iter().map(|len| Bytes::from(vec![2u8; *len])).collect(),
+            })
+            .collect();
+        ask(&mut r, t0, "peer", nonce, start, start + 10).unwrap();
+        let message = serve_payloads(&mut r, t0, payloads.clone());
+        let sent = wire::as_state_response(&message).unwrap().payloads.len();
+        prop_assert!(sent >= 1);
+        prop_assert_eq!(&wire::as_state_response(&message).unwrap().payloads[..], &payloads[..sent]);
+        let encoded = message.encode_to_vec().len();
+        prop_assert!(encoded <= cap || sent == 1, "{} > {}", encoded, cap);
+        if sent < payloads.len() {
+            let longer = wire::state_response(nonce, CHANNEL.into(), payloads[..=sent].to_vec());
+            prop_assert!(longer.encode_to_vec().len() > cap);
+        }
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64), height in any::<u64>()) {
         let t0 = epoch();
@@ -993,4 +1031,60 @@ proptest! {
         prop_assert_eq!(stats.requests, 1);
         prop_assert_eq!(stats.refused() + stats.responses + stats.reading as u64, 1);
     }
+}
+
+/// A full-batch answer to `request(nonce, 0, 10)` from the host, fed back;
+/// the response sent.
+fn serve_payloads(r: &mut Responder, t0: Instant, payloads: Vec<Payload>) -> GossipMessage {
+    let (ticket, _, _, _) = the_read(&drain(r));
+    r.handle(t0, ResponderEvent::BlocksRead { ticket, payloads })
+        .unwrap();
+    let actions = drain(r);
+    the_response(&actions).1.clone()
+}
+
+// Issue item 6: with Fabric's preset, 11 blocks of ~8.5 MiB with 2,500
+// private-data entries each fit the payload-size sum but encoded to
+// 104,874,722 bytes, past the requester's 100 MiB limit: that range could
+// never be fetched. The cap now bounds the encoded message.
+#[test]
+fn fabric_cap_bounds_the_encoded_message() {
+    let t0 = epoch();
+    let config = Config::fabric();
+    let entries = 2500;
+    let entry = 240;
+    // Each payload's sizes total a twelfth of the cap less rounding, so the
+    // sum of 11 fits the old payload-size cap.
+    let data_len = config.max_response_bytes / 11 - entries * entry;
+    let data = Bytes::from(vec![b'd'; data_len]);
+    let private = Bytes::from(vec![b'p'; entry]);
+    let payloads: Vec<Payload> = (0..=10)
+        .map(|seq| Payload {
+            seq_num: seq,
+            data: data.clone(),
+            private_data: vec![private.clone(); entries],
+        })
+        .collect();
+    let total: usize = payloads.iter().map(payload_size).sum();
+    assert!(total <= config.max_response_bytes);
+    let mut r = responder(config.clone(), 100);
+    ask(&mut r, t0, "peer", 1, 0, 10).unwrap();
+    let message = serve_payloads(&mut r, t0, payloads);
+    let bytes = message.encode_to_vec();
+    assert!(
+        bytes.len() <= config.max_message_size,
+        "{} encoded bytes exceed {}",
+        bytes.len(),
+        config.max_message_size
+    );
+    assert!(bytes.len() <= config.max_response_bytes);
+    let envelope = wire::wrap_envelope(&message).encode_to_vec();
+    assert!(envelope.len() <= config.max_message_size);
+    let decoded = wire::decode_gossip_message(Bytes::from(bytes), config.max_message_size).unwrap();
+    assert_eq!(
+        seqs(&decoded),
+        (0..10).collect::<Vec<_>>(),
+        "the last block waits"
+    );
+    assert_eq!(r.stats().truncated_by_bytes, 1);
 }

@@ -1167,21 +1167,27 @@ pub fn responder_requests(data: &[u8]) {
 /// `payloads`, per its documentation: the payloads inside the range,
 /// ascending, the host's first copy of each number, then the longest prefix
 /// within `max_bytes`, but always the first one.
-fn expected_selection(range: SeqRange, payloads: &[Payload], max_bytes: usize) -> Vec<Payload> {
+fn expected_selection(
+    range: SeqRange,
+    nonce: u64,
+    payloads: &[Payload],
+    max_bytes: usize,
+) -> Vec<Payload> {
     let mut by_seq: BTreeMap<u64, &Payload> = BTreeMap::new();
     for payload in payloads {
         if range.contains(payload.seq_num) {
             by_seq.entry(payload.seq_num).or_insert(payload);
         }
     }
-    let mut total = 0usize;
+    // The oracle encodes each candidate; the machine sums field lengths.
     let mut selected = Vec::new();
     for payload in by_seq.into_values() {
-        total = total.saturating_add(payload_size(payload));
-        if !selected.is_empty() && total > max_bytes {
+        selected.push(payload.clone());
+        let len = wire::state_response(nonce, CHANNEL.into(), selected.clone()).encoded_len();
+        if selected.len() > 1 && len > max_bytes {
+            selected.pop();
             break;
         }
-        selected.push(payload.clone());
     }
     selected
 }
@@ -1442,8 +1448,12 @@ impl ResponderModel {
         match outstanding {
             Some((job, _)) => {
                 assert_eq!(result, Ok(()), "BlocksRead for outstanding {ticket}");
-                let selected =
-                    expected_selection(job.range, &payloads, self.config.max_response_bytes);
+                let selected = expected_selection(
+                    job.range,
+                    job.nonce,
+                    &payloads,
+                    self.config.max_response_bytes,
+                );
                 self.expected.push_back((job.from, job.nonce, selected));
             }
             None => assert_eq!(result, Err(RequestError::UnknownTicket(ticket))),
@@ -1503,7 +1513,7 @@ impl ResponderModel {
                         "payloads ascend"
                     );
                     assert!(sent.len() as u64 <= self.config.batch_size + 1);
-                    let bytes: usize = sent.iter().map(payload_size).sum();
+                    let bytes = message.encoded_len();
                     assert!(
                         sent.len() <= 1 || bytes <= self.config.max_response_bytes,
                         "{bytes} bytes in {} payloads",
