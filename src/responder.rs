@@ -116,6 +116,20 @@ pub enum ResponderAction<P> {
         /// The response.
         message: GossipMessage,
     },
+    /// Informational, nothing to send: the request `nonce` of `to` was
+    /// admitted but will never be answered, because it waited for a read
+    /// slot until its requester had surely given up
+    /// ([`RequestError::Stale`]) or its read was abandoned after
+    /// `read_timeout` ([`RequestError::ReadTimedOut`]). A host may log it
+    /// or count it against its storage.
+    Dropped {
+        /// The requester.
+        to: P,
+        /// The request's nonce.
+        nonce: u64,
+        /// Why it is dropped.
+        reason: RequestError,
+    },
 }
 
 /// Why an input was refused. A refused request gets no response, which is
@@ -160,6 +174,18 @@ pub enum RequestError {
     /// Every read slot is taken and `max_queued_requests` wait already.
     #[error("request queue is full")]
     QueueFull,
+    /// An admitted request waited `waited` (at least `read_timeout`) for a
+    /// read slot: its requester has given up, so it is dropped before any
+    /// read ([`ResponderAction::Dropped`]).
+    #[error("request dropped after waiting {waited:?} for a read slot")]
+    Stale {
+        /// How long it waited in the queue.
+        waited: Duration,
+    },
+    /// The host did not answer the request's read within `read_timeout`:
+    /// it is abandoned without a response ([`ResponderAction::Dropped`]).
+    #[error("read abandoned after the read timeout")]
+    ReadTimedOut,
     /// `BlocksRead` for a ticket that is not outstanding: already answered,
     /// abandoned after `read_timeout`, or never issued.
     #[error("no outstanding read with ticket {0}")]
@@ -169,8 +195,9 @@ pub enum RequestError {
 /// A snapshot of the responder's counters and queues.
 ///
 /// Every request counted in `requests` ends up refused (one of the refusal
-/// counters), answered (`responses`), abandoned (`expired_reads`), or is
-/// still `queued` or `reading`.
+/// counters, [`refused`](Self::refused), `stale` included), answered
+/// (`responses`), abandoned (`expired_reads`), or is still `queued` or
+/// `reading`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ResponderStats {
@@ -215,6 +242,9 @@ pub struct ResponderStats {
     pub rate_limited: u64,
     /// Refused: [`RequestError::QueueFull`].
     pub queue_full: u64,
+    /// Dropped after waiting `read_timeout` for a read slot:
+    /// [`RequestError::Stale`].
+    pub stale: u64,
     /// Refused host input: [`RequestError::UnknownTicket`] (not a request,
     /// so not part of [`refused`](Self::refused)).
     pub unknown_ticket: u64,
@@ -239,6 +269,7 @@ impl ResponderStats {
             + self.too_many_requests
             + self.rate_limited
             + self.queue_full
+            + self.stale
     }
 }
 
@@ -276,7 +307,11 @@ const EMPTY_RESPONSE_COST: u128 = NANO;
 ///   `max_queued_requests` ([`RequestError::QueueFull`]).
 /// - **Read timeout:** a read the host has not answered after
 ///   `read_timeout` is abandoned: its slot is freed and no response is
-///   sent. This is the only timer.
+///   sent ([`ResponderAction::Dropped`], [`RequestError::ReadTimedOut`]).
+/// - **Staleness:** a request still queued `read_timeout` after its
+///   admission is dropped without a read ([`ResponderAction::Dropped`],
+///   [`RequestError::Stale`]): its requester has given up on it. These are
+///   the only timers.
 ///
 /// A peer's state is forgotten once it has no work and its bucket is full
 /// again (a forgotten peer has a full bucket), so memory is bounded by the
@@ -307,6 +342,8 @@ const EMPTY_RESPONSE_COST: u128 = NANO;
 ///                 .unwrap();
 ///         }
 ///         ResponderAction::SendResponse { to, message } => sent.push((to, message)),
+///         ResponderAction::Dropped { .. } => {} // informational
+///         ResponderAction::Dropped { .. } => {} // informational
 ///     }
 /// }
 /// let response = wire::as_state_response(&sent[0].1).unwrap();
@@ -342,6 +379,9 @@ struct Job<P> {
     nonce: u64,
     /// Clamped to our height at admission.
     range: SeqRange,
+    /// When it was admitted: a job still queued `read_timeout` later is
+    /// stale.
+    admitted: Instant,
 }
 
 /// A read handed to the host.
@@ -417,10 +457,22 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     }
 
     /// When to handle a [`ResponderEvent::Timeout`]: the earliest deadline
-    /// of an outstanding read, if any.
+    /// of an outstanding read or of the oldest queued request's wait, if
+    /// any.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.reads.values().next().and_then(|read| read.deadline)
+        let read = self.reads.values().next().and_then(|read| read.deadline);
+        let wait = self.queue.front().and_then(|job| self.stale_at(job));
+        match (read, wait) {
+            (Some(read), Some(wait)) => Some(read.min(wait)),
+            (read, wait) => read.or(wait),
+        }
+    }
+
+    /// When `job` has waited too long: `None` if beyond what `Instant`
+    /// holds, as for reads.
+    fn stale_at(&self, job: &Job<P>) -> Option<Instant> {
+        job.admitted.checked_add(self.config.read_timeout)
     }
 
     /// A snapshot of the counters and queues.
@@ -440,8 +492,9 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     }
 
     /// Clamps `now` to the latest instant seen, abandons the reads that are
-    /// due, forgets peers that are idle with a full bucket, and starts
-    /// queued reads in the freed slots.
+    /// due, drops the queued requests that waited `read_timeout`, forgets
+    /// peers that are idle with a full bucket, and starts queued reads in
+    /// the freed slots.
     fn advance(&mut self, now: Instant) -> Instant {
         let now = self.now.map_or(now, |latest| latest.max(now));
         self.now = Some(now);
@@ -452,6 +505,32 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             let read = entry.remove();
             self.stats.expired_reads += 1;
             self.buckets.finish(&read.job.from);
+            self.actions.push_back(ResponderAction::Dropped {
+                to: read.job.from,
+                nonce: read.job.nonce,
+                reason: RequestError::ReadTimedOut,
+            });
+        }
+        // The queue is in admission order, so the stale jobs are in front.
+        // Our requester's deadline is at most `read_timeout` by default and
+        // Fabric's is 3 s: an answer after this wait is wasted, and reading
+        // it would delay the requests still wanted.
+        while let Some(job) = self.queue.front() {
+            if self.stale_at(job).is_none_or(|stale_at| stale_at > now) {
+                break;
+            }
+            let Some(job) = self.queue.pop_front() else {
+                break;
+            };
+            self.stats.stale += 1;
+            self.buckets.finish(&job.from);
+            self.actions.push_back(ResponderAction::Dropped {
+                to: job.from,
+                nonce: job.nonce,
+                reason: RequestError::Stale {
+                    waited: now.saturating_duration_since(job.admitted),
+                },
+            });
         }
         self.buckets.forget_full(now);
         self.start_reads(now);
@@ -478,6 +557,8 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
                 RequestError::TooManyRequests => &mut self.stats.too_many_requests,
                 RequestError::RateLimited => &mut self.stats.rate_limited,
                 RequestError::QueueFull => &mut self.stats.queue_full,
+                RequestError::Stale { .. } => &mut self.stats.stale,
+                RequestError::ReadTimedOut => &mut self.stats.expired_reads,
                 RequestError::UnknownTicket(_) => &mut self.stats.unknown_ticket,
             };
             *counter += 1;
@@ -542,6 +623,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             from,
             nonce: message.nonce,
             range,
+            admitted: now,
         });
         self.start_reads(now);
         Ok(())

@@ -194,6 +194,7 @@ impl Host {
                         .unwrap();
                 }
                 ResponderAction::SendResponse { to, message } => sent.push((to, message)),
+                ResponderAction::Dropped { .. } => {}
             }
         }
         sent
@@ -587,7 +588,16 @@ fn read_timeout_frees_the_slot() {
     .unwrap();
     assert!(drain(&mut r).is_empty(), "early timeouts are harmless");
     r.handle(t0 + secs(5), ResponderEvent::Timeout).unwrap();
-    let actions = drain(&mut r);
+    let mut actions = drain(&mut r);
+    assert_eq!(
+        actions.remove(0),
+        ResponderAction::Dropped {
+            to: "slow",
+            nonce: 1,
+            reason: RequestError::ReadTimedOut
+        },
+        "the abandoned read is named"
+    );
     let (_, to, _, _) = the_read(&actions);
     assert_eq!(
         to, "next",
@@ -960,6 +970,7 @@ proptest! {
                     r.handle(t0, ResponderEvent::BlocksRead { ticket, payloads }).unwrap();
                 }
                 ResponderAction::SendResponse { message, .. } => responses.push(message),
+                ResponderAction::Dropped { .. } => prop_assert!(false, "nothing is dropped"),
             }
         }
 
@@ -1087,4 +1098,67 @@ fn fabric_cap_bounds_the_encoded_message() {
         "the last block waits"
     );
     assert_eq!(r.stats().truncated_by_bytes, 1);
+}
+
+// Issue item 5: a request waiting for a read slot longer than
+// `read_timeout` was handed to the host anyway, long after the requester
+// gave up. It is dropped instead, with the peer named.
+#[test]
+fn stale_queued_requests_are_dropped_not_read() {
+    let t0 = epoch();
+    let secs = Duration::from_secs;
+    let ms = Duration::from_millis;
+    let mut config = Config::default();
+    config.max_concurrent_reads = 1;
+    config.read_timeout = secs(10);
+    let mut r = responder(config, 100);
+    ask(&mut r, t0, "a", 1, 0, 10).unwrap();
+    ask(&mut r, t0 + ms(500), "b", 2, 0, 10).unwrap();
+    ask(&mut r, t0 + ms(500), "c", 3, 0, 10).unwrap();
+    let (_, to, _, _) = the_read(&drain(&mut r));
+    assert_eq!(to, "a");
+    // a's read is abandoned at 10 s; b starts, having waited 9.5 s.
+    r.handle(t0 + secs(10), ResponderEvent::Timeout).unwrap();
+    let actions = drain(&mut r);
+    assert!(
+        actions
+            .iter()
+            .any(|action| matches!(action, ResponderAction::ReadBlocks { to: "b", .. })),
+        "{actions:?}"
+    );
+    // c's wait ends at 10.5 s: that is the next deadline, not b's at 20 s.
+    assert_eq!(r.poll_timeout(), Some(t0 + ms(10_500)));
+    r.handle(t0 + ms(10_500), ResponderEvent::Timeout).unwrap();
+    let mut actions = drain(&mut r);
+    assert_eq!(
+        actions,
+        [ResponderAction::Dropped {
+            to: "c",
+            nonce: 3,
+            reason: RequestError::Stale { waited: secs(10) }
+        }]
+    );
+    assert_eq!(r.stats().stale, 1);
+    r.handle(t0 + secs(20), ResponderEvent::Timeout).unwrap();
+    actions.extend(drain(&mut r));
+    assert!(
+        !actions
+            .iter()
+            .any(|action| matches!(action, ResponderAction::ReadBlocks { to: "c", .. })),
+        "c was handed to the host after waiting 10 s: {actions:?}"
+    );
+    let stats = r.stats();
+    assert_eq!((stats.queued, stats.reading), (0, 0));
+    assert_eq!((stats.stale, stats.expired_reads), (1, 2));
+    assert_eq!(stats.refused(), 1, "a stale request is a refusal");
+    assert_eq!(
+        stats.requests,
+        stats.refused()
+            + stats.responses
+            + stats.expired_reads
+            + stats.queued as u64
+            + stats.reading as u64
+    );
+    // The stale request no longer counts against its peer.
+    assert_eq!(stats.tracked_peers, 0);
 }

@@ -1112,6 +1112,7 @@ struct Job {
     from: u8,
     nonce: u64,
     range: SeqRange,
+    admitted: Instant,
 }
 
 struct ResponderModel {
@@ -1128,6 +1129,9 @@ struct ResponderModel {
     /// The responses the machine must send next, in order.
     expected: VecDeque<(u8, u64, Vec<Payload>)>,
     expired: u64,
+    /// The `Dropped` actions the machine must emit next, in order.
+    expected_drops: VecDeque<(u8, u64, RequestError)>,
+    stale: u64,
 }
 
 /// Interprets `data` as a program of requests, reads, height changes and
@@ -1157,6 +1161,8 @@ pub fn responder_requests(data: &[u8]) {
         tickets: Vec::new(),
         expected: VecDeque::new(),
         expired: 0,
+        expected_drops: VecDeque::new(),
+        stale: 0,
     };
     while !cursor.is_empty() {
         model.step(&mut cursor);
@@ -1209,8 +1215,22 @@ impl ResponderModel {
             .map(|(ticket, _)| *ticket)
             .collect();
         for ticket in due {
-            self.reads.remove(&ticket);
+            if let Some((job, _)) = self.reads.remove(&ticket) {
+                self.expected_drops
+                    .push_back((job.from, job.nonce, RequestError::ReadTimedOut));
+            }
             self.expired += 1;
+        }
+        // Queued in admission order: the stale ones are in front.
+        while let Some(job) = self.queue.front() {
+            if self.deadline(job.admitted).is_none_or(|d| d > self.now) {
+                break;
+            }
+            let job = self.queue.pop_front().expect("just seen");
+            let waited = self.now.saturating_duration_since(job.admitted);
+            self.expected_drops
+                .push_back((job.from, job.nonce, RequestError::Stale { waited }));
+            self.stale += 1;
         }
         self.now
     }
@@ -1372,6 +1392,7 @@ impl ResponderModel {
                     from,
                     nonce: message.nonce,
                     range,
+                    admitted: self.now,
                 });
             }
             Err(RequestError::TooManyRequests) => {
@@ -1521,6 +1542,13 @@ impl ResponderModel {
                     );
                     assert_eq!(sent, &payloads, "the response is the expected selection");
                 }
+                ResponderAction::Dropped { to, nonce, reason } => {
+                    let expected = self
+                        .expected_drops
+                        .pop_front()
+                        .unwrap_or_else(|| panic!("unexpected drop of {to}'s {nonce}: {reason}"));
+                    assert_eq!((to, nonce, reason), expected, "the drop expected next");
+                }
                 // `ResponderAction` may be `#[non_exhaustive]`.
                 #[allow(unreachable_patterns)]
                 other => panic!("unknown action {other:?}"),
@@ -1530,6 +1558,11 @@ impl ResponderModel {
             self.expected.is_empty(),
             "responses missing: {:?}",
             self.expected
+        );
+        assert!(
+            self.expected_drops.is_empty(),
+            "drops missing: {:?}",
+            self.expected_drops
         );
         self.check_state();
     }
@@ -1546,6 +1579,7 @@ impl ResponderModel {
             "a request waits while a read slot is free"
         );
         assert_eq!(stats.expired_reads, self.expired, "reads abandoned");
+        assert_eq!(stats.stale, self.stale, "stale requests dropped");
         assert_eq!(
             stats.requests,
             stats.refused()
@@ -1555,15 +1589,23 @@ impl ResponderModel {
                 + stats.reading as u64,
             "every request is refused, answered, abandoned, queued or reading: {stats:?}"
         );
-        let deadline = self
+        let read = self
             .reads
             .values()
             .next()
             .and_then(|(_, started)| self.deadline(*started));
+        let wait = self
+            .queue
+            .front()
+            .and_then(|job| self.deadline(job.admitted));
+        let deadline = match (read, wait) {
+            (Some(read), Some(wait)) => Some(read.min(wait)),
+            (read, wait) => read.or(wait),
+        };
         assert_eq!(
             self.machine.poll_timeout(),
             deadline,
-            "the first read's deadline"
+            "the first read's or queued request's deadline"
         );
         if let Some(deadline) = deadline {
             assert!(deadline > self.now, "a due read was not abandoned");
