@@ -119,9 +119,10 @@ pub struct Config {
     /// such cap; its preset uses the largest that the gRPC message limit,
     /// 100 MiB, lets through.
     pub max_response_bytes: usize,
-    /// Requests of one peer being served at once.
+    /// Requests of one peer being served at once (queued or being read).
     pub max_requests_per_peer: usize,
-    /// Token bucket per peer: blocks per second it refills at.
+    /// Token bucket per peer: blocks per second it refills at. `u32::MAX`
+    /// with a `u32::MAX` burst never binds.
     pub peer_blocks_per_second: u32,
     /// Token bucket per peer: its capacity in blocks. At least
     /// `batch_size + 1`, or a full request could never be admitted.
@@ -132,8 +133,19 @@ pub struct Config {
     /// Reads handed to the host at once (Fabric serves one request at a time).
     pub max_concurrent_reads: usize,
     /// A read the host has not answered after this long is abandoned and its
-    /// slot freed.
+    /// slot freed; a request still queued this long after its admission is
+    /// dropped unread.
     pub read_timeout: Duration,
+    /// Busy replies per peer: the empty response with the request's nonce
+    /// that answers a load refusal (too many requests, rate, full queue) so
+    /// that the requester asks elsewhere at once instead of timing out. A
+    /// token bucket per peer refilled at this many replies per second; past
+    /// it a refusal is silent. Must not be zero unless `busy_reply_burst`
+    /// is.
+    pub busy_replies_per_second: u32,
+    /// The busy-reply bucket's capacity. Zero: load refusals are silent, as
+    /// Fabric's (the Fabric preset).
+    pub busy_reply_burst: u32,
 }
 
 impl Config {
@@ -173,6 +185,9 @@ impl Config {
             max_queued_requests: 100,
             max_concurrent_reads: 1,
             read_timeout: Duration::from_secs(60),
+            // Fabric drops a request silently when its queue is full.
+            busy_replies_per_second: 0,
+            busy_reply_burst: 0,
         }
     }
 
@@ -251,6 +266,11 @@ impl Config {
                 reason: "must not exceed max_in_flight",
             });
         }
+        if self.busy_reply_burst > 0 && self.busy_replies_per_second == 0 {
+            return Err(Zero {
+                field: "busy_replies_per_second",
+            });
+        }
         if self.hedge_after.is_some_and(|d| d.is_zero()) {
             return Err(Zero {
                 field: "hedge_after",
@@ -285,12 +305,24 @@ impl Default for Config {
     ///   slow, silent or lying peer cannot stall the window.
     /// - `block_buffer` 64: more room than Fabric's 20 for gossip blocks that
     ///   overtake the catch-up.
-    /// - Responder: 16 MiB per response, 64 requests per peer at once,
-    ///   100 000 blocks/s per peer (burst 10 000), 1 024 queued requests,
-    ///   16 concurrent reads: limits an abusive peer without slowing an
-    ///   honest requester, ours (at most 32 in flight) or Fabric's (1).
-    ///   Reads are abandoned after 10 s, our requester's longest deadline:
-    ///   an answer later than that is wasted, and the slot is worth more.
+    /// - Responder: 16 MiB per encoded response, 1 024 queued requests,
+    ///   16 concurrent reads started round-robin across peers, and 64
+    ///   requests per peer at once: twice our requester's per-peer cap (32),
+    ///   so an honest requester is never refused even with some timed-out
+    ///   requests still held here. That cap is the real protection: a peer
+    ///   never has more than 64 requests (704 blocks) of work with us, and
+    ///   round-robin gives it only its share of the reads. The per-peer block
+    ///   rate is off (`u32::MAX`): a rate in blocks ignores block size and
+    ///   link speed, so any fixed value either starves a fast honest link
+    ///   (100 000 blocks/s refused our requester on loopback: 1.6 s and 28
+    ///   timeouts instead of 0.32 s for 100 000 1 KiB blocks) or does not
+    ///   bind a flooder; set it to cap a peer's share of disk bandwidth.
+    ///   Reads are abandoned, and queued requests dropped, after 10 s, our
+    ///   requester's longest deadline: an answer later than that is wasted,
+    ///   and the slot is worth more. A load refusal gets a busy reply (100/s
+    ///   per peer, burst 32: one full window) so it costs the requester a
+    ///   round trip, not a timeout, while a flooder cannot make us send
+    ///   more than 100 small messages a second.
     fn default() -> Self {
         Self {
             check_interval: Duration::from_secs(1),
@@ -312,11 +344,13 @@ impl Default for Config {
             max_message_size: 100 * 1024 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
             max_requests_per_peer: 64,
-            peer_blocks_per_second: 100_000,
-            peer_burst_blocks: 10_000,
+            peer_blocks_per_second: u32::MAX,
+            peer_burst_blocks: u32::MAX,
             max_queued_requests: 1024,
             max_concurrent_reads: 16,
             read_timeout: Duration::from_secs(10),
+            busy_replies_per_second: 100,
+            busy_reply_burst: 32,
         }
     }
 }
@@ -377,6 +411,17 @@ mod tests {
         assert!(c.batch_size <= Config::fabric().batch_size);
         assert!(c.max_in_flight > 1);
         assert!(c.max_in_flight_per_peer <= c.max_requests_per_peer);
+        assert!(c.busy_reply_burst as usize >= c.max_in_flight_per_peer);
+        let c = Config {
+            busy_replies_per_second: 0,
+            ..Config::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::Zero {
+                field: "busy_replies_per_second"
+            })
+        );
     }
 
     #[test]

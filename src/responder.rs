@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -133,7 +134,9 @@ pub enum ResponderAction<P> {
 }
 
 /// Why an input was refused. A refused request gets no response, which is
-/// what a Fabric requester expects (it times out and asks elsewhere).
+/// what a Fabric requester expects (it times out and asks elsewhere),
+/// except a load refusal within the peer's busy-reply budget, which gets
+/// an empty response (see [`StateResponder`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RequestError {
@@ -245,6 +248,15 @@ pub struct ResponderStats {
     /// Dropped after waiting `read_timeout` for a read slot:
     /// [`RequestError::Stale`].
     pub stale: u64,
+    /// Empty responses ("busy") sent for load refusals
+    /// ([`RequestError::TooManyRequests`], [`RequestError::RateLimited`],
+    /// [`RequestError::QueueFull`]), within the peer's busy-reply budget.
+    /// Their requests are counted as refused, and these are not in
+    /// `responses`.
+    pub busy_replies: u64,
+    /// Load refusals left silent: the peer's busy-reply budget was spent
+    /// (or busy replies are off).
+    pub busy_suppressed: u64,
     /// Refused host input: [`RequestError::UnknownTicket`] (not a request,
     /// so not part of [`refused`](Self::refused)).
     pub unknown_ticket: u64,
@@ -253,8 +265,9 @@ pub struct ResponderStats {
     pub reading: usize,
     /// Admitted requests waiting for a read slot.
     pub queued: usize,
-    /// Peers whose rate state is remembered (those with work or a bucket
-    /// not yet full again).
+    /// Per-peer records remembered: a peer's rate state while it has work
+    /// or its block bucket is not full again, plus its busy-reply state
+    /// while that bucket is not full again.
     pub tracked_peers: usize,
 }
 
@@ -294,7 +307,12 @@ const EMPTY_RESPONSE_COST: u128 = NANO;
 /// empty response at once, without a read.
 ///
 /// On top of Fabric, each request passes admission control before any
-/// read, and a refused request is a typed error, counted, with no response:
+/// read, and a refused request is a typed error, counted. A request refused
+/// for load (the first three limits below) gets a busy reply, an empty
+/// response with its nonce, within a per-peer budget
+/// (`busy_replies_per_second`, `busy_reply_burst`), so the requester asks
+/// elsewhere at once; past the budget, and for every other refusal, there
+/// is no response, as in Fabric:
 ///
 /// - **Per-peer concurrency:** at most `max_requests_per_peer` of a peer's
 ///   requests queued or being read ([`RequestError::TooManyRequests`]).
@@ -303,8 +321,11 @@ const EMPTY_RESPONSE_COST: u128 = NANO;
 ///   request costs the blocks of its clamped range; an empty response costs
 ///   one ([`RequestError::RateLimited`]). A refused request costs nothing.
 /// - **Global concurrency:** at most `max_concurrent_reads` reads handed to
-///   the host; further requests wait in a FIFO queue of at most
-///   `max_queued_requests` ([`RequestError::QueueFull`]).
+///   the host; further requests wait in a queue of at most
+///   `max_queued_requests` ([`RequestError::QueueFull`]). A freed slot goes
+///   round-robin across the peers with requests waiting (each peer's own
+///   oldest first), so a flooder with a full per-peer queue gets one read
+///   in turn with everyone else, not all of them.
 /// - **Read timeout:** a read the host has not answered after
 ///   `read_timeout` is abandoned: its slot is freed and no response is
 ///   sent ([`ResponderAction::Dropped`], [`RequestError::ReadTimedOut`]).
@@ -364,12 +385,95 @@ pub struct StateResponder<P> {
     /// `now` never goes back and `read_timeout` is fixed, so ticket order is
     /// deadline order: the first entry expires first.
     reads: BTreeMap<Ticket, Read<P>>,
-    /// Admitted requests waiting for a read slot, oldest first. Non-empty
-    /// only while every slot is taken.
-    queue: VecDeque<Job<P>>,
+    /// Admitted requests waiting for a read slot. Non-empty only while
+    /// every slot is taken.
+    queue: Queue<P>,
     buckets: Buckets<P>,
+    /// Busy replies per peer; `None` when `busy_reply_burst` is zero.
+    busy: Option<Buckets<P>>,
     actions: VecDeque<ResponderAction<P>>,
     stats: ResponderStats,
+}
+
+/// Admitted requests waiting for a read slot.
+///
+/// Reads start round-robin across peers, each peer's oldest first; stale
+/// requests leave in admission order. Both take `O(log n)`.
+#[derive(Debug, Clone)]
+struct Queue<P> {
+    /// Every queued job by admission number: oldest first, since `now`
+    /// never goes back.
+    jobs: BTreeMap<u64, Job<P>>,
+    /// Per peer with jobs queued: their admission numbers, oldest first.
+    peers: BTreeMap<P, VecDeque<u64>>,
+    next: u64,
+    /// The peer whose job started last: the rotation resumes after it,
+    /// whether or not it still has jobs.
+    last: Option<P>,
+}
+
+impl<P: Clone + Ord> Queue<P> {
+    fn new() -> Self {
+        Self {
+            jobs: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            next: 0,
+            last: None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    fn push(&mut self, job: Job<P>) {
+        let number = self.next;
+        self.next += 1;
+        self.peers
+            .entry(job.from.clone())
+            .or_default()
+            .push_back(number);
+        self.jobs.insert(number, job);
+    }
+
+    /// The job admitted first.
+    fn oldest(&self) -> Option<&Job<P>> {
+        self.jobs.values().next()
+    }
+
+    /// Removes the job admitted first. It is its peer's oldest too.
+    fn pop_oldest(&mut self) -> Option<Job<P>> {
+        let (number, job) = self.jobs.pop_first()?;
+        self.unlink(&job.from, number);
+        Some(job)
+    }
+
+    /// Removes the oldest job of the next peer in the rotation.
+    fn pop_next(&mut self) -> Option<Job<P>> {
+        let after = self.last.as_ref().and_then(|last| {
+            self.peers
+                .range((Bound::Excluded(last), Bound::Unbounded))
+                .next()
+        });
+        let (peer, numbers) = after.or_else(|| self.peers.iter().next())?;
+        let (peer, number) = (peer.clone(), *numbers.front()?);
+        self.unlink(&peer, number);
+        self.last = Some(peer);
+        self.jobs.remove(&number)
+    }
+
+    /// Takes `number` off the front of `peer`'s list, dropping the list
+    /// once empty so that `peers` holds only peers with jobs.
+    fn unlink(&mut self, peer: &P, number: u64) {
+        if let Some(numbers) = self.peers.get_mut(peer) {
+            if numbers.front() == Some(&number) {
+                numbers.pop_front();
+            }
+            if numbers.is_empty() {
+                self.peers.remove(peer);
+            }
+        }
+    }
 }
 
 /// An admitted request.
@@ -402,14 +506,21 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             u128::from(config.peer_burst_blocks) * NANO,
             u128::from(config.peer_blocks_per_second),
         );
+        let busy = (config.busy_reply_burst > 0).then(|| {
+            Buckets::new(
+                u128::from(config.busy_reply_burst) * NANO,
+                u128::from(config.busy_replies_per_second),
+            )
+        });
         Ok(Self {
+            busy,
             config,
             channel,
             height,
             now: None,
             next_ticket: 0,
             reads: BTreeMap::new(),
-            queue: VecDeque::new(),
+            queue: Queue::new(),
             buckets,
             actions: VecDeque::new(),
             stats: ResponderStats::default(),
@@ -462,7 +573,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let read = self.reads.values().next().and_then(|read| read.deadline);
-        let wait = self.queue.front().and_then(|job| self.stale_at(job));
+        let wait = self.queue.oldest().and_then(|job| self.stale_at(job));
         match (read, wait) {
             (Some(read), Some(wait)) => Some(read.min(wait)),
             (read, wait) => read.or(wait),
@@ -480,7 +591,8 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         ResponderStats {
             reading: self.reads.len(),
             queued: self.queue.len(),
-            tracked_peers: self.buckets.peers.len(),
+            tracked_peers: self.buckets.peers.len()
+                + self.busy.as_ref().map_or(0, |busy| busy.peers.len()),
             ..self.stats.clone()
         }
     }
@@ -515,11 +627,11 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         // Our requester's deadline is at most `read_timeout` by default and
         // Fabric's is 3 s: an answer after this wait is wasted, and reading
         // it would delay the requests still wanted.
-        while let Some(job) = self.queue.front() {
+        while let Some(job) = self.queue.oldest() {
             if self.stale_at(job).is_none_or(|stale_at| stale_at > now) {
                 break;
             }
-            let Some(job) = self.queue.pop_front() else {
+            let Some(job) = self.queue.pop_oldest() else {
                 break;
             };
             self.stats.stale += 1;
@@ -533,6 +645,9 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             });
         }
         self.buckets.forget_full(now);
+        if let Some(busy) = &mut self.busy {
+            busy.forget_full(now);
+        }
         self.start_reads(now);
         now
     }
@@ -544,9 +659,16 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         message: Result<GossipMessage, WireError>,
     ) -> Result<(), RequestError> {
         self.stats.requests += 1;
+        let nonce = message.as_ref().map_or(0, |message| message.nonce);
         let result = message
             .map_err(RequestError::from)
-            .and_then(|message| self.admit(now, from, &message));
+            .and_then(|message| self.admit(now, from.clone(), &message));
+        if let Err(
+            RequestError::TooManyRequests | RequestError::RateLimited | RequestError::QueueFull,
+        ) = &result
+        {
+            self.busy_reply(now, from, nonce);
+        }
         if let Err(error) = &result {
             let counter = match error {
                 RequestError::Malformed(_) => &mut self.stats.malformed,
@@ -619,7 +741,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             return Err(RequestError::QueueFull);
         }
         self.buckets.charge(&from, now, cost, true);
-        self.queue.push_back(Job {
+        self.queue.push(Job {
             from,
             nonce: message.nonce,
             range,
@@ -632,7 +754,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     /// Hands queued requests to the host while read slots are free.
     fn start_reads(&mut self, now: Instant) {
         while self.reads.len() < self.config.max_concurrent_reads {
-            let Some(job) = self.queue.pop_front() else {
+            let Some(job) = self.queue.pop_next() else {
                 break;
             };
             let ticket = Ticket(self.next_ticket);
@@ -678,6 +800,27 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         self.respond(read.job.from, read.job.nonce, selection.payloads);
         self.start_reads(now);
         Ok(())
+    }
+
+    /// Answers a load refusal with an empty response, if the peer's budget
+    /// allows: our requester and Fabric's both take an empty answer as "ask
+    /// another peer now", which costs them a round trip instead of a
+    /// timeout. Validation refusals stay silent, as Fabric's: they come
+    /// from a broken or hostile peer, which a reply would not help.
+    fn busy_reply(&mut self, now: Instant, to: P, nonce: u64) {
+        let Some(busy) = &mut self.busy else {
+            self.stats.busy_suppressed += 1;
+            return;
+        };
+        if busy.tokens(&to, now) < NANO {
+            self.stats.busy_suppressed += 1;
+            return;
+        }
+        busy.charge(&to, now, NANO, false);
+        self.stats.busy_replies += 1;
+        let message = wire::state_response(nonce, self.channel.clone(), Vec::new());
+        self.actions
+            .push_back(ResponderAction::SendResponse { to, message });
     }
 
     fn respond(&mut self, to: P, nonce: u64, payloads: Vec<Payload>) {

@@ -450,6 +450,7 @@ fn rate_limit_refuses_then_admits_as_time_passes() {
     let mut config = Config::default();
     config.peer_burst_blocks = 11;
     config.peer_blocks_per_second = 11;
+    config.busy_reply_burst = 0; // silent refusals, as Fabric's
     let mut r = responder(config, 50);
     ask(&mut r, t0, "greedy", 1, 0, 10).unwrap();
     host.serve(&mut r, t0);
@@ -491,6 +492,7 @@ fn per_peer_concurrency_is_bounded() {
     let mut config = Config::default();
     config.max_requests_per_peer = 2;
     config.max_concurrent_reads = 1;
+    config.busy_reply_burst = 0; // silent refusals, as Fabric's
     let mut r = responder(config, 100);
     ask(&mut r, t0, "a", 1, 0, 10).unwrap(); // reading
     ask(&mut r, t0, "a", 2, 11, 21).unwrap(); // queued
@@ -517,7 +519,7 @@ fn per_peer_concurrency_is_bounded() {
         .iter()
         .map(|(_, m)| m.nonce)
         .collect();
-    assert_eq!(answered, [1, 2, 4, 5], "served first come, first served");
+    assert_eq!(answered, [1, 4, 2, 5], "round-robin: b's turn after a's");
 }
 
 #[test]
@@ -527,6 +529,7 @@ fn the_queue_is_bounded_and_fifo() {
     let mut config = Config::default();
     config.max_concurrent_reads = 2;
     config.max_queued_requests = 2;
+    config.busy_reply_burst = 0; // silent refusals, as Fabric's
     let mut r = responder(config, 100);
     for (nonce, peer) in [(1, "p1"), (2, "p2"), (3, "p3"), (4, "p4")] {
         ask(&mut r, t0, peer, nonce, 0, 10).unwrap();
@@ -737,7 +740,10 @@ fn time_going_backwards_is_clamped() {
 fn idle_peers_are_forgotten() {
     let t0 = epoch();
     let host = Host::new(100, 1);
-    let mut r = responder(Config::default(), 100);
+    let mut config = Config::default();
+    config.peer_blocks_per_second = 100_000;
+    config.peer_burst_blocks = 10_000;
+    let mut r = responder(config, 100);
     for (i, peer) in ["a", "b", "c"].into_iter().enumerate() {
         ask(&mut r, t0, peer, i as u64, 0, 10).unwrap();
     }
@@ -1161,4 +1167,140 @@ fn stale_queued_requests_are_dropped_not_read() {
     );
     // The stale request no longer counts against its peer.
     assert_eq!(stats.tracked_peers, 0);
+}
+
+// Issue item 7: the default responder's per-peer block rate (100,000/s)
+// refused a default requester on a fast link silently, costing it a
+// timeout per refusal. A default requester keeps at most 32 requests of 11
+// blocks in flight per peer; fed that at 1 M blocks/s, a default responder
+// refuses none.
+#[test]
+fn default_responder_never_refuses_a_default_requester() {
+    let t0 = epoch();
+    let requester = Config::default();
+    let in_flight = requester.max_in_flight_per_peer as u64;
+    let blocks = requester.batch_size + 1;
+    let height = 600_000;
+    let mut host = Host::new(0, 0);
+    let block = Bytes::from(vec![b'x'; 1024]);
+    for seq in 0..height {
+        host.blocks.insert(seq, block.clone());
+        host.private.insert(seq, vec![]);
+    }
+    let mut r = responder(Config::default(), height);
+    // 32 × 11 blocks every 352 µs: 1 M blocks/s, for half a second.
+    let period = Duration::from_micros(in_flight * blocks);
+    let mut next = 0;
+    let mut served = 0;
+    for step in 0..1500 {
+        let now = t0 + period * step;
+        for _ in 0..in_flight {
+            assert_eq!(
+                ask(&mut r, now, "fast", next, next, next + blocks - 1),
+                Ok(())
+            );
+            next += blocks;
+        }
+        let sent = host.serve(&mut r, now);
+        assert_eq!(sent.len() as u64, in_flight);
+        served += sent.iter().map(|(_, m)| seqs(m).len() as u64).sum::<u64>();
+    }
+    let stats = r.stats();
+    assert_eq!(stats.refused(), 0);
+    assert_eq!(served, 1500 * in_flight * blocks);
+}
+
+// Issue item 7: a load refusal costs the requester a timeout unless it is
+// told at once. It gets an empty response with its nonce ("busy"), which
+// our requester and Fabric's both treat as "ask another peer now".
+#[test]
+fn load_refusals_get_a_busy_reply() {
+    let t0 = epoch();
+    let mut config = Config::default();
+    config.max_concurrent_reads = 1;
+    config.max_queued_requests = 1;
+    config.max_requests_per_peer = 1;
+    let mut r = responder(config, 100);
+    ask(&mut r, t0, "a", 1, 0, 10).unwrap(); // reading
+    ask(&mut r, t0, "b", 2, 0, 10).unwrap(); // queued
+    let _ = drain(&mut r);
+    assert_eq!(ask(&mut r, t0, "c", 3, 0, 10), Err(RequestError::QueueFull));
+    let actions = drain(&mut r);
+    let (to, message) = the_response(&actions);
+    assert_eq!(to, "c");
+    assert_eq!(*message, wire::state_response(3, CHANNEL.into(), vec![]));
+    assert_eq!(
+        ask(&mut r, t0, "a", 4, 11, 21),
+        Err(RequestError::TooManyRequests)
+    );
+    let actions = drain(&mut r);
+    let (to, message) = the_response(&actions);
+    assert_eq!((to, message.nonce), ("a", 4));
+    assert!(seqs(message).is_empty());
+
+    // Bounded per peer: a flooder gets a burst of busy replies, then one
+    // per refill, and silence in between.
+    let burst = Config::default().busy_reply_burst as u64;
+    for nonce in 0..burst {
+        assert_eq!(
+            ask(&mut r, t0, "flood", 100 + nonce, 0, 10),
+            Err(RequestError::QueueFull)
+        );
+    }
+    let replies = drain(&mut r);
+    assert_eq!(replies.len() as u64, burst);
+    assert_eq!(
+        ask(&mut r, t0, "flood", 999, 0, 10),
+        Err(RequestError::QueueFull)
+    );
+    assert!(drain(&mut r).is_empty(), "past its budget: silent");
+    // 100 replies a second: one more after 10 ms.
+    let later = t0 + Duration::from_millis(10);
+    ask(&mut r, later, "flood", 1000, 0, 10).unwrap_err();
+    assert_eq!(the_response(&drain(&mut r)).1.nonce, 1000);
+    // Another peer has its own budget.
+    ask(&mut r, later, "other", 7, 0, 10).unwrap_err();
+    assert_eq!(the_response(&drain(&mut r)).1.nonce, 7);
+    // Validation refusals stay silent, as Fabric's.
+    ask(&mut r, later, "other", 8, 10, 5).unwrap_err();
+    ask(&mut r, later, "other", 9, 0, 50).unwrap_err();
+    assert!(drain(&mut r).is_empty());
+    let stats = r.stats();
+    assert_eq!(stats.busy_replies, 4 + burst);
+    assert_eq!(stats.busy_suppressed, 1);
+    assert_eq!(stats.responses, 0, "busy replies are not responses");
+    assert_eq!(
+        stats.requests,
+        stats.refused() + stats.responses + stats.queued as u64 + stats.reading as u64
+    );
+}
+
+// Fairness: reads start round-robin across peers, so a flooder with a full
+// per-peer queue cannot hold the read slots against a peer with one
+// request: the honest request starts within one rotation.
+#[test]
+fn queued_requests_start_round_robin_across_peers() {
+    let t0 = epoch();
+    let host = Host::new(1000, 1);
+    let mut config = Config::default();
+    config.max_concurrent_reads = 1;
+    let per_peer = config.max_requests_per_peer as u64;
+    let mut r = responder(config, 1000);
+    for nonce in 0..per_peer {
+        ask(&mut r, t0, "flood-1", nonce, 0, 10).unwrap();
+        ask(&mut r, t0, "flood-2", nonce, 0, 10).unwrap();
+    }
+    ask(&mut r, t0, "honest", 7, 0, 10).unwrap();
+    let mut started = Vec::new();
+    let mut actions = drain(&mut r);
+    while started.len() < 4 {
+        let (ticket, to, range, _) = the_read(&actions);
+        started.push(to);
+        let payloads = host.read(to, range, usize::MAX);
+        r.handle(t0, ResponderEvent::BlocksRead { ticket, payloads })
+            .unwrap();
+        actions = drain(&mut r);
+        actions.retain(|action| matches!(action, ResponderAction::ReadBlocks { .. }));
+    }
+    assert_eq!(started, ["flood-1", "flood-2", "honest", "flood-1"]);
 }

@@ -1120,7 +1120,7 @@ struct ResponderModel {
     config: Config,
     now: Instant,
     height: u64,
-    /// Admitted, waiting for a read slot, oldest first.
+    /// Admitted, waiting for a read slot, in admission order.
     queue: VecDeque<Job>,
     /// Reads handed to the host: the job and when it started.
     reads: BTreeMap<Ticket, (Job, Instant)>,
@@ -1132,6 +1132,15 @@ struct ResponderModel {
     /// The `Dropped` actions the machine must emit next, in order.
     expected_drops: VecDeque<(u8, u64, RequestError)>,
     stale: u64,
+    /// Per peer: busy-reply tokens (nano-replies) and when they were
+    /// counted.
+    busy: BTreeMap<u8, (u128, Instant)>,
+    /// The busy reply the machine must send in the current drain.
+    busy_due: Option<(u8, u64)>,
+    busy_replies: u64,
+    busy_suppressed: u64,
+    /// The peer whose read started last.
+    last_started: Option<u8>,
 }
 
 /// Interprets `data` as a program of requests, reads, height changes and
@@ -1163,6 +1172,11 @@ pub fn responder_requests(data: &[u8]) {
         expired: 0,
         expected_drops: VecDeque::new(),
         stale: 0,
+        busy: BTreeMap::new(),
+        busy_due: None,
+        busy_replies: 0,
+        busy_suppressed: 0,
+        last_started: None,
     };
     while !cursor.is_empty() {
         model.step(&mut cursor);
@@ -1369,7 +1383,10 @@ impl ResponderModel {
             // Nothing to read: an empty response at once, or a rate refusal.
             match result {
                 Ok(()) => self.expected.push_back((from, message.nonce, Vec::new())),
-                Err(error) => assert_eq!(error, RequestError::RateLimited, "start {start}"),
+                Err(error) => {
+                    assert_eq!(error, RequestError::RateLimited, "start {start}");
+                    self.expect_busy_reply(from, message.nonce);
+                }
             }
             self.drain();
             return;
@@ -1404,7 +1421,31 @@ impl ResponderModel {
             }
             Err(error) => panic!("request [{start}, {end}] refused with {error:?}"),
         }
+        if result.is_err() {
+            self.expect_busy_reply(from, message.nonce);
+        }
         self.drain();
+    }
+
+    /// A load refusal: a busy reply is due if the peer's budget holds one.
+    /// The model's bucket is the documented one: `busy_reply_burst`
+    /// replies, refilled at `busy_replies_per_second`.
+    fn expect_busy_reply(&mut self, from: u8, nonce: u64) {
+        const NANO: u128 = 1_000_000_000;
+        let capacity = u128::from(self.config.busy_reply_burst) * NANO;
+        let rate = u128::from(self.config.busy_replies_per_second);
+        let now = self.now;
+        let tokens = self.busy.get(&from).map_or(capacity, |(tokens, at)| {
+            let refill = now.saturating_duration_since(*at).as_nanos() * rate;
+            tokens.saturating_add(refill).min(capacity)
+        });
+        if tokens >= NANO {
+            self.busy.insert(from, (tokens - NANO, now));
+            self.busy_due = Some((from, nonce));
+            self.busy_replies += 1;
+        } else {
+            self.busy_suppressed += 1;
+        }
     }
 
     /// The host answers one read, honestly or not, or answers a ticket that
@@ -1492,13 +1533,12 @@ impl ResponderModel {
                     max_bytes,
                 } => {
                     let job = self
-                        .queue
-                        .pop_front()
+                        .pop_next()
                         .unwrap_or_else(|| panic!("ReadBlocks {ticket} with nothing queued"));
                     assert_eq!(
                         (to, range),
                         (job.from, job.range),
-                        "reads start in FIFO order"
+                        "reads start round-robin across peers, each peer's oldest first"
                     );
                     assert_eq!(max_bytes, self.config.max_response_bytes);
                     assert_eq!(
@@ -1515,6 +1555,15 @@ impl ResponderModel {
                     self.reads.insert(ticket, (job, self.now));
                 }
                 ResponderAction::SendResponse { to, message } => {
+                    if self.expected.is_empty() && self.busy_due == Some((to, message.nonce)) {
+                        self.busy_due = None;
+                        assert_eq!(
+                            message,
+                            wire::state_response(message.nonce, channel(), vec![]),
+                            "a busy reply is an empty response"
+                        );
+                        continue;
+                    }
                     let (from, nonce, payloads) = self
                         .expected
                         .pop_front()
@@ -1559,12 +1608,27 @@ impl ResponderModel {
             "responses missing: {:?}",
             self.expected
         );
+        assert_eq!(self.busy_due, None, "busy reply missing");
         assert!(
             self.expected_drops.is_empty(),
             "drops missing: {:?}",
             self.expected_drops
         );
         self.check_state();
+    }
+
+    /// The job whose read starts next: the oldest of the first peer after
+    /// the one served last (in peer order, wrapping around).
+    fn pop_next(&mut self) -> Option<Job> {
+        let waiting: BTreeSet<u8> = self.queue.iter().map(|job| job.from).collect();
+        let peer = self
+            .last_started
+            .and_then(|last| waiting.range(last.saturating_add(1)..).next().copied())
+            .filter(|peer| Some(*peer) != self.last_started)
+            .or_else(|| waiting.first().copied())?;
+        let index = self.queue.iter().position(|job| job.from == peer)?;
+        self.last_started = Some(peer);
+        self.queue.remove(index)
     }
 
     fn check_state(&self) {
@@ -1580,6 +1644,11 @@ impl ResponderModel {
         );
         assert_eq!(stats.expired_reads, self.expired, "reads abandoned");
         assert_eq!(stats.stale, self.stale, "stale requests dropped");
+        assert_eq!(
+            (stats.busy_replies, stats.busy_suppressed),
+            (self.busy_replies, self.busy_suppressed),
+            "busy replies sent and suppressed"
+        );
         assert_eq!(
             stats.requests,
             stats.refused()
