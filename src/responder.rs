@@ -61,6 +61,14 @@ pub enum ResponderEvent<P> {
     /// Our ledger height changed (highest block + 1). Requests already
     /// admitted keep the range they were clamped to.
     Height(u64),
+    /// The connection to `peer` is gone: nothing can reach it any more.
+    /// Its queued requests are dropped unread, and its reads in progress
+    /// are answered to no one when they complete. Send it when the
+    /// transport closes the connection a request came on.
+    PeerDisconnected {
+        /// The peer whose connection closed.
+        peer: P,
+    },
     /// The deadline from [`StateResponder::poll_timeout`] may have passed.
     /// Early or repeated timeouts are harmless.
     Timeout,
@@ -199,8 +207,9 @@ pub enum RequestError {
 ///
 /// Every request counted in `requests` ends up refused (one of the refusal
 /// counters, [`refused`](Self::refused), `stale` included), answered
-/// (`responses`), abandoned (`expired_reads`), or is still `queued` or
-/// `reading`.
+/// (`responses`), abandoned (`expired_reads`), dropped for its peer's
+/// disconnection (`disconnected_queued`, `disconnected_reads`), or is still
+/// `queued` or `reading`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ResponderStats {
@@ -228,6 +237,12 @@ pub struct ResponderStats {
     pub dropped_payloads: u64,
     /// Reads abandoned after `read_timeout`, without a response.
     pub expired_reads: u64,
+    /// Queued requests dropped unread because their peer disconnected
+    /// ([`ResponderEvent::PeerDisconnected`]).
+    pub disconnected_queued: u64,
+    /// Reads completed for a peer that had disconnected meanwhile: nothing
+    /// was sent.
+    pub disconnected_reads: u64,
 
     /// Refused: [`RequestError::Malformed`].
     pub malformed: u64,
@@ -448,6 +463,15 @@ impl<P: Clone + Ord> Queue<P> {
         Some(job)
     }
 
+    /// Removes every job of `peer`, oldest first.
+    fn remove_peer(&mut self, peer: &P) -> Vec<Job<P>> {
+        let numbers = self.peers.remove(peer).unwrap_or_default();
+        numbers
+            .into_iter()
+            .filter_map(|number| self.jobs.remove(&number))
+            .collect()
+    }
+
     /// Removes the oldest job of the next peer in the rotation.
     fn pop_next(&mut self) -> Option<Job<P>> {
         let after = self.last.as_ref().and_then(|last| {
@@ -495,6 +519,10 @@ struct Read<P> {
     /// `None` if `now + read_timeout` is beyond what `Instant` holds: such a
     /// read never expires.
     deadline: Option<Instant>,
+    /// Its peer disconnected: the read still holds its slot until the host
+    /// answers or it expires, but nothing is sent, and it no longer counts
+    /// against the peer.
+    orphaned: bool,
 }
 
 impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
@@ -540,6 +568,10 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             }
             ResponderEvent::Height(height) => {
                 self.height = height;
+                Ok(())
+            }
+            ResponderEvent::PeerDisconnected { peer } => {
+                self.on_disconnected(&peer);
                 Ok(())
             }
             // `advance` did the work.
@@ -616,7 +648,9 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             }
             let read = entry.remove();
             self.stats.expired_reads += 1;
-            self.buckets.finish(&read.job.from);
+            if !read.orphaned {
+                self.buckets.finish(&read.job.from);
+            }
             self.actions.push_back(ResponderAction::Dropped {
                 to: read.job.from,
                 nonce: read.job.nonce,
@@ -751,6 +785,27 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         Ok(())
     }
 
+    /// Drops `peer`'s queued jobs and orphans its reads. Both stop counting
+    /// against the peer at once: a reconnected peer is a new process, with
+    /// its own window of requests.
+    fn on_disconnected(&mut self, peer: &P) {
+        for job in self.queue.remove_peer(peer) {
+            self.stats.disconnected_queued += 1;
+            self.buckets.finish(&job.from);
+        }
+        // At most `max_concurrent_reads` reads: a scan is cheap.
+        let mut orphaned = 0;
+        for read in self.reads.values_mut() {
+            if !read.orphaned && read.job.from == *peer {
+                read.orphaned = true;
+                orphaned += 1;
+            }
+        }
+        for _ in 0..orphaned {
+            self.buckets.finish(peer);
+        }
+    }
+
     /// Hands queued requests to the host while read slots are free.
     fn start_reads(&mut self, now: Instant) {
         while self.reads.len() < self.config.max_concurrent_reads {
@@ -766,7 +821,14 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
                 max_bytes: self.config.max_response_bytes,
             });
             let deadline = now.checked_add(self.config.read_timeout);
-            self.reads.insert(ticket, Read { job, deadline });
+            self.reads.insert(
+                ticket,
+                Read {
+                    job,
+                    deadline,
+                    orphaned: false,
+                },
+            );
         }
     }
 
@@ -780,6 +842,12 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             self.stats.unknown_ticket += 1;
             return Err(RequestError::UnknownTicket(ticket));
         };
+        if read.orphaned {
+            // No one to send it to; the slot goes on.
+            self.stats.disconnected_reads += 1;
+            self.start_reads(now);
+            return Ok(());
+        }
         self.buckets.finish(&read.job.from);
         let header = wire::state_response(read.job.nonce, self.channel.clone(), Vec::new());
         // Without its content: `response_len` adds the oneof field back.

@@ -1304,3 +1304,81 @@ fn queued_requests_start_round_robin_across_peers() {
     }
     assert_eq!(started, ["flood-1", "flood-2", "honest", "flood-1"]);
 }
+
+// A disconnected peer's queued requests are not read, and its reads in
+// progress are not answered: no one would receive them.
+#[test]
+fn a_disconnected_peer_is_neither_read_for_nor_answered() {
+    let t0 = epoch();
+    let host = Host::new(100, 1);
+    let mut config = Config::default();
+    config.max_concurrent_reads = 2;
+    let mut r = responder(config, 100);
+    ask(&mut r, t0, "gone", 1, 0, 10).unwrap(); // reading
+    ask(&mut r, t0, "other", 2, 0, 10).unwrap(); // reading
+    for nonce in 3..6 {
+        ask(&mut r, t0, "gone", nonce, 11, 21).unwrap(); // queued
+    }
+    ask(&mut r, t0, "other", 6, 11, 21).unwrap(); // queued
+    let reads: Vec<(Ticket, &str, SeqRange)> = drain(&mut r)
+        .into_iter()
+        .filter_map(|action| match action {
+            ResponderAction::ReadBlocks {
+                ticket, to, range, ..
+            } => Some((ticket, to, range)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reads.len(), 2);
+    r.handle(t0, ResponderEvent::PeerDisconnected { peer: "gone" })
+        .unwrap();
+    assert_eq!(r.stats().queued, 1, "only other's request waits");
+    // gone's read completes: nothing is sent, and the slot goes to other.
+    let (ticket, _, range) = reads[0];
+    let payloads = host.read("gone", range, usize::MAX);
+    r.handle(t0, ResponderEvent::BlocksRead { ticket, payloads })
+        .unwrap();
+    let actions = drain(&mut r);
+    assert!(
+        actions
+            .iter()
+            .all(|action| !matches!(action, ResponderAction::SendResponse { to: "gone", .. })),
+        "{actions:?}"
+    );
+    let (next, to, next_range, _) = the_read(&actions);
+    assert_eq!(to, "other");
+    let payloads = host.read(to, next_range, usize::MAX);
+    r.handle(
+        t0,
+        ResponderEvent::BlocksRead {
+            ticket: next,
+            payloads,
+        },
+    )
+    .unwrap();
+    let mut sent = host.serve(&mut r, t0);
+    let (ticket, to, range) = reads[1];
+    let payloads = host.read(to, range, usize::MAX);
+    r.handle(t0, ResponderEvent::BlocksRead { ticket, payloads })
+        .unwrap();
+    sent.extend(host.serve(&mut r, t0));
+    assert_eq!(sent.len(), 2);
+    assert!(sent.iter().all(|(to, _)| *to == "other"));
+    let stats = r.stats();
+    assert_eq!((stats.reading, stats.queued), (0, 0));
+    assert_eq!(
+        (stats.disconnected_queued, stats.disconnected_reads),
+        (3, 1)
+    );
+    assert_eq!(
+        stats.requests,
+        stats.refused()
+            + stats.responses
+            + stats.expired_reads
+            + stats.disconnected_queued
+            + stats.disconnected_reads
+    );
+    // gone comes back: nothing of the old connection counts against it.
+    ask(&mut r, t0, "gone", 9, 0, 10).unwrap();
+    assert_eq!(seqs(&host.serve(&mut r, t0)[0].1).len(), 11);
+}

@@ -1654,6 +1654,8 @@ impl ResponderModel {
             stats.refused()
                 + stats.responses
                 + stats.expired_reads
+                + stats.disconnected_queued
+                + stats.disconnected_reads
                 + stats.queued as u64
                 + stats.reading as u64,
             "every request is refused, answered, abandoned, queued or reading: {stats:?}"
