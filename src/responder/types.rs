@@ -206,7 +206,8 @@ pub enum RequestError {
 pub struct ResponderStats {
     /// Requests received, bytes that failed to decode included.
     pub requests: u64,
-    /// Responses sent, empty ones included.
+    /// Responses to admitted requests sent, empty ones included (busy
+    /// replies are counted apart, in `busy_replies`).
     pub responses: u64,
     /// Responses sent without a payload (start at or beyond our height, or
     /// nothing readable).
