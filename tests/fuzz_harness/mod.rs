@@ -1141,6 +1141,10 @@ struct ResponderModel {
     busy_suppressed: u64,
     /// The peer whose read started last.
     last_started: Option<u8>,
+    /// Reads whose peer disconnected: answered to no one.
+    orphaned: BTreeSet<Ticket>,
+    disconnected_queued: u64,
+    disconnected_reads: u64,
 }
 
 /// Interprets `data` as a program of requests, reads, height changes and
@@ -1177,6 +1181,9 @@ pub fn responder_requests(data: &[u8]) {
         busy_replies: 0,
         busy_suppressed: 0,
         last_started: None,
+        orphaned: BTreeSet::new(),
+        disconnected_queued: 0,
+        disconnected_reads: 0,
     };
     while !cursor.is_empty() {
         model.step(&mut cursor);
@@ -1229,6 +1236,7 @@ impl ResponderModel {
             .map(|(ticket, _)| *ticket)
             .collect();
         for ticket in due {
+            self.orphaned.remove(&ticket);
             if let Some((job, _)) = self.reads.remove(&ticket) {
                 self.expected_drops
                     .push_back((job.from, job.nonce, RequestError::ReadTimedOut));
@@ -1255,7 +1263,12 @@ impl ResponderModel {
             3 => self.raw_request(cursor),
             4..=6 => self.serve(cursor),
             7 => {
-                let height = match cursor.u8() % 4 {
+                let kind = cursor.u8();
+                if kind % 8 == 7 {
+                    self.disconnect(cursor.below(4) as u8);
+                    return;
+                }
+                let height = match kind % 4 {
                     0 => 0,
                     1 => u64::MAX - u64::from(cursor.u8() % 4),
                     _ => self.height.saturating_add(u64::from(cursor.u8() % 16)),
@@ -1392,11 +1405,12 @@ impl ResponderModel {
             return;
         }
         let range = SeqRange::new(start, end.min(self.height - 1)).expect("start < height");
+        // An orphaned read no longer counts against its (reconnected) peer.
         let active = self.queue.iter().filter(|job| job.from == from).count()
             + self
                 .reads
-                .values()
-                .filter(|(job, _)| job.from == from)
+                .iter()
+                .filter(|(ticket, (job, _))| job.from == from && !self.orphaned.contains(ticket))
                 .count();
         let too_many = active >= self.config.max_requests_per_peer;
         let queue_full = self.reads.len() >= self.config.max_concurrent_reads
@@ -1446,6 +1460,25 @@ impl ResponderModel {
         } else {
             self.busy_suppressed += 1;
         }
+    }
+
+    /// `peer`'s connection closes: its queued jobs go, and its reads will
+    /// be answered to no one.
+    fn disconnect(&mut self, peer: u8) {
+        let now = self.advance(self.now);
+        let before = self.queue.len();
+        self.queue.retain(|job| job.from != peer);
+        self.disconnected_queued += (before - self.queue.len()) as u64;
+        for (ticket, (job, _)) in &self.reads {
+            if job.from == peer {
+                self.orphaned.insert(*ticket);
+            }
+        }
+        let result = self
+            .machine
+            .handle(now, ResponderEvent::PeerDisconnected { peer });
+        assert_eq!(result, Ok(()), "PeerDisconnected is never refused");
+        self.drain();
     }
 
     /// The host answers one read, honestly or not, or answers a ticket that
@@ -1508,6 +1541,10 @@ impl ResponderModel {
         };
         let result = self.machine.handle(now, event);
         match outstanding {
+            Some(_) if self.orphaned.remove(&ticket) => {
+                assert_eq!(result, Ok(()), "BlocksRead for orphaned {ticket}");
+                self.disconnected_reads += 1;
+            }
             Some((job, _)) => {
                 assert_eq!(result, Ok(()), "BlocksRead for outstanding {ticket}");
                 let selected = expected_selection(
@@ -1644,6 +1681,11 @@ impl ResponderModel {
         );
         assert_eq!(stats.expired_reads, self.expired, "reads abandoned");
         assert_eq!(stats.stale, self.stale, "stale requests dropped");
+        assert_eq!(
+            (stats.disconnected_queued, stats.disconnected_reads),
+            (self.disconnected_queued, self.disconnected_reads),
+            "requests dropped for a disconnection"
+        );
         assert_eq!(
             (stats.busy_replies, stats.busy_suppressed),
             (self.busy_replies, self.busy_suppressed),
