@@ -8,6 +8,10 @@ use crate::range::SeqRange;
 use crate::wire::gossip::{GossipMessage, Payload};
 use crate::wire::WireError;
 
+// Only for the docs' links.
+#[cfg(doc)]
+use super::StateResponder;
+
 /// Names one [`ResponderAction::ReadBlocks`]; the host hands it back in
 /// [`ResponderEvent::BlocksRead`]. A responder never issues a ticket twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -135,7 +139,7 @@ pub enum ResponderAction<P> {
 /// Why an input was refused. A refused request gets no response, which is
 /// what a Fabric requester expects (it times out and asks elsewhere),
 /// except a load refusal within the peer's busy-reply budget, which gets
-/// an empty response (see [`StateResponder`](super::StateResponder)).
+/// an empty response (see [`StateResponder`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RequestError {
