@@ -165,6 +165,7 @@ fn responder_benches(c: &mut Criterion) {
                     responder.handle(now, event).unwrap();
                 }
                 ResponderAction::SendResponse { message, .. } => response = Some(message),
+                ResponderAction::Dropped { .. } => {}
             }
         }
         response.expect("a response")

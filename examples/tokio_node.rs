@@ -264,7 +264,8 @@ async fn responder_node(
         REQUESTER,
         inbox,
         |from, message| ResponderEvent::Request { from, message },
-        None,
+        // Nothing queued or being read for it is sent once it is gone.
+        Some(ResponderEvent::PeerDisconnected { peer: REQUESTER }),
     ));
     // Ends once the reader saw the requester close and dropped the inbox.
     (&mut driver).await;

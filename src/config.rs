@@ -2,9 +2,25 @@
 
 use std::time::Duration;
 
-/// Room a response needs beyond its payloads' bytes (nonce, channel, tags,
-/// lengths): far more than 11 payloads' framing takes.
-const RESPONSE_OVERHEAD: usize = 64 * 1024;
+use prost::encoding::{encoded_len_varint, key_len};
+
+/// What a NoopSign `Envelope` adds around a `GossipMessage` of `len` bytes:
+/// the payload field's key and length. The signature is empty and the
+/// secret envelope absent, so proto3 encodes neither.
+fn envelope_framing(len: usize) -> usize {
+    key_len(1) + encoded_len_varint(len as u64)
+}
+
+/// The largest `max_response_bytes` whose envelope fits `max_message_size`.
+fn largest_response(max_message_size: usize) -> usize {
+    // The framing of a shorter message is never longer, so this fits; it
+    // may be short by the few bytes a shorter length varint saves.
+    let mut len = max_message_size.saturating_sub(envelope_framing(max_message_size));
+    while len < max_message_size && len + 1 + envelope_framing(len + 1) <= max_message_size {
+        len += 1;
+    }
+    len
+}
 
 /// How the requester picks the peer for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,15 +109,20 @@ pub struct Config {
     pub max_message_size: usize,
 
     // --- responder ------------------------------------------------------------
-    /// Bytes of block data and private data in one response: the responder
-    /// serves the longest prefix of the range that fits (always at least one
-    /// block) and the requester asks again for the rest. At most
-    /// `max_message_size` − 64 KiB. Fabric has no such cap; its preset uses
-    /// the gRPC message limit, 100 MiB, less that room.
+    /// Bytes of one encoded response message (the `GossipMessage` with its
+    /// nonce, channel, tag and every payload's framing, computed exactly):
+    /// the responder serves the longest prefix of the range that fits
+    /// (always at least one block) and the requester asks again for the
+    /// rest. The message wrapped in its NoopSign `Envelope` must fit
+    /// `max_message_size`, so this is at most `max_message_size` less the
+    /// envelope's key and length varint (5 bytes at 100 MiB). Fabric has no
+    /// such cap; its preset uses the largest that the gRPC message limit,
+    /// 100 MiB, lets through.
     pub max_response_bytes: usize,
-    /// Requests of one peer being served at once.
+    /// Requests of one peer being served at once (queued or being read).
     pub max_requests_per_peer: usize,
-    /// Token bucket per peer: blocks per second it refills at.
+    /// Token bucket per peer: blocks per second it refills at. `u32::MAX`
+    /// with a `u32::MAX` burst never binds.
     pub peer_blocks_per_second: u32,
     /// Token bucket per peer: its capacity in blocks. At least
     /// `batch_size + 1`, or a full request could never be admitted.
@@ -112,8 +133,19 @@ pub struct Config {
     /// Reads handed to the host at once (Fabric serves one request at a time).
     pub max_concurrent_reads: usize,
     /// A read the host has not answered after this long is abandoned and its
-    /// slot freed.
+    /// slot freed; a request still queued this long after its admission is
+    /// dropped unread.
     pub read_timeout: Duration,
+    /// Busy replies per peer: the empty response with the request's nonce
+    /// that answers a load refusal (too many requests, rate, full queue) so
+    /// that the requester asks elsewhere at once instead of timing out. A
+    /// token bucket per peer refilled at this many replies per second; past
+    /// it a refusal is silent. Must not be zero unless `busy_reply_burst`
+    /// is.
+    pub busy_replies_per_second: u32,
+    /// The busy-reply bucket's capacity. Zero: load refusals are silent, as
+    /// Fabric's (the Fabric preset).
+    pub busy_reply_burst: u32,
 }
 
 impl Config {
@@ -143,15 +175,19 @@ impl Config {
             window_blocks: 50,
             window_bytes: u64::MAX,
             max_message_size: 100 * 1024 * 1024,
-            // Fabric has no cap but gRPC's 100 MiB message limit; leave room
-            // for the message's own fields so a full response still decodes.
-            max_response_bytes: 100 * 1024 * 1024 - RESPONSE_OVERHEAD,
+            // Fabric has no cap but gRPC's 100 MiB message limit, which
+            // applies to the envelope: the largest response that still
+            // decodes.
+            max_response_bytes: largest_response(100 * 1024 * 1024),
             max_requests_per_peer: usize::MAX,
             peer_blocks_per_second: u32::MAX,
             peer_burst_blocks: u32::MAX,
             max_queued_requests: 100,
             max_concurrent_reads: 1,
             read_timeout: Duration::from_secs(60),
+            // Fabric drops a request silently when its queue is full.
+            busy_replies_per_second: 0,
+            busy_reply_burst: 0,
         }
     }
 
@@ -209,10 +245,13 @@ impl Config {
                 reason: "must admit one full request (batch_size + 1 blocks)",
             });
         }
-        if self.max_response_bytes.saturating_add(RESPONSE_OVERHEAD) > self.max_message_size {
+        let envelope = self
+            .max_response_bytes
+            .saturating_add(envelope_framing(self.max_response_bytes));
+        if envelope > self.max_message_size {
             return Err(Inconsistent {
                 field: "max_response_bytes",
-                reason: "must leave 64 KiB of max_message_size for the message's own fields",
+                reason: "must fit max_message_size once wrapped in its envelope",
             });
         }
         if self.min_response_timeout > self.max_response_timeout {
@@ -225,6 +264,11 @@ impl Config {
             return Err(Inconsistent {
                 field: "max_in_flight_per_peer",
                 reason: "must not exceed max_in_flight",
+            });
+        }
+        if self.busy_reply_burst > 0 && self.busy_replies_per_second == 0 {
+            return Err(Zero {
+                field: "busy_replies_per_second",
             });
         }
         if self.hedge_after.is_some_and(|d| d.is_zero()) {
@@ -261,12 +305,24 @@ impl Default for Config {
     ///   slow, silent or lying peer cannot stall the window.
     /// - `block_buffer` 64: more room than Fabric's 20 for gossip blocks that
     ///   overtake the catch-up.
-    /// - Responder: 16 MiB per response, 64 requests per peer at once,
-    ///   100 000 blocks/s per peer (burst 10 000), 1 024 queued requests,
-    ///   16 concurrent reads: limits an abusive peer without slowing an
-    ///   honest requester, ours (at most 32 in flight) or Fabric's (1).
-    ///   Reads are abandoned after 10 s, our requester's longest deadline:
-    ///   an answer later than that is wasted, and the slot is worth more.
+    /// - Responder: 16 MiB per encoded response, 1 024 queued requests,
+    ///   16 concurrent reads started round-robin across peers, and 64
+    ///   requests per peer at once: twice our requester's per-peer cap (32),
+    ///   so an honest requester is never refused even with some timed-out
+    ///   requests still held here. That cap is the real protection: a peer
+    ///   never has more than 64 requests (704 blocks) of work with us, and
+    ///   round-robin gives it only its share of the reads. The per-peer block
+    ///   rate is off (`u32::MAX`): a rate in blocks ignores block size and
+    ///   link speed, so any fixed value either starves a fast honest link
+    ///   (100 000 blocks/s refused our requester on loopback: 1.6 s and 28
+    ///   timeouts instead of 0.32 s for 100 000 1 KiB blocks) or does not
+    ///   bind a flooder; set it to cap a peer's share of disk bandwidth.
+    ///   Reads are abandoned, and queued requests dropped, after 10 s, our
+    ///   requester's longest deadline: an answer later than that is wasted,
+    ///   and the slot is worth more. A load refusal gets a busy reply (100/s
+    ///   per peer, burst 32: one full window) so it costs the requester a
+    ///   round trip, not a timeout, while a flooder cannot make us send
+    ///   more than 100 small messages a second.
     fn default() -> Self {
         Self {
             check_interval: Duration::from_secs(1),
@@ -288,11 +344,13 @@ impl Default for Config {
             max_message_size: 100 * 1024 * 1024,
             max_response_bytes: 16 * 1024 * 1024,
             max_requests_per_peer: 64,
-            peer_blocks_per_second: 100_000,
-            peer_burst_blocks: 10_000,
+            peer_blocks_per_second: u32::MAX,
+            peer_burst_blocks: u32::MAX,
             max_queued_requests: 1024,
             max_concurrent_reads: 16,
             read_timeout: Duration::from_secs(10),
+            busy_replies_per_second: 100,
+            busy_reply_burst: 32,
         }
     }
 }
@@ -353,6 +411,32 @@ mod tests {
         assert!(c.batch_size <= Config::fabric().batch_size);
         assert!(c.max_in_flight > 1);
         assert!(c.max_in_flight_per_peer <= c.max_requests_per_peer);
+        assert!(c.busy_reply_burst as usize >= c.max_in_flight_per_peer);
+        let c = Config {
+            busy_replies_per_second: 0,
+            ..Config::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::Zero {
+                field: "busy_replies_per_second"
+            })
+        );
+    }
+
+    #[test]
+    fn the_largest_response_fits_its_envelope_exactly() {
+        for max in [1usize << 7, 1 << 14, 100 * 1024 * 1024, 1 << 28] {
+            let mut c = Config {
+                max_message_size: max,
+                max_response_bytes: largest_response(max),
+                ..Config::default()
+            };
+            c.validate().unwrap();
+            c.max_response_bytes += 1;
+            assert!(c.validate().is_err(), "{max}");
+        }
+        assert_eq!(Config::fabric().max_response_bytes, 100 * 1024 * 1024 - 5);
     }
 
     #[test]

@@ -194,6 +194,7 @@ impl Host {
                         .unwrap();
                 }
                 ResponderAction::SendResponse { to, message } => sent.push((to, message)),
+                ResponderAction::Dropped { .. } => {}
             }
         }
         sent
@@ -449,6 +450,7 @@ fn rate_limit_refuses_then_admits_as_time_passes() {
     let mut config = Config::default();
     config.peer_burst_blocks = 11;
     config.peer_blocks_per_second = 11;
+    config.busy_reply_burst = 0; // silent refusals, as Fabric's
     let mut r = responder(config, 50);
     ask(&mut r, t0, "greedy", 1, 0, 10).unwrap();
     host.serve(&mut r, t0);
@@ -490,6 +492,7 @@ fn per_peer_concurrency_is_bounded() {
     let mut config = Config::default();
     config.max_requests_per_peer = 2;
     config.max_concurrent_reads = 1;
+    config.busy_reply_burst = 0; // silent refusals, as Fabric's
     let mut r = responder(config, 100);
     ask(&mut r, t0, "a", 1, 0, 10).unwrap(); // reading
     ask(&mut r, t0, "a", 2, 11, 21).unwrap(); // queued
@@ -516,7 +519,7 @@ fn per_peer_concurrency_is_bounded() {
         .iter()
         .map(|(_, m)| m.nonce)
         .collect();
-    assert_eq!(answered, [1, 2, 4, 5], "served first come, first served");
+    assert_eq!(answered, [1, 4, 2, 5], "round-robin: b's turn after a's");
 }
 
 #[test]
@@ -526,6 +529,7 @@ fn the_queue_is_bounded_and_fifo() {
     let mut config = Config::default();
     config.max_concurrent_reads = 2;
     config.max_queued_requests = 2;
+    config.busy_reply_burst = 0; // silent refusals, as Fabric's
     let mut r = responder(config, 100);
     for (nonce, peer) in [(1, "p1"), (2, "p2"), (3, "p3"), (4, "p4")] {
         ask(&mut r, t0, peer, nonce, 0, 10).unwrap();
@@ -587,7 +591,16 @@ fn read_timeout_frees_the_slot() {
     .unwrap();
     assert!(drain(&mut r).is_empty(), "early timeouts are harmless");
     r.handle(t0 + secs(5), ResponderEvent::Timeout).unwrap();
-    let actions = drain(&mut r);
+    let mut actions = drain(&mut r);
+    assert_eq!(
+        actions.remove(0),
+        ResponderAction::Dropped {
+            to: "slow",
+            nonce: 1,
+            reason: RequestError::ReadTimedOut
+        },
+        "the abandoned read is named"
+    );
     let (_, to, _, _) = the_read(&actions);
     assert_eq!(
         to, "next",
@@ -727,7 +740,10 @@ fn time_going_backwards_is_clamped() {
 fn idle_peers_are_forgotten() {
     let t0 = epoch();
     let host = Host::new(100, 1);
-    let mut r = responder(Config::default(), 100);
+    let mut config = Config::default();
+    config.peer_blocks_per_second = 100_000;
+    config.peer_burst_blocks = 10_000;
+    let mut r = responder(config, 100);
     for (i, peer) in ["a", "b", "c"].into_iter().enumerate() {
         ask(&mut r, t0, peer, i as u64, 0, 10).unwrap();
     }
@@ -960,6 +976,7 @@ proptest! {
                     r.handle(t0, ResponderEvent::BlocksRead { ticket, payloads }).unwrap();
                 }
                 ResponderAction::SendResponse { message, .. } => responses.push(message),
+                ResponderAction::Dropped { .. } => prop_assert!(false, "nothing is dropped"),
             }
         }
 
@@ -982,6 +999,44 @@ proptest! {
         prop_assert_eq!(stats.requests, stats.refused() + stats.responses + stats.reading as u64 + stats.queued as u64 + stats.expired_reads);
     }
 
+    // The chosen prefix is the longest whose encoded response fits the cap
+    // (the first block always goes).
+    #[test]
+    fn prefix_is_the_longest_that_encodes_within_the_cap(
+        cap in 1usize..=3000,
+        nonce in any::<u64>(),
+        start in prop_oneof![3 => 0u64..1000, 1 => (u64::MAX / 2)..u64::MAX - 20],
+        blocks in proptest::collection::vec(
+            (0usize..400, proptest::collection::vec(0usize..200, 0..5)),
+            1..=11,
+        ),
+    ) {
+        let t0 = epoch();
+        let mut config = Config::default();
+        config.max_response_bytes = cap;
+        let mut r = responder(config, u64::MAX);
+        let payloads: Vec<Payload> = blocks
+            .iter()
+            .zip(start..)
+            .map(|((data, private), seq)| Payload {
+                seq_num: seq,
+                data: Bytes::from(vec![1u8; *data]),
+                private_data: private.iter().map(|len| Bytes::from(vec![2u8; *len])).collect(),
+            })
+            .collect();
+        ask(&mut r, t0, "peer", nonce, start, start + 10).unwrap();
+        let message = serve_payloads(&mut r, t0, payloads.clone());
+        let sent = wire::as_state_response(&message).unwrap().payloads.len();
+        prop_assert!(sent >= 1);
+        prop_assert_eq!(&wire::as_state_response(&message).unwrap().payloads[..], &payloads[..sent]);
+        let encoded = message.encode_to_vec().len();
+        prop_assert!(encoded <= cap || sent == 1, "{} > {}", encoded, cap);
+        if sent < payloads.len() {
+            let longer = wire::state_response(nonce, CHANNEL.into(), payloads[..=sent].to_vec());
+            prop_assert!(longer.encode_to_vec().len() > cap);
+        }
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64), height in any::<u64>()) {
         let t0 = epoch();
@@ -993,4 +1048,337 @@ proptest! {
         prop_assert_eq!(stats.requests, 1);
         prop_assert_eq!(stats.refused() + stats.responses + stats.reading as u64, 1);
     }
+}
+
+/// A full-batch answer to `request(nonce, 0, 10)` from the host, fed back;
+/// the response sent.
+fn serve_payloads(r: &mut Responder, t0: Instant, payloads: Vec<Payload>) -> GossipMessage {
+    let (ticket, _, _, _) = the_read(&drain(r));
+    r.handle(t0, ResponderEvent::BlocksRead { ticket, payloads })
+        .unwrap();
+    let actions = drain(r);
+    the_response(&actions).1.clone()
+}
+
+// Issue item 6: with Fabric's preset, 11 blocks of ~8.5 MiB with 2,500
+// private-data entries each fit the payload-size sum but encoded to
+// 104,874,722 bytes, past the requester's 100 MiB limit: that range could
+// never be fetched. The cap now bounds the encoded message.
+#[test]
+fn fabric_cap_bounds_the_encoded_message() {
+    let t0 = epoch();
+    let config = Config::fabric();
+    let entries = 2500;
+    let entry = 240;
+    // Each payload's sizes total a twelfth of the cap less rounding, so the
+    // sum of 11 fits the old payload-size cap.
+    let data_len = config.max_response_bytes / 11 - entries * entry;
+    let data = Bytes::from(vec![b'd'; data_len]);
+    let private = Bytes::from(vec![b'p'; entry]);
+    let payloads: Vec<Payload> = (0..=10)
+        .map(|seq| Payload {
+            seq_num: seq,
+            data: data.clone(),
+            private_data: vec![private.clone(); entries],
+        })
+        .collect();
+    let total: usize = payloads.iter().map(payload_size).sum();
+    assert!(total <= config.max_response_bytes);
+    let mut r = responder(config.clone(), 100);
+    ask(&mut r, t0, "peer", 1, 0, 10).unwrap();
+    let message = serve_payloads(&mut r, t0, payloads);
+    let bytes = message.encode_to_vec();
+    assert!(
+        bytes.len() <= config.max_message_size,
+        "{} encoded bytes exceed {}",
+        bytes.len(),
+        config.max_message_size
+    );
+    assert!(bytes.len() <= config.max_response_bytes);
+    let envelope = wire::wrap_envelope(&message).encode_to_vec();
+    assert!(envelope.len() <= config.max_message_size);
+    let decoded = wire::decode_gossip_message(Bytes::from(bytes), config.max_message_size).unwrap();
+    assert_eq!(
+        seqs(&decoded),
+        (0..10).collect::<Vec<_>>(),
+        "the last block waits"
+    );
+    assert_eq!(r.stats().truncated_by_bytes, 1);
+}
+
+// Issue item 5: a request waiting for a read slot longer than
+// `read_timeout` was handed to the host anyway, long after the requester
+// gave up. It is dropped instead, with the peer named.
+#[test]
+fn stale_queued_requests_are_dropped_not_read() {
+    let t0 = epoch();
+    let secs = Duration::from_secs;
+    let ms = Duration::from_millis;
+    let mut config = Config::default();
+    config.max_concurrent_reads = 1;
+    config.read_timeout = secs(10);
+    let mut r = responder(config, 100);
+    ask(&mut r, t0, "a", 1, 0, 10).unwrap();
+    ask(&mut r, t0 + ms(500), "b", 2, 0, 10).unwrap();
+    ask(&mut r, t0 + ms(500), "c", 3, 0, 10).unwrap();
+    let (_, to, _, _) = the_read(&drain(&mut r));
+    assert_eq!(to, "a");
+    // a's read is abandoned at 10 s; b starts, having waited 9.5 s.
+    r.handle(t0 + secs(10), ResponderEvent::Timeout).unwrap();
+    let actions = drain(&mut r);
+    assert!(
+        actions
+            .iter()
+            .any(|action| matches!(action, ResponderAction::ReadBlocks { to: "b", .. })),
+        "{actions:?}"
+    );
+    // c's wait ends at 10.5 s: that is the next deadline, not b's at 20 s.
+    assert_eq!(r.poll_timeout(), Some(t0 + ms(10_500)));
+    r.handle(t0 + ms(10_500), ResponderEvent::Timeout).unwrap();
+    let mut actions = drain(&mut r);
+    assert_eq!(
+        actions,
+        [ResponderAction::Dropped {
+            to: "c",
+            nonce: 3,
+            reason: RequestError::Stale { waited: secs(10) }
+        }]
+    );
+    assert_eq!(r.stats().stale, 1);
+    r.handle(t0 + secs(20), ResponderEvent::Timeout).unwrap();
+    actions.extend(drain(&mut r));
+    assert!(
+        !actions
+            .iter()
+            .any(|action| matches!(action, ResponderAction::ReadBlocks { to: "c", .. })),
+        "c was handed to the host after waiting 10 s: {actions:?}"
+    );
+    let stats = r.stats();
+    assert_eq!((stats.queued, stats.reading), (0, 0));
+    assert_eq!((stats.stale, stats.expired_reads), (1, 2));
+    assert_eq!(stats.refused(), 1, "a stale request is a refusal");
+    assert_eq!(
+        stats.requests,
+        stats.refused()
+            + stats.responses
+            + stats.expired_reads
+            + stats.queued as u64
+            + stats.reading as u64
+    );
+    // The stale request no longer counts against its peer.
+    assert_eq!(stats.tracked_peers, 0);
+}
+
+// Issue item 7: the default responder's per-peer block rate (100,000/s)
+// refused a default requester on a fast link silently, costing it a
+// timeout per refusal. A default requester keeps at most 32 requests of 11
+// blocks in flight per peer; fed that at 1 M blocks/s, a default responder
+// refuses none.
+#[test]
+fn default_responder_never_refuses_a_default_requester() {
+    let t0 = epoch();
+    let requester = Config::default();
+    let in_flight = requester.max_in_flight_per_peer as u64;
+    let blocks = requester.batch_size + 1;
+    let height = 600_000;
+    let mut host = Host::new(0, 0);
+    let block = Bytes::from(vec![b'x'; 1024]);
+    for seq in 0..height {
+        host.blocks.insert(seq, block.clone());
+        host.private.insert(seq, vec![]);
+    }
+    let mut r = responder(Config::default(), height);
+    // 32 × 11 blocks every 352 µs: 1 M blocks/s, for half a second.
+    let period = Duration::from_micros(in_flight * blocks);
+    let mut next = 0;
+    let mut served = 0;
+    for step in 0..1500 {
+        let now = t0 + period * step;
+        for _ in 0..in_flight {
+            assert_eq!(
+                ask(&mut r, now, "fast", next, next, next + blocks - 1),
+                Ok(())
+            );
+            next += blocks;
+        }
+        let sent = host.serve(&mut r, now);
+        assert_eq!(sent.len() as u64, in_flight);
+        served += sent.iter().map(|(_, m)| seqs(m).len() as u64).sum::<u64>();
+    }
+    let stats = r.stats();
+    assert_eq!(stats.refused(), 0);
+    assert_eq!(served, 1500 * in_flight * blocks);
+}
+
+// Issue item 7: a load refusal costs the requester a timeout unless it is
+// told at once. It gets an empty response with its nonce ("busy"), which
+// our requester and Fabric's both treat as "ask another peer now".
+#[test]
+fn load_refusals_get_a_busy_reply() {
+    let t0 = epoch();
+    let mut config = Config::default();
+    config.max_concurrent_reads = 1;
+    config.max_queued_requests = 1;
+    config.max_requests_per_peer = 1;
+    let mut r = responder(config, 100);
+    ask(&mut r, t0, "a", 1, 0, 10).unwrap(); // reading
+    ask(&mut r, t0, "b", 2, 0, 10).unwrap(); // queued
+    let _ = drain(&mut r);
+    assert_eq!(ask(&mut r, t0, "c", 3, 0, 10), Err(RequestError::QueueFull));
+    let actions = drain(&mut r);
+    let (to, message) = the_response(&actions);
+    assert_eq!(to, "c");
+    assert_eq!(*message, wire::state_response(3, CHANNEL.into(), vec![]));
+    assert_eq!(
+        ask(&mut r, t0, "a", 4, 11, 21),
+        Err(RequestError::TooManyRequests)
+    );
+    let actions = drain(&mut r);
+    let (to, message) = the_response(&actions);
+    assert_eq!((to, message.nonce), ("a", 4));
+    assert!(seqs(message).is_empty());
+
+    // Bounded per peer: a flooder gets a burst of busy replies, then one
+    // per refill, and silence in between.
+    let burst = Config::default().busy_reply_burst as u64;
+    for nonce in 0..burst {
+        assert_eq!(
+            ask(&mut r, t0, "flood", 100 + nonce, 0, 10),
+            Err(RequestError::QueueFull)
+        );
+    }
+    let replies = drain(&mut r);
+    assert_eq!(replies.len() as u64, burst);
+    assert_eq!(
+        ask(&mut r, t0, "flood", 999, 0, 10),
+        Err(RequestError::QueueFull)
+    );
+    assert!(drain(&mut r).is_empty(), "past its budget: silent");
+    // 100 replies a second: one more after 10 ms.
+    let later = t0 + Duration::from_millis(10);
+    ask(&mut r, later, "flood", 1000, 0, 10).unwrap_err();
+    assert_eq!(the_response(&drain(&mut r)).1.nonce, 1000);
+    // Another peer has its own budget.
+    ask(&mut r, later, "other", 7, 0, 10).unwrap_err();
+    assert_eq!(the_response(&drain(&mut r)).1.nonce, 7);
+    // Validation refusals stay silent, as Fabric's.
+    ask(&mut r, later, "other", 8, 10, 5).unwrap_err();
+    ask(&mut r, later, "other", 9, 0, 50).unwrap_err();
+    assert!(drain(&mut r).is_empty());
+    let stats = r.stats();
+    assert_eq!(stats.busy_replies, 4 + burst);
+    assert_eq!(stats.busy_suppressed, 1);
+    assert_eq!(stats.responses, 0, "busy replies are not responses");
+    assert_eq!(
+        stats.requests,
+        stats.refused() + stats.responses + stats.queued as u64 + stats.reading as u64
+    );
+}
+
+// Fairness: reads start round-robin across peers, so a flooder with a full
+// per-peer queue cannot hold the read slots against a peer with one
+// request: the honest request starts within one rotation.
+#[test]
+fn queued_requests_start_round_robin_across_peers() {
+    let t0 = epoch();
+    let host = Host::new(1000, 1);
+    let mut config = Config::default();
+    config.max_concurrent_reads = 1;
+    let per_peer = config.max_requests_per_peer as u64;
+    let mut r = responder(config, 1000);
+    for nonce in 0..per_peer {
+        ask(&mut r, t0, "flood-1", nonce, 0, 10).unwrap();
+        ask(&mut r, t0, "flood-2", nonce, 0, 10).unwrap();
+    }
+    ask(&mut r, t0, "honest", 7, 0, 10).unwrap();
+    let mut started = Vec::new();
+    let mut actions = drain(&mut r);
+    while started.len() < 4 {
+        let (ticket, to, range, _) = the_read(&actions);
+        started.push(to);
+        let payloads = host.read(to, range, usize::MAX);
+        r.handle(t0, ResponderEvent::BlocksRead { ticket, payloads })
+            .unwrap();
+        actions = drain(&mut r);
+        actions.retain(|action| matches!(action, ResponderAction::ReadBlocks { .. }));
+    }
+    assert_eq!(started, ["flood-1", "flood-2", "honest", "flood-1"]);
+}
+
+// A disconnected peer's queued requests are not read, and its reads in
+// progress are not answered: no one would receive them.
+#[test]
+fn a_disconnected_peer_is_neither_read_for_nor_answered() {
+    let t0 = epoch();
+    let host = Host::new(100, 1);
+    let mut config = Config::default();
+    config.max_concurrent_reads = 2;
+    let mut r = responder(config, 100);
+    ask(&mut r, t0, "gone", 1, 0, 10).unwrap(); // reading
+    ask(&mut r, t0, "other", 2, 0, 10).unwrap(); // reading
+    for nonce in 3..6 {
+        ask(&mut r, t0, "gone", nonce, 11, 21).unwrap(); // queued
+    }
+    ask(&mut r, t0, "other", 6, 11, 21).unwrap(); // queued
+    let reads: Vec<(Ticket, &str, SeqRange)> = drain(&mut r)
+        .into_iter()
+        .filter_map(|action| match action {
+            ResponderAction::ReadBlocks {
+                ticket, to, range, ..
+            } => Some((ticket, to, range)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reads.len(), 2);
+    r.handle(t0, ResponderEvent::PeerDisconnected { peer: "gone" })
+        .unwrap();
+    assert_eq!(r.stats().queued, 1, "only other's request waits");
+    // gone's read completes: nothing is sent, and the slot goes to other.
+    let (ticket, _, range) = reads[0];
+    let payloads = host.read("gone", range, usize::MAX);
+    r.handle(t0, ResponderEvent::BlocksRead { ticket, payloads })
+        .unwrap();
+    let actions = drain(&mut r);
+    assert!(
+        actions
+            .iter()
+            .all(|action| !matches!(action, ResponderAction::SendResponse { to: "gone", .. })),
+        "{actions:?}"
+    );
+    let (next, to, next_range, _) = the_read(&actions);
+    assert_eq!(to, "other");
+    let payloads = host.read(to, next_range, usize::MAX);
+    r.handle(
+        t0,
+        ResponderEvent::BlocksRead {
+            ticket: next,
+            payloads,
+        },
+    )
+    .unwrap();
+    let mut sent = host.serve(&mut r, t0);
+    let (ticket, to, range) = reads[1];
+    let payloads = host.read(to, range, usize::MAX);
+    r.handle(t0, ResponderEvent::BlocksRead { ticket, payloads })
+        .unwrap();
+    sent.extend(host.serve(&mut r, t0));
+    assert_eq!(sent.len(), 2);
+    assert!(sent.iter().all(|(to, _)| *to == "other"));
+    let stats = r.stats();
+    assert_eq!((stats.reading, stats.queued), (0, 0));
+    assert_eq!(
+        (stats.disconnected_queued, stats.disconnected_reads),
+        (3, 1)
+    );
+    assert_eq!(
+        stats.requests,
+        stats.refused()
+            + stats.responses
+            + stats.expired_reads
+            + stats.disconnected_queued
+            + stats.disconnected_reads
+    );
+    // gone comes back: nothing of the old connection counts against it.
+    ask(&mut r, t0, "gone", 9, 0, 10).unwrap();
+    assert_eq!(seqs(&host.serve(&mut r, t0)[0].1).len(), 11);
 }

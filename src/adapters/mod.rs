@@ -392,6 +392,8 @@ where
                     self.dropped_sends += 1;
                 }
             }
+            // Informational: nothing is sent, the machine counted it.
+            ResponderAction::Dropped { .. } => {}
         }
     }
 }

@@ -320,6 +320,8 @@ impl Node {
                 };
                 w.send(self.id, to, bytes);
             }
+            // Informational: nothing is sent.
+            ResponderAction::Dropped { .. } => {}
         }
     }
 

@@ -1112,6 +1112,7 @@ struct Job {
     from: u8,
     nonce: u64,
     range: SeqRange,
+    admitted: Instant,
 }
 
 struct ResponderModel {
@@ -1119,7 +1120,7 @@ struct ResponderModel {
     config: Config,
     now: Instant,
     height: u64,
-    /// Admitted, waiting for a read slot, oldest first.
+    /// Admitted, waiting for a read slot, in admission order.
     queue: VecDeque<Job>,
     /// Reads handed to the host: the job and when it started.
     reads: BTreeMap<Ticket, (Job, Instant)>,
@@ -1128,6 +1129,22 @@ struct ResponderModel {
     /// The responses the machine must send next, in order.
     expected: VecDeque<(u8, u64, Vec<Payload>)>,
     expired: u64,
+    /// The `Dropped` actions the machine must emit next, in order.
+    expected_drops: VecDeque<(u8, u64, RequestError)>,
+    stale: u64,
+    /// Per peer: busy-reply tokens (nano-replies) and when they were
+    /// counted.
+    busy: BTreeMap<u8, (u128, Instant)>,
+    /// The busy reply the machine must send in the current drain.
+    busy_due: Option<(u8, u64)>,
+    busy_replies: u64,
+    busy_suppressed: u64,
+    /// The peer whose read started last.
+    last_started: Option<u8>,
+    /// Reads whose peer disconnected: answered to no one.
+    orphaned: BTreeSet<Ticket>,
+    disconnected_queued: u64,
+    disconnected_reads: u64,
 }
 
 /// Interprets `data` as a program of requests, reads, height changes and
@@ -1157,6 +1174,16 @@ pub fn responder_requests(data: &[u8]) {
         tickets: Vec::new(),
         expected: VecDeque::new(),
         expired: 0,
+        expected_drops: VecDeque::new(),
+        stale: 0,
+        busy: BTreeMap::new(),
+        busy_due: None,
+        busy_replies: 0,
+        busy_suppressed: 0,
+        last_started: None,
+        orphaned: BTreeSet::new(),
+        disconnected_queued: 0,
+        disconnected_reads: 0,
     };
     while !cursor.is_empty() {
         model.step(&mut cursor);
@@ -1167,21 +1194,27 @@ pub fn responder_requests(data: &[u8]) {
 /// `payloads`, per its documentation: the payloads inside the range,
 /// ascending, the host's first copy of each number, then the longest prefix
 /// within `max_bytes`, but always the first one.
-fn expected_selection(range: SeqRange, payloads: &[Payload], max_bytes: usize) -> Vec<Payload> {
+fn expected_selection(
+    range: SeqRange,
+    nonce: u64,
+    payloads: &[Payload],
+    max_bytes: usize,
+) -> Vec<Payload> {
     let mut by_seq: BTreeMap<u64, &Payload> = BTreeMap::new();
     for payload in payloads {
         if range.contains(payload.seq_num) {
             by_seq.entry(payload.seq_num).or_insert(payload);
         }
     }
-    let mut total = 0usize;
+    // The oracle encodes each candidate; the machine sums field lengths.
     let mut selected = Vec::new();
     for payload in by_seq.into_values() {
-        total = total.saturating_add(payload_size(payload));
-        if !selected.is_empty() && total > max_bytes {
+        selected.push(payload.clone());
+        let len = wire::state_response(nonce, CHANNEL.into(), selected.clone()).encoded_len();
+        if selected.len() > 1 && len > max_bytes {
+            selected.pop();
             break;
         }
-        selected.push(payload.clone());
     }
     selected
 }
@@ -1203,8 +1236,23 @@ impl ResponderModel {
             .map(|(ticket, _)| *ticket)
             .collect();
         for ticket in due {
-            self.reads.remove(&ticket);
+            self.orphaned.remove(&ticket);
+            if let Some((job, _)) = self.reads.remove(&ticket) {
+                self.expected_drops
+                    .push_back((job.from, job.nonce, RequestError::ReadTimedOut));
+            }
             self.expired += 1;
+        }
+        // Queued in admission order: the stale ones are in front.
+        while let Some(job) = self.queue.front() {
+            if self.deadline(job.admitted).is_none_or(|d| d > self.now) {
+                break;
+            }
+            let job = self.queue.pop_front().expect("just seen");
+            let waited = self.now.saturating_duration_since(job.admitted);
+            self.expected_drops
+                .push_back((job.from, job.nonce, RequestError::Stale { waited }));
+            self.stale += 1;
         }
         self.now
     }
@@ -1215,7 +1263,12 @@ impl ResponderModel {
             3 => self.raw_request(cursor),
             4..=6 => self.serve(cursor),
             7 => {
-                let height = match cursor.u8() % 4 {
+                let kind = cursor.u8();
+                if kind % 8 == 7 {
+                    self.disconnect(cursor.below(4) as u8);
+                    return;
+                }
+                let height = match kind % 4 {
                     0 => 0,
                     1 => u64::MAX - u64::from(cursor.u8() % 4),
                     _ => self.height.saturating_add(u64::from(cursor.u8() % 16)),
@@ -1343,17 +1396,21 @@ impl ResponderModel {
             // Nothing to read: an empty response at once, or a rate refusal.
             match result {
                 Ok(()) => self.expected.push_back((from, message.nonce, Vec::new())),
-                Err(error) => assert_eq!(error, RequestError::RateLimited, "start {start}"),
+                Err(error) => {
+                    assert_eq!(error, RequestError::RateLimited, "start {start}");
+                    self.expect_busy_reply(from, message.nonce);
+                }
             }
             self.drain();
             return;
         }
         let range = SeqRange::new(start, end.min(self.height - 1)).expect("start < height");
+        // An orphaned read no longer counts against its (reconnected) peer.
         let active = self.queue.iter().filter(|job| job.from == from).count()
             + self
                 .reads
-                .values()
-                .filter(|(job, _)| job.from == from)
+                .iter()
+                .filter(|(ticket, (job, _))| job.from == from && !self.orphaned.contains(ticket))
                 .count();
         let too_many = active >= self.config.max_requests_per_peer;
         let queue_full = self.reads.len() >= self.config.max_concurrent_reads
@@ -1366,6 +1423,7 @@ impl ResponderModel {
                     from,
                     nonce: message.nonce,
                     range,
+                    admitted: self.now,
                 });
             }
             Err(RequestError::TooManyRequests) => {
@@ -1377,6 +1435,49 @@ impl ResponderModel {
             }
             Err(error) => panic!("request [{start}, {end}] refused with {error:?}"),
         }
+        if result.is_err() {
+            self.expect_busy_reply(from, message.nonce);
+        }
+        self.drain();
+    }
+
+    /// A load refusal: a busy reply is due if the peer's budget holds one.
+    /// The model's bucket is the documented one: `busy_reply_burst`
+    /// replies, refilled at `busy_replies_per_second`.
+    fn expect_busy_reply(&mut self, from: u8, nonce: u64) {
+        const NANO: u128 = 1_000_000_000;
+        let capacity = u128::from(self.config.busy_reply_burst) * NANO;
+        let rate = u128::from(self.config.busy_replies_per_second);
+        let now = self.now;
+        let tokens = self.busy.get(&from).map_or(capacity, |(tokens, at)| {
+            let refill = now.saturating_duration_since(*at).as_nanos() * rate;
+            tokens.saturating_add(refill).min(capacity)
+        });
+        if tokens >= NANO {
+            self.busy.insert(from, (tokens - NANO, now));
+            self.busy_due = Some((from, nonce));
+            self.busy_replies += 1;
+        } else {
+            self.busy_suppressed += 1;
+        }
+    }
+
+    /// `peer`'s connection closes: its queued jobs go, and its reads will
+    /// be answered to no one.
+    fn disconnect(&mut self, peer: u8) {
+        let now = self.advance(self.now);
+        let before = self.queue.len();
+        self.queue.retain(|job| job.from != peer);
+        self.disconnected_queued += (before - self.queue.len()) as u64;
+        for (ticket, (job, _)) in &self.reads {
+            if job.from == peer {
+                self.orphaned.insert(*ticket);
+            }
+        }
+        let result = self
+            .machine
+            .handle(now, ResponderEvent::PeerDisconnected { peer });
+        assert_eq!(result, Ok(()), "PeerDisconnected is never refused");
         self.drain();
     }
 
@@ -1440,10 +1541,18 @@ impl ResponderModel {
         };
         let result = self.machine.handle(now, event);
         match outstanding {
+            Some(_) if self.orphaned.remove(&ticket) => {
+                assert_eq!(result, Ok(()), "BlocksRead for orphaned {ticket}");
+                self.disconnected_reads += 1;
+            }
             Some((job, _)) => {
                 assert_eq!(result, Ok(()), "BlocksRead for outstanding {ticket}");
-                let selected =
-                    expected_selection(job.range, &payloads, self.config.max_response_bytes);
+                let selected = expected_selection(
+                    job.range,
+                    job.nonce,
+                    &payloads,
+                    self.config.max_response_bytes,
+                );
                 self.expected.push_back((job.from, job.nonce, selected));
             }
             None => assert_eq!(result, Err(RequestError::UnknownTicket(ticket))),
@@ -1461,13 +1570,12 @@ impl ResponderModel {
                     max_bytes,
                 } => {
                     let job = self
-                        .queue
-                        .pop_front()
+                        .pop_next()
                         .unwrap_or_else(|| panic!("ReadBlocks {ticket} with nothing queued"));
                     assert_eq!(
                         (to, range),
                         (job.from, job.range),
-                        "reads start in FIFO order"
+                        "reads start round-robin across peers, each peer's oldest first"
                     );
                     assert_eq!(max_bytes, self.config.max_response_bytes);
                     assert_eq!(
@@ -1484,6 +1592,15 @@ impl ResponderModel {
                     self.reads.insert(ticket, (job, self.now));
                 }
                 ResponderAction::SendResponse { to, message } => {
+                    if self.expected.is_empty() && self.busy_due == Some((to, message.nonce)) {
+                        self.busy_due = None;
+                        assert_eq!(
+                            message,
+                            wire::state_response(message.nonce, channel(), vec![]),
+                            "a busy reply is an empty response"
+                        );
+                        continue;
+                    }
                     let (from, nonce, payloads) = self
                         .expected
                         .pop_front()
@@ -1503,13 +1620,20 @@ impl ResponderModel {
                         "payloads ascend"
                     );
                     assert!(sent.len() as u64 <= self.config.batch_size + 1);
-                    let bytes: usize = sent.iter().map(payload_size).sum();
+                    let bytes = message.encoded_len();
                     assert!(
                         sent.len() <= 1 || bytes <= self.config.max_response_bytes,
                         "{bytes} bytes in {} payloads",
                         sent.len()
                     );
                     assert_eq!(sent, &payloads, "the response is the expected selection");
+                }
+                ResponderAction::Dropped { to, nonce, reason } => {
+                    let expected = self
+                        .expected_drops
+                        .pop_front()
+                        .unwrap_or_else(|| panic!("unexpected drop of {to}'s {nonce}: {reason}"));
+                    assert_eq!((to, nonce, reason), expected, "the drop expected next");
                 }
                 // `ResponderAction` may be `#[non_exhaustive]`.
                 #[allow(unreachable_patterns)]
@@ -1521,7 +1645,27 @@ impl ResponderModel {
             "responses missing: {:?}",
             self.expected
         );
+        assert_eq!(self.busy_due, None, "busy reply missing");
+        assert!(
+            self.expected_drops.is_empty(),
+            "drops missing: {:?}",
+            self.expected_drops
+        );
         self.check_state();
+    }
+
+    /// The job whose read starts next: the oldest of the first peer after
+    /// the one served last (in peer order, wrapping around).
+    fn pop_next(&mut self) -> Option<Job> {
+        let waiting: BTreeSet<u8> = self.queue.iter().map(|job| job.from).collect();
+        let peer = self
+            .last_started
+            .and_then(|last| waiting.range(last.saturating_add(1)..).next().copied())
+            .filter(|peer| Some(*peer) != self.last_started)
+            .or_else(|| waiting.first().copied())?;
+        let index = self.queue.iter().position(|job| job.from == peer)?;
+        self.last_started = Some(peer);
+        self.queue.remove(index)
     }
 
     fn check_state(&self) {
@@ -1536,24 +1680,45 @@ impl ResponderModel {
             "a request waits while a read slot is free"
         );
         assert_eq!(stats.expired_reads, self.expired, "reads abandoned");
+        assert_eq!(stats.stale, self.stale, "stale requests dropped");
+        assert_eq!(
+            (stats.disconnected_queued, stats.disconnected_reads),
+            (self.disconnected_queued, self.disconnected_reads),
+            "requests dropped for a disconnection"
+        );
+        assert_eq!(
+            (stats.busy_replies, stats.busy_suppressed),
+            (self.busy_replies, self.busy_suppressed),
+            "busy replies sent and suppressed"
+        );
         assert_eq!(
             stats.requests,
             stats.refused()
                 + stats.responses
                 + stats.expired_reads
+                + stats.disconnected_queued
+                + stats.disconnected_reads
                 + stats.queued as u64
                 + stats.reading as u64,
             "every request is refused, answered, abandoned, queued or reading: {stats:?}"
         );
-        let deadline = self
+        let read = self
             .reads
             .values()
             .next()
             .and_then(|(_, started)| self.deadline(*started));
+        let wait = self
+            .queue
+            .front()
+            .and_then(|job| self.deadline(job.admitted));
+        let deadline = match (read, wait) {
+            (Some(read), Some(wait)) => Some(read.min(wait)),
+            (read, wait) => read.or(wait),
+        };
         assert_eq!(
             self.machine.poll_timeout(),
             deadline,
-            "the first read's deadline"
+            "the first read's or queued request's deadline"
         );
         if let Some(deadline) = deadline {
             assert!(deadline > self.now, "a due read was not abandoned");

@@ -1,0 +1,316 @@
+//! Admission control: per-peer token buckets and request counts, and the
+//! queue of admitted requests waiting for a read slot.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound;
+use std::time::{Duration, Instant};
+
+use crate::range::SeqRange;
+
+/// Tokens are counted in nano-blocks, so that a bucket refilling at `r`
+/// blocks per second gains exactly `r` tokens per nanosecond: integer
+/// arithmetic, no rounding, no float. `u128` holds every product.
+pub(super) const NANO: u128 = 1_000_000_000;
+
+/// What an empty response (a request starting at or beyond our height)
+/// costs: one block. It costs no read, but it is a message we send, so a
+/// peer cannot make us answer faster than its block rate.
+pub(super) const EMPTY_RESPONSE_COST: u128 = NANO;
+
+/// Admitted requests waiting for a read slot.
+///
+/// Reads start round-robin across peers, each peer's oldest first; stale
+/// requests leave in admission order. Both take `O(log n)`.
+#[derive(Debug, Clone)]
+pub(super) struct Queue<P> {
+    /// Every queued job by admission number: oldest first, since `now`
+    /// never goes back.
+    jobs: BTreeMap<u64, Job<P>>,
+    /// Per peer with jobs queued: their admission numbers, oldest first.
+    peers: BTreeMap<P, VecDeque<u64>>,
+    next: u64,
+    /// The peer whose job started last: the rotation resumes after it,
+    /// whether or not it still has jobs.
+    last: Option<P>,
+}
+
+impl<P: Clone + Ord> Queue<P> {
+    pub(super) fn new() -> Self {
+        Self {
+            jobs: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            next: 0,
+            last: None,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub(super) fn push(&mut self, job: Job<P>) {
+        let number = self.next;
+        self.next += 1;
+        self.peers
+            .entry(job.from.clone())
+            .or_default()
+            .push_back(number);
+        self.jobs.insert(number, job);
+    }
+
+    /// The job admitted first.
+    pub(super) fn oldest(&self) -> Option<&Job<P>> {
+        self.jobs.values().next()
+    }
+
+    /// Removes the job admitted first. It is its peer's oldest too.
+    pub(super) fn pop_oldest(&mut self) -> Option<Job<P>> {
+        let (number, job) = self.jobs.pop_first()?;
+        self.unlink(&job.from, number);
+        Some(job)
+    }
+
+    /// Removes every job of `peer`, oldest first.
+    pub(super) fn remove_peer(&mut self, peer: &P) -> Vec<Job<P>> {
+        let numbers = self.peers.remove(peer).unwrap_or_default();
+        numbers
+            .into_iter()
+            .filter_map(|number| self.jobs.remove(&number))
+            .collect()
+    }
+
+    /// Removes the oldest job of the next peer in the rotation.
+    pub(super) fn pop_next(&mut self) -> Option<Job<P>> {
+        let after = self.last.as_ref().and_then(|last| {
+            self.peers
+                .range((Bound::Excluded(last), Bound::Unbounded))
+                .next()
+        });
+        let (peer, numbers) = after.or_else(|| self.peers.iter().next())?;
+        let (peer, number) = (peer.clone(), *numbers.front()?);
+        self.unlink(&peer, number);
+        self.last = Some(peer);
+        self.jobs.remove(&number)
+    }
+
+    /// Takes `number` off the front of `peer`'s list, dropping the list
+    /// once empty so that `peers` holds only peers with jobs.
+    pub(super) fn unlink(&mut self, peer: &P, number: u64) {
+        if let Some(numbers) = self.peers.get_mut(peer) {
+            if numbers.front() == Some(&number) {
+                numbers.pop_front();
+            }
+            if numbers.is_empty() {
+                self.peers.remove(peer);
+            }
+        }
+    }
+}
+
+/// An admitted request.
+#[derive(Debug, Clone)]
+pub(super) struct Job<P> {
+    pub(super) from: P,
+    pub(super) nonce: u64,
+    /// Clamped to our height at admission.
+    pub(super) range: SeqRange,
+    /// When it was admitted: a job still queued `read_timeout` later is
+    /// stale.
+    pub(super) admitted: Instant,
+}
+
+/// Per-peer token buckets and request counts, kept only for peers that
+/// have work or a bucket not yet full.
+#[derive(Debug, Clone)]
+pub(super) struct Buckets<P> {
+    /// Capacity in nano-blocks.
+    pub(super) capacity: u128,
+    /// Refill in nano-blocks per nanosecond, which is blocks per second.
+    pub(super) rate: u128,
+    pub(super) peers: BTreeMap<P, PeerBucket>,
+    /// Peers without work, by the instant their bucket is full again: they
+    /// are forgotten then.
+    pub(super) idle: BTreeSet<(Instant, P)>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct PeerBucket {
+    /// Nano-blocks at `updated`.
+    pub(super) tokens: u128,
+    pub(super) updated: Instant,
+    /// Requests queued or being read.
+    pub(super) active: usize,
+    /// Its key in `idle`, while it is there.
+    pub(super) full_at: Option<Instant>,
+}
+
+impl<P: Clone + Ord> Buckets<P> {
+    pub(super) fn new(capacity: u128, rate: u128) -> Self {
+        Self {
+            capacity,
+            // `Config::validate` refuses a zero rate; `max` keeps the
+            // division below safe regardless.
+            rate: rate.max(1),
+            peers: BTreeMap::new(),
+            idle: BTreeSet::new(),
+        }
+    }
+
+    /// Forgets the idle peers whose bucket is full by `now`.
+    pub(super) fn forget_full(&mut self, now: Instant) {
+        while self
+            .idle
+            .first()
+            .is_some_and(|(full_at, _)| *full_at <= now)
+        {
+            if let Some((_, peer)) = self.idle.pop_first() {
+                self.peers.remove(&peer);
+            }
+        }
+    }
+
+    pub(super) fn active(&self, peer: &P) -> usize {
+        self.peers.get(peer).map_or(0, |state| state.active)
+    }
+
+    /// The peer's tokens at `now`; a peer not remembered has a full bucket.
+    pub(super) fn tokens(&self, peer: &P, now: Instant) -> u128 {
+        self.peers.get(peer).map_or(self.capacity, |state| {
+            let elapsed = now.saturating_duration_since(state.updated).as_nanos();
+            let refill = elapsed.saturating_mul(self.rate);
+            state.tokens.saturating_add(refill).min(self.capacity)
+        })
+    }
+
+    /// Takes `cost` tokens (the caller checked they are there) and, with
+    /// `work`, counts a request being served until [`finish`](Self::finish).
+    pub(super) fn charge(&mut self, peer: &P, now: Instant, cost: u128, work: bool) {
+        let tokens = self.tokens(peer, now).saturating_sub(cost);
+        let state = self.peers.entry(peer.clone()).or_insert(PeerBucket {
+            tokens,
+            updated: now,
+            active: 0,
+            full_at: None,
+        });
+        state.tokens = tokens;
+        state.updated = now;
+        if work {
+            state.active += 1;
+        }
+        self.reindex(peer);
+    }
+
+    /// A request of `peer` is no longer being served.
+    pub(super) fn finish(&mut self, peer: &P) {
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.active = state.active.saturating_sub(1);
+        }
+        self.reindex(peer);
+    }
+
+    /// Files the peer in `idle` exactly when it has no work, keyed by the
+    /// instant its bucket is full again.
+    pub(super) fn reindex(&mut self, peer: &P) {
+        let Some(state) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if let Some(full_at) = state.full_at.take() {
+            self.idle.remove(&(full_at, peer.clone()));
+        }
+        if state.active > 0 {
+            return;
+        }
+        let missing = self.capacity.saturating_sub(state.tokens);
+        let nanos = missing.div_ceil(self.rate);
+        // `None` only if the bucket fills after `Instant`'s range ends
+        // (a burst of centuries): such a peer is kept.
+        let full_at = u64::try_from(nanos)
+            .ok()
+            .and_then(|nanos| state.updated.checked_add(Duration::from_nanos(nanos)));
+        if let Some(full_at) = full_at {
+            state.full_at = Some(full_at);
+            self.idle.insert((full_at, peer.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// The test is the host: it may read the clock, the machine may not.
+    #[allow(clippy::disallowed_methods)]
+    fn epoch() -> Instant {
+        Instant::now()
+    }
+
+    fn job(from: u8, admitted: Instant) -> Job<u8> {
+        Job {
+            from,
+            nonce: 0,
+            range: SeqRange::single(0),
+            admitted,
+        }
+    }
+
+    #[test]
+    fn queue_rotates_across_peers_and_ages_in_admission_order() {
+        let t0 = epoch();
+        let mut q: Queue<u8> = Queue::new();
+        for (i, from) in [1u8, 1, 1, 2, 3, 3].into_iter().enumerate() {
+            q.push(job(from, t0 + Duration::from_secs(i as u64)));
+        }
+        let order: Vec<u8> = std::iter::from_fn(|| q.pop_next().map(|j| j.from))
+            .take(4)
+            .collect();
+        assert_eq!(order, [1, 2, 3, 1], "one per peer per rotation");
+        // Left: 1's third (admitted at 2 s) and 3's second (at 5 s).
+        assert_eq!(
+            q.oldest().map(|j| j.admitted),
+            Some(t0 + Duration::from_secs(2))
+        );
+        assert_eq!(q.pop_oldest().map(|j| j.from), Some(1));
+        q.push(job(2, t0 + Duration::from_secs(9)));
+        assert_eq!(q.remove_peer(&3).len(), 1);
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.pop_next().map(|j| j.from), Some(2));
+        assert!(q.pop_next().is_none() && q.peers.is_empty());
+    }
+
+    #[test]
+    fn bucket_refills_exactly_and_forgets_full_idle_peers() {
+        let t0 = epoch();
+        let mut b: Buckets<u8> = Buckets::new(11 * NANO, 10);
+        assert_eq!(b.tokens(&1, t0), 11 * NANO);
+        b.charge(&1, t0, 11 * NANO, true);
+        assert_eq!(b.tokens(&1, t0), 0);
+        assert_eq!(b.tokens(&1, t0 + Duration::from_millis(100)), NANO);
+        assert_eq!(b.tokens(&1, t0 + Duration::from_secs(5)), 11 * NANO);
+        assert!(b.idle.is_empty(), "busy peers are not idle");
+        b.finish(&1);
+        let full_at = t0 + Duration::from_millis(1100);
+        assert_eq!(b.peers[&1].full_at, Some(full_at));
+        b.forget_full(full_at - Duration::from_nanos(1));
+        assert_eq!(b.peers.len(), 1);
+        b.forget_full(full_at);
+        assert!(b.peers.is_empty() && b.idle.is_empty());
+    }
+
+    #[test]
+    fn bucket_arithmetic_survives_fabric_limits() {
+        let config = Config::fabric();
+        let t0 = epoch();
+        let mut b: Buckets<u8> = Buckets::new(
+            u128::from(config.peer_burst_blocks) * NANO,
+            u128::from(config.peer_blocks_per_second),
+        );
+        b.charge(&1, t0, u128::from(u64::MAX) * NANO, false);
+        assert_eq!(b.tokens(&1, t0), 0);
+        let far = t0 + Duration::from_secs(u32::MAX.into());
+        assert_eq!(b.tokens(&1, far), b.capacity);
+        // Full again within a second: forgotten.
+        b.forget_full(t0 + Duration::from_secs(1));
+        assert!(b.peers.is_empty());
+    }
+}

@@ -1,0 +1,567 @@
+//! [`StateResponder`]: the serving side of state transfer, Fabric's
+//! `handleStateRequest` as a sans-IO machine, with the admission control
+//! Fabric lacks.
+
+mod admission;
+mod reads;
+mod types;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::time::Instant;
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::buffer::payload_size;
+use crate::config::{Config, ConfigError};
+use crate::range::SeqRange;
+use crate::wire::gossip::{GossipMessage, Payload};
+use crate::wire::{self, WireError};
+
+use admission::{Buckets, Job, Queue, EMPTY_RESPONSE_COST, NANO};
+use reads::{select, Read};
+pub use types::{RequestError, ResponderAction, ResponderEvent, ResponderStats, Ticket};
+
+/// The serving side of Fabric's state transfer.
+///
+/// It answers state requests the way Fabric's `handleStateRequest` does:
+/// validate (`start <= end <= start + batch_size`), clamp to the last
+/// block we have, read the blocks with the private data the requester may
+/// see, skip those that cannot be read, and reply with the request's nonce.
+/// Fabric's clamp to `height` (one block too far) is fixed to
+/// `height - 1`, and a request starting at or beyond our height gets an
+/// empty response at once, without a read.
+///
+/// On top of Fabric, each request passes admission control before any
+/// read, and a refused request is a typed error, counted. A request refused
+/// for load (the first three limits below) gets a busy reply, an empty
+/// response with its nonce, within a per-peer budget
+/// (`busy_replies_per_second`, `busy_reply_burst`), so the requester asks
+/// elsewhere at once; past the budget, and for every other refusal, there
+/// is no response, as in Fabric:
+///
+/// - **Per-peer concurrency:** at most `max_requests_per_peer` of a peer's
+///   requests queued or being read ([`RequestError::TooManyRequests`]).
+/// - **Per-peer rate:** a token bucket of `peer_burst_blocks` blocks,
+///   refilled at `peer_blocks_per_second` in the time given by `now`. A
+///   request costs the blocks of its clamped range; an empty response costs
+///   one ([`RequestError::RateLimited`]). A refused request costs nothing.
+/// - **Global concurrency:** at most `max_concurrent_reads` reads handed to
+///   the host; further requests wait in a queue of at most
+///   `max_queued_requests` ([`RequestError::QueueFull`]). A freed slot goes
+///   round-robin across the peers with requests waiting (each peer's own
+///   oldest first), so a flooder with a full per-peer queue gets one read
+///   in turn with everyone else, not all of them.
+/// - **Read timeout:** a read the host has not answered after
+///   `read_timeout` is abandoned: its slot is freed and no response is
+///   sent ([`ResponderAction::Dropped`], [`RequestError::ReadTimedOut`]).
+/// - **Staleness:** a request still queued `read_timeout` after its
+///   admission is dropped without a read ([`ResponderAction::Dropped`],
+///   [`RequestError::Stale`]): its requester has given up on it. These are
+///   the only timers.
+///
+/// A peer's state is forgotten once it has no work and its bucket is full
+/// again (a forgotten peer has a full bucket), so memory is bounded by the
+/// peers recently active.
+///
+/// ```
+/// use std::time::Instant;
+/// use antientropy::wire::{self, gossip::Payload};
+/// use antientropy::{Config, ResponderAction, ResponderEvent, StateResponder};
+///
+/// let now = Instant::now(); // the host's clock; the machine never reads one
+/// let mut responder: StateResponder<&str> =
+///     StateResponder::new(Config::default(), "mychannel".into(), 16).unwrap();
+/// let request = wire::state_request(7, "mychannel".into(), 10, 20);
+/// responder
+///     .handle(now, ResponderEvent::Request { from: "peer1", message: request })
+///     .unwrap();
+/// let mut sent = Vec::new();
+/// while let Some(action) = responder.poll_action() {
+///     match action {
+///         ResponderAction::ReadBlocks { ticket, to, range, .. } => {
+///             // Read the ledger; keep only the private data `to` may see.
+///             let payloads = (range.start()..=range.end())
+///                 .map(|seq| Payload { seq_num: seq, ..Default::default() })
+///                 .collect();
+///             responder
+///                 .handle(now, ResponderEvent::BlocksRead { ticket, payloads })
+///                 .unwrap();
+///         }
+///         ResponderAction::SendResponse { to, message } => sent.push((to, message)),
+///         ResponderAction::Dropped { .. } => {} // informational
+///         ResponderAction::Dropped { .. } => {} // informational
+///     }
+/// }
+/// let response = wire::as_state_response(&sent[0].1).unwrap();
+/// assert_eq!(sent[0].1.nonce, 7);
+/// // Clamped to our last block, 15.
+/// let seqs: Vec<u64> = response.payloads.iter().map(|p| p.seq_num).collect();
+/// assert_eq!(seqs, [10, 11, 12, 13, 14, 15]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct StateResponder<P> {
+    config: Config,
+    channel: Bytes,
+    height: u64,
+    /// The latest `now` seen: an earlier one is clamped to it.
+    now: Option<Instant>,
+    next_ticket: u64,
+    /// Reads handed to the host. Tickets are issued when a read starts,
+    /// `now` never goes back and `read_timeout` is fixed, so ticket order is
+    /// deadline order: the first entry expires first.
+    reads: BTreeMap<Ticket, Read<P>>,
+    /// Admitted requests waiting for a read slot. Non-empty only while
+    /// every slot is taken.
+    queue: Queue<P>,
+    buckets: Buckets<P>,
+    /// Busy replies per peer; `None` when `busy_reply_burst` is zero.
+    busy: Option<Buckets<P>>,
+    actions: VecDeque<ResponderAction<P>>,
+    stats: ResponderStats,
+}
+
+impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
+    /// A responder for `channel` whose ledger holds `height` blocks
+    /// (`0..height`).
+    pub fn new(config: Config, channel: Bytes, height: u64) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let buckets = Buckets::new(
+            u128::from(config.peer_burst_blocks) * NANO,
+            u128::from(config.peer_blocks_per_second),
+        );
+        let busy = (config.busy_reply_burst > 0).then(|| {
+            Buckets::new(
+                u128::from(config.busy_reply_burst) * NANO,
+                u128::from(config.busy_replies_per_second),
+            )
+        });
+        Ok(Self {
+            busy,
+            config,
+            channel,
+            height,
+            now: None,
+            next_ticket: 0,
+            reads: BTreeMap::new(),
+            queue: Queue::new(),
+            buckets,
+            actions: VecDeque::new(),
+            stats: ResponderStats::default(),
+        })
+    }
+
+    /// Feeds one input. Before it, reads whose deadline is `<= now` are
+    /// abandoned, so a `BlocksRead` that comes too late is refused
+    /// ([`RequestError::UnknownTicket`]) whether or not the `Timeout` was
+    /// handled first.
+    pub fn handle(&mut self, now: Instant, event: ResponderEvent<P>) -> Result<(), RequestError> {
+        let now = self.advance(now);
+        match event {
+            ResponderEvent::Request { from, message } => self.on_request(now, from, Ok(message)),
+            ResponderEvent::BlocksRead { ticket, payloads } => {
+                self.on_blocks_read(now, ticket, payloads)
+            }
+            ResponderEvent::Height(height) => {
+                self.height = height;
+                Ok(())
+            }
+            ResponderEvent::PeerDisconnected { peer } => {
+                self.on_disconnected(&peer);
+                Ok(())
+            }
+            // `advance` did the work.
+            ResponderEvent::Timeout => Ok(()),
+        }
+    }
+
+    /// Decodes `bytes` (at most `max_message_size`) as a `GossipMessage`
+    /// and handles it as [`ResponderEvent::Request`]. Bytes that do not
+    /// decode are a [`RequestError::Malformed`] request.
+    pub fn handle_request_bytes(
+        &mut self,
+        now: Instant,
+        from: P,
+        bytes: Bytes,
+    ) -> Result<(), RequestError> {
+        let now = self.advance(now);
+        let message = wire::decode_gossip_message(bytes, self.config.max_message_size);
+        self.on_request(now, from, message)
+    }
+
+    /// The next action to carry out; call until `None` after every input.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<ResponderAction<P>> {
+        self.actions.pop_front()
+    }
+
+    /// When to handle a [`ResponderEvent::Timeout`]: the earliest deadline
+    /// of an outstanding read or of the oldest queued request's wait, if
+    /// any.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let read = self.reads.values().next().and_then(|read| read.deadline);
+        let wait = self.queue.oldest().and_then(|job| self.stale_at(job));
+        match (read, wait) {
+            (Some(read), Some(wait)) => Some(read.min(wait)),
+            (read, wait) => read.or(wait),
+        }
+    }
+
+    /// When `job` has waited too long: `None` if beyond what `Instant`
+    /// holds, as for reads.
+    fn stale_at(&self, job: &Job<P>) -> Option<Instant> {
+        job.admitted.checked_add(self.config.read_timeout)
+    }
+
+    /// A snapshot of the counters and queues.
+    pub fn stats(&self) -> ResponderStats {
+        ResponderStats {
+            reading: self.reads.len(),
+            queued: self.queue.len(),
+            tracked_peers: self.buckets.peers.len()
+                + self.busy.as_ref().map_or(0, |busy| busy.peers.len()),
+            ..self.stats.clone()
+        }
+    }
+
+    /// Our ledger height, as last given to [`new`](Self::new) or by
+    /// [`ResponderEvent::Height`].
+    pub fn height(&self) -> u64 {
+        self.height
+    }
+
+    /// Clamps `now` to the latest instant seen, abandons the reads that are
+    /// due, drops the queued requests that waited `read_timeout`, forgets
+    /// peers that are idle with a full bucket, and starts queued reads in
+    /// the freed slots.
+    fn advance(&mut self, now: Instant) -> Instant {
+        let now = self.now.map_or(now, |latest| latest.max(now));
+        self.now = Some(now);
+        while let Some(entry) = self.reads.first_entry() {
+            if entry.get().deadline.is_none_or(|deadline| deadline > now) {
+                break;
+            }
+            let read = entry.remove();
+            self.stats.expired_reads += 1;
+            if !read.orphaned {
+                self.buckets.finish(&read.job.from);
+            }
+            self.actions.push_back(ResponderAction::Dropped {
+                to: read.job.from,
+                nonce: read.job.nonce,
+                reason: RequestError::ReadTimedOut,
+            });
+        }
+        // The queue is in admission order, so the stale jobs are in front.
+        // Our requester's deadline is at most `read_timeout` by default and
+        // Fabric's is 3 s: an answer after this wait is wasted, and reading
+        // it would delay the requests still wanted.
+        while let Some(job) = self.queue.oldest() {
+            if self.stale_at(job).is_none_or(|stale_at| stale_at > now) {
+                break;
+            }
+            let Some(job) = self.queue.pop_oldest() else {
+                break;
+            };
+            self.stats.stale += 1;
+            self.buckets.finish(&job.from);
+            self.actions.push_back(ResponderAction::Dropped {
+                to: job.from,
+                nonce: job.nonce,
+                reason: RequestError::Stale {
+                    waited: now.saturating_duration_since(job.admitted),
+                },
+            });
+        }
+        self.buckets.forget_full(now);
+        if let Some(busy) = &mut self.busy {
+            busy.forget_full(now);
+        }
+        self.start_reads(now);
+        now
+    }
+
+    fn on_request(
+        &mut self,
+        now: Instant,
+        from: P,
+        message: Result<GossipMessage, WireError>,
+    ) -> Result<(), RequestError> {
+        self.stats.requests += 1;
+        let nonce = message.as_ref().map_or(0, |message| message.nonce);
+        let result = message
+            .map_err(RequestError::from)
+            .and_then(|message| self.admit(now, from.clone(), &message));
+        if let Err(
+            RequestError::TooManyRequests | RequestError::RateLimited | RequestError::QueueFull,
+        ) = &result
+        {
+            self.busy_reply(now, from, nonce);
+        }
+        if let Err(error) = &result {
+            let counter = match error {
+                RequestError::Malformed(_) => &mut self.stats.malformed,
+                RequestError::WrongChannel => &mut self.stats.wrong_channel,
+                RequestError::NotARequest => &mut self.stats.not_a_request,
+                RequestError::InvalidRange { .. } => &mut self.stats.invalid_range,
+                RequestError::RangeTooLong { .. } => &mut self.stats.range_too_long,
+                RequestError::TooManyRequests => &mut self.stats.too_many_requests,
+                RequestError::RateLimited => &mut self.stats.rate_limited,
+                RequestError::QueueFull => &mut self.stats.queue_full,
+                RequestError::Stale { .. } => &mut self.stats.stale,
+                RequestError::ReadTimedOut => &mut self.stats.expired_reads,
+                RequestError::UnknownTicket(_) => &mut self.stats.unknown_ticket,
+            };
+            *counter += 1;
+        }
+        result
+    }
+
+    /// Validates a request and admits it, or says why not. Every check
+    /// comes before any state changes, so a refusal costs the peer nothing.
+    fn admit(
+        &mut self,
+        now: Instant,
+        from: P,
+        message: &GossipMessage,
+    ) -> Result<(), RequestError> {
+        let request = wire::as_state_request(message).ok_or(RequestError::NotARequest)?;
+        if message.channel != self.channel {
+            return Err(RequestError::WrongChannel);
+        }
+        // Fabric's stateRequestValidator, without its overflow: it computes
+        // `start + batchSize`, which wraps near u64::MAX.
+        let (start, end) = (request.start_seq_num, request.end_seq_num);
+        let invalid = RequestError::InvalidRange { start, end };
+        if start > end {
+            return Err(invalid);
+        }
+        if end - start > self.config.batch_size {
+            return Err(RequestError::RangeTooLong {
+                start,
+                end,
+                batch_size: self.config.batch_size,
+            });
+        }
+
+        if start >= self.height {
+            // Nothing to read: answer at once, as Fabric does (with an empty
+            // response) for a start beyond its height.
+            if self.buckets.tokens(&from, now) < EMPTY_RESPONSE_COST {
+                return Err(RequestError::RateLimited);
+            }
+            self.buckets.charge(&from, now, EMPTY_RESPONSE_COST, false);
+            self.respond(from, message.nonce, Vec::new());
+            return Ok(());
+        }
+        // Our last block is height - 1; Fabric clamps to `height` and then
+        // fails to read that block. `start < height`, so this is never None.
+        let range = SeqRange::new(start, end.min(self.height - 1)).ok_or(invalid)?;
+
+        if self.buckets.active(&from) >= self.config.max_requests_per_peer {
+            return Err(RequestError::TooManyRequests);
+        }
+        let cost = u128::from(range.len()) * NANO;
+        if self.buckets.tokens(&from, now) < cost {
+            return Err(RequestError::RateLimited);
+        }
+        let slot_free = self.reads.len() < self.config.max_concurrent_reads;
+        if !slot_free && self.queue.len() >= self.config.max_queued_requests {
+            return Err(RequestError::QueueFull);
+        }
+        self.buckets.charge(&from, now, cost, true);
+        self.queue.push(Job {
+            from,
+            nonce: message.nonce,
+            range,
+            admitted: now,
+        });
+        self.start_reads(now);
+        Ok(())
+    }
+
+    /// Drops `peer`'s queued jobs and orphans its reads. Both stop counting
+    /// against the peer at once: a reconnected peer is a new process, with
+    /// its own window of requests.
+    fn on_disconnected(&mut self, peer: &P) {
+        for job in self.queue.remove_peer(peer) {
+            self.stats.disconnected_queued += 1;
+            self.buckets.finish(&job.from);
+        }
+        // At most `max_concurrent_reads` reads: a scan is cheap.
+        let mut orphaned = 0;
+        for read in self.reads.values_mut() {
+            if !read.orphaned && read.job.from == *peer {
+                read.orphaned = true;
+                orphaned += 1;
+            }
+        }
+        for _ in 0..orphaned {
+            self.buckets.finish(peer);
+        }
+    }
+
+    /// Hands queued requests to the host while read slots are free.
+    fn start_reads(&mut self, now: Instant) {
+        while self.reads.len() < self.config.max_concurrent_reads {
+            let Some(job) = self.queue.pop_next() else {
+                break;
+            };
+            let ticket = Ticket(self.next_ticket);
+            self.next_ticket = self.next_ticket.wrapping_add(1);
+            self.actions.push_back(ResponderAction::ReadBlocks {
+                ticket,
+                to: job.from.clone(),
+                range: job.range,
+                max_bytes: self.config.max_response_bytes,
+            });
+            let deadline = now.checked_add(self.config.read_timeout);
+            self.reads.insert(
+                ticket,
+                Read {
+                    job,
+                    deadline,
+                    orphaned: false,
+                },
+            );
+        }
+    }
+
+    fn on_blocks_read(
+        &mut self,
+        now: Instant,
+        ticket: Ticket,
+        payloads: Vec<Payload>,
+    ) -> Result<(), RequestError> {
+        let Some(read) = self.reads.remove(&ticket) else {
+            self.stats.unknown_ticket += 1;
+            return Err(RequestError::UnknownTicket(ticket));
+        };
+        if read.orphaned {
+            // No one to send it to; the slot goes on.
+            self.stats.disconnected_reads += 1;
+            self.start_reads(now);
+            return Ok(());
+        }
+        self.buckets.finish(&read.job.from);
+        let header = wire::state_response(read.job.nonce, self.channel.clone(), Vec::new());
+        // Without its content: `response_len` adds the oneof field back.
+        let header = GossipMessage {
+            content: None,
+            ..header
+        }
+        .encoded_len();
+        let selection = select(
+            read.job.range,
+            payloads,
+            header,
+            self.config.max_response_bytes,
+        );
+        self.stats.dropped_payloads += selection.dropped;
+        self.stats.skipped_unreadable += selection.unreadable;
+        self.stats.truncated_by_bytes += u64::from(selection.truncated);
+        self.respond(read.job.from, read.job.nonce, selection.payloads);
+        self.start_reads(now);
+        Ok(())
+    }
+
+    /// Answers a load refusal with an empty response, if the peer's budget
+    /// allows: our requester and Fabric's both take an empty answer as "ask
+    /// another peer now", which costs them a round trip instead of a
+    /// timeout. Validation refusals stay silent, as Fabric's: they come
+    /// from a broken or hostile peer, which a reply would not help.
+    fn busy_reply(&mut self, now: Instant, to: P, nonce: u64) {
+        let Some(busy) = &mut self.busy else {
+            self.stats.busy_suppressed += 1;
+            return;
+        };
+        if busy.tokens(&to, now) < NANO {
+            self.stats.busy_suppressed += 1;
+            return;
+        }
+        busy.charge(&to, now, NANO, false);
+        self.stats.busy_replies += 1;
+        let message = wire::state_response(nonce, self.channel.clone(), Vec::new());
+        self.actions
+            .push_back(ResponderAction::SendResponse { to, message });
+    }
+
+    fn respond(&mut self, to: P, nonce: u64, payloads: Vec<Payload>) {
+        self.stats.responses += 1;
+        if payloads.is_empty() {
+            self.stats.empty_responses += 1;
+        }
+        self.stats.blocks_served += payloads.len() as u64;
+        let bytes: usize = payloads.iter().map(payload_size).sum();
+        self.stats.bytes_served = self.stats.bytes_served.saturating_add(bytes as u64);
+        let message = wire::state_response(nonce, self.channel.clone(), payloads);
+        self.actions
+            .push_back(ResponderAction::SendResponse { to, message });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The test is the host: it may read the clock, the machine may not.
+    #[allow(clippy::disallowed_methods)]
+    fn epoch() -> Instant {
+        Instant::now()
+    }
+
+    #[test]
+    fn ticket_order_is_deadline_order() {
+        let config = Config {
+            max_concurrent_reads: 3,
+            ..Config::default()
+        };
+        let mut r: StateResponder<u8> = StateResponder::new(config, "ch".into(), 100).unwrap();
+        let t0 = epoch();
+        for (i, peer) in [1u8, 2, 3].into_iter().enumerate() {
+            let now = t0 + Duration::from_secs(i as u64);
+            let request = wire::state_request(1, "ch".into(), 0, 5);
+            r.handle(
+                now,
+                ResponderEvent::Request {
+                    from: peer,
+                    message: request,
+                },
+            )
+            .unwrap();
+        }
+        let deadlines: Vec<_> = r
+            .reads
+            .values()
+            .map(|read| read.deadline.unwrap())
+            .collect();
+        assert!(deadlines.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(r.poll_timeout(), Some(deadlines[0]));
+    }
+
+    #[test]
+    fn an_unbounded_read_timeout_never_expires() {
+        let config = Config {
+            read_timeout: Duration::MAX,
+            ..Config::default()
+        };
+        let mut r: StateResponder<u8> = StateResponder::new(config, "ch".into(), 100).unwrap();
+        let t0 = epoch();
+        let request = wire::state_request(1, "ch".into(), 0, 5);
+        r.handle(
+            t0,
+            ResponderEvent::Request {
+                from: 1,
+                message: request,
+            },
+        )
+        .unwrap();
+        assert_eq!(r.poll_timeout(), None);
+        r.handle(t0 + Duration::from_secs(1 << 40), ResponderEvent::Timeout)
+            .unwrap();
+        assert_eq!(r.stats().reading, 1);
+    }
+}
