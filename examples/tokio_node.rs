@@ -245,12 +245,9 @@ async fn responder_node(
     let (read, write) = stream.into_split();
     let (outbox, writer) = spawn_writer(write);
 
-    // Loopback in release mode outruns the default per-peer rate (100 000
-    // blocks/s): a refused request gets no answer, and its timeouts bench
-    // our only peer for up to 30 s. One known requester may go faster.
-    let mut config = Config::default();
-    config.peer_blocks_per_second = 10_000_000;
-    let responder = StateResponder::new(config, CHANNEL.into(), height)?;
+    // The defaults fit together: a default responder never refuses a
+    // default requester, however fast the link.
+    let responder = StateResponder::new(Config::default(), CHANNEL.into(), height)?;
     let host = ResponderHost::new(
         Connection {
             peer: REQUESTER,
