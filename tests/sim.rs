@@ -56,6 +56,7 @@ fn faulty(seed: u64, blocks: u64) -> Scenario {
         state_info_interval: Duration::from_secs(4),
         max_steps: 2_000_000,
         max_virtual_time: Duration::from_secs(6 * 3600),
+        ..Scenario::default()
     }
 }
 
@@ -97,6 +98,7 @@ fn wild(seed: u64) -> (Scenario, Option<Config>) {
         state_info_interval: Duration::from_millis(rng.u64(500..=10_000)),
         max_steps: 400_000,
         max_virtual_time: Duration::from_secs(12 * 3600),
+        ..Scenario::default()
     };
     let config = (seed % 2 == 1).then(|| {
         let mut c = Config::default();
