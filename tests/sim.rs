@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use antientropy::sim::{Behaviour, Chain, Report, Scenario, Simulation};
+use antientropy::sim::{random_links, Behaviour, Chain, Overclaim, Report, Scenario, Simulation};
 use antientropy::Config;
 
 fn presets() -> [(&'static str, Config); 2] {
@@ -386,4 +386,128 @@ fn large_fault_sweep() {
         "{} failing runs: {failures:?}",
         failures.len()
     );
+}
+
+// --- the faults of issue #8 -------------------------------------------------
+
+fn small() -> Scenario {
+    Scenario {
+        peers: 2,
+        laggers: 1,
+        blocks: 200,
+        block_size: 1024,
+        max_virtual_time: Duration::from_secs(3600),
+        ..Scenario::default()
+    }
+}
+
+fn check_all(scenario: &Scenario, seed: u64) -> Vec<Report> {
+    presets()
+        .into_iter()
+        .map(|(preset, config)| {
+            let report = run(scenario.clone(), config, seed, None);
+            assert_passed(&report, preset, scenario);
+            report
+        })
+        .collect()
+}
+
+/// Issue #8.1 in the simulator: overclaimers silent, empty or partial next
+/// to one honest peer; the lagger reaches the chain's height within the
+/// request bound.
+#[test]
+fn overclaimers_do_not_stall() {
+    for mode in [Overclaim::Silent, Overclaim::Empty, Overclaim::Partial] {
+        let scenario = small().with_overclaimers(1, mode, 4000);
+        assert_eq!(scenario.behaviours[1], Behaviour::Overclaiming(mode));
+        for report in check_all(&scenario, 8) {
+            assert_eq!(report.lagger_heights, [201], "{mode:?}");
+        }
+    }
+}
+
+/// Issue #8.2: block 100 bad at every source: the lagger stops at 100, gives
+/// the block up as `BlockRejected`, and does not flood.
+#[test]
+fn a_block_bad_at_every_source_is_given_up_without_flooding() {
+    let scenario = Scenario {
+        peers: 3,
+        ..small()
+    }
+    .with_corrupt_block(100, usize::MAX);
+    for report in check_all(&scenario, 3) {
+        assert_eq!(report.lagger_targets, [100]);
+        assert_eq!(report.lagger_heights, [100]);
+        assert!(
+            report.give_ups_by_reason["block_rejected"] > 0,
+            "{report:#?}"
+        );
+        assert!(report.rejected > 0);
+    }
+}
+
+/// A block bad at one of three sources: everyone gets past it.
+#[test]
+fn a_block_bad_at_some_sources_is_fetched_elsewhere() {
+    let scenario = Scenario {
+        peers: 3,
+        laggers: 2,
+        ..small()
+    }
+    .with_corrupt_block(50, 2);
+    for report in check_all(&scenario, 4) {
+        assert_eq!(report.lagger_heights, [201, 201]);
+    }
+}
+
+/// The only honest peer crashes mid-transfer and restarts with its ledger;
+/// another joins late, one leaves; a partition cuts the lagger off and
+/// heals.
+#[test]
+fn crashes_churn_and_partitions_heal() {
+    let s = Duration::from_secs;
+    // 50 kbit/s uplinks: both presets are mid-transfer at 12 s (Fabric's
+    // first round starts at 10 s).
+    let slow = Scenario {
+        uplink_bps: 50_000,
+        ..small()
+    };
+    let at = s(12);
+    let cases = [
+        ("crash", slow.clone().with_crash(0, at, s(5))),
+        ("crash lagger", slow.clone().with_crash(2, at, s(3))),
+        ("join", slow.clone().with_join(1, at)),
+        ("leave", slow.clone().with_leave(1, at)),
+        ("partition", slow.clone().with_partition([2], at, s(30))),
+    ];
+    for (name, scenario) in cases {
+        for report in check_all(&scenario, 5) {
+            assert_eq!(report.lagger_heights, [201], "{name}");
+            if name == "partition" {
+                // Cut off from everyone mid-transfer: its sends are refused,
+                // and it finishes only after the heal.
+                assert!(report.unreachable_lost > 0, "{}", report.to_json());
+                assert!(report.catchup.unwrap() >= s(30), "{}", report.to_json());
+            }
+        }
+    }
+}
+
+/// Every node its own link; a flooder at the responders. Reports the
+/// responders' peak load.
+#[test]
+fn heterogeneous_links_and_a_flooder() {
+    let mut scenario = Scenario {
+        peers: 3,
+        laggers: 2,
+        ..small()
+    }
+    .with_flooders(1);
+    let n = scenario.peers + scenario.laggers;
+    let mut links = random_links(9, n, 1..=40, &[5_000_000, 20_000_000, 100_000_000]);
+    links[3].uplink_bps = 1_000_000; // the flooder
+    scenario = scenario.with_links(links);
+    for report in check_all(&scenario, 6) {
+        assert!(report.responder_peak_queued + report.responder_peak_reading > 0);
+    }
 }

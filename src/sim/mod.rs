@@ -793,6 +793,7 @@ impl Simulation {
                         generation,
                     } => {
                         if !self.connection_alive(from.0, to.0, generation) {
+                            self.world.unreachable_lost += 1;
                             return;
                         }
                         self.nodes[to.0].on_message(&mut self.world, from, bytes);
@@ -806,6 +807,7 @@ impl Simulation {
                         generation,
                     } => {
                         if !self.connection_alive(from.0, to.0, generation) {
+                            self.world.unreachable_lost += 1;
                             return;
                         }
                         self.nodes[to.0].on_state_info(&mut self.world, from, height, published);

@@ -280,6 +280,10 @@ impl Node {
                     {
                         self.refused_requests += 1;
                     }
+                    // Before the host serves the read: the load as admitted.
+                    let stats = responder.stats();
+                    self.peak_queued = self.peak_queued.max(stats.queued);
+                    self.peak_reading = self.peak_reading.max(stats.reading);
                 }
             }
             Ok(message) => {
