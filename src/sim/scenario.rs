@@ -183,11 +183,15 @@ impl Scenario {
     /// answering as `mode` says (at least one honest peer is kept).
     pub fn with_overclaimers(mut self, count: usize, mode: Overclaim, by: u64) -> Self {
         self.behaviours.resize(self.peers, Behaviour::Honest);
-        let honest: Vec<usize> = (1..self.peers)
-            .rev()
+        let mut honest: Vec<usize> = (0..self.peers)
             .filter(|&i| self.behaviours[i] == Behaviour::Honest)
-            .take(count)
             .collect();
+        // The first honest peer stays honest.
+        if !honest.is_empty() {
+            honest.remove(0);
+        }
+        honest.reverse();
+        honest.truncate(count);
         for i in honest {
             self.behaviours[i] = Behaviour::Overclaiming(mode);
         }
