@@ -41,6 +41,20 @@
 //!   at time zero; a `StateInfo` takes the one-way latency, suffers loss,
 //!   duplication and reordering, but takes no bandwidth.
 //!
+//! # Faults and what a run checks beyond the invariants
+//!
+//! Besides the links' loss, duplication and reordering and the peers'
+//! [`Behaviour`]s, a scenario can hold overclaimers, a [`CorruptBlock`],
+//! [`Outage`]s (crash and restart, join, leave), healing [`Partition`]s,
+//! per-node [`Link`]s and flooders; see [`Scenario`]'s `with_*` builders.
+//! A run converges when every lagger reached its liveness target
+//! ([`Simulation::liveness_targets`]; cut at a block bad at every reachable
+//! source, where a `BlockRejected` give-up is also required) with no outage
+//! or partition pending; it is [`Outcome::Stalled`] when a lagger is short
+//! of it and nothing moved for [`Scenario::stall_after`]. Each lagger's
+//! request and byte amplification is checked against the bound documented
+//! on [`Amplification`].
+//!
 //! # Invariants, checked at every step
 //!
 //! - Blocks are committed in order, each once: every `AddPayload` is the
