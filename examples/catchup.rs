@@ -24,7 +24,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use antientropy::sim::{Chain, Report, Scenario, Simulation};
+use antientropy::sim::{random_links, Chain, Link, Overclaim, Report, Scenario, Simulation};
 use antientropy::Config;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, ValueEnum};
@@ -41,6 +41,71 @@ enum Preset {
     Default,
     /// Both, on the same scenario and seed.
     Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OverclaimMode {
+    /// Never answers.
+    Silent,
+    /// Answers with no payload.
+    Empty,
+    /// Serves what it holds.
+    Partial,
+}
+
+fn split_parts(s: &str, n: usize) -> Result<Vec<&str>, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != n {
+        return Err(format!("`{s}`: expected {n} `:`-separated parts"));
+    }
+    Ok(parts)
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    let v = parse_f64(s)?;
+    if !(0.0..=86_400.0).contains(&v) {
+        return Err(format!("{v} s is outside 0..=86400"));
+    }
+    Ok(v)
+}
+
+fn parse_node(s: &str) -> Result<usize, String> {
+    s.parse().map_err(|_| format!("`{s}` is not a node index"))
+}
+
+fn parse_crash(s: &str) -> Result<(usize, f64, f64), String> {
+    let p = split_parts(s, 3)?;
+    Ok((parse_node(p[0])?, parse_secs(p[1])?, parse_secs(p[2])?))
+}
+
+fn parse_at(s: &str) -> Result<(usize, f64), String> {
+    let p = split_parts(s, 2)?;
+    Ok((parse_node(p[0])?, parse_secs(p[1])?))
+}
+
+fn parse_partition(s: &str) -> Result<(Vec<usize>, f64, f64), String> {
+    let p = split_parts(s, 3)?;
+    let side = p[0]
+        .split(',')
+        .map(parse_node)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((side, parse_secs(p[1])?, parse_secs(p[2])?))
+}
+
+fn parse_links(s: &str) -> Result<Vec<(f64, f64, f64)>, String> {
+    s.split(',')
+        .map(|link| {
+            let p: Vec<&str> = link.split('/').collect();
+            if p.len() != 3 {
+                return Err(format!("`{link}`: expected LAT_MS/UP_MBPS/DOWN_MBPS"));
+            }
+            Ok((
+                parse_rtt(p[0])?,
+                parse_bandwidth(p[1])?,
+                parse_bandwidth(p[2])?,
+            ))
+        })
+        .collect()
 }
 
 /// Simulates a Fabric channel where lagging peers catch up by state
@@ -91,6 +156,50 @@ struct Cli {
     /// out-of-range payloads or garbage.
     #[arg(long, default_value_t = 0)]
     byzantine: u64,
+    /// Up-to-date peers that advertise `--overclaim-by` blocks more than
+    /// they hold.
+    #[arg(long, default_value_t = 0)]
+    overclaim: u64,
+    /// How an overclaimer answers.
+    #[arg(long, value_enum, default_value_t = OverclaimMode::Silent)]
+    overclaim_mode: OverclaimMode,
+    /// How far above the chain overclaimers advertise, in blocks.
+    #[arg(long, default_value_t = 1000)]
+    overclaim_by: u64,
+    /// A block that is corrupt at `--corrupt-sources` of its sources.
+    #[arg(long)]
+    corrupt_block: Option<u64>,
+    /// How many sources of `--corrupt-block` hold a bad copy (default: all).
+    #[arg(long)]
+    corrupt_sources: Option<usize>,
+    /// A crash and restart, `NODE:AT_S:DOWN_S` (repeatable; nodes are the
+    /// up-to-date peers, then the laggers, then the flooders).
+    #[arg(long, value_parser = parse_crash)]
+    crash: Vec<(usize, f64, f64)>,
+    /// A peer that joins late, `NODE:AT_S` (repeatable).
+    #[arg(long, value_parser = parse_at)]
+    join: Vec<(usize, f64)>,
+    /// A peer that leaves for good, `NODE:AT_S` (repeatable).
+    #[arg(long, value_parser = parse_at)]
+    leave: Vec<(usize, f64)>,
+    /// A partition that heals, `N1,N2,...:FROM_S:UNTIL_S` (repeatable).
+    #[arg(long, value_parser = parse_partition)]
+    partition: Vec<(Vec<usize>, f64, f64)>,
+    /// Per-node links, `LAT_MS/UP_MBPS/DOWN_MBPS` comma-separated, in node
+    /// order (nodes past the list keep the uniform flags).
+    #[arg(long, value_parser = parse_links)]
+    links: Option<Vec<(f64, f64, f64)>>,
+    /// Draw every node's link from this seed (latency share 1-150 ms,
+    /// bandwidths 2 Mbit/s to 1 Gbit/s).
+    #[arg(long, conflicts_with = "links")]
+    random_links: Option<u64>,
+    /// Flooders: send valid state requests to every responder as fast as
+    /// their uplink allows. The run is repeated without them to compare.
+    #[arg(long, default_value_t = 0)]
+    flooders: u64,
+    /// A flooder's uplink, Mbit/s.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_bandwidth)]
+    flooder_mbps: f64,
     /// Which configuration to run.
     #[arg(long, value_enum, default_value_t = Preset::Both)]
     preset: Preset,
@@ -173,7 +282,7 @@ impl Cli {
         }
         let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         let bps = |mbps: f64| ((mbps * 1e6).round() as u64).max(1);
-        Ok(Scenario {
+        let base = Scenario {
             peers: as_usize(self.peers),
             laggers: as_usize(self.laggers),
             blocks: self.blocks,
@@ -191,7 +300,75 @@ impl Cli {
             as_usize(self.slow),
             as_usize(self.lying),
             as_usize(self.byzantine),
-        ))
+        );
+        let mode = match self.overclaim_mode {
+            OverclaimMode::Silent => Overclaim::Silent,
+            OverclaimMode::Empty => Overclaim::Empty,
+            OverclaimMode::Partial => Overclaim::Partial,
+        };
+        let secs = Duration::from_secs_f64;
+        let mut s = base
+            .with_overclaimers(as_usize(self.overclaim), mode, self.overclaim_by)
+            .with_flooders(as_usize(self.flooders));
+        if let Some(seq) = self.corrupt_block {
+            s = s.with_corrupt_block(seq, self.corrupt_sources.unwrap_or(usize::MAX));
+        }
+        for &(node, at, down) in &self.crash {
+            s = s.with_crash(node, secs(at), secs(down));
+        }
+        for &(node, at) in &self.join {
+            s = s.with_join(node, secs(at));
+        }
+        for &(node, at) in &self.leave {
+            s = s.with_leave(node, secs(at));
+        }
+        for (side, from, until) in &self.partition {
+            s = s.with_partition(side.iter().copied(), secs(*from), secs(*until));
+        }
+        let nodes = s.peers + s.laggers;
+        let mut links: Vec<Link> = match (&self.links, self.random_links) {
+            (Some(list), _) => list
+                .iter()
+                .map(|&(lat, up, down)| Link {
+                    latency: Duration::from_secs_f64(lat / 1000.0),
+                    uplink_bps: bps(up),
+                    downlink_bps: bps(down),
+                })
+                .collect(),
+            (None, Some(seed)) => random_links(
+                seed,
+                nodes,
+                1..=150,
+                &[2_000_000, 20_000_000, 100_000_000, 1_000_000_000],
+            ),
+            (None, None) => Vec::new(),
+        };
+        if self.flooders > 0 {
+            links.extend((links.len()..nodes).map(|i| s.link(i)));
+            // Flooders are the last up-to-date peers, before the laggers.
+            let first = s.peers - as_usize(self.flooders);
+            for link in &mut links[first..s.peers] {
+                link.uplink_bps = bps(self.flooder_mbps);
+            }
+        }
+        Ok(s.with_links(links))
+    }
+
+    /// The same cluster without its flooders, for comparison.
+    fn unattacked(&self, scenario: &Scenario) -> Option<Scenario> {
+        if self.flooders == 0 {
+            return None;
+        }
+        let flooders = usize::try_from(self.flooders).ok()?;
+        let first = scenario.peers - flooders;
+        let mut s = scenario.clone();
+        // Every fault but the flood stays; the flooders stay as silent
+        // members (they still run no machine but answer nothing), so node
+        // indices and links keep their meaning.
+        for b in &mut s.behaviours[first..] {
+            *b = antientropy::sim::Behaviour::Silent;
+        }
+        Some(s)
     }
 
     fn presets(&self) -> Vec<(&'static str, Config)> {
@@ -227,7 +404,37 @@ fn main() -> ExitCode {
     building.finish_and_clear();
 
     let mut reports = Vec::new();
+    let unattacked = cli.unattacked(&scenario);
     for (preset, config) in cli.presets() {
+        if let Some(calm) = &unattacked {
+            let mut sim =
+                match Simulation::with_chain(calm.clone(), config.clone(), cli.seed, chain.clone())
+                {
+                    Ok(sim) => sim,
+                    Err(error) => Cli::command()
+                        .error(ErrorKind::ValueValidation, error)
+                        .exit(),
+                };
+            let report = run(preset, &mut sim);
+            if cli.json {
+                println!(
+                    "{{\"preset\":\"{preset}\",\"attacked\":false,{}}}",
+                    report.json_fields()
+                );
+            } else {
+                println!(
+                    "{preset}: unattacked catch-up {}, responders' peak queued {} / reading {}",
+                    report
+                        .catchup
+                        .map_or(format!("({})", report.outcome.as_str()), |t| format!(
+                            "{:.2} s",
+                            t.as_secs_f64()
+                        )),
+                    report.responder_peak_queued,
+                    report.responder_peak_reading
+                );
+            }
+        }
         let sim = Simulation::with_chain(scenario.clone(), config, cli.seed, chain.clone());
         let mut sim = match sim {
             Ok(sim) => sim,
@@ -336,6 +543,20 @@ fn print_table(cli: &Cli, scenario: &Scenario, reports: &[(&str, Report)]) {
         println!("bound: one-way latency + Kumar–Ross max(F/u_source, F/d_min, N·F/(u_source + Σ u_laggers))");
     }
     for (preset, r) in reports {
+        println!(
+            "{preset}: liveness targets {:?}, heights {:?}; requests/block worst {:.3}, bytes received/needed worst {:.3}, within bounds: {}; give-ups {:?}; responders' peak queued {} / reading {}",
+            r.lagger_targets,
+            r.lagger_heights,
+            r.worst_requests_per_block(),
+            r.worst_bytes_ratio(),
+            r.within_bounds(),
+            r.give_ups_by_reason,
+            r.responder_peak_queued,
+            r.responder_peak_reading,
+        );
+        for failure in r.failures() {
+            println!("{preset}: FAILED {failure}");
+        }
         if !r.converged() {
             println!(
                 "{preset}: did not converge ({}): lagger heights {:?} of {}",

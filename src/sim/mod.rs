@@ -41,6 +41,20 @@
 //!   at time zero; a `StateInfo` takes the one-way latency, suffers loss,
 //!   duplication and reordering, but takes no bandwidth.
 //!
+//! # Faults and what a run checks beyond the invariants
+//!
+//! Besides the links' loss, duplication and reordering and the peers'
+//! [`Behaviour`]s, a scenario can hold overclaimers, a [`CorruptBlock`],
+//! [`Outage`]s (crash and restart, join, leave), healing [`Partition`]s,
+//! per-node [`Link`]s and flooders; see [`Scenario`]'s `with_*` builders.
+//! A run converges when every lagger reached its liveness target
+//! ([`Simulation::liveness_targets`]; cut at a block bad at every reachable
+//! source, where a `BlockRejected` give-up is also required) with no outage
+//! or partition pending; it is [`Outcome::Stalled`] when a lagger is short
+//! of it and nothing moved for [`Scenario::stall_after`]. Each lagger's
+//! request and byte amplification is checked against the bound documented
+//! on [`Amplification`].
+//!
 //! # Invariants, checked at every step
 //!
 //! - Blocks are committed in order, each once: every `AddPayload` is the
@@ -60,6 +74,7 @@
 //!   `poll_timeout` is later than now.
 
 mod chain;
+mod faults;
 pub mod network;
 mod node;
 mod report;
@@ -71,13 +86,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 pub use chain::{checksum, forged_block, verify, Chain, VerifyError, VALID_SIGNATURE};
+pub use faults::{random_links, CorruptBlock, Link, Outage, Partition};
 pub use network::{Faults, NetStats, Network};
 pub use node::NodeId;
-pub use report::{Bound, Outcome, Progress, Report};
-pub use scenario::{Behaviour, Scenario, ScenarioError};
+pub use report::{Amplification, Bound, Outcome, Progress, Report};
+pub use scenario::{Behaviour, Overclaim, Scenario, ScenarioError};
 
 use crate::wire::gossip::Payload;
 use crate::{Config, ConfigError, SeqRange, Ticket};
+use faults::Schedule;
 use node::{Machine, Node};
 
 /// The channel every simulated node is on.
@@ -122,6 +139,7 @@ enum Pending {
         from: NodeId,
         to: NodeId,
         bytes: Bytes,
+        generation: u64,
     },
     /// A `StateInfo` of `from` arriving at `to`.
     StateInfo {
@@ -129,19 +147,24 @@ enum Pending {
         to: NodeId,
         height: u64,
         published: Instant,
+        generation: u64,
     },
     /// A slow node's read finishing.
     ReadDone {
         node: NodeId,
         ticket: Ticket,
         payloads: Vec<Payload>,
+        incarnation: u64,
     },
+    /// A flooder's next burst.
+    Flood { node: NodeId },
 }
 
 /// What the next step does.
 #[derive(Debug, Clone, Copy)]
 enum Next {
     Publish,
+    Transition,
     Queue,
     Timer(usize, Machine),
 }
@@ -166,6 +189,16 @@ pub(crate) struct World {
     /// The last requests of each requester, as `(nonce, to, range)`: what a
     /// byzantine peer could overhear.
     overheard: BTreeMap<NodeId, VecDeque<(u64, NodeId, SeqRange)>>,
+    schedule: Schedule,
+    /// Per unordered pair, bumped each time its connection breaks.
+    generations: BTreeMap<(usize, usize), u64>,
+    /// Per node, bumped at each restart.
+    incarnations: Vec<u64>,
+    overclaim_by: u64,
+    /// The last lagger commit, give-up or connection change.
+    last_progress: Instant,
+    /// Messages lost because their ends could not reach each other.
+    unreachable_lost: u64,
 }
 
 impl World {
@@ -181,23 +214,66 @@ impl World {
         self.network.try_reserve(self.now, from.0, to.0)
     }
 
+    /// Whether `from → to` has room, without counting a drop.
+    pub(crate) fn network_has_room(&mut self, from: NodeId, to: NodeId) -> bool {
+        self.network.has_room(self.now, from.0, to.0)
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.now.duration_since(self.epoch)
+    }
+
+    /// Whether `a` and `b` can reach each other now.
+    pub(crate) fn reachable(&self, a: usize, b: usize) -> bool {
+        self.schedule.reachable(a, b, self.elapsed())
+    }
+
+    fn generation(&self, a: usize, b: usize) -> u64 {
+        self.generations
+            .get(&(a.min(b), a.max(b)))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Something moved a lagger on (or may let it move): resets the stall
+    /// clock.
+    pub(crate) fn progressed(&mut self) {
+        self.last_progress = self.now;
+    }
+
     /// Puts `bytes` on the network from `from` to `to`.
     pub(crate) fn send(&mut self, from: NodeId, to: NodeId, bytes: Bytes) {
+        if !self.reachable(from.0, to.0) {
+            // No connection: the transport refuses it (no uplink used).
+            self.unreachable_lost += 1;
+            return;
+        }
+        let generation = self.generation(from.0, to.0);
         for at in self.network.send(self.now, from.0, to.0, bytes.len()) {
             let bytes = bytes.clone();
-            self.schedule(at, Pending::Message { from, to, bytes });
+            self.schedule(
+                at,
+                Pending::Message {
+                    from,
+                    to,
+                    bytes,
+                    generation,
+                },
+            );
         }
     }
 
     /// A slow node answers its read after the scenario's delay.
     pub(crate) fn read_later(&mut self, node: NodeId, ticket: Ticket, payloads: Vec<Payload>) {
         let at = self.now + self.slow_delay;
+        let incarnation = self.incarnations[node.0];
         self.schedule(
             at,
             Pending::ReadDone {
                 node,
                 ticket,
                 payloads,
+                incarnation,
             },
         );
     }
@@ -248,6 +324,11 @@ pub struct Simulation {
     outcome: Option<Outcome>,
     /// `epoch + max_virtual_time`, if an `Instant` can hold it.
     time_cap: Option<Instant>,
+    channel: Bytes,
+    /// Who can reach whom, as of the last transition.
+    connected: Vec<Vec<bool>>,
+    /// The next outage or partition change.
+    transition_at: Option<Instant>,
 }
 
 impl Simulation {
@@ -296,6 +377,7 @@ impl Simulation {
             let height = match behaviour {
                 _ if lagger => 1,
                 Behaviour::Lying => 1 + scenario.blocks / 2,
+                Behaviour::Flooder => 1,
                 _ => chain.height(),
             };
             let node_seed = derive(seed, 0x1000 + i as u64);
@@ -310,21 +392,44 @@ impl Simulation {
                 epoch,
             )?);
         }
+        if let Some(corrupt) = scenario.corrupt {
+            let sources = nodes
+                .iter_mut()
+                .filter(|n| !n.lagger && n.serving_height() > corrupt.seq);
+            for node in sources.take(corrupt.sources) {
+                node.bad_block = Some(corrupt.seq);
+            }
+        }
+        let links: Vec<_> = (0..total).map(|i| scenario.link(i)).collect();
         let faults = Faults {
             loss: scenario.loss,
             duplicate: scenario.duplicate,
             reorder: scenario.reorder,
             reorder_delay: scenario.reorder_delay,
         };
-        let network = Network::new(
+        let mut network = Network::new(
             epoch,
             scenario.latency,
-            &vec![scenario.uplink_bps; total],
-            &vec![scenario.downlink_bps; total],
+            &links.iter().map(|l| l.uplink_bps).collect::<Vec<_>>(),
+            &links.iter().map(|l| l.downlink_bps).collect::<Vec<_>>(),
             scenario.send_buffer,
             faults,
             derive(seed, 1),
         );
+        if !scenario.links.is_empty() {
+            network.set_latencies(links.iter().map(|l| l.latency).collect());
+        }
+        let schedule = Schedule::new(&scenario.outages, &scenario.partitions);
+        let connected = (0..total)
+            .map(|a| {
+                (0..total)
+                    .map(|b| schedule.reachable(a, b, Duration::ZERO))
+                    .collect()
+            })
+            .collect();
+        let transition_at = schedule
+            .next_after(Duration::ZERO)
+            .and_then(|d| epoch.checked_add(d));
         let world = World {
             now: epoch,
             max_block_bytes: chain.max_block_bytes() as u64,
@@ -341,7 +446,19 @@ impl Simulation {
             violation_messages: Vec::new(),
             epoch,
             overheard: BTreeMap::new(),
+            schedule,
+            generations: BTreeMap::new(),
+            incarnations: vec![0; total],
+            overclaim_by: scenario.overclaim_by,
+            last_progress: epoch,
+            unreachable_lost: 0,
         };
+        let mut world = world;
+        for node in &nodes {
+            if node.behaviour == Behaviour::Flooder {
+                world.schedule(epoch, Pending::Flood { node: node.id });
+            }
+        }
         Ok(Self {
             scenario,
             seed,
@@ -352,6 +469,9 @@ impl Simulation {
             steps: 0,
             outcome: None,
             time_cap: epoch.checked_add(scenario_cap),
+            channel,
+            connected,
+            transition_at,
         })
     }
 
@@ -362,13 +482,24 @@ impl Simulation {
             if let Some(outcome) = self.outcome {
                 break outcome;
             }
-            if self.world.caught_up == self.scenario.laggers {
+            let finished = self.update_finished();
+            if finished && self.transition_at.is_none() {
                 break Outcome::Converged;
             }
             if self.steps >= self.scenario.max_steps {
                 break Outcome::StepCap;
             }
             let (at, next) = self.next_event();
+            let stall_at = self
+                .world
+                .last_progress
+                .checked_add(self.scenario.stall_after);
+            if !finished
+                && self.transition_at.is_none_or(|t| Some(t) > stall_at)
+                && stall_at.is_some_and(|s| at > s)
+            {
+                break Outcome::Stalled;
+            }
             if self.time_cap.is_some_and(|cap| at > cap) {
                 break Outcome::TimeCap;
             }
@@ -382,6 +513,77 @@ impl Simulation {
         self.outcome = Some(outcome);
         progress(self.progress());
         self.report()
+    }
+
+    /// The height each lagger must reach (its liveness target): the
+    /// highest height that an honest node reachable from it now holds and
+    /// serves (an overclaimer counts for what it holds, a liar for its
+    /// half; silent, byzantine and flooding nodes not at all), cut at a
+    /// corrupt block that no such node holds a good copy of. A lagger's own
+    /// height is a floor.
+    pub fn liveness_targets(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.lagger)
+            .map(|lagger| self.target_of(lagger))
+            .collect()
+    }
+
+    /// The liveness target of `lagger`, and whether a corrupt block cut it.
+    fn target_and_cut(&self, lagger: &Node) -> (u64, bool) {
+        let sources: Vec<&Node> = self
+            .nodes
+            .iter()
+            .filter(|n| n.id != lagger.id && self.world.reachable(lagger.id.0, n.id.0))
+            .collect();
+        let best = sources
+            .iter()
+            .map(|n| n.serving_height())
+            .max()
+            .unwrap_or(0)
+            .max(lagger.height);
+        if let Some(corrupt) = self.scenario.corrupt {
+            let good = lagger.height > corrupt.seq
+                || sources
+                    .iter()
+                    .any(|n| n.serving_height() > corrupt.seq && n.bad_block != Some(corrupt.seq));
+            if best > corrupt.seq && !good {
+                return (corrupt.seq, true);
+            }
+        }
+        (best, false)
+    }
+
+    fn target_of(&self, lagger: &Node) -> u64 {
+        self.target_and_cut(lagger).0
+    }
+
+    /// Marks laggers that reached their target (and, where a corrupt block
+    /// cut it, gave up on that block); whether all did.
+    fn update_finished(&mut self) -> bool {
+        let mut all = true;
+        for i in 0..self.nodes.len() {
+            if !self.nodes[i].lagger {
+                continue;
+            }
+            let (target, cut) = self.target_and_cut(&self.nodes[i]);
+            let node = &self.nodes[i];
+            let gave_up = node.give_ups.get("block_rejected").copied().unwrap_or(0) > 0;
+            let done = node.height >= target && (!cut || gave_up);
+            let node = &mut self.nodes[i];
+            if !done {
+                node.caught_up_at = None;
+                all = false;
+            } else if node.caught_up_at.is_none() {
+                node.caught_up_at = Some(self.world.now);
+            }
+        }
+        self.world.caught_up = self
+            .nodes
+            .iter()
+            .filter(|n| n.lagger && n.caught_up_at.is_some())
+            .count();
+        all
     }
 
     /// Where the run is.
@@ -408,21 +610,34 @@ impl Simulation {
     /// The lower bound for this scenario (see [`Bound`]).
     pub fn bound(&self) -> Bound {
         let s = &self.scenario;
-        let serving = (0..s.peers)
+        let serving: Vec<usize> = (0..s.peers)
             .filter(|&i| {
                 matches!(
                     s.behaviour(i),
-                    Behaviour::Honest | Behaviour::Slow | Behaviour::Lying
+                    Behaviour::Honest
+                        | Behaviour::Slow
+                        | Behaviour::Lying
+                        | Behaviour::Overclaiming(Overclaim::Partial)
                 )
             })
-            .count() as u64;
+            .collect();
+        let laggers = s.peers..s.peers + s.laggers;
+        let latency = serving
+            .iter()
+            .flat_map(|&a| laggers.clone().map(move |b| (a, b)))
+            .map(|(a, b)| self.world.network.path_latency(a, b))
+            .min()
+            .unwrap_or(s.latency);
         Bound {
-            latency: s.latency,
+            latency,
             bytes: self.world.chain.bytes_between(1, s.target_height()),
             laggers: s.laggers,
-            source_uplink_bps: serving.saturating_mul(s.uplink_bps),
-            lagger_uplink_bps: (s.laggers as u64).saturating_mul(s.uplink_bps),
-            min_downlink_bps: s.downlink_bps,
+            source_uplink_bps: serving.iter().map(|&i| s.link(i).uplink_bps).sum(),
+            lagger_uplink_bps: laggers.clone().map(|i| s.link(i).uplink_bps).sum(),
+            min_downlink_bps: laggers
+                .map(|i| s.link(i).downlink_bps)
+                .min()
+                .unwrap_or(s.downlink_bps),
         }
     }
 
@@ -437,6 +652,12 @@ impl Simulation {
             catchup: None,
             lagger_catchup: Vec::new(),
             lagger_heights: Vec::new(),
+            lagger_targets: self.liveness_targets(),
+            amplification: Vec::new(),
+            give_ups_by_reason: BTreeMap::new(),
+            responder_peak_queued: 0,
+            responder_peak_reading: 0,
+            unreachable_lost: self.world.unreachable_lost,
             bound: self.bound(),
             requests: 0,
             timeouts: 0,
@@ -454,7 +675,49 @@ impl Simulation {
             virtual_time: self.world.now.duration_since(self.epoch),
             wall: None,
         };
+        let c = &self.world.config;
+        let block = self.world.max_block_bytes.max(1);
+        let k = (c.max_response_bytes as u64 / block).clamp(1, c.batch_size.saturating_add(1));
+        let answer_cap = k
+            .saturating_mul(block)
+            .min((c.max_response_bytes as u64).max(block));
+        let per_range = u64::from(c.max_retries) + 4;
+        let others = (self.nodes.len() - 1) as u64;
+        let seconds = report.virtual_time.as_secs_f64().ceil() as u64;
+        let targets = report.lagger_targets.clone();
+        let mut lagger = 0;
         for node in &self.nodes {
+            if node.behaviour != Behaviour::Flooder {
+                report.responder_peak_queued = report.responder_peak_queued.max(node.peak_queued);
+                report.responder_peak_reading =
+                    report.responder_peak_reading.max(node.peak_reading);
+            }
+            for (reason, n) in &node.give_ups {
+                *report
+                    .give_ups_by_reason
+                    .entry((*reason).to_string())
+                    .or_default() += n;
+            }
+            if node.lagger {
+                let target = targets.get(lagger).copied().unwrap_or(1);
+                lagger += 1;
+                let needed = target.saturating_sub(1);
+                let requests =
+                    node.past_requests + node.requester.as_ref().map_or(0, |r| r.stats().requests);
+                let request_bound = per_range
+                    .saturating_mul(needed.div_ceil(k))
+                    .saturating_add(4u64.saturating_mul(others).saturating_mul(seconds));
+                report.amplification.push(Amplification {
+                    requests,
+                    blocks: node.height.saturating_sub(1),
+                    bytes_received: node.bytes_received,
+                    bytes_needed: self.world.chain.bytes_between(1, target),
+                    request_bound,
+                    byte_bound: 2u64
+                        .saturating_mul(requests)
+                        .saturating_mul(answer_cap.saturating_add(512)),
+                });
+            }
             report.refused_requests += node.refused_requests;
             report.rejected += node.rejected;
             report.peak_buffer_bytes = report.peak_buffer_bytes.max(node.peak_held_bytes);
@@ -492,12 +755,21 @@ impl Simulation {
     /// queue, then timers by node.
     fn next_event(&self) -> (Instant, Next) {
         let mut best = (self.publish_at, Next::Publish);
+        if let Some(at) = self.transition_at {
+            if at < best.0 {
+                best = (at, Next::Transition);
+            }
+        }
         if let Some((&(at, _), _)) = self.world.queue.first_key_value() {
             if at < best.0 {
                 best = (at, Next::Queue);
             }
         }
         for (i, node) in self.nodes.iter().enumerate() {
+            if !self.world.schedule.up(i, self.world.elapsed()) {
+                // A node that is down does nothing until it returns.
+                continue;
+            }
             let timers = [
                 (node.requester_timer, Machine::Requester),
                 (node.responder_timer, Machine::Responder),
@@ -519,12 +791,25 @@ impl Simulation {
                 self.publish();
                 None
             }
+            Next::Transition => {
+                self.transition();
+                None
+            }
             Next::Queue => {
                 let Some((_, pending)) = self.world.queue.pop_first() else {
                     return;
                 };
                 match pending {
-                    Pending::Message { from, to, bytes } => {
+                    Pending::Message {
+                        from,
+                        to,
+                        bytes,
+                        generation,
+                    } => {
+                        if !self.connection_alive(from.0, to.0, generation) {
+                            self.world.unreachable_lost += 1;
+                            return;
+                        }
                         self.nodes[to.0].on_message(&mut self.world, from, bytes);
                         Some(to.0)
                     }
@@ -533,7 +818,12 @@ impl Simulation {
                         to,
                         height,
                         published,
+                        generation,
                     } => {
+                        if !self.connection_alive(from.0, to.0, generation) {
+                            self.world.unreachable_lost += 1;
+                            return;
+                        }
                         self.nodes[to.0].on_state_info(&mut self.world, from, height, published);
                         Some(to.0)
                     }
@@ -541,9 +831,19 @@ impl Simulation {
                         node,
                         ticket,
                         payloads,
+                        incarnation,
                     } => {
+                        let up = self.world.schedule.up(node.0, self.world.elapsed());
+                        if !up || self.world.incarnations[node.0] != incarnation {
+                            // The read died with the process.
+                            return;
+                        }
                         self.nodes[node.0].on_read_done(&mut self.world, ticket, payloads);
                         Some(node.0)
+                    }
+                    Pending::Flood { node } => {
+                        self.flood(node);
+                        None
                     }
                 }
             }
@@ -557,22 +857,101 @@ impl Simulation {
         }
     }
 
+    /// Whether a message sent on the connection `from → to` in
+    /// `generation` can still be delivered: the connection never broke since.
+    fn connection_alive(&self, from: usize, to: usize, generation: u64) -> bool {
+        self.world.reachable(from, to) && self.world.generation(from, to) == generation
+    }
+
+    /// Outages and partitions change: broken connections get a new
+    /// generation, returning nodes restart, and the requesters at both ends
+    /// of every changed connection hear of it.
+    fn transition(&mut self) {
+        let t = self.world.elapsed();
+        let n = self.nodes.len();
+        let mut changed = Vec::new();
+        for a in 0..n {
+            for b in 0..n {
+                let now = self.world.schedule.reachable(a, b, t);
+                if a != b && now != self.connected[a][b] {
+                    self.connected[a][b] = now;
+                    changed.push((a, b, now));
+                    if a < b && !now {
+                        *self.world.generations.entry((a, b)).or_default() += 1;
+                    }
+                }
+            }
+        }
+        for i in 0..n {
+            if self.world.schedule.restarts_at(i, t) {
+                self.world.incarnations[i] += 1;
+                let seed = derive(
+                    self.seed,
+                    0x2000 + i as u64 + (self.world.incarnations[i] << 20),
+                );
+                self.nodes[i].restart(&self.world, &self.channel, seed);
+            }
+        }
+        for (a, b, up) in changed {
+            if self.world.schedule.up(a, t) {
+                self.nodes[a].on_connection(&mut self.world, NodeId(b), up);
+                self.nodes[a].check(&mut self.world);
+            }
+        }
+        self.world.progressed();
+        self.transition_at = self
+            .world
+            .schedule
+            .next_after(t)
+            .and_then(|d| self.epoch.checked_add(d));
+    }
+
+    /// A flooder's burst, then the next one when its uplink is idle.
+    fn flood(&mut self, node: NodeId) {
+        let t = self.world.elapsed();
+        let targets: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.id != node
+                    && n.has_responder()
+                    && self.world.schedule.reachable(node.0, n.id.0, t)
+            })
+            .map(|n| n.id)
+            .collect();
+        if self.world.schedule.up(node.0, t) {
+            self.nodes[node.0].flood(&mut self.world, &targets, &self.channel);
+        }
+        let now = self.world.now;
+        let idle = self.world.network.uplink_free_at(node.0).unwrap_or(now);
+        // At least a millisecond apart: bounds the steps when nothing is
+        // reachable.
+        let next = idle.max(now + Duration::from_millis(1));
+        self.world.schedule(next, Pending::Flood { node });
+    }
+
     /// Every node advertises its height to every node that listens.
     fn publish(&mut self) {
         let now = self.world.now;
         let chain_height = self.world.chain.height();
+        let t = self.world.elapsed();
         for from in 0..self.nodes.len() {
-            let height = self.nodes[from].advertised_height(chain_height);
+            let height = self.nodes[from].advertised_height(chain_height, self.world.overclaim_by);
             for to in 0..self.nodes.len() {
-                if to == from || !self.nodes[to].wants_state_info() {
+                if to == from
+                    || !self.nodes[to].wants_state_info()
+                    || !self.world.schedule.reachable(from, to, t)
+                {
                     continue;
                 }
-                for at in self.world.network.control(now) {
+                let generation = self.world.generation(from, to);
+                for at in self.world.network.control(now, from, to) {
                     let pending = Pending::StateInfo {
                         from: NodeId(from),
                         to: NodeId(to),
                         height,
                         published: now,
+                        generation,
                     };
                     self.world.schedule(at, pending);
                 }

@@ -84,6 +84,9 @@ pub struct NetStats {
 #[derive(Debug, Clone)]
 pub struct Network {
     latency: Duration,
+    /// Per-node share of the latency, if set: a path's latency is the mean
+    /// of its ends'.
+    latencies: Vec<Duration>,
     up: Vec<Port>,
     down: Vec<Port>,
     faults: Faults,
@@ -114,6 +117,7 @@ impl Network {
         };
         Self {
             latency,
+            latencies: Vec::new(),
             up: uplinks.iter().map(port).collect(),
             down: downlinks.iter().map(port).collect(),
             faults,
@@ -122,6 +126,25 @@ impl Network {
             send_buffer,
             buffered: BTreeMap::new(),
         }
+    }
+
+    /// Gives each node its own share of the latency (see [`Self::path_latency`]).
+    pub fn set_latencies(&mut self, latencies: Vec<Duration>) {
+        self.latencies = latencies;
+    }
+
+    /// The one-way latency from `a` to `b`: the mean of their shares if
+    /// set, else the network's.
+    pub fn path_latency(&self, a: usize, b: usize) -> Duration {
+        match (self.latencies.get(a), self.latencies.get(b)) {
+            (Some(&x), Some(&y)) => (x + y) / 2,
+            _ => self.latency,
+        }
+    }
+
+    /// When `node`'s uplink is next idle.
+    pub fn uplink_free_at(&self, node: usize) -> Option<Instant> {
+        self.up.get(node).map(|p| p.free_at)
     }
 
     /// Whether the connection `from → to` has room in its send buffer now.
@@ -176,12 +199,13 @@ impl Network {
             1
         };
         let mut deliveries = Vec::with_capacity(copies);
+        let latency = self.path_latency(from, to);
         for _ in 0..copies {
             let down = &mut self.down[to];
             let slot = transmission_time(bytes, down.bits_per_second);
-            let down_start = (up_start + self.latency).max(down.free_at);
+            let down_start = (up_start + latency).max(down.free_at);
             down.free_at = down_start + slot;
-            let at = (down_start + slot).max(up_end + self.latency);
+            let at = (down_start + slot).max(up_end + latency);
             deliveries.push(at + self.reorder_delay());
         }
         deliveries
@@ -189,7 +213,8 @@ impl Network {
 
     /// A small control message (a `StateInfo`) that takes no bandwidth:
     /// latency and faults only.
-    pub fn control(&mut self, now: Instant) -> Vec<Instant> {
+    pub fn control(&mut self, now: Instant, from: usize, to: usize) -> Vec<Instant> {
+        let latency = self.path_latency(from, to);
         if self.chance(self.faults.loss) {
             return Vec::new();
         }
@@ -199,7 +224,7 @@ impl Network {
             1
         };
         (0..copies)
-            .map(|_| now + self.latency + self.reorder_delay())
+            .map(|_| now + latency + self.reorder_delay())
             .collect()
     }
 

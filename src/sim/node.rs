@@ -9,13 +9,13 @@ use bytes::Bytes;
 use prost::Message;
 
 use super::chain::{self, forged_block};
-use super::scenario::Behaviour;
+use super::scenario::{Behaviour, Overclaim};
 use super::World;
 use crate::wire::gossip::{GossipMessage, Payload, Properties, StateInfo};
 use crate::wire::{self, gossip::gossip_message::Content};
 use crate::{
-    Action, AntiEntropy, Config, ConfigError, Event, Origin, PeerState, ResponderAction,
-    ResponderEvent, SeqRange, StateResponder, Ticket,
+    Action, AntiEntropy, Config, ConfigError, Event, GiveUpReason, Origin, PeerState,
+    ResponderAction, ResponderEvent, SeqRange, StateResponder, Ticket,
 };
 
 /// A simulated peer's id: its index in the cluster.
@@ -65,6 +65,30 @@ pub(crate) struct Node {
     pub(crate) peak_held_bytes: u64,
     pub(crate) refused_requests: u64,
     pub(crate) rejected: u64,
+    /// The block this node holds a bad copy of, if any.
+    pub(crate) bad_block: Option<u64>,
+    /// Give-ups of this node's requester, by reason.
+    pub(crate) give_ups: BTreeMap<&'static str, u64>,
+    /// Requests sent by earlier incarnations (a restart loses the stats).
+    pub(crate) past_requests: u64,
+    /// Bytes of messages other than state requests delivered to this node.
+    pub(crate) bytes_received: u64,
+    /// Its responder's peak queue and reads in progress.
+    pub(crate) peak_queued: usize,
+    pub(crate) peak_reading: usize,
+}
+
+/// A short name for a give-up reason (`GiveUpReason` is non-exhaustive).
+pub(crate) fn reason_name(reason: &GiveUpReason) -> &'static str {
+    // Exhaustive inside the crate; the fallback names a new reason until
+    // it is mapped, as a user of the crate must.
+    #[allow(unreachable_patterns)]
+    match reason {
+        GiveUpReason::RetriesExhausted { .. } => "retries_exhausted",
+        GiveUpReason::NoEligiblePeer => "no_eligible_peer",
+        GiveUpReason::BlockRejected { .. } => "block_rejected",
+        _ => "other",
+    }
 }
 
 impl Node {
@@ -81,24 +105,7 @@ impl Node {
         seed: u64,
         now: Instant,
     ) -> Result<Self, ConfigError> {
-        let requester = match behaviour {
-            Behaviour::Honest | Behaviour::Slow => Some(AntiEntropy::new(
-                config.clone(),
-                channel.clone(),
-                height,
-                seed,
-                now,
-            )?),
-            _ => None,
-        };
-        let responder = match behaviour {
-            Behaviour::Silent => None,
-            _ => Some(StateResponder::new(
-                config.clone(),
-                channel.clone(),
-                height,
-            )?),
-        };
+        let (requester, responder) = Self::machines(behaviour, height, config, channel, seed, now)?;
         let mut node = Self {
             id,
             behaviour,
@@ -117,17 +124,125 @@ impl Node {
             peak_held_bytes: 0,
             refused_requests: 0,
             rejected: 0,
+            bad_block: None,
+            give_ups: BTreeMap::new(),
+            past_requests: 0,
+            bytes_received: 0,
+            peak_queued: 0,
+            peak_reading: 0,
         };
         node.refresh_timers();
         Ok(node)
     }
 
+    /// The machines a node of `behaviour` runs.
+    #[allow(clippy::type_complexity)] // internal
+    fn machines(
+        behaviour: Behaviour,
+        height: u64,
+        config: &Config,
+        channel: &Bytes,
+        seed: u64,
+        now: Instant,
+    ) -> Result<(Option<AntiEntropy<NodeId>>, Option<StateResponder<NodeId>>), ConfigError> {
+        let requester = match behaviour {
+            Behaviour::Honest | Behaviour::Slow => Some(AntiEntropy::new(
+                config.clone(),
+                channel.clone(),
+                height,
+                seed,
+                now,
+            )?),
+            _ => None,
+        };
+        let responder = match behaviour {
+            Behaviour::Silent | Behaviour::Overclaiming(Overclaim::Silent) | Behaviour::Flooder => {
+                None
+            }
+            _ => Some(StateResponder::new(
+                config.clone(),
+                channel.clone(),
+                height,
+            )?),
+        };
+        Ok((requester, responder))
+    }
+
+    /// The node comes back as a new process over the same ledger: fresh
+    /// machines, no view, nothing in flight.
+    pub(crate) fn restart(&mut self, w: &World, channel: &Bytes, seed: u64) {
+        self.past_requests += self.requester.as_ref().map_or(0, |r| r.stats().requests);
+        if let Ok((requester, responder)) =
+            Self::machines(self.behaviour, self.height, &w.config, channel, seed, w.now)
+        {
+            self.requester = requester;
+            self.responder = responder;
+        }
+        self.view.clear();
+        self.fed.clear();
+        self.byzantine_ranges.clear();
+        self.refresh_timers();
+    }
+
+    /// The connection to `peer` went down (`up == false`) or came back.
+    /// Only a requester that knew the peer (heard its `StateInfo`) is told.
+    pub(crate) fn on_connection(&mut self, w: &mut World, peer: NodeId, up: bool) {
+        // responder: PeerDisconnected once available
+        if !self.view.contains_key(&peer) {
+            return;
+        }
+        if let Some(requester) = self.requester.as_mut() {
+            let event = if up {
+                Event::PeerConnected { peer }
+            } else {
+                Event::PeerDisconnected { peer }
+            };
+            if let Err(error) = requester.handle(w.now, event) {
+                w.violation(self.id, format!("connection event refused: {error}"));
+            }
+        }
+        self.drain(w);
+    }
+
+    /// A flooder's burst: fills the send buffer of its connection to every
+    /// node with a responder with valid requests for random ranges.
+    pub(crate) fn flood(&mut self, w: &mut World, targets: &[NodeId], channel: &Bytes) {
+        let chain_height = w.chain.height();
+        for &to in targets {
+            while w.network_has_room(self.id, to) {
+                let start = w.rng.u64(1..chain_height.max(2));
+                let end = start
+                    .saturating_add(w.config.batch_size)
+                    .min(chain_height.saturating_sub(1))
+                    .max(start);
+                let nonce = w.rng.u64(..);
+                let message = wire::state_request(nonce, channel.clone(), start, end);
+                w.send(self.id, to, Bytes::from(message.encode_to_vec()));
+            }
+        }
+    }
+
     /// The height this node advertises in its `StateInfo`.
-    pub(crate) fn advertised_height(&self, chain_height: u64) -> u64 {
+    pub(crate) fn advertised_height(&self, chain_height: u64, overclaim_by: u64) -> u64 {
         match self.behaviour {
             Behaviour::Lying => chain_height,
+            Behaviour::Overclaiming(_) => chain_height.saturating_add(overclaim_by),
             _ => self.height,
         }
+    }
+
+    /// The height this node truly serves valid blocks below (0: none).
+    pub(crate) fn serving_height(&self) -> u64 {
+        match self.behaviour {
+            Behaviour::Honest | Behaviour::Slow | Behaviour::Lying => self.height,
+            Behaviour::Overclaiming(Overclaim::Partial) => self.height,
+            _ => 0,
+        }
+    }
+
+    /// Whether the node runs a responder.
+    pub(crate) fn has_responder(&self) -> bool {
+        self.responder.is_some()
     }
 
     /// Whether the node listens to `StateInfo` (it has a requester).
@@ -143,7 +258,13 @@ impl Node {
             w.bytes_received += bytes.len() as u64;
         }
         let now = w.now;
-        match wire::decode_gossip_message(bytes.clone(), w.config.max_message_size) {
+        let decoded = wire::decode_gossip_message(bytes.clone(), w.config.max_message_size);
+        if !matches!(&decoded, Ok(m) if wire::as_state_request(m).is_some()) {
+            // Answers (and garbage) only: what the requester's amplification
+            // bound is about; requests from others are not its doing.
+            self.bytes_received += bytes.len() as u64;
+        }
+        match decoded {
             Ok(message) if wire::as_state_request(&message).is_some() => {
                 if self.behaviour == Behaviour::Byzantine {
                     if let Some(r) = wire::as_state_request(&message) {
@@ -159,6 +280,10 @@ impl Node {
                     {
                         self.refused_requests += 1;
                     }
+                    // Before the host serves the read: the load as admitted.
+                    let stats = responder.stats();
+                    self.peak_queued = self.peak_queued.max(stats.queued);
+                    self.peak_reading = self.peak_reading.max(stats.reading);
                 }
             }
             Ok(message) => {
@@ -282,7 +407,10 @@ impl Node {
         match action {
             Action::SendRequest { to, message } => self.send_request(w, to, message),
             Action::AddPayload { payload, from } => self.commit(w, payload, from),
-            Action::GiveUp { .. } => {}
+            Action::GiveUp { reason, .. } => {
+                *self.give_ups.entry(reason_name(&reason)).or_default() += 1;
+                w.progressed();
+            }
         }
     }
 
@@ -315,6 +443,12 @@ impl Node {
                 }
                 let bytes = if self.behaviour == Behaviour::Byzantine {
                     self.corrupt(w, to, message)
+                } else if self.behaviour == Behaviour::Overclaiming(Overclaim::Empty) {
+                    let mut message = message;
+                    if let Some(Content::StateResponse(response)) = &mut message.content {
+                        response.payloads.clear();
+                    }
+                    Bytes::from(message.encode_to_vec())
                 } else {
                     Bytes::from(message.encode_to_vec())
                 };
@@ -438,6 +572,7 @@ impl Node {
                     );
                 }
                 self.height += 1;
+                w.progressed();
                 if let Err(error) = requester.handle(
                     now,
                     Event::Committed {
@@ -451,10 +586,6 @@ impl Node {
                 }
                 if let Some(responder) = self.responder.as_mut() {
                     let _ = responder.handle(now, ResponderEvent::Height(self.height));
-                }
-                if self.lagger && self.height == w.chain.height() && self.caught_up_at.is_none() {
-                    self.caught_up_at = Some(now);
-                    w.caught_up += 1;
                 }
             }
             Err(_) => {
@@ -481,6 +612,15 @@ impl Node {
             }
             let Some(block) = w.chain.block(seq) else {
                 break;
+            };
+            let bad;
+            let block = if self.bad_block == Some(seq) {
+                // Seeded by the block: the same bad copy on every read.
+                let mut rng = fastrand::Rng::with_seed(seq);
+                bad = forged_block(seq, w.chain.block_size(), &mut rng);
+                &bad
+            } else {
+                block
             };
             if !payloads.is_empty() && total.saturating_add(block.len()) > max_bytes {
                 break;
@@ -575,6 +715,11 @@ impl Node {
 
     /// Checks the requester's bounds after a step.
     pub(crate) fn check(&mut self, w: &mut World) {
+        if let Some(responder) = self.responder.as_ref() {
+            let stats = responder.stats();
+            self.peak_queued = self.peak_queued.max(stats.queued);
+            self.peak_reading = self.peak_reading.max(stats.reading);
+        }
         let Some(requester) = self.requester.as_ref() else {
             return;
         };

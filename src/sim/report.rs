@@ -1,5 +1,6 @@
 //! What a run measured, and the lower bound it is compared with.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -73,8 +74,11 @@ pub enum Outcome {
     Converged,
     /// The step cap was reached first: a livelock (or a cap too small).
     StepCap,
-    /// The virtual-time cap was reached first.
+    /// The virtual-time cap was reached first (progress, but too slow).
     TimeCap,
+    /// A lagger below its liveness target made no progress for
+    /// `Scenario::stall_after` with nothing left to change: stuck for good.
+    Stalled,
 }
 
 impl Outcome {
@@ -84,7 +88,64 @@ impl Outcome {
             Outcome::Converged => "converged",
             Outcome::StepCap => "step_cap",
             Outcome::TimeCap => "time_cap",
+            Outcome::Stalled => "stalled",
         }
+    }
+}
+
+/// What one lagger's catch-up cost, against the bound the sweep checks.
+///
+/// With `n` blocks needed (its liveness target − 1), answers of at most
+/// `k = min(batch_size + 1, max(1, max_response_bytes / largest block))`
+/// blocks, `P` other nodes and `T` virtual seconds of the run:
+///
+/// ```text
+/// requests ≤ (max_retries + 4) · ⌈n / k⌉ + 4 · P · T
+/// ```
+///
+/// Each range of at most `k` blocks is sent at most `max_retries + 1`
+/// times before it is given up, plus up to 3 hedges; the time term covers
+/// what repeats by the clock rather than by the blocks: every back-off that
+/// re-asks a peer (bench, doubt of an overclaimer, bad-block back-off,
+/// probation probes) is at least 250 ms, so each peer is re-asked at most 4
+/// times a second. A tight refetch loop (issue #8.2: 467 179 requests in
+/// 20 s) or an overclaimer probed per round trip breaks it.
+///
+/// Answer bytes (everything delivered to the lagger but others' requests)
+/// are bounded by `2 · requests · (answer cap + 512)`: each send gets at
+/// most one answer, duplicated at most once by the network, of at most
+/// `min(k · largest block, max(max_response_bytes, largest block))` plus
+/// envelope, or 512 bytes of garbage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Amplification {
+    /// Requests the lagger sent (over all its incarnations).
+    pub requests: u64,
+    /// Blocks it committed.
+    pub blocks: u64,
+    /// Bytes of answers (and garbage) delivered to it.
+    pub bytes_received: u64,
+    /// Bytes of the blocks it needed (from 1 to its liveness target).
+    pub bytes_needed: u64,
+    /// The bound on `requests` (see the type's docs).
+    pub request_bound: u64,
+    /// The bound on `bytes_received`.
+    pub byte_bound: u64,
+}
+
+impl Amplification {
+    /// Requests per block delivered (`requests` if none was).
+    pub fn requests_per_block(&self) -> f64 {
+        self.requests as f64 / self.blocks.max(1) as f64
+    }
+
+    /// Bytes received per byte needed.
+    pub fn bytes_ratio(&self) -> f64 {
+        self.bytes_received as f64 / self.bytes_needed.max(1) as f64
+    }
+
+    /// Whether both bounds hold.
+    pub fn within_bounds(&self) -> bool {
+        self.requests <= self.request_bound && self.bytes_received <= self.byte_bound
     }
 }
 
@@ -118,6 +179,21 @@ pub struct Report {
     pub lagger_catchup: Vec<Option<Duration>>,
     /// Each lagger's final height.
     pub lagger_heights: Vec<u64>,
+    /// Each lagger's liveness target at the end (see
+    /// [`Simulation::liveness_targets`](super::Simulation::liveness_targets)).
+    pub lagger_targets: Vec<u64>,
+    /// Each lagger's cost, with its bound.
+    pub amplification: Vec<Amplification>,
+    /// Give-ups of all requesters by reason (`retries_exhausted`,
+    /// `no_eligible_peer`, `block_rejected`, `other`).
+    pub give_ups_by_reason: BTreeMap<String, u64>,
+    /// Largest request queue of any non-flooding node's responder.
+    pub responder_peak_queued: usize,
+    /// Most reads in progress at any non-flooding node's responder.
+    pub responder_peak_reading: usize,
+    /// Messages lost because their ends could not reach each other
+    /// (outages, partitions, connections broken under them).
+    pub unreachable_lost: u64,
     /// The lower bound and its inputs.
     pub bound: Bound,
     /// Requests sent by all requesters (first sends, retries, hedges).
@@ -160,9 +236,62 @@ impl Report {
         self.outcome == Outcome::Converged
     }
 
-    /// Converged with no invariant violation.
+    /// Converged with no invariant violation, within the amplification
+    /// bounds.
     pub fn passed(&self) -> bool {
-        self.converged() && self.violations == 0
+        self.converged() && self.violations == 0 && self.within_bounds()
+    }
+
+    /// Whether every lagger stayed within its amplification bounds.
+    pub fn within_bounds(&self) -> bool {
+        self.amplification.iter().all(Amplification::within_bounds)
+    }
+
+    /// What failed, in words (empty if the run passed).
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.converged() {
+            out.push(format!(
+                "{}: heights {:?}, targets {:?}",
+                self.outcome.as_str(),
+                self.lagger_heights,
+                self.lagger_targets
+            ));
+        }
+        if self.violations > 0 {
+            out.push(format!("{} invariant violations", self.violations));
+        }
+        for (i, a) in self.amplification.iter().enumerate() {
+            if a.requests > a.request_bound {
+                out.push(format!(
+                    "lagger {i}: {} requests for {} blocks, bound {}",
+                    a.requests, a.blocks, a.request_bound
+                ));
+            }
+            if a.bytes_received > a.byte_bound {
+                out.push(format!(
+                    "lagger {i}: {} bytes received, bound {}",
+                    a.bytes_received, a.byte_bound
+                ));
+            }
+        }
+        out
+    }
+
+    /// The worst requests per block delivered over the laggers.
+    pub fn worst_requests_per_block(&self) -> f64 {
+        self.amplification
+            .iter()
+            .map(Amplification::requests_per_block)
+            .fold(0.0, f64::max)
+    }
+
+    /// The worst bytes received per byte needed over the laggers.
+    pub fn worst_bytes_ratio(&self) -> f64 {
+        self.amplification
+            .iter()
+            .map(Amplification::bytes_ratio)
+            .fold(0.0, f64::max)
     }
 
     /// `catchup / bound`, once converged.
@@ -209,6 +338,54 @@ impl Report {
         field("retries", self.retries.to_string());
         field("hedges", self.hedges.to_string());
         field("give_ups", self.give_ups.to_string());
+        let reasons: Vec<String> = self
+            .give_ups_by_reason
+            .iter()
+            .map(|(k, v)| format!("{}:{v}", json_string(k)))
+            .collect();
+        field("give_ups_by_reason", format!("{{{}}}", reasons.join(",")));
+        let list = |v: &[u64]| {
+            let items: Vec<String> = v.iter().map(u64::to_string).collect();
+            format!("[{}]", items.join(","))
+        };
+        field("lagger_heights", list(&self.lagger_heights));
+        field("lagger_targets", list(&self.lagger_targets));
+        let amp: Vec<String> = self
+            .amplification
+            .iter()
+            .map(|a| {
+                format!(
+                    "{{\"requests\":{},\"blocks\":{},\"requests_per_block\":{:.4},\"request_bound\":{},\"bytes_received\":{},\"bytes_needed\":{},\"bytes_ratio\":{:.4},\"byte_bound\":{}}}",
+                    a.requests,
+                    a.blocks,
+                    a.requests_per_block(),
+                    a.request_bound,
+                    a.bytes_received,
+                    a.bytes_needed,
+                    a.bytes_ratio(),
+                    a.byte_bound
+                )
+            })
+            .collect();
+        field("amplification", format!("[{}]", amp.join(",")));
+        field(
+            "worst_requests_per_block",
+            format!("{:.4}", self.worst_requests_per_block()),
+        );
+        field(
+            "worst_bytes_ratio",
+            format!("{:.4}", self.worst_bytes_ratio()),
+        );
+        field("within_bounds", self.within_bounds().to_string());
+        field(
+            "responder_peak_queued",
+            self.responder_peak_queued.to_string(),
+        );
+        field(
+            "responder_peak_reading",
+            self.responder_peak_reading.to_string(),
+        );
+        field("unreachable_lost", self.unreachable_lost.to_string());
         field("rejected", self.rejected.to_string());
         field("ignored", self.ignored.to_string());
         field("refused_requests", self.refused_requests.to_string());

@@ -1,6 +1,9 @@
 //! What a simulation runs: the cluster, its links and its faulty peers.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
+
+use super::faults::{CorruptBlock, Link, Outage, Partition};
 
 /// Smallest bandwidth accepted, bits per second.
 const MIN_BANDWIDTH: u64 = 1_000;
@@ -28,6 +31,24 @@ pub enum Behaviour {
     /// block's, garbage bytes, or the right blocks under a nonce the
     /// requester sent to another peer (overheard).
     Byzantine,
+    /// Holds the whole chain but advertises [`Scenario::overclaim_by`]
+    /// blocks more, answering as [`Overclaim`] says (issue #8.1).
+    Overclaiming(Overclaim),
+    /// Runs no machine; sends valid state requests to every responder as
+    /// fast as its uplink (and send buffers) allow.
+    Flooder,
+}
+
+/// How an overclaiming peer answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Overclaim {
+    /// Never answers.
+    Silent,
+    /// Answers every request with no payload.
+    Empty,
+    /// Serves what it truly holds (the chain), nothing above.
+    Partial,
 }
 
 /// A cluster: `peers` up-to-date peers (nodes `0..peers`, behaving as
@@ -80,6 +101,22 @@ pub struct Scenario {
     pub max_steps: u64,
     /// Virtual time after which the run stops unconverged.
     pub max_virtual_time: Duration,
+    /// How far above the chain an [`Behaviour::Overclaiming`] peer
+    /// advertises, in blocks.
+    pub overclaim_by: u64,
+    /// A block corrupt at some or all of its sources.
+    pub corrupt: Option<CorruptBlock>,
+    /// Crashes, restarts, joins and leaves.
+    pub outages: Vec<Outage>,
+    /// Partitions that heal.
+    pub partitions: Vec<Partition>,
+    /// Per-node links (node `i` gets `links[i]`; nodes past the end get
+    /// the uniform `latency`, `uplink_bps`, `downlink_bps`).
+    pub links: Vec<Link>,
+    /// A run whose unfinished laggers make no progress (no commit, no
+    /// give-up for a bad block) for this long, with no outage or partition
+    /// pending, stops as [`Outcome::Stalled`](super::Outcome::Stalled).
+    pub stall_after: Duration,
 }
 
 impl Default for Scenario {
@@ -102,6 +139,12 @@ impl Default for Scenario {
             state_info_interval: Duration::from_secs(4),
             max_steps: 5_000_000,
             max_virtual_time: Duration::from_secs(24 * 3600),
+            overclaim_by: 1000,
+            corrupt: None,
+            outages: Vec::new(),
+            partitions: Vec::new(),
+            links: Vec::new(),
+            stall_after: Duration::from_secs(600),
         }
     }
 }
@@ -134,6 +177,104 @@ impl Scenario {
         }
         self.behaviours = behaviours;
         self
+    }
+
+    /// Makes the last honest up-to-date peers overclaim by `by` blocks,
+    /// answering as `mode` says (at least one honest peer is kept).
+    pub fn with_overclaimers(mut self, count: usize, mode: Overclaim, by: u64) -> Self {
+        self.behaviours.resize(self.peers, Behaviour::Honest);
+        let mut honest: Vec<usize> = (0..self.peers)
+            .filter(|&i| self.behaviours[i] == Behaviour::Honest)
+            .collect();
+        // The first honest peer stays honest.
+        if !honest.is_empty() {
+            honest.remove(0);
+        }
+        honest.reverse();
+        honest.truncate(count);
+        for i in honest {
+            self.behaviours[i] = Behaviour::Overclaiming(mode);
+        }
+        self.overclaim_by = by;
+        self
+    }
+
+    /// Adds `count` flooders as the last up-to-date peers (on top of the
+    /// existing ones).
+    pub fn with_flooders(mut self, count: usize) -> Self {
+        self.behaviours.resize(self.peers, Behaviour::Honest);
+        self.behaviours
+            .extend(std::iter::repeat_n(Behaviour::Flooder, count));
+        self.peers += count;
+        self
+    }
+
+    /// Makes block `seq` bad at its first `sources` sources
+    /// (`usize::MAX`: at all of them).
+    pub fn with_corrupt_block(mut self, seq: u64, sources: usize) -> Self {
+        self.corrupt = Some(CorruptBlock { seq, sources });
+        self
+    }
+
+    /// Node `node` crashes at `at` and restarts `down_for` later, its
+    /// ledger intact.
+    pub fn with_crash(mut self, node: usize, at: Duration, down_for: Duration) -> Self {
+        self.outages.push(Outage {
+            node,
+            from: at,
+            until: Some(at.saturating_add(down_for)),
+        });
+        self
+    }
+
+    /// Node `node` joins the cluster at `at` (it is down before).
+    pub fn with_join(mut self, node: usize, at: Duration) -> Self {
+        self.outages.push(Outage {
+            node,
+            from: Duration::ZERO,
+            until: Some(at),
+        });
+        self
+    }
+
+    /// Node `node` leaves the cluster for good at `at`.
+    pub fn with_leave(mut self, node: usize, at: Duration) -> Self {
+        self.outages.push(Outage {
+            node,
+            from: at,
+            until: None,
+        });
+        self
+    }
+
+    /// Nodes in `side` cannot reach the others from `from` until `until`.
+    pub fn with_partition(
+        mut self,
+        side: impl IntoIterator<Item = usize>,
+        from: Duration,
+        until: Duration,
+    ) -> Self {
+        self.partitions.push(Partition {
+            side: side.into_iter().collect::<BTreeSet<_>>(),
+            from,
+            until,
+        });
+        self
+    }
+
+    /// Gives node `i` the link `links[i]`.
+    pub fn with_links(mut self, links: Vec<Link>) -> Self {
+        self.links = links;
+        self
+    }
+
+    /// Node `i`'s link: its own, or the uniform one.
+    pub fn link(&self, i: usize) -> Link {
+        self.links.get(i).copied().unwrap_or(Link {
+            latency: self.latency,
+            uplink_bps: self.uplink_bps,
+            downlink_bps: self.downlink_bps,
+        })
     }
 
     /// The behaviour of up-to-date peer `i`.
@@ -176,6 +317,49 @@ impl Scenario {
         if !(0..self.peers).any(|i| self.behaviour(i) == Behaviour::Honest) {
             return Err(Invalid("at least one up-to-date peer must be honest"));
         }
+        let nodes = self.peers + self.laggers;
+        if self.outages.iter().any(|o| o.node >= nodes)
+            || self
+                .partitions
+                .iter()
+                .any(|p| p.side.iter().any(|&n| n >= nodes))
+        {
+            return Err(Invalid("outages and partitions must name existing nodes"));
+        }
+        if self
+            .outages
+            .iter()
+            .any(|o| o.node >= self.peers && o.until.is_none())
+        {
+            return Err(Invalid("a lagger may crash but not leave for good"));
+        }
+        if self
+            .outages
+            .iter()
+            .any(|o| o.until.is_some_and(|u| u <= o.from) && !o.from.is_zero())
+            || self.partitions.iter().any(|p| p.until <= p.from)
+        {
+            return Err(Invalid("an outage or partition must end after it starts"));
+        }
+        if self
+            .corrupt
+            .is_some_and(|c| c.seq == 0 || c.seq > self.blocks)
+        {
+            return Err(Invalid("the corrupt block must be in 1..=blocks"));
+        }
+        if self.stall_after.is_zero() {
+            return Err(Invalid("stall_after must not be zero"));
+        }
+        let links = (0..nodes).map(|i| self.link(i));
+        if links
+            .clone()
+            .any(|l| l.uplink_bps < MIN_BANDWIDTH || l.downlink_bps < MIN_BANDWIDTH)
+        {
+            return Err(Invalid("bandwidths must be at least 1 kbit/s"));
+        }
+        if links.clone().any(|l| l.latency > MAX_DURATION) {
+            return Err(Invalid("durations must not exceed a year"));
+        }
         if self.uplink_bps < MIN_BANDWIDTH || self.downlink_bps < MIN_BANDWIDTH {
             return Err(Invalid("bandwidths must be at least 1 kbit/s"));
         }
@@ -191,6 +375,7 @@ impl Scenario {
             self.slow_delay,
             self.state_info_interval,
             self.max_virtual_time,
+            self.stall_after,
         ];
         if durations.iter().any(|d| *d > MAX_DURATION) {
             return Err(Invalid("durations must not exceed a year"));
