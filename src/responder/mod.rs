@@ -91,7 +91,6 @@ pub use types::{RequestError, ResponderAction, ResponderEvent, ResponderStats, T
 ///         }
 ///         ResponderAction::SendResponse { to, message } => sent.push((to, message)),
 ///         ResponderAction::Dropped { .. } => {} // informational
-///         ResponderAction::Dropped { .. } => {} // informational
 ///     }
 /// }
 /// let response = wire::as_state_response(&sent[0].1).unwrap();
