@@ -187,7 +187,12 @@ impl Node {
     /// The connection to `peer` went down (`up == false`) or came back.
     /// Only a requester that knew the peer (heard its `StateInfo`) is told.
     pub(crate) fn on_connection(&mut self, w: &mut World, peer: NodeId, up: bool) {
-        // responder: PeerDisconnected once available
+        // The responder answers nothing more on a dead connection.
+        if !up {
+            if let Some(responder) = self.responder.as_mut() {
+                let _ = responder.handle(w.now, ResponderEvent::PeerDisconnected { peer });
+            }
+        }
         if !self.view.contains_key(&peer) {
             return;
         }
