@@ -420,7 +420,8 @@ fn replay() {
         return;
     };
     let (scenario, configs) = if std::env::var_os("SIM_WILD").is_some() {
-        let (scenario, tuned) = wild(seed, true);
+        let flooders = std::env::var("SIM_FLOODERS").map_or(true, |v| v != "0");
+        let (scenario, tuned) = wild(seed, flooders);
         let mut configs: Vec<(&str, Config)> = presets().into();
         configs.extend(tuned.map(|c| ("tuned", c)));
         (scenario, configs)

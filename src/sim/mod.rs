@@ -49,7 +49,7 @@
 //! per-node [`Link`]s and flooders; see [`Scenario`]'s `with_*` builders.
 //! A run converges when every lagger reached its liveness target
 //! ([`Simulation::liveness_targets`]; cut at a block bad at every reachable
-//! source, where a `BlockRejected` give-up is also required) with no outage
+//! source, where a give-up is also required) with no outage
 //! or partition pending; it is [`Outcome::Stalled`] when a lagger is short
 //! of it and nothing moved for [`Scenario::stall_after`]. Each lagger's
 //! request and byte amplification is checked against the bound documented
@@ -568,7 +568,12 @@ impl Simulation {
             }
             let (target, cut) = self.target_and_cut(&self.nodes[i]);
             let node = &self.nodes[i];
-            let gave_up = node.give_ups.get("block_rejected").copied().unwrap_or(0) > 0;
+            // Any give-up reports the cut: with silent peers about, Fabric's
+            // preset mostly exhausts its tries on timeouts before a bad copy
+            // is rejected `max_retries + 1` times (`tests/adversity.rs`
+            // checks `BlockRejected` itself where the bad block is all
+            // there is).
+            let gave_up = node.give_ups.values().sum::<u64>() > 0;
             let done = node.height >= target && (!cut || gave_up);
             let node = &mut self.nodes[i];
             if !done {
@@ -713,7 +718,7 @@ impl Simulation {
                     bytes_received: node.bytes_received,
                     bytes_needed: self.world.chain.bytes_between(1, target),
                     request_bound,
-                    byte_bound: 2u64
+                    byte_bound: 4u64
                         .saturating_mul(requests)
                         .saturating_mul(answer_cap.saturating_add(512)),
                 });

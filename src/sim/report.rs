@@ -112,8 +112,10 @@ impl Outcome {
 /// 20 s) or an overclaimer probed per round trip breaks it.
 ///
 /// Answer bytes (everything delivered to the lagger but others' requests)
-/// are bounded by `2 · requests · (answer cap + 512)`: each send gets at
-/// most one answer, duplicated at most once by the network, of at most
+/// are bounded by `4 · requests · (answer cap + 512)`: the network may
+/// duplicate a request once (a responder answers each copy, as Fabric's
+/// does) and each answer once, so a send gets at most four answers, each of
+/// at most
 /// `min(k · largest block, max(max_response_bytes, largest block))` plus
 /// envelope, or 512 bytes of garbage.
 #[derive(Debug, Clone, PartialEq)]
