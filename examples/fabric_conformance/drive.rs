@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use antientropy::wire::gossip::GossipMessage;
 use antientropy::{
-    wire, Action, AntiEntropy, Event, EventError, GiveUpReason, ResponderAction, ResponderEvent,
-    SeqRange, StateResponder,
+    wire, Action, AntiEntropy, Event, EventError, GiveUpReason, RequestError, ResponderAction,
+    ResponderEvent, SeqRange, StateResponder,
 };
 use bytes::Bytes;
 
@@ -154,7 +154,36 @@ pub fn serve(
     if let Err(refused) = responder.handle_request_bytes(at, fabric.to_string(), payload) {
         return Err(format!("our responder refused Fabric's request: {refused}"));
     }
+    let Drained { responses, dropped } = drain_responder(responder, chain, at)?;
+    if let Some(reason) = dropped {
+        return Err(format!("our responder dropped Fabric's request: {reason}"));
+    }
     let mut sent = None;
+    for (to, message) in responses {
+        net.deliver(&to, us, &message)?;
+        sent = Some(message);
+    }
+    Ok(sent)
+}
+
+/// What a drained responder produced.
+struct Drained {
+    /// The responses to send: (requester, message).
+    responses: Vec<(String, GossipMessage)>,
+    /// Why a request was dropped unread, if one was.
+    dropped: Option<RequestError>,
+}
+
+/// Drains `responder`, reading every block it asks for from `chain` at
+/// once (with the private data its requester may see); returns the
+/// responses to send and why a request was dropped unread, if one was.
+fn drain_responder(
+    responder: &mut StateResponder<String>,
+    chain: &Chain,
+    at: Instant,
+) -> Result<Drained, String> {
+    let mut responses = Vec::new();
+    let mut dropped = None;
     while let Some(action) = responder.poll_action() {
         match action {
             ResponderAction::ReadBlocks {
@@ -167,16 +196,11 @@ pub fn serve(
                     .handle(at, ResponderEvent::BlocksRead { ticket, payloads })
                     .map_err(|e| e.to_string())?;
             }
-            ResponderAction::SendResponse { to, message } => {
-                net.deliver(&to, us, &message)?;
-                sent = Some(message);
-            }
-            ResponderAction::Dropped { reason, .. } => {
-                return Err(format!("our responder dropped Fabric's request: {reason}"));
-            }
+            ResponderAction::SendResponse { to, message } => responses.push((to, message)),
+            ResponderAction::Dropped { reason, .. } => dropped = Some(reason),
         }
     }
-    Ok(sent)
+    Ok(Drained { responses, dropped })
 }
 
 /// The inclusive range a state request asks for.
@@ -214,25 +238,11 @@ pub fn our_answer(
     {
         return Ok(Answer::Refused);
     }
-    let mut response = None;
-    while let Some(action) = ours.poll_action() {
-        match action {
-            ResponderAction::ReadBlocks {
-                ticket, to, range, ..
-            } => {
-                let payloads = (range.start()..=range.end())
-                    .map(|seq| chain.payload_for(seq, &to))
-                    .collect();
-                ours.handle(at, ResponderEvent::BlocksRead { ticket, payloads })
-                    .map_err(|e| e.to_string())?;
-            }
-            ResponderAction::SendResponse { message, .. } => {
-                response = Some(crate::net::seal(&message));
-            }
-            // Dropped unread (stale or abandoned): no answer, as a refusal.
-            ResponderAction::Dropped { .. } => {}
-        }
-    }
+    // Dropped unread (stale or abandoned): no answer, as a refusal.
+    let response = drain_responder(ours, chain, at)?
+        .responses
+        .last()
+        .map(|(_, message)| crate::net::seal(message));
     Ok(response.map_or(Answer::Refused, Answer::Responded))
 }
 

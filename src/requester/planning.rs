@@ -405,10 +405,12 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let rejected = self.rejected_in(range);
         // Only peers whose copy of a block in it was rejected hold the range:
         // ask them again only once that block's back-off has passed.
-        let fresh_holder = self
-            .peers
-            .iter()
-            .any(|(id, peer)| peer.covers(range.end(), now) && !rejected.contains(id));
+        // (Without a rejected block in it, every holder is fresh.)
+        let fresh_holder = rejected.is_empty()
+            || self
+                .peers
+                .iter()
+                .any(|(id, peer)| peer.covers(range.end(), now) && !rejected.contains(id));
         if !fresh_holder && self.backoff_until(range).is_some_and(|until| until > now) {
             return Pick::Later;
         }
