@@ -24,7 +24,9 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use antientropy::sim::{random_links, Chain, Link, Overclaim, Report, Scenario, Simulation};
+use antientropy::sim::{
+    matrix, random_links, Chain, Link, Overclaim, Report, Scenario, Simulation,
+};
 use antientropy::Config;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, ValueEnum};
@@ -203,12 +205,28 @@ struct Cli {
     /// Which configuration to run.
     #[arg(long, value_enum, default_value_t = Preset::Both)]
     preset: Preset,
+    /// Run a named scenario of the matrix instead of the cluster the flags
+    /// describe (`all`: every one, one table). Names: lan, wan, one-peer,
+    /// tiny, huge, thin, hetero, hostile, many-laggers, crowd.
+    #[arg(long, value_parser = parse_scenario_name)]
+    scenario: Option<String>,
     /// Seed of every random choice (faults, peers' choices).
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Print one JSON object per run instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_scenario_name(s: &str) -> Result<String, String> {
+    if s == "all" || matrix::named(s).is_some() {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{s}` is not a scenario; one of: all, {}",
+            matrix::NAMES.join(", ")
+        ))
+    }
 }
 
 fn parse_f64(s: &str) -> Result<f64, String> {
@@ -354,21 +372,14 @@ impl Cli {
         Ok(s.with_links(links))
     }
 
-    /// The same cluster without its flooders, for comparison.
+    /// The same cluster with its flooders idle, for comparison: every
+    /// fault but the flood stays, and so do node indices, links and the
+    /// other nodes' random draws.
     fn unattacked(&self, scenario: &Scenario) -> Option<Scenario> {
-        if self.flooders == 0 {
-            return None;
-        }
-        let flooders = usize::try_from(self.flooders).ok()?;
-        let first = scenario.peers - flooders;
-        let mut s = scenario.clone();
-        // Every fault but the flood stays; the flooders stay as silent
-        // members (they still run no machine but answer nothing), so node
-        // indices and links keep their meaning.
-        for b in &mut s.behaviours[first..] {
-            *b = antientropy::sim::Behaviour::Silent;
-        }
-        Some(s)
+        (self.flooders > 0).then(|| Scenario {
+            idle_flooders: true,
+            ..scenario.clone()
+        })
     }
 
     fn presets(&self) -> Vec<(&'static str, Config)> {
@@ -384,6 +395,9 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(name) = &cli.scenario {
+        return run_matrix(&cli, name);
+    }
     let scenario = match cli.scenario() {
         Ok(scenario) => scenario,
         Err(error) => error.exit(),
@@ -452,6 +466,88 @@ fn main() -> ExitCode {
         print_table(&cli, &scenario, &reports);
     }
     if reports.iter().all(|(_, report)| report.passed()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs named scenarios of the matrix with the chosen presets; prints one
+/// table (or JSON lines with `--json`).
+fn run_matrix(cli: &Cli, name: &str) -> ExitCode {
+    let named = if name == "all" {
+        matrix::all()
+    } else {
+        matrix::named(name).into_iter().collect()
+    };
+    let mut rows = Vec::new();
+    for n in &named {
+        let chain = Chain::new(n.scenario.target_height(), n.scenario.block_size);
+        for (preset, config) in cli.presets() {
+            let sim = Simulation::with_chain(n.scenario.clone(), config, cli.seed, chain.clone());
+            let mut sim = match sim {
+                Ok(sim) => sim,
+                Err(error) => Cli::command()
+                    .error(ErrorKind::ValueValidation, error)
+                    .exit(),
+            };
+            let report = run(&format!("{} {preset}", n.name), &mut sim);
+            if cli.json {
+                println!(
+                    "{{\"scenario\":\"{}\",\"preset\":\"{preset}\",{}}}",
+                    n.name,
+                    report.json_fields()
+                );
+            }
+            rows.push((n.name, preset, report));
+        }
+    }
+    if !cli.json {
+        println!(
+            "{:<13} {:<8} {:>10} {:>9} {:>7} {:>9} {:>9} {:>9} {:>8} {:>12} {:>8}",
+            "scenario",
+            "preset",
+            "catch-up",
+            "bound",
+            "ratio",
+            "requests",
+            "timeouts",
+            "req/block",
+            "bytes×",
+            "peak buffer",
+            "wall"
+        );
+        for (name, preset, r) in &rows {
+            let catchup = match r.catchup {
+                Some(t) => format!("{:.2} s", t.as_secs_f64()),
+                None => format!("({})", r.outcome.as_str()),
+            };
+            println!(
+                "{:<13} {:<8} {:>10} {:>9} {:>7} {:>9} {:>9} {:>9.3} {:>8.3} {:>12} {:>8}",
+                name,
+                preset,
+                catchup,
+                format!("{:.2} s", r.bound.value().as_secs_f64()),
+                r.ratio().map_or("-".into(), |x| format!("{x:.2}")),
+                r.requests,
+                r.timeouts,
+                r.worst_requests_per_block(),
+                r.worst_bytes_ratio(),
+                bytes(r.peak_buffer_bytes as f64),
+                r.wall
+                    .map_or("-".into(), |w| format!("{:.2} s", w.as_secs_f64())),
+            );
+        }
+        println!();
+        for n in &named {
+            println!("{:<13} {}", n.name, n.about);
+        }
+        println!(
+            "seed {}; ratio = catch-up / bound (see `antientropy::sim::Bound`)",
+            cli.seed
+        );
+    }
+    if rows.iter().all(|(_, _, r)| r.passed()) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

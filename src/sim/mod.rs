@@ -75,6 +75,7 @@
 
 mod chain;
 mod faults;
+pub mod matrix;
 pub mod network;
 mod node;
 mod report;
@@ -87,7 +88,7 @@ use bytes::Bytes;
 
 pub use chain::{checksum, forged_block, verify, Chain, VerifyError, VALID_SIGNATURE};
 pub use faults::{random_links, CorruptBlock, Link, Outage, Partition};
-pub use network::{Faults, NetStats, Network};
+pub use network::{Delivery, Faults, NetStats, Network, Wake};
 pub use node::NodeId;
 pub use report::{Amplification, Bound, Outcome, Progress, Report};
 pub use scenario::{Behaviour, Overclaim, Scenario, ScenarioError};
@@ -134,11 +135,11 @@ pub enum SimError {
 /// Something due at an instant.
 #[derive(Debug)]
 enum Pending {
-    /// Encoded bytes arriving at `to`.
+    /// A message arriving at `to`.
     Message {
         from: NodeId,
         to: NodeId,
-        bytes: Bytes,
+        bytes: Wire,
         generation: u64,
     },
     /// A `StateInfo` of `from` arriving at `to`.
@@ -158,7 +159,24 @@ enum Pending {
     },
     /// A flooder's next burst.
     Flood { node: NodeId },
+    /// A node's uplink hands out the messages that have left it.
+    Uplink(Wake),
 }
+
+/// What a message on the network carries.
+#[derive(Debug, Clone)]
+pub(crate) enum Wire {
+    /// An encoded message.
+    Encoded(Bytes),
+    /// A flooder's burst of that many valid state requests, back to back
+    /// (made on arrival: one network event for many requests).
+    Requests(u32),
+    /// Bytes nobody reads (an answer to a flooder): only their size counts.
+    Opaque,
+}
+
+/// How often a flooder refills its send buffers.
+const FLOOD_TICK: Duration = Duration::from_millis(10);
 
 /// What the next step does.
 #[derive(Debug, Clone, Copy)]
@@ -176,10 +194,14 @@ pub(crate) struct World {
     pub(crate) config: Config,
     pub(crate) chain: Chain,
     pub(crate) rng: fastrand::Rng,
+    /// Flood requests' ranges and nonces: a stream of their own, so a flood
+    /// does not change what the rest of the run draws.
+    pub(crate) flood_rng: fastrand::Rng,
     pub(crate) max_block_bytes: u64,
     pub(crate) bytes_received: u64,
     pub(crate) caught_up: usize,
-    network: Network,
+    /// Carries encoded messages with their connection's generation.
+    network: Network<(Wire, u64)>,
     queue: BTreeMap<(Instant, u64), Pending>,
     sequence: u64,
     slow_delay: Duration,
@@ -199,6 +221,10 @@ pub(crate) struct World {
     last_progress: Instant,
     /// Messages lost because their ends could not reach each other.
     unreachable_lost: u64,
+    /// Per node, whether it ignores what it receives (a flooder): answers
+    /// to it take their size on the network but are neither encoded nor
+    /// decoded.
+    sinks: Vec<bool>,
 }
 
 impl World {
@@ -211,12 +237,12 @@ impl World {
     /// buffer is full), the message is counted as dropped and need not be
     /// encoded.
     pub(crate) fn can_send(&mut self, from: NodeId, to: NodeId) -> bool {
-        self.network.try_reserve(self.now, from.0, to.0)
+        self.network.try_reserve(from.0, to.0)
     }
 
     /// Whether `from → to` has room, without counting a drop.
     pub(crate) fn network_has_room(&mut self, from: NodeId, to: NodeId) -> bool {
-        self.network.has_room(self.now, from.0, to.0)
+        self.network.has_room(from.0, to.0)
     }
 
     fn elapsed(&self) -> Duration {
@@ -249,17 +275,62 @@ impl World {
             return;
         }
         let generation = self.generation(from.0, to.0);
-        for at in self.network.send(self.now, from.0, to.0, bytes.len()) {
-            let bytes = bytes.clone();
-            self.schedule(
-                at,
-                Pending::Message {
-                    from,
-                    to,
-                    bytes,
-                    generation,
-                },
-            );
+        let len = bytes.len();
+        if let Some(wake) = self.network.send(
+            self.now,
+            from.0,
+            to.0,
+            len,
+            (Wire::Encoded(bytes), generation),
+        ) {
+            self.schedule(wake.at, Pending::Uplink(wake));
+        }
+    }
+
+    /// Whether `node` ignores what it receives (see [`World::send_unencoded`]).
+    pub(crate) fn is_sink(&self, node: NodeId) -> bool {
+        self.sinks.get(node.0).copied().unwrap_or(false)
+    }
+
+    /// Puts `len` bytes carrying `wire` on the network: a message that is
+    /// not encoded (to a sink, or a flooder's burst).
+    pub(crate) fn send_unencoded(&mut self, from: NodeId, to: NodeId, len: usize, wire: Wire) {
+        if !self.reachable(from.0, to.0) {
+            self.unreachable_lost += 1;
+            return;
+        }
+        let generation = self.generation(from.0, to.0);
+        if let Some(wake) = self
+            .network
+            .send(self.now, from.0, to.0, len, (wire, generation))
+        {
+            self.schedule(wake.at, Pending::Uplink(wake));
+        }
+    }
+
+    /// Messages that left an uplink go on their way.
+    fn transmit(&mut self, wake: Wake) {
+        let (deliveries, next) = self.network.transmit(self.now, wake);
+        for Delivery {
+            to,
+            at,
+            message: (bytes, generation),
+        } in deliveries
+        {
+            if matches!(bytes, Wire::Opaque) {
+                // Nobody reads it: it has taken its share of the links.
+                continue;
+            }
+            let pending = Pending::Message {
+                from: NodeId(wake.node),
+                to: NodeId(to),
+                bytes,
+                generation,
+            };
+            self.schedule(at, pending);
+        }
+        if let Some(wake) = next {
+            self.schedule(wake.at, Pending::Uplink(wake));
         }
     }
 
@@ -436,6 +507,7 @@ impl Simulation {
             config,
             chain,
             rng: fastrand::Rng::with_seed(derive(seed, 2)),
+            flood_rng: fastrand::Rng::with_seed(derive(seed, 3)),
             bytes_received: 0,
             caught_up: 0,
             network,
@@ -452,10 +524,14 @@ impl Simulation {
             overclaim_by: scenario.overclaim_by,
             last_progress: epoch,
             unreachable_lost: 0,
+            sinks: nodes
+                .iter()
+                .map(|n| n.behaviour == Behaviour::Flooder)
+                .collect(),
         };
         let mut world = world;
         for node in &nodes {
-            if node.behaviour == Behaviour::Flooder {
+            if node.behaviour == Behaviour::Flooder && !scenario.idle_flooders {
                 world.schedule(epoch, Pending::Flood { node: node.id });
             }
         }
@@ -531,21 +607,23 @@ impl Simulation {
 
     /// The liveness target of `lagger`, and whether a corrupt block cut it.
     fn target_and_cut(&self, lagger: &Node) -> (u64, bool) {
-        let sources: Vec<&Node> = self
-            .nodes
-            .iter()
-            .filter(|n| n.id != lagger.id && self.world.reachable(lagger.id.0, n.id.0))
-            .collect();
-        let best = sources
-            .iter()
-            .map(|n| n.serving_height())
+        // `connected` is the schedule's reachability as of the last
+        // transition: the same answer, without the schedule's arithmetic on
+        // every step.
+        let connected = &self.connected[lagger.id.0];
+        let sources = || {
+            self.nodes
+                .iter()
+                .filter(|n| n.id != lagger.id && connected[n.id.0])
+        };
+        let best = sources()
+            .map(Node::serving_height)
             .max()
             .unwrap_or(0)
             .max(lagger.height);
         if let Some(corrupt) = self.scenario.corrupt {
             let good = lagger.height > corrupt.seq
-                || sources
-                    .iter()
+                || sources()
                     .any(|n| n.serving_height() > corrupt.seq && n.bad_block != Some(corrupt.seq));
             if best > corrupt.seq && !good {
                 return (corrupt.seq, true);
@@ -662,7 +740,7 @@ impl Simulation {
             give_ups_by_reason: BTreeMap::new(),
             responder_peak_queued: 0,
             responder_peak_reading: 0,
-            unreachable_lost: self.world.unreachable_lost,
+            unreachable_lost: self.world.unreachable_lost + self.world.network.stats().flushed,
             bound: self.bound(),
             requests: 0,
             timeouts: 0,
@@ -815,7 +893,16 @@ impl Simulation {
                             self.world.unreachable_lost += 1;
                             return;
                         }
-                        self.nodes[to.0].on_message(&mut self.world, from, bytes);
+                        match bytes {
+                            Wire::Encoded(bytes) => {
+                                self.nodes[to.0].on_message(&mut self.world, from, bytes);
+                            }
+                            Wire::Requests(count) => {
+                                let channel = self.channel.clone();
+                                self.nodes[to.0].on_flood(&mut self.world, from, count, &channel);
+                            }
+                            Wire::Opaque => return,
+                        }
                         Some(to.0)
                     }
                     Pending::StateInfo {
@@ -848,6 +935,10 @@ impl Simulation {
                     }
                     Pending::Flood { node } => {
                         self.flood(node);
+                        None
+                    }
+                    Pending::Uplink(wake) => {
+                        self.world.transmit(wake);
                         None
                     }
                 }
@@ -883,6 +974,10 @@ impl Simulation {
                     changed.push((a, b, now));
                     if a < b && !now {
                         *self.world.generations.entry((a, b)).or_default() += 1;
+                        let at = self.world.now;
+                        for wake in self.world.network.disconnect(at, a, b) {
+                            self.world.schedule(wake.at, Pending::Uplink(wake));
+                        }
                     }
                 }
             }
@@ -911,7 +1006,10 @@ impl Simulation {
             .and_then(|d| self.epoch.checked_add(d));
     }
 
-    /// A flooder's burst, then the next one when its uplink is idle.
+    /// A flooder's burst to every node with a responder: as many requests
+    /// as its share of the uplink carries in a [`FLOOD_TICK`], while the
+    /// connection's send buffer has room (so the uplink stays saturated
+    /// and the buffers bounded); then the next burst a tick later.
     fn flood(&mut self, node: NodeId) {
         let t = self.world.elapsed();
         let targets: Vec<NodeId> = self
@@ -924,14 +1022,29 @@ impl Simulation {
             })
             .map(|n| n.id)
             .collect();
-        if self.world.schedule.up(node.0, t) {
-            self.nodes[node.0].flood(&mut self.world, &targets, &self.channel);
+        if self.world.schedule.up(node.0, t) && !targets.is_empty() {
+            let uplink = self.world.network.uplink_bps(node.0);
+            // The largest a flood request encodes to: a full nonce, the
+            // channel, the chain's last range.
+            let height = self.world.chain.height();
+            let largest =
+                crate::wire::state_request(u64::MAX, self.channel.clone(), height, height + 10);
+            let request_bytes = prost::Message::encoded_len(&largest);
+            let per_tick = u128::from(uplink) * FLOOD_TICK.as_nanos()
+                / 8
+                / 1_000_000_000
+                / request_bytes as u128
+                / targets.len() as u128;
+            let count = u32::try_from(per_tick.max(1)).unwrap_or(u32::MAX);
+            for to in targets {
+                if self.world.network_has_room(node, to) {
+                    let len = request_bytes * count as usize;
+                    self.world
+                        .send_unencoded(node, to, len, Wire::Requests(count));
+                }
+            }
         }
-        let now = self.world.now;
-        let idle = self.world.network.uplink_free_at(node.0).unwrap_or(now);
-        // At least a millisecond apart: bounds the steps when nothing is
-        // reachable.
-        let next = idle.max(now + Duration::from_millis(1));
+        let next = self.world.now + FLOOD_TICK;
         self.world.schedule(next, Pending::Flood { node });
     }
 

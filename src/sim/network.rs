@@ -2,35 +2,53 @@
 //!
 //! # The timing model
 //!
-//! A message of `S` bytes sent at `t` from `a` to `b`:
+//! A node's uplink is shared fairly by its connections, as TCP flows share
+//! a bottleneck: each connection (ordered pair of nodes) sends its messages
+//! in order, and the connections with something to send split the uplink's
+//! bandwidth equally (processor sharing). So a connection that always has
+//! data queued (a flooder's answers, say) takes its share and no more: a
+//! message on another connection is not queued behind it.
 //!
-//! 1. waits for `a`'s uplink (FIFO) and occupies it for `S / up(a)`:
-//!    `up_start = max(t, up_free(a))`, `up_end = up_start + S / up(a)`;
-//! 2. its first bit reaches `b` one latency after `up_start`; it then takes a
-//!    slot of `S / down(b)` on `b`'s downlink (FIFO):
-//!    `down_start = max(up_start + latency, down_free(b))`,
-//!    `down_free(b) = down_start + S / down(b)`;
-//! 3. it is delivered when both its downlink slot and its last bit are in:
-//!    `max(down_start + S / down(b), up_end + latency)`.
+//! A message of `S` bytes from `a` to `b` starts when the messages before
+//! it on its connection have left, and its last bit leaves at `up_end`
+//! once the connection's share of `a`'s uplink has carried `S` bytes. Its
+//! first bit reaches `b` one latency after it started; it takes a slot of
+//! `S / down(b)` on `b`'s downlink (FIFO):
+//! `down_start = max(up_start + latency, down_free(b))`,
+//! `down_free(b) = down_start + S / down(b)`. It is delivered when both its
+//! downlink slot and its last bit are in:
+//! `max(down_start + S / down(b), up_end + latency)`.
 //!
 //! So one message over an idle path of bandwidth `B` arrives after
-//! `latency + S / B`; back-to-back messages queue; several senders share a
-//! receiver's downlink (their slots are serialised, at most `down(b)` in
-//! total) without one slow sender holding it for its whole transmission.
+//! `latency + S / B`; back-to-back messages on a connection queue; several
+//! senders share a receiver's downlink (their slots are serialised, at most
+//! `down(b)` in total) without one slow sender holding it for its whole
+//! transmission.
 //!
-//! Each connection (ordered pair of nodes) has a send buffer of
-//! `send_buffer` messages, like Fabric's `peer.gossip.sendBuffSize` (200): a
-//! message stays in it until its last bit left the uplink, and a message
-//! sent while it is full is dropped, as Fabric's comm layer drops it. This
-//! keeps a sender that outpaces its uplink from queueing without bound.
+//! When the uplink's next message leaves depends on what is sent after it,
+//! so the network does not compute it at send time: [`Network::send`] and
+//! [`Network::transmit`] return a [`Wake`], the instant the host calls
+//! [`Network::transmit`] for that uplink, which hands out the messages that
+//! left with their delivery instants.
 //!
-//! Faults, each drawn per message from the network's own seeded RNG: a lost
-//! message still occupies the sender's uplink; a duplicate takes a second
-//! downlink slot; a reordered one gets a uniform extra delay in
-//! `(0, reorder_delay]` after its downlink slot.
+//! Each connection has a send buffer of `send_buffer` messages, like
+//! Fabric's `peer.gossip.sendBuffSize` (200): a message stays in it until
+//! its last bit left the uplink, and a message sent while it is full is
+//! dropped, as Fabric's comm layer drops it. This keeps a sender that
+//! outpaces its uplink from queueing without bound. A connection that
+//! breaks loses what its buffer holds ([`Network::disconnect`]).
+//!
+//! Faults, each drawn per message from the network's own seeded RNG when it
+//! leaves the uplink: a lost message still occupied the sender's uplink; a
+//! duplicate takes a second downlink slot; a reordered one gets a uniform
+//! extra delay in `(0, reorder_delay]` after its downlink slot.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
+
+/// Work units per bit: a flow served alone at `r` bit/s for one nanosecond
+/// receives `r` units, so a bit is 10^9 units.
+const UNITS_PER_BIT: u128 = 1_000_000_000;
 
 /// The time `bytes` take over a link of `bits_per_second` (rounded up to the
 /// nanosecond; zero bandwidth means an unlimited link).
@@ -56,11 +74,103 @@ pub struct Faults {
     pub reorder_delay: Duration,
 }
 
-/// One direction of a node's access link.
+/// When the host must call [`Network::transmit`] for `node`'s uplink. A
+/// later `Wake` for the same node supersedes an earlier one (its `epoch`
+/// is higher); `transmit` ignores a superseded one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wake {
+    /// The sending node.
+    pub node: usize,
+    /// The instant of the next departure.
+    pub at: Instant,
+    /// Which schedule of the uplink this is.
+    pub epoch: u64,
+}
+
+/// A message that left an uplink, and when it arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery<M> {
+    /// The receiving node.
+    pub to: usize,
+    /// When it is delivered.
+    pub at: Instant,
+    /// What was sent.
+    pub message: M,
+}
+
+/// A receiver's downlink.
 #[derive(Debug, Clone, Copy)]
-struct Port {
+struct Downlink {
     bits_per_second: u64,
     free_at: Instant,
+}
+
+/// One connection's messages on an uplink, the first being sent.
+#[derive(Debug, Clone)]
+struct Flow<M> {
+    queue: VecDeque<(usize, M)>,
+    /// The uplink's virtual time at which the first message has left.
+    finish: u128,
+    /// When the first message started.
+    started: Instant,
+}
+
+/// A sender's uplink, shared equally by its connections with data queued.
+#[derive(Debug, Clone)]
+struct Uplink<M> {
+    bits_per_second: u64,
+    /// Active connections, by receiver.
+    flows: BTreeMap<usize, Flow<M>>,
+    /// Work units each active connection has received since the start.
+    virtual_time: u128,
+    updated: Instant,
+    epoch: u64,
+}
+
+impl<M> Uplink<M> {
+    /// Brings the virtual time to `now`.
+    fn advance(&mut self, now: Instant) {
+        let active = self.flows.len() as u128;
+        if active > 0 && now > self.updated {
+            let nanos = now.duration_since(self.updated).as_nanos();
+            self.virtual_time += nanos * u128::from(self.bits_per_second) / active;
+        }
+        self.updated = now;
+    }
+
+    /// When the next message leaves, if any: the smallest finish, reached
+    /// at the current share (rounded up, so it has been reached by then).
+    fn next_departure(&self, now: Instant) -> Option<Instant> {
+        let finish = self.flows.values().map(|f| f.finish).min()?;
+        if self.bits_per_second == 0 {
+            return Some(now);
+        }
+        let active = self.flows.len() as u128;
+        let left = finish.saturating_sub(self.virtual_time);
+        let nanos = (left * active).div_ceil(u128::from(self.bits_per_second));
+        Some(now + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX)))
+    }
+
+    /// A new schedule: supersedes the last one.
+    fn wake(&mut self, node: usize, now: Instant) -> Option<Wake> {
+        let at = self.next_departure(now)?;
+        self.epoch += 1;
+        Some(Wake {
+            node,
+            at,
+            epoch: self.epoch,
+        })
+    }
+}
+
+/// The work units of `bytes` on an uplink of `bits_per_second` (none on an
+/// unlimited one: it leaves at once).
+fn work(bytes: usize, bits_per_second: u64) -> u128 {
+    if bits_per_second == 0 {
+        0
+    } else {
+        bytes as u128 * 8 * UNITS_PER_BIT
+    }
 }
 
 /// Counters of the network.
@@ -74,30 +184,33 @@ pub struct NetStats {
     pub lost: u64,
     /// Messages dropped because their connection's send buffer was full.
     pub overflowed: u64,
+    /// Messages lost from send buffers because their connection broke.
+    pub flushed: u64,
     /// Extra copies delivered.
     pub duplicated: u64,
     /// Messages given an extra delay.
     pub reordered: u64,
 }
 
-/// The network between the nodes `0..n`.
+/// The network between the nodes `0..n`, carrying messages of type `M`.
 #[derive(Debug, Clone)]
-pub struct Network {
+pub struct Network<M> {
     latency: Duration,
     /// Per-node share of the latency, if set: a path's latency is the mean
     /// of its ends'.
     latencies: Vec<Duration>,
-    up: Vec<Port>,
-    down: Vec<Port>,
+    up: Vec<Uplink<M>>,
+    down: Vec<Downlink>,
     faults: Faults,
-    rng: fastrand::Rng,
+    seed: u64,
+    /// Per connection, the RNG its faults are drawn from: one connection's
+    /// traffic (a flood, say) does not shift another's faults.
+    rngs: BTreeMap<(usize, usize), fastrand::Rng>,
     stats: NetStats,
     send_buffer: usize,
-    /// Per connection, when each buffered message leaves the uplink.
-    buffered: BTreeMap<(usize, usize), VecDeque<Instant>>,
 }
 
-impl Network {
+impl<M: Clone> Network<M> {
     /// A network whose node `i` has uplink `uplinks[i]` and downlink
     /// `downlinks[i]` (bits per second), one-way `latency` between any two
     /// nodes, send buffers of `send_buffer` messages per connection, and
@@ -111,20 +224,31 @@ impl Network {
         faults: Faults,
         seed: u64,
     ) -> Self {
-        let port = |&bits_per_second: &u64| Port {
-            bits_per_second,
-            free_at: epoch,
-        };
         Self {
             latency,
             latencies: Vec::new(),
-            up: uplinks.iter().map(port).collect(),
-            down: downlinks.iter().map(port).collect(),
+            up: uplinks
+                .iter()
+                .map(|&bits_per_second| Uplink {
+                    bits_per_second,
+                    flows: BTreeMap::new(),
+                    virtual_time: 0,
+                    updated: epoch,
+                    epoch: 0,
+                })
+                .collect(),
+            down: downlinks
+                .iter()
+                .map(|&bits_per_second| Downlink {
+                    bits_per_second,
+                    free_at: epoch,
+                })
+                .collect(),
             faults,
-            rng: fastrand::Rng::with_seed(seed),
+            seed,
+            rngs: BTreeMap::new(),
             stats: NetStats::default(),
             send_buffer,
-            buffered: BTreeMap::new(),
         }
     }
 
@@ -142,89 +266,184 @@ impl Network {
         }
     }
 
-    /// When `node`'s uplink is next idle.
-    pub fn uplink_free_at(&self, node: usize) -> Option<Instant> {
-        self.up.get(node).map(|p| p.free_at)
+    /// `node`'s uplink bandwidth, bits per second (0: unlimited).
+    pub fn uplink_bps(&self, node: usize) -> u64 {
+        self.up.get(node).map_or(0, |u| u.bits_per_second)
     }
 
-    /// Whether the connection `from → to` has room in its send buffer now.
-    pub fn has_room(&mut self, now: Instant, from: usize, to: usize) -> bool {
-        let Some(queue) = self.buffered.get_mut(&(from, to)) else {
-            return true;
-        };
-        while queue.front().is_some_and(|&left| left <= now) {
-            queue.pop_front();
-        }
-        if queue.is_empty() {
-            self.buffered.remove(&(from, to));
-            return true;
-        }
-        queue.len() < self.send_buffer
+    /// When `node`'s uplink next hands a message out, if it has any queued.
+    pub fn next_departure(&self, node: usize) -> Option<Instant> {
+        let uplink = self.up.get(node)?;
+        uplink.next_departure(uplink.updated)
+    }
+
+    /// Whether the connection `from → to` has room in its send buffer.
+    pub fn has_room(&self, from: usize, to: usize) -> bool {
+        self.up
+            .get(from)
+            .and_then(|u| u.flows.get(&to))
+            .is_none_or(|f| f.queue.len() < self.send_buffer)
     }
 
     /// [`has_room`](Self::has_room), counting a message dropped if not.
-    pub fn try_reserve(&mut self, now: Instant, from: usize, to: usize) -> bool {
-        let room = self.has_room(now, from, to);
+    pub fn try_reserve(&mut self, from: usize, to: usize) -> bool {
+        let room = self.has_room(from, to);
         if !room {
             self.stats.overflowed += 1;
         }
         room
     }
 
-    /// Sends `bytes` bytes from `from` to `to` at `now`; returns the
-    /// delivery instants: none if lost or the send buffer is full, two if
-    /// duplicated.
-    pub fn send(&mut self, now: Instant, from: usize, to: usize, bytes: usize) -> Vec<Instant> {
-        if !self.try_reserve(now, from, to) {
-            return Vec::new();
+    /// Queues `message` (`bytes` long) from `from` to `to` at `now`. Returns
+    /// the uplink's new schedule if it changed; nothing if the send buffer
+    /// is full (the message is dropped).
+    pub fn send(
+        &mut self,
+        now: Instant,
+        from: usize,
+        to: usize,
+        bytes: usize,
+        message: M,
+    ) -> Option<Wake> {
+        if !self.try_reserve(from, to) {
+            return None;
         }
         self.stats.sent += 1;
         self.stats.sent_bytes += bytes as u64;
-        let up = &mut self.up[from];
-        let up_start = now.max(up.free_at);
-        let up_end = up_start + transmission_time(bytes, up.bits_per_second);
-        up.free_at = up_end;
-        self.buffered
-            .entry((from, to))
-            .or_default()
-            .push_back(up_end);
-        if self.chance(self.faults.loss) {
-            self.stats.lost += 1;
-            return Vec::new();
+        let uplink = &mut self.up[from];
+        uplink.advance(now);
+        if let Some(flow) = uplink.flows.get_mut(&to) {
+            // Behind the connection's earlier messages: nothing changes
+            // until they have left.
+            flow.queue.push_back((bytes, message));
+            return None;
         }
-        let copies = if self.chance(self.faults.duplicate) {
+        let finish = uplink.virtual_time + work(bytes, uplink.bits_per_second);
+        uplink.flows.insert(
+            to,
+            Flow {
+                queue: VecDeque::from([(bytes, message)]),
+                finish,
+                started: now,
+            },
+        );
+        uplink.wake(from, now)
+    }
+
+    /// The messages that have left `wake.node`'s uplink by `now`, with
+    /// their delivery instants (none if lost, two if duplicated), and the
+    /// uplink's next schedule. A superseded `wake` does nothing.
+    pub fn transmit(&mut self, now: Instant, wake: Wake) -> (Vec<Delivery<M>>, Option<Wake>) {
+        let from = wake.node;
+        let Some(uplink) = self.up.get_mut(from) else {
+            return (Vec::new(), None);
+        };
+        if uplink.epoch != wake.epoch {
+            return (Vec::new(), None);
+        }
+        uplink.advance(now);
+        let done: Vec<usize> = uplink
+            .flows
+            .iter()
+            .filter(|(_, f)| f.finish <= uplink.virtual_time)
+            .map(|(&to, _)| to)
+            .collect();
+        let mut left = Vec::with_capacity(done.len());
+        for to in done {
+            let Some(flow) = uplink.flows.get_mut(&to) else {
+                continue;
+            };
+            let Some((bytes, message)) = flow.queue.pop_front() else {
+                continue;
+            };
+            left.push((to, bytes, flow.started, message));
+            match flow.queue.front() {
+                Some(&(next, _)) => {
+                    flow.finish = uplink.virtual_time + work(next, uplink.bits_per_second);
+                    flow.started = now;
+                }
+                None => {
+                    uplink.flows.remove(&to);
+                }
+            }
+        }
+        let next = uplink.wake(from, now);
+        let mut deliveries = Vec::new();
+        for (to, bytes, started, message) in left {
+            self.deliver(now, from, to, bytes, started, message, &mut deliveries);
+        }
+        (deliveries, next)
+    }
+
+    /// The connection between `a` and `b` broke: both directions lose what
+    /// their send buffers hold. Returns the uplinks' new schedules.
+    pub fn disconnect(&mut self, now: Instant, a: usize, b: usize) -> Vec<Wake> {
+        let mut wakes = Vec::new();
+        for (from, to) in [(a, b), (b, a)] {
+            let Some(uplink) = self.up.get_mut(from) else {
+                continue;
+            };
+            uplink.advance(now);
+            if let Some(flow) = uplink.flows.remove(&to) {
+                self.stats.flushed += flow.queue.len() as u64;
+                // Fewer connections share the uplink: the others speed up.
+                wakes.extend(uplink.wake(from, now));
+            }
+        }
+        wakes
+    }
+
+    /// The arrivals of a message that left `from`'s uplink at `now`.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        &mut self,
+        now: Instant,
+        from: usize,
+        to: usize,
+        bytes: usize,
+        started: Instant,
+        message: M,
+        deliveries: &mut Vec<Delivery<M>>,
+    ) {
+        if self.chance(from, to, self.faults.loss) {
+            self.stats.lost += 1;
+            return;
+        }
+        let copies = if self.chance(from, to, self.faults.duplicate) {
             self.stats.duplicated += 1;
             2
         } else {
             1
         };
-        let mut deliveries = Vec::with_capacity(copies);
         let latency = self.path_latency(from, to);
         for _ in 0..copies {
             let down = &mut self.down[to];
             let slot = transmission_time(bytes, down.bits_per_second);
-            let down_start = (up_start + latency).max(down.free_at);
+            let down_start = (started + latency).max(down.free_at);
             down.free_at = down_start + slot;
-            let at = (down_start + slot).max(up_end + latency);
-            deliveries.push(at + self.reorder_delay());
+            let at = (down_start + slot).max(now + latency) + self.reorder_delay(from, to);
+            deliveries.push(Delivery {
+                to,
+                at,
+                message: message.clone(),
+            });
         }
-        deliveries
     }
 
     /// A small control message (a `StateInfo`) that takes no bandwidth:
     /// latency and faults only.
     pub fn control(&mut self, now: Instant, from: usize, to: usize) -> Vec<Instant> {
         let latency = self.path_latency(from, to);
-        if self.chance(self.faults.loss) {
+        if self.chance(from, to, self.faults.loss) {
             return Vec::new();
         }
-        let copies = if self.chance(self.faults.duplicate) {
+        let copies = if self.chance(from, to, self.faults.duplicate) {
             2
         } else {
             1
         };
         (0..copies)
-            .map(|_| now + latency + self.reorder_delay())
+            .map(|_| now + latency + self.reorder_delay(from, to))
             .collect()
     }
 
@@ -238,17 +457,26 @@ impl Network {
         self.stats
     }
 
-    fn reorder_delay(&mut self) -> Duration {
-        if self.faults.reorder_delay.is_zero() || !self.chance(self.faults.reorder) {
+    fn reorder_delay(&mut self, from: usize, to: usize) -> Duration {
+        if self.faults.reorder_delay.is_zero() || !self.chance(from, to, self.faults.reorder) {
             return Duration::ZERO;
         }
         self.stats.reordered += 1;
         let max = u64::try_from(self.faults.reorder_delay.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(self.rng.u64(1..=max))
+        Duration::from_nanos(self.rng(from, to).u64(1..=max))
     }
 
-    fn chance(&mut self, probability: f64) -> bool {
-        probability > 0.0 && self.rng.f64() < probability
+    fn chance(&mut self, from: usize, to: usize, probability: f64) -> bool {
+        probability > 0.0 && self.rng(from, to).f64() < probability
+    }
+
+    fn rng(&mut self, from: usize, to: usize) -> &mut fastrand::Rng {
+        let seed = self.seed;
+        self.rngs.entry((from, to)).or_insert_with(|| {
+            // Distinct, well-mixed streams per connection.
+            let stream = ((from as u64) << 32 | to as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            fastrand::Rng::with_seed(seed ^ stream)
+        })
     }
 }
 
@@ -258,22 +486,58 @@ mod tests {
 
     const MBIT: u64 = 1_000_000;
 
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
     /// Any instant will do: only durations after it matter.
     #[allow(clippy::disallowed_methods)]
     fn epoch() -> Instant {
         Instant::now()
     }
 
-    fn net(epoch: Instant, up: u64, down: u64) -> Network {
+    fn net(epoch: Instant, up: u64, down: u64) -> Network<u32> {
         Network::new(
             epoch,
-            Duration::from_millis(50),
+            ms(50),
             &[up; 3],
             &[down; 3],
             200,
             Faults::default(),
             1,
         )
+    }
+
+    /// A host for the network: sends scripted messages `(at, from, to,
+    /// bytes, id)` and runs the uplinks' wakes in time order. Returns each
+    /// delivery as `(id, at)`, in delivery order.
+    fn drive(
+        n: &mut Network<u32>,
+        sends: &[(Instant, usize, usize, usize, u32)],
+    ) -> Vec<(u32, Instant)> {
+        let mut sends: VecDeque<_> = sends.iter().copied().collect();
+        let mut wakes: Vec<Wake> = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            wakes.sort_by_key(|w| std::cmp::Reverse(w.at));
+            let send_first = match (sends.front(), wakes.last()) {
+                (Some(send), Some(wake)) => send.0 <= wake.at,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if send_first {
+                if let Some((at, from, to, bytes, id)) = sends.pop_front() {
+                    wakes.extend(n.send(at, from, to, bytes, id));
+                }
+            } else if let Some(wake) = wakes.pop() {
+                let (left, next) = n.transmit(wake.at, wake);
+                out.extend(left.into_iter().map(|d| (d.message, d.at)));
+                wakes.extend(next);
+            }
+        }
+        out.sort_by_key(|&(id, at)| (at, id));
+        out
     }
 
     #[test]
@@ -290,65 +554,90 @@ mod tests {
 
     #[test]
     fn one_message_arrives_after_latency_plus_size_over_bandwidth() {
-        let epoch = epoch();
+        let t0 = epoch();
         // 1.25 MB over 100 Mbit/s = 100 ms, on both ends.
-        let mut n = net(epoch, 100 * MBIT, 100 * MBIT);
-        let at = n.send(epoch, 0, 1, 1_250_000);
-        assert_eq!(at, [epoch + Duration::from_millis(150)]);
+        let one = |up, down| drive(&mut net(t0, up, down), &[(t0, 0, 1, 1_250_000, 1)]);
+        assert_eq!(one(100 * MBIT, 100 * MBIT), [(1, t0 + ms(150))]);
         // The faster end does not help: the slower one sets the pace.
-        let mut n = net(epoch, 100 * MBIT, 1000 * MBIT);
-        assert_eq!(
-            n.send(epoch, 0, 1, 1_250_000),
-            [epoch + Duration::from_millis(150)]
+        assert_eq!(one(100 * MBIT, 1000 * MBIT), [(1, t0 + ms(150))]);
+        assert_eq!(one(1000 * MBIT, 100 * MBIT), [(1, t0 + ms(150))]);
+        // An unlimited uplink: latency and the downlink only.
+        assert_eq!(one(0, 100 * MBIT), [(1, t0 + ms(150))]);
+        assert_eq!(one(0, 0), [(1, t0 + ms(50))]);
+    }
+
+    #[test]
+    fn a_connection_is_fifo() {
+        let t0 = epoch();
+        let mut n = net(t0, 100 * MBIT, 1000 * MBIT);
+        let got = drive(
+            &mut n,
+            &[
+                (t0, 0, 1, 1_250_000, 1),
+                (t0, 0, 1, 1_250_000, 2),
+                // After the uplink drained, no wait.
+                (t0 + ms(500), 0, 1, 125_000, 3),
+            ],
         );
-        let mut n = net(epoch, 1000 * MBIT, 100 * MBIT);
         assert_eq!(
-            n.send(epoch, 0, 1, 1_250_000),
-            [epoch + Duration::from_millis(150)]
+            got,
+            [(1, t0 + ms(150)), (2, t0 + ms(250)), (3, t0 + ms(560))]
         );
     }
 
     #[test]
-    fn uplink_is_fifo() {
-        let epoch = epoch();
-        let mut n = net(epoch, 100 * MBIT, 1000 * MBIT);
-        let ms = Duration::from_millis;
-        let first = n.send(epoch, 0, 1, 1_250_000);
-        // Sent at once, to another node: waits for the first to leave.
-        let second = n.send(epoch, 0, 2, 1_250_000);
-        assert_eq!(first, [epoch + ms(150)]);
-        assert_eq!(second, [epoch + ms(250)]);
-        // After the uplink drained, no wait.
-        let third = n.send(epoch + ms(500), 0, 1, 125_000);
-        assert_eq!(third, [epoch + ms(560)]);
+    fn connections_share_the_uplink_fairly() {
+        let t0 = epoch();
+        let mut n = net(t0, 100 * MBIT, 1000 * MBIT);
+        // Two connections, 1.25 MB each, sent at once: each gets half the
+        // uplink, both leave at 200 ms.
+        let got = drive(
+            &mut n,
+            &[(t0, 0, 1, 1_250_000, 1), (t0, 0, 2, 1_250_000, 2)],
+        );
+        assert_eq!(got, [(1, t0 + ms(250)), (2, t0 + ms(250))]);
+        // A connection with a long queue (ten 1.25 MB messages) does not
+        // hold up a small message on another one: at half the uplink,
+        // 12.5 kB take 2 ms.
+        let mut n = net(t0, 100 * MBIT, 1000 * MBIT);
+        let mut sends: Vec<_> = (0..10).map(|i| (t0, 0, 1, 1_250_000, i)).collect();
+        sends.push((t0 + ms(10), 0, 2, 12_500, 99));
+        let got = drive(&mut n, &sends);
+        let small = got.iter().find(|d| d.0 == 99).unwrap().1;
+        assert_eq!(small, t0 + ms(10 + 2 + 50));
+        // The queue lost 1 ms of uplink to it: its last message leaves
+        // at 1001 ms.
+        let last = got.iter().find(|d| d.0 == 9).unwrap().1;
+        assert_eq!(last, t0 + ms(1001 + 50));
     }
 
     #[test]
     fn downlink_is_shared_fifo() {
-        let epoch = epoch();
+        let t0 = epoch();
         // Two senders at 100 Mbit/s into a 100 Mbit/s downlink: the
         // downlink carries both one after the other, 200 ms in all.
-        let mut n = net(epoch, 100 * MBIT, 100 * MBIT);
-        let a = n.send(epoch, 0, 2, 1_250_000);
-        let b = n.send(epoch, 1, 2, 1_250_000);
-        assert_eq!(a, [epoch + Duration::from_millis(150)]);
-        assert_eq!(b, [epoch + Duration::from_millis(250)]);
+        let mut n = net(t0, 100 * MBIT, 100 * MBIT);
+        let got = drive(
+            &mut n,
+            &[(t0, 0, 2, 1_250_000, 1), (t0, 1, 2, 1_250_000, 2)],
+        );
+        let times: Vec<Instant> = got.iter().map(|d| d.1).collect();
+        assert_eq!(times, [t0 + ms(150), t0 + ms(250)], "one after the other");
         // Into a 1 Gbit/s downlink they stream side by side: both arrive
-        // when their own uplinks finish (the second 10 ms of downlink
-        // later at most).
-        let mut n = net(epoch, 100 * MBIT, 1000 * MBIT);
-        let a = n.send(epoch, 0, 2, 1_250_000);
-        let b = n.send(epoch, 1, 2, 1_250_000);
-        assert_eq!(a, [epoch + Duration::from_millis(150)]);
-        assert_eq!(b, [epoch + Duration::from_millis(150)]);
+        // when their own uplinks finish.
+        let mut n = net(t0, 100 * MBIT, 1000 * MBIT);
+        let got = drive(
+            &mut n,
+            &[(t0, 0, 2, 1_250_000, 1), (t0, 1, 2, 1_250_000, 2)],
+        );
+        assert_eq!(got, [(1, t0 + ms(150)), (2, t0 + ms(150))]);
     }
 
     #[test]
     fn a_full_send_buffer_drops() {
-        let epoch = epoch();
-        let ms = Duration::from_millis;
+        let t0 = epoch();
         let mut n = Network::new(
-            epoch,
+            t0,
             ms(50),
             &[100 * MBIT; 3],
             &[100 * MBIT; 3],
@@ -357,41 +646,61 @@ mod tests {
             1,
         );
         // Each message takes 100 ms of uplink: two fit, the third is dropped.
-        assert_eq!(n.send(epoch, 0, 1, 1_250_000).len(), 1);
-        assert_eq!(n.send(epoch, 0, 1, 1_250_000).len(), 1);
-        assert!(!n.has_room(epoch, 0, 1));
-        assert_eq!(n.send(epoch, 0, 1, 1_250_000), []);
-        // Another connection has its own buffer (but shares the uplink).
-        assert_eq!(n.send(epoch, 0, 2, 1_250_000), [epoch + ms(350)]);
+        let first = n.send(t0, 0, 1, 1_250_000, 1).expect("a new schedule");
+        assert_eq!(first.at, t0 + ms(100));
+        assert_eq!(n.send(t0, 0, 1, 1_250_000, 2), None, "queued behind");
+        assert!(!n.has_room(0, 1));
+        assert_eq!(n.send(t0, 0, 1, 1_250_000, 3), None);
+        // Another connection has its own buffer (and shares the uplink):
+        // the first message now leaves later.
+        let second = n.send(t0, 0, 2, 1_250_000, 4).expect("a new schedule");
+        assert_eq!(second.at, t0 + ms(200));
+        // The superseded schedule does nothing.
+        assert_eq!(n.transmit(first.at, first), (Vec::new(), None));
         // Once the first message left the uplink, there is room again.
-        assert!(n.has_room(epoch + ms(100), 0, 1));
+        let (left, _) = n.transmit(second.at, second);
+        assert_eq!(left.len(), 2);
+        assert!(n.has_room(0, 1));
         assert_eq!(n.stats().overflowed, 1);
         assert_eq!(n.stats().sent, 3);
     }
 
     #[test]
+    fn a_broken_connection_loses_its_buffer() {
+        let t0 = epoch();
+        let mut n = net(t0, 100 * MBIT, 1000 * MBIT);
+        n.send(t0, 0, 1, 1_250_000, 1);
+        n.send(t0, 0, 1, 1_250_000, 2);
+        let wake = n.send(t0, 0, 2, 1_250_000, 3).unwrap();
+        // At 100 ms both connections are half way; 0 → 1 breaks: 0 → 2 has
+        // the uplink to itself and is done 50 ms later.
+        let wakes = n.disconnect(t0 + ms(100), 1, 0);
+        assert_eq!(wakes.len(), 1);
+        assert_eq!(wakes[0].at, t0 + ms(150));
+        assert_eq!(n.transmit(wake.at, wake), (Vec::new(), None));
+        let (left, next) = n.transmit(wakes[0].at, wakes[0]);
+        assert_eq!(left.iter().map(|d| d.message).collect::<Vec<_>>(), [3]);
+        assert_eq!(next, None);
+        assert_eq!(n.stats().flushed, 2);
+        assert!(n.has_room(0, 1));
+    }
+
+    #[test]
     fn faults_follow_the_seed() {
-        let epoch = epoch();
+        let t0 = epoch();
         let faults = Faults {
             loss: 0.2,
             duplicate: 0.2,
             reorder: 0.5,
-            reorder_delay: Duration::from_millis(30),
+            reorder_delay: ms(30),
         };
         let run = |seed| {
-            let mut n = Network::new(
-                epoch,
-                Duration::from_millis(5),
-                &[MBIT; 2],
-                &[MBIT; 2],
-                1000,
-                faults,
-                seed,
-            );
-            let times: Vec<Vec<Instant>> = (0..200)
-                .map(|i| n.send(epoch + Duration::from_millis(i), 0, 1, 100))
+            let mut n = Network::new(t0, ms(5), &[MBIT; 2], &[MBIT; 2], 1000, faults, seed);
+            let sends: Vec<_> = (0..200)
+                .map(|i| (t0 + ms(i), 0, 1, 100, i as u32))
                 .collect();
-            (times, n.stats())
+            let got = drive(&mut n, &sends);
+            (got, n.stats())
         };
         let (a, stats) = run(9);
         assert_eq!(run(9).0, a);
@@ -399,6 +708,7 @@ mod tests {
         assert!(stats.lost > 10 && stats.lost < 80, "{stats:?}");
         assert!(stats.duplicated > 10, "{stats:?}");
         assert!(stats.reordered > 30, "{stats:?}");
-        assert!(a.iter().any(Vec::is_empty) && a.iter().any(|d| d.len() == 2));
+        let copies = |id| a.iter().filter(|d| d.0 == id).count();
+        assert!((0..200).any(|id| copies(id) == 0) && (0..200).any(|id| copies(id) == 2));
     }
 }

@@ -10,7 +10,7 @@ use prost::Message;
 
 use super::chain::{self, forged_block};
 use super::scenario::{Behaviour, Overclaim};
-use super::World;
+use super::{Wire, World};
 use crate::wire::gossip::{GossipMessage, Payload, Properties, StateInfo};
 use crate::wire::{self, gossip::gossip_message::Content};
 use crate::{
@@ -209,24 +209,6 @@ impl Node {
         self.drain(w);
     }
 
-    /// A flooder's burst: fills the send buffer of its connection to every
-    /// node with a responder with valid requests for random ranges.
-    pub(crate) fn flood(&mut self, w: &mut World, targets: &[NodeId], channel: &Bytes) {
-        let chain_height = w.chain.height();
-        for &to in targets {
-            while w.network_has_room(self.id, to) {
-                let start = w.rng.u64(1..chain_height.max(2));
-                let end = start
-                    .saturating_add(w.config.batch_size)
-                    .min(chain_height.saturating_sub(1))
-                    .max(start);
-                let nonce = w.rng.u64(..);
-                let message = wire::state_request(nonce, channel.clone(), start, end);
-                w.send(self.id, to, Bytes::from(message.encode_to_vec()));
-            }
-        }
-    }
-
     /// The height this node advertises in its `StateInfo`.
     pub(crate) fn advertised_height(&self, chain_height: u64, overclaim_by: u64) -> u64 {
         match self.behaviour {
@@ -271,25 +253,7 @@ impl Node {
         }
         match decoded {
             Ok(message) if wire::as_state_request(&message).is_some() => {
-                if self.behaviour == Behaviour::Byzantine {
-                    if let Some(r) = wire::as_state_request(&message) {
-                        if let Some(range) = SeqRange::new(r.start_seq_num, r.end_seq_num) {
-                            self.byzantine_ranges.insert(message.nonce, range);
-                        }
-                    }
-                }
-                if let Some(responder) = self.responder.as_mut() {
-                    if responder
-                        .handle(now, ResponderEvent::Request { from, message })
-                        .is_err()
-                    {
-                        self.refused_requests += 1;
-                    }
-                    // Before the host serves the read: the load as admitted.
-                    let stats = responder.stats();
-                    self.peak_queued = self.peak_queued.max(stats.queued);
-                    self.peak_reading = self.peak_reading.max(stats.reading);
-                }
+                self.on_request(w, from, message);
             }
             Ok(message) => {
                 if let Some(requester) = self.requester.as_mut() {
@@ -303,6 +267,46 @@ impl Node {
             }
         }
         self.drain(w);
+    }
+
+    /// A flooder's burst of `count` valid requests for random ranges.
+    pub(crate) fn on_flood(&mut self, w: &mut World, from: NodeId, count: u32, channel: &Bytes) {
+        let chain_height = w.chain.height();
+        for _ in 0..count {
+            let start = w.flood_rng.u64(1..chain_height.max(2));
+            let end = start
+                .saturating_add(w.config.batch_size)
+                .min(chain_height.saturating_sub(1))
+                .max(start);
+            let nonce = w.flood_rng.u64(..);
+            let message = wire::state_request(nonce, channel.clone(), start, end);
+            self.on_request(w, from, message);
+        }
+        self.drain(w);
+    }
+
+    /// A state request from `from`, to the responder.
+    fn on_request(&mut self, w: &mut World, from: NodeId, message: GossipMessage) {
+        let now = w.now;
+        if self.behaviour == Behaviour::Byzantine {
+            if let Some(r) = wire::as_state_request(&message) {
+                if let Some(range) = SeqRange::new(r.start_seq_num, r.end_seq_num) {
+                    self.byzantine_ranges.insert(message.nonce, range);
+                }
+            }
+        }
+        if let Some(responder) = self.responder.as_mut() {
+            if responder
+                .handle(now, ResponderEvent::Request { from, message })
+                .is_err()
+            {
+                self.refused_requests += 1;
+            }
+            // Before the host serves the read: the load as admitted.
+            let stats = responder.stats();
+            self.peak_queued = self.peak_queued.max(stats.queued);
+            self.peak_reading = self.peak_reading.max(stats.reading);
+        }
     }
 
     /// A `StateInfo` from `from`, published at `published`, advertising
@@ -444,6 +448,10 @@ impl Node {
             ResponderAction::SendResponse { to, message } => {
                 if !w.can_send(self.id, to) {
                     // The send buffer is full: dropped, no need to encode.
+                    return;
+                }
+                if w.is_sink(to) {
+                    w.send_unencoded(self.id, to, message.encoded_len(), Wire::Opaque);
                     return;
                 }
                 let bytes = if self.behaviour == Behaviour::Byzantine {

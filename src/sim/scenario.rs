@@ -117,6 +117,9 @@ pub struct Scenario {
     /// give-up for a bad block) for this long, with no outage or partition
     /// pending, stops as [`Outcome::Stalled`](super::Outcome::Stalled).
     pub stall_after: Duration,
+    /// Flooders stay idle: the same cluster unattacked, the baseline a
+    /// flood is measured against.
+    pub idle_flooders: bool,
 }
 
 impl Default for Scenario {
@@ -145,6 +148,7 @@ impl Default for Scenario {
             partitions: Vec::new(),
             links: Vec::new(),
             stall_after: Duration::from_secs(600),
+            idle_flooders: false,
         }
     }
 }
