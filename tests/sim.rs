@@ -430,8 +430,15 @@ fn replay() {
     };
     println!("{scenario:?}");
     for (preset, config) in configs {
-        let report = run(scenario.clone(), config, seed, None);
+        let report = run(scenario.clone(), config.clone(), seed, None);
         println!("{preset}: {}", report.to_json());
+        if scenario.behaviours.contains(&Behaviour::Flooder) {
+            let quiet = Scenario {
+                idle_flooders: true,
+                ..scenario.clone()
+            };
+            println!("{preset} unattacked: {}", run(quiet, config, seed, None).to_json());
+        }
         assert_passed(&report, preset, &scenario);
     }
 }

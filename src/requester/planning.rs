@@ -7,6 +7,10 @@ use super::{Action, AntiEntropy, GiveUpReason, PeerState, Pick, Send};
 use crate::range::SeqRange;
 use crate::wire;
 
+/// Bytes a payload costs in a response beyond its own (tags, lengths, the
+/// private data's framing): a margin, not an exact count.
+const PAYLOAD_FRAMING: u64 = 1024;
+
 impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     pub(super) fn on_tick(&mut self, now: Instant) {
         match self.round_end {
@@ -198,7 +202,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 break;
             }
         }
-        let mut last = end.min(seq.saturating_add(self.config.batch_size));
+        let mut last = end.min(seq.saturating_add(self.blocks_per_request() - 1));
         if let Some(held) = self.buffer.stored_in(seq, last).next() {
             last = held - 1;
         }
@@ -209,6 +213,24 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             last = last.min(boundary - 1);
         }
         SeqRange::new(seq, last)
+    }
+
+    /// How many blocks a request asks for: `batch_size + 1`, as Fabric asks;
+    /// with the adaptive window, no more than one response of
+    /// `max_response_bytes` holds at the blocks' estimated size. Asking for
+    /// more would get a partial answer whose rest goes to the same peer one
+    /// round trip later (with 8 MiB blocks, one block per round trip from
+    /// one peer at a time); asking for what fits spreads the blocks over the
+    /// window and every peer.
+    pub(super) fn blocks_per_request(&self) -> u64 {
+        let most = self.config.batch_size.saturating_add(1);
+        if !self.config.adaptive_window {
+            return most;
+        }
+        // Each payload also costs its framing in the response.
+        let per_block = self.block_bytes_estimate.saturating_add(PAYLOAD_FRAMING);
+        let fits = (self.config.max_response_bytes as u64) / per_block;
+        fits.clamp(1, most)
     }
 
     /// Back-pressure: a request may not reach `window_blocks` past the

@@ -74,11 +74,15 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             highest = highest.max(Some(payload.seq_num));
             let size = payload_size(payload) as u64;
             bytes += size;
+            // Up at once to a larger block, down slowly (an eighth per
+            // block): underestimating costs partial answers and timeouts,
+            // overestimating only shorter requests.
             self.block_bytes_estimate = self
                 .block_bytes_estimate
                 .saturating_mul(7)
                 .saturating_add(size)
-                .div_ceil(8);
+                .div_ceil(8)
+                .max(size);
             self.accept_payload(payload.clone(), size, Origin::Peer(from.clone()));
         }
 
