@@ -437,7 +437,10 @@ fn replay() {
                 idle_flooders: true,
                 ..scenario.clone()
             };
-            println!("{preset} unattacked: {}", run(quiet, config, seed, None).to_json());
+            println!(
+                "{preset} unattacked: {}",
+                run(quiet, config, seed, None).to_json()
+            );
         }
         assert_passed(&report, preset, &scenario);
     }
