@@ -12,6 +12,9 @@ const MAX_BENCH: Duration = Duration::from_secs(30);
 /// First bench after a failure; doubles with each further strike.
 const BASE_BENCH: Duration = Duration::from_millis(500);
 
+/// Sends past its window a peer may take for a hedge.
+const HEDGE_HEADROOM: usize = 1;
+
 /// First doubt of a peer's advertisement; doubles with each further one.
 /// Short, because a busy responder answers empty too (ours does, to spare
 /// the requester a timeout): a busy peer is back in the rotation within a
@@ -398,6 +401,43 @@ impl<P: Clone + Ord> Peers<P> {
         now: Instant,
         rng: &mut fastrand::Rng,
     ) -> Option<P> {
+        self.choose_within(config, end, prefer_not, exclude, now, rng, None)
+    }
+
+    /// [`choose`](Self::choose) for a hedge of the request holding back the
+    /// commit point, among peers that have answered before: one may take one
+    /// send past its window (never past `max_in_flight_per_peer`). The planner fills every window with ranges
+    /// ahead; without the headroom a hedge found no free peer until far
+    /// ranges came back (hostile scenario: the commit point waited 1.5 s on a
+    /// silent peer, hedge due after 0.5 s).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn choose_hedge(
+        &self,
+        config: &Config,
+        end: u64,
+        prefer_not: &[P],
+        exclude: &[P],
+        now: Instant,
+        rng: &mut fastrand::Rng,
+        headroom: bool,
+    ) -> Option<P> {
+        let headroom = if headroom { HEDGE_HEADROOM } else { 0 };
+        self.choose_within(config, end, prefer_not, exclude, now, rng, Some(headroom))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn choose_within(
+        &self,
+        config: &Config,
+        end: u64,
+        prefer_not: &[P],
+        exclude: &[P],
+        now: Instant,
+        rng: &mut fastrand::Rng,
+        hedge: Option<usize>,
+    ) -> Option<P> {
+        let headroom = hedge.unwrap_or(0);
+        let hedge = hedge.is_some();
         let scored = config.peer_selection == PeerSelection::Scored;
         let others_cover = self
             .map
@@ -416,8 +456,14 @@ impl<P: Clone + Ord> Peers<P> {
             .map
             .iter()
             .filter(|(id, peer)| {
+                let cap = (peer.limit(config) + headroom).min(config.max_in_flight_per_peer);
+                // A hedge goes only to a peer that has answered before: a
+                // second unproven peer is as likely to be slow, and on thin
+                // links it only doubles the load.
+                let proven = !hedge || peer.rtt.srtt().is_some();
                 usable(id, peer)
-                    && peer.in_flight < peer.limit(config)
+                    && proven
+                    && peer.in_flight < cap
                     && !(respect_bench && peer.benched(now))
             })
             .collect();

@@ -96,9 +96,26 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // never to one whose copy of a block in it was rejected.
         let mut exclude: Vec<P> = request.waiting().map(|a| a.peer.clone()).collect();
         exclude.extend(self.rejected_in(range));
+        // Past a window only when the peer working on it never answered
+        // (silent, or not yet proven): a slow peer that does answer is
+        // hedged within the windows, since on slow links a hedge is more
+        // load on the same bottleneck.
+        let headroom = request.waiting().all(|a| {
+            self.peers
+                .get(&a.peer)
+                .is_none_or(|p| p.rtt.srtt().is_none())
+        });
         let choice = self
             .peers
-            .choose(&self.config, end, &asked, &exclude, now, &mut self.rng)
+            .choose_hedge(
+                &self.config,
+                end,
+                &asked,
+                &exclude,
+                now,
+                &mut self.rng,
+                headroom,
+            )
             .filter(|peer| !exclude.contains(peer));
         match choice {
             Some(peer) => {
