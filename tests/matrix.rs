@@ -22,9 +22,9 @@ const CEILINGS: [(&str, f64); 9] = [
     ("wan", 1.10),
     ("one-peer", 1.05),
     ("tiny", 4.10),
-    ("thin", 1.85),
-    ("hetero", 1.35),
-    ("hostile", 3.60),
+    ("thin", 1.20),
+    ("hetero", 1.45),
+    ("hostile", 3.05),
     ("many-laggers", 2.00),
     ("crowd", 31.5),
 ];

@@ -481,9 +481,10 @@ impl<P: Clone + Ord> Peers<P> {
         if !fresh.is_empty() {
             candidates = fresh;
         }
-        // Least loaded first, then the fastest; ties broken by the seed so
-        // that equal peers share the load.
-        let key = |peer: &Peer| (peer.in_flight, peer.rtt.srtt().unwrap_or(Duration::ZERO));
+        // Least loaded first, then the fastest (a peer never measured
+        // last: its round trip is unknown, not short); ties broken by the
+        // seed so that equal peers share the load.
+        let key = |peer: &Peer| (peer.in_flight, peer.rtt.srtt().unwrap_or(Duration::MAX));
         let best = candidates.iter().map(|(_, peer)| key(peer)).min()?;
         let tied: Vec<&P> = candidates
             .iter()

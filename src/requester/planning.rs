@@ -335,6 +335,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 sent_at: now,
                 deadline,
                 state: AttemptState::Waiting,
+                extended: false,
             },
         );
         self.actions.push_back(Action::SendRequest { to, message });

@@ -30,6 +30,9 @@ pub(crate) struct Attempt<P> {
     /// `None` if the timeout is too long to represent: never expires.
     pub(crate) deadline: Option<Instant>,
     pub(crate) state: AttemptState,
+    /// Its deadline was pushed back once because no peer had answered
+    /// anything yet (see `expire`).
+    pub(crate) extended: bool,
 }
 
 /// A range asked for, possibly of several peers in turn (retries) or at

@@ -23,6 +23,8 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             })
             .map(|(id, _)| *id)
             .collect();
+        let first_answer_pending =
+            self.config.adaptive_timeout && self.peers.iter().all(|(_, p)| p.rtt.srtt().is_none());
         for id in due {
             let Some(request) = self.requests.get_mut(id) else {
                 continue;
@@ -32,6 +34,18 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 if attempt.state == AttemptState::Waiting
                     && attempt.deadline.is_some_and(|d| d <= now)
                 {
+                    if first_answer_pending && !attempt.extended {
+                        // Nothing has come back from anyone yet: no sign
+                        // of loss, only that answers take longer than the
+                        // first deadline (2.9 s for 11 × 64 KiB at
+                        // 2 Mbit/s). Waiting once more, twice as long,
+                        // beats sending every range again to peers just as
+                        // busy.
+                        attempt.extended = true;
+                        let wait = now.saturating_duration_since(attempt.sent_at) * 2;
+                        attempt.deadline = now.checked_add(wait);
+                        continue;
+                    }
                     attempt.state = AttemptState::TimedOut;
                     expired.push(attempt.peer.clone());
                 }
