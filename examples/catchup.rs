@@ -504,12 +504,13 @@ fn run_matrix(cli: &Cli, name: &str) -> ExitCode {
     }
     if !cli.json {
         println!(
-            "{:<13} {:<8} {:>10} {:>9} {:>7} {:>9} {:>9} {:>9} {:>8} {:>12} {:>8}",
+            "{:<13} {:<8} {:>10} {:>9} {:>7} {:>8} {:>9} {:>9} {:>9} {:>8} {:>12} {:>8}",
             "scenario",
             "preset",
             "catch-up",
             "bound",
             "ratio",
+            "gossip×",
             "requests",
             "timeouts",
             "req/block",
@@ -523,12 +524,13 @@ fn run_matrix(cli: &Cli, name: &str) -> ExitCode {
                 None => format!("({})", r.outcome.as_str()),
             };
             println!(
-                "{:<13} {:<8} {:>10} {:>9} {:>7} {:>9} {:>9} {:>9.3} {:>8.3} {:>12} {:>8}",
+                "{:<13} {:<8} {:>10} {:>9} {:>7} {:>8} {:>9} {:>9} {:>9.3} {:>8.3} {:>12} {:>8}",
                 name,
                 preset,
                 catchup,
                 format!("{:.2} s", r.bound.value().as_secs_f64()),
                 r.ratio().map_or("-".into(), |x| format!("{x:.2}")),
+                r.gossip_ratio().map_or("-".into(), |x| format!("{x:.2}")),
                 r.requests,
                 r.timeouts,
                 r.worst_requests_per_block(),
@@ -543,7 +545,7 @@ fn run_matrix(cli: &Cli, name: &str) -> ExitCode {
             println!("{:<13} {}", n.name, n.about);
         }
         println!(
-            "seed {}; ratio = catch-up / bound (see `antientropy::sim::Bound`)",
+            "seed {}; ratio = catch-up / bound; gossip× = catch-up / the bound that knows laggers hear of each other once per state-info interval (`antientropy::sim::Bound`)",
             cli.seed
         );
     }

@@ -721,6 +721,7 @@ impl Simulation {
                 .map(|i| s.link(i).downlink_bps)
                 .min()
                 .unwrap_or(s.downlink_bps),
+            state_info_interval: s.state_info_interval,
         }
     }
 

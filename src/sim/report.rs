@@ -40,6 +40,8 @@ pub struct Bound {
     pub lagger_uplink_bps: u64,
     /// `d_min`: the smallest lagger downlink, bits per second.
     pub min_downlink_bps: u64,
+    /// `T`: how often a lagger's height reaches the others (`StateInfo`).
+    pub state_info_interval: Duration,
 }
 
 impl Bound {
@@ -63,6 +65,35 @@ impl Bound {
         let seconds = source.max(download).max(aggregate);
         let transfer = Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX);
         self.latency.saturating_add(transfer)
+    }
+
+    /// A tighter bound for several laggers, that knows how they learn of
+    /// each other: a lagger asks another only for blocks that one
+    /// advertised in a `StateInfo`, and the first that advertises anything
+    /// is published `T` after the start (at the start every lagger is at
+    /// height 1). So for the first `T` only the source serves, and after it
+    /// at most `u_s + Σu`: the `N·F` bytes need `t` with
+    /// `N·F ≤ u_s·t + Σu·(t − T)⁺`, that is `N·F / u_s` if the source alone
+    /// finishes within `T`, else `(N·F + Σu·T) / (u_s + Σu)`; the other
+    /// terms (`F / u_s`, `F / d_min`) and the latency are as in
+    /// [`value`](Self::value). Equal to it for one lagger. Still generous:
+    /// a lagger serves only its committed prefix, and later `StateInfo`s
+    /// are as stale as the first.
+    pub fn gossip_value(&self) -> Duration {
+        if self.laggers <= 1 || self.source_uplink_bps == 0 {
+            return self.value();
+        }
+        let total_bits = self.bytes as f64 * 8.0 * self.laggers as f64;
+        let u_s = self.source_uplink_bps as f64;
+        let u_l = self.lagger_uplink_bps as f64;
+        let t = self.state_info_interval.as_secs_f64();
+        let aggregate = if total_bits <= u_s * t {
+            total_bits / u_s
+        } else {
+            (total_bits + u_l * t) / (u_s + u_l)
+        };
+        let transfer = Duration::try_from_secs_f64(aggregate).unwrap_or(Duration::MAX);
+        self.value().max(self.latency.saturating_add(transfer))
     }
 }
 
@@ -304,6 +335,14 @@ impl Report {
             .map(|c| c.as_secs_f64() / bound)
     }
 
+    /// Catch-up time over [`Bound::gossip_value`].
+    pub fn gossip_ratio(&self) -> Option<f64> {
+        let bound = self.bound.gossip_value().as_secs_f64();
+        self.catchup
+            .filter(|_| bound > 0.0)
+            .map(|c| c.as_secs_f64() / bound)
+    }
+
     /// The report's fields as the inside of a JSON object (`"key":value`
     /// pairs separated by commas, no braces), so a caller can add its own:
     /// `format!("{{\"preset\":\"fabric\",{}}}", report.json_fields())`.
@@ -329,6 +368,7 @@ impl Report {
         field("violation_messages", format!("[{}]", messages.join(",")));
         field("catchup_s", secs(self.catchup));
         field("bound_s", secs(Some(self.bound.value())));
+        field("gossip_bound_s", secs(Some(self.bound.gossip_value())));
         field(
             "ratio",
             self.ratio().map_or("null".into(), |r| format!("{r:.4}")),
@@ -447,7 +487,9 @@ mod tests {
             source_uplink_bps: 4 * 100 * MBIT,
             lagger_uplink_bps: 100 * MBIT,
             min_downlink_bps: 1000 * MBIT,
+            state_info_interval: Duration::from_secs(4),
         };
+        assert_eq!(b.gossip_value(), b.value(), "one lagger");
         // The four uplinks (400 Mbit/s) are narrower than the downlink.
         assert_eq!(b.value(), Duration::from_millis(50 + 2000));
         // A narrow downlink binds instead.
@@ -466,9 +508,20 @@ mod tests {
             source_uplink_bps: 400 * MBIT,
             lagger_uplink_bps: 10 * 100 * MBIT,
             min_downlink_bps: 1000 * MBIT,
+            state_info_interval: Duration::from_secs(4),
         };
         let expected = 8000.0 / 1400.0;
         assert!((b.value().as_secs_f64() - expected).abs() < 1e-6);
+        // Laggers heard of only after 4 s: the source alone carries 1600
+        // Mbit by then, then all 1400 Mbit/s: (8000 + 1000·4) / 1400 s.
+        let gossip = (8000.0 + 4000.0) / 1400.0;
+        assert!((b.gossip_value().as_secs_f64() - gossip).abs() < 1e-6);
+        // If the source alone finishes within T, it is N·F / u_s.
+        let quick = Bound {
+            state_info_interval: Duration::from_secs(60),
+            ..b
+        };
+        assert!((quick.gossip_value().as_secs_f64() - 20.0).abs() < 1e-6);
         // A slow source binds: F / u_s.
         let b = Bound {
             source_uplink_bps: 10 * MBIT,
