@@ -253,13 +253,14 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     }
 
     /// When to feed [`Event::Timeout`] next: the earliest of the next round,
-    /// a request's deadline and a hedge.
+    /// a request's deadline and a hedge. Never late, sometimes early (after
+    /// an answer, until the next timer event): a `Timeout` with nothing due
+    /// does nothing.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let deadlines = self
-            .requests
-            .iter()
-            .flat_map(|(_, request)| request.waiting().filter_map(|attempt| attempt.deadline));
+        // A lower bound on the sends' deadlines: a wake-up before the real
+        // one finds nothing due and makes it exact.
+        let deadlines = self.requests.earliest_deadline().into_iter();
         // A back-off still to come holds a range back: wake up when it ends.
         let backoffs = self
             .backoffs

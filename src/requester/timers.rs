@@ -11,8 +11,21 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             self.next_round_at = None;
             self.start_round(now);
         }
-        // Only requests with a send past its deadline; on most events there
-        // is none, and this allocates nothing.
+        if self
+            .requests
+            .earliest_deadline()
+            .is_some_and(|earliest| earliest <= now)
+        {
+            self.expire_requests(now);
+        }
+        if self.hedge_due().is_some_and(|due| due <= now) {
+            self.hedge(now);
+        }
+    }
+
+    /// Times out every send past its deadline (some may be pushed back
+    /// once, see below), then makes the earliest deadline exact again.
+    fn expire_requests(&mut self, now: Instant) {
         let due: Vec<u64> = self
             .requests
             .iter()
@@ -64,9 +77,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             }
             self.retry_if_idle(now, id);
         }
-        if self.hedge_due().is_some_and(|due| due <= now) {
-            self.hedge(now);
-        }
+        self.requests.recompute_earliest();
     }
 
     /// When the request holding back the commit point should be hedged: once
