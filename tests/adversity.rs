@@ -189,6 +189,11 @@ fn an_overclaiming_peer_does_not_stall_catch_up() {
 #[test]
 fn a_partial_overclaimer_is_served_up_to_what_it_holds() {
     for (name, config) in presets() {
+        let window = if config.adaptive_window {
+            config.max_in_flight_per_peer as u64
+        } else {
+            0
+        };
         let mut net = Net::new(config, 1, &[("liar", 5000, Script::Honest { holds: 1000 })]);
         net.run_for(Duration::from_secs(300));
         assert_eq!(net.ae.height(), 1000, "{name}");
@@ -196,11 +201,6 @@ fn a_partial_overclaimer_is_served_up_to_what_it_holds() {
         // of ranges the liar does not hold before its first empty answer
         // doubts it, then about one probe per doubt (0.5 s doubling to
         // 64 s), not a window of them in a loop.
-        let window = if config.adaptive_window {
-            config.max_in_flight_per_peer
-        } else {
-            0
-        };
         assert!(
             net.total_requests() <= 91 + window + 60,
             "{name}: {:?}",

@@ -1171,16 +1171,19 @@ fn stale_queued_requests_are_dropped_not_read() {
 
 // Issue item 7: the default responder's per-peer block rate (100,000/s)
 // refused a default requester on a fast link silently, costing it a
-// timeout per refusal. A default requester keeps at most 32 requests of 11
-// blocks in flight per peer; fed that at 1 M blocks/s, a default responder
-// refuses none.
+// timeout per refusal. A default requester keeps at most
+// `max_in_flight_per_peer` requests of 11 blocks in flight per peer; fed
+// that at 1 M blocks/s for half a second, a default responder refuses none.
 #[test]
 fn default_responder_never_refuses_a_default_requester() {
     let t0 = epoch();
     let requester = Config::default();
     let in_flight = requester.max_in_flight_per_peer as u64;
     let blocks = requester.batch_size + 1;
-    let height = 600_000;
+    // A full window every `in_flight × blocks` µs: 1 M blocks/s.
+    let period = Duration::from_micros(in_flight * blocks);
+    let steps = 500_000 / (in_flight * blocks);
+    let height = steps * in_flight * blocks + 1;
     let mut host = Host::new(0, 0);
     let block = Bytes::from(vec![b'x'; 1024]);
     for seq in 0..height {
@@ -1188,12 +1191,10 @@ fn default_responder_never_refuses_a_default_requester() {
         host.private.insert(seq, vec![]);
     }
     let mut r = responder(Config::default(), height);
-    // 32 × 11 blocks every 352 µs: 1 M blocks/s, for half a second.
-    let period = Duration::from_micros(in_flight * blocks);
     let mut next = 0;
     let mut served = 0;
-    for step in 0..1500 {
-        let now = t0 + period * step;
+    for step in 0..steps {
+        let now = t0 + period * step as u32;
         for _ in 0..in_flight {
             assert_eq!(
                 ask(&mut r, now, "fast", next, next, next + blocks - 1),
@@ -1207,7 +1208,7 @@ fn default_responder_never_refuses_a_default_requester() {
     }
     let stats = r.stats();
     assert_eq!(stats.refused(), 0);
-    assert_eq!(served, 1500 * in_flight * blocks);
+    assert_eq!(served, steps * in_flight * blocks);
 }
 
 // Issue item 7: a load refusal costs the requester a timeout unless it is

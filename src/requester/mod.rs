@@ -198,7 +198,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 Ok(())
             }
             Event::Response { from, message } => self
-                .on_response(now, from, &message)
+                .on_response(now, from, message)
                 .map_err(EventError::from),
             Event::Timeout => Ok(()),
             Event::GossipPayload(payload) => {

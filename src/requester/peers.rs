@@ -405,8 +405,9 @@ impl<P: Clone + Ord> Peers<P> {
     }
 
     /// [`choose`](Self::choose) for a hedge of the request holding back the
-    /// commit point, among peers that have answered before: one may take one
-    /// send past its window (never past `max_in_flight_per_peer`). The planner fills every window with ranges
+    /// commit point, among peers that have answered before (or idle ones
+    /// while none has): one may take one send past its window (never past
+    /// `max_in_flight_per_peer`). The planner fills every window with ranges
     /// ahead; without the headroom a hedge found no free peer until far
     /// ranges came back (hostile scenario: the commit point waited 1.5 s on a
     /// silent peer, hedge due after 0.5 s).
@@ -438,6 +439,7 @@ impl<P: Clone + Ord> Peers<P> {
     ) -> Option<P> {
         let headroom = hedge.unwrap_or(0);
         let hedge = hedge.is_some();
+        let none_proven = hedge && self.map.values().all(|peer| peer.rtt.srtt().is_none());
         let scored = config.peer_selection == PeerSelection::Scored;
         let others_cover = self
             .map
@@ -457,10 +459,12 @@ impl<P: Clone + Ord> Peers<P> {
             .iter()
             .filter(|(id, peer)| {
                 let cap = (peer.limit(config) + headroom).min(config.max_in_flight_per_peer);
-                // A hedge goes only to a peer that has answered before: a
-                // second unproven peer is as likely to be slow, and on thin
-                // links it only doubles the load.
-                let proven = !hedge || peer.rtt.srtt().is_some();
+                // A hedge goes to a peer that has answered before (an
+                // unproven one is as likely to be silent or slow, and on thin
+                // links a hedge only adds load), or, while none has, to an
+                // idle one.
+                let proven =
+                    !hedge || peer.rtt.srtt().is_some() || (none_proven && peer.in_flight == 0);
                 usable(id, peer)
                     && proven
                     && peer.in_flight < cap

@@ -5,26 +5,33 @@ use std::time::Instant;
 use super::requests::AttemptState;
 use super::{AntiEntropy, Origin, ResponseError};
 use crate::buffer::payload_size;
+use crate::wire::block_number;
+use crate::wire::gossip::gossip_message::Content;
 use crate::wire::gossip::{GossipMessage, Payload};
-use crate::wire::{self, block_number};
 
 impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     pub(super) fn on_response(
         &mut self,
         now: Instant,
         from: P,
-        message: &GossipMessage,
+        message: GossipMessage,
     ) -> Result<(), ResponseError> {
         let ignored = &mut self.stats.ignored;
-        let Some(response) = wire::as_state_response(message) else {
+        // Taken by value: the payloads move into the buffer, no clone.
+        let GossipMessage {
+            nonce,
+            channel,
+            content,
+            ..
+        } = message;
+        let Some(Content::StateResponse(response)) = content else {
             ignored.not_a_response += 1;
             return Err(ResponseError::NotAResponse);
         };
-        if message.channel != self.channel {
+        if channel != self.channel {
             ignored.wrong_channel += 1;
             return Err(ResponseError::WrongChannel);
         }
-        let nonce = message.nonce;
         let unknown = ResponseError::UnknownNonce { nonce };
         let Some(id) = self.requests.with_nonce(nonce) else {
             ignored.unknown_nonce += 1;
@@ -56,7 +63,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let mut highest = None;
         let mut malformed = false;
         let mut bytes = 0u64;
-        for payload in &response.payloads {
+        for payload in response.payloads {
             if !range.contains(payload.seq_num) {
                 // Padding costs the peer like a wrong block number: else a
                 // peer could fill every answer to the message limit and
@@ -72,7 +79,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             }
             usable += 1;
             highest = highest.max(Some(payload.seq_num));
-            let size = payload_size(payload) as u64;
+            let size = payload_size(&payload) as u64;
             bytes += size;
             // Up at once to a larger block, down slowly (an eighth per
             // block): underestimating costs partial answers and timeouts,
@@ -83,7 +90,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 .saturating_add(size)
                 .div_ceil(8)
                 .max(size);
-            self.accept_payload(payload.clone(), size, Origin::Peer(from.clone()));
+            self.accept_payload(payload, size, Origin::Peer(from.clone()));
         }
 
         let peer = self.peers.get_mut(&from);
