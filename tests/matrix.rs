@@ -21,7 +21,7 @@ const CEILINGS: [(&str, f64); 9] = [
     ("lan", 1.05),
     ("wan", 1.10),
     ("one-peer", 1.05),
-    ("tiny", 3.20),
+    ("tiny", 2.30),
     ("thin", 1.20),
     ("hetero", 1.45),
     ("hostile", 3.05),

@@ -129,6 +129,9 @@ pub struct AntiEntropy<P> {
     origins: BTreeMap<u64, Origin<P>>,
     /// Running estimate of a payload's size, for the byte window.
     block_bytes_estimate: u64,
+    /// Whether any block was seen yet: before, `block_bytes_estimate` is
+    /// only the window's mean (`window_bytes / window_blocks`).
+    block_size_seen: bool,
     actions: VecDeque<Action<P>>,
     stats: Stats<P>,
 }
@@ -176,6 +179,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             backoffs: BTreeMap::new(),
             origins: BTreeMap::new(),
             block_bytes_estimate,
+            block_size_seen: false,
             actions: VecDeque::new(),
             stats: Stats::default(),
         })

@@ -12,6 +12,11 @@ const MAX_BENCH: Duration = Duration::from_secs(30);
 /// First bench after a failure; doubles with each further strike.
 const BASE_BENCH: Duration = Duration::from_millis(500);
 
+/// Bytes a peer's window holds after its first answer, at the block size
+/// seen: 256 KiB is 23 requests of 1 KiB blocks (a 20 Mbit/s × 100 ms
+/// product), and no more than the initial 2 of 64 KiB blocks.
+const START_BYTES: u64 = 256 * 1024;
+
 /// Sends past its window a peer may take for a hedge.
 const HEDGE_HEADROOM: usize = 1;
 
@@ -98,6 +103,10 @@ impl PeerWindow {
     const ALPHA: f64 = 1.0;
     /// Above this many, shrink.
     const BETA: f64 = 3.0;
+    /// Below this much queueing delay, grow whatever the count.
+    const ALPHA_DELAY: Duration = Duration::from_millis(5);
+    /// Shrink only above this much delay too.
+    const BETA_DELAY: Duration = Duration::from_millis(20);
 
     fn new() -> Self {
         Self {
@@ -106,17 +115,28 @@ impl PeerWindow {
         }
     }
 
-    fn on_sample(&mut self, rtt: Duration, max: usize) {
+    fn on_sample(&mut self, rtt: Duration, max: usize, floor: usize) {
+        let first = self.base_rtt.is_none();
         let base = self.base_rtt.map_or(rtt, |base| base.min(rtt));
         self.base_rtt = Some(base);
+        if first {
+            // The first answer shows the peer is there: start from a
+            // window of `START_BYTES` at the block size seen, not 2
+            // requests, since small blocks need hundreds in flight.
+            self.size = self.size.max(floor.min(max));
+        }
         if rtt.is_zero() {
             return;
         }
         // Vegas: window × (1 − base/rtt) requests are waiting in a queue.
+        // Counted in requests alone, a queue of three 11 KiB answers (3 ms
+        // at 100 Mbit/s, less than a burst's own spread) held tiny blocks at
+        // a quarter of the link; so a queue must also add delay to count.
         let queued = self.size as f64 * (1.0 - base.as_secs_f64() / rtt.as_secs_f64());
-        if queued < Self::ALPHA {
+        let delay = rtt.saturating_sub(base);
+        if queued < Self::ALPHA || delay < Self::ALPHA_DELAY {
             self.size = (self.size + 1).min(max);
-        } else if queued > Self::BETA {
+        } else if queued > Self::BETA && delay > Self::BETA_DELAY {
             self.size = (self.size - 1).max(1);
         }
     }
@@ -181,10 +201,13 @@ impl Peer {
         }
     }
 
-    /// A response came back after `rtt`.
-    pub(crate) fn answered(&mut self, rtt: Duration, config: &Config) {
+    /// A response came back after `rtt`; a request is about
+    /// `request_bytes` long.
+    pub(crate) fn answered(&mut self, rtt: Duration, config: &Config, request_bytes: u64) {
         self.rtt.sample(rtt);
-        self.window.on_sample(rtt, config.max_in_flight_per_peer);
+        let floor = usize::try_from(START_BYTES / request_bytes.max(1)).unwrap_or(usize::MAX);
+        self.window
+            .on_sample(rtt, config.max_in_flight_per_peer, floor);
     }
 
     /// A request to this peer timed out.
@@ -579,19 +602,44 @@ mod tests {
     }
 
     #[test]
+    fn window_starts_from_bytes_and_grows_past_short_bursts() {
+        let mut window = PeerWindow::new();
+        // The first answer lifts the window to the byte floor...
+        window.on_sample(Duration::from_millis(100), 128, 23);
+        assert_eq!(window.size, 24, "23, then one for the answer");
+        // ...never past the cap.
+        let mut capped = PeerWindow::new();
+        capped.on_sample(Duration::from_millis(100), 16, 23);
+        assert_eq!(capped.size, 16);
+        // 4.5 ms over the base is a burst's spread, not a queue: it grows
+        // although 24 × (1 − 100/104.5) ≈ 1.03 requests look queued; at
+        // 10 ms (2.3 requests, between α and β) it holds.
+        window.on_sample(Duration::from_micros(104_500), 128, 0);
+        assert_eq!(window.size, 25);
+        window.on_sample(Duration::from_millis(110), 128, 0);
+        assert_eq!(window.size, 25);
+        // A queue of requests that adds under 20 ms does not shrink it.
+        window.on_sample(Duration::from_millis(115), 128, 0);
+        assert_eq!(window.size, 25);
+        // One that adds more does.
+        window.on_sample(Duration::from_millis(200), 128, 0);
+        assert_eq!(window.size, 24);
+    }
+
+    #[test]
     fn window_grows_without_queueing_and_shrinks_with_it() {
         let mut window = PeerWindow::new();
         for _ in 0..10 {
-            window.on_sample(Duration::from_millis(100), 32);
+            window.on_sample(Duration::from_millis(100), 32, 0);
         }
         assert_eq!(window.size, PeerWindow::INITIAL + 10, "no queue: grow");
         // RTT doubled: half the window is queued (6 > BETA): shrink.
-        window.on_sample(Duration::from_millis(200), 32);
+        window.on_sample(Duration::from_millis(200), 32, 0);
         assert_eq!(window.size, PeerWindow::INITIAL + 9);
         window.on_timeout();
         assert_eq!(window.size, (PeerWindow::INITIAL + 9) / 2);
         for _ in 0..100 {
-            window.on_sample(Duration::from_millis(100), 8);
+            window.on_sample(Duration::from_millis(100), 8, 0);
         }
         assert_eq!(window.size, 8, "capped by max_in_flight_per_peer");
     }

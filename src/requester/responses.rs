@@ -84,15 +84,21 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             // Up at once to a larger block, down slowly (an eighth per
             // block): underestimating costs partial answers and timeouts,
             // overestimating only shorter requests.
-            self.block_bytes_estimate = self
-                .block_bytes_estimate
-                .saturating_mul(7)
-                .saturating_add(size)
-                .div_ceil(8)
-                .max(size);
+            self.block_bytes_estimate = if self.block_size_seen {
+                self.block_bytes_estimate
+                    .saturating_mul(7)
+                    .saturating_add(size)
+                    .div_ceil(8)
+                    .max(size)
+            } else {
+                // The first block replaces the prior outright.
+                size
+            };
+            self.block_size_seen = true;
             self.accept_payload(payload, size, Origin::Peer(from.clone()));
         }
 
+        let request_bytes = self.blocks_per_request() * self.block_bytes_estimate;
         let peer = self.peers.get_mut(&from);
         if usable == 0 {
             // An empty or useless answer counts against the peer, and the
@@ -119,7 +125,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             return Ok(());
         }
         if let Some(peer) = peer {
-            peer.answered(rtt, &self.config);
+            peer.answered(rtt, &self.config, request_bytes);
             peer.stats.responses += 1;
             peer.stats.blocks += usable;
             peer.stats.bytes += bytes;
