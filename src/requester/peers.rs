@@ -103,10 +103,12 @@ impl PeerWindow {
     const ALPHA: f64 = 1.0;
     /// Above this many, shrink.
     const BETA: f64 = 3.0;
-    /// Below this much queueing delay, grow whatever the count.
-    const ALPHA_DELAY: Duration = Duration::from_millis(5);
-    /// Shrink only above this much delay too.
-    const BETA_DELAY: Duration = Duration::from_millis(20);
+    /// Below a queueing delay of the base round trip over this, grow
+    /// whatever the count (5 ms at 100 ms): relative, so that on a loopback
+    /// or LAN the count governs as in plain Vegas.
+    const ALPHA_DELAY_DIVISOR: u32 = 20;
+    /// Shrink only above a delay of the base round trip over this too.
+    const BETA_DELAY_DIVISOR: u32 = 5;
 
     fn new() -> Self {
         Self {
@@ -131,12 +133,13 @@ impl PeerWindow {
         // Vegas: window × (1 − base/rtt) requests are waiting in a queue.
         // Counted in requests alone, a queue of three 11 KiB answers (3 ms
         // at 100 Mbit/s, less than a burst's own spread) held tiny blocks at
-        // a quarter of the link; so a queue must also add delay to count.
+        // a quarter of the link; so a queue must also add delay, relative
+        // to the round trip, to count.
         let queued = self.size as f64 * (1.0 - base.as_secs_f64() / rtt.as_secs_f64());
         let delay = rtt.saturating_sub(base);
-        if queued < Self::ALPHA || delay < Self::ALPHA_DELAY {
+        if queued < Self::ALPHA || delay < base / Self::ALPHA_DELAY_DIVISOR {
             self.size = (self.size + 1).min(max);
-        } else if queued > Self::BETA && delay > Self::BETA_DELAY {
+        } else if queued > Self::BETA && delay > base / Self::BETA_DELAY_DIVISOR {
             self.size = (self.size - 1).max(1);
         }
     }
@@ -611,7 +614,7 @@ mod tests {
         let mut capped = PeerWindow::new();
         capped.on_sample(Duration::from_millis(100), 16, 23);
         assert_eq!(capped.size, 16);
-        // 4.5 ms over the base is a burst's spread, not a queue: it grows
+        // 4.5 ms over a 100 ms base is a burst's spread, not a queue: it grows
         // although 24 × (1 − 100/104.5) ≈ 1.03 requests look queued; at
         // 10 ms (2.3 requests, between α and β) it holds.
         window.on_sample(Duration::from_micros(104_500), 128, 0);
