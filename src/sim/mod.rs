@@ -768,6 +768,13 @@ impl Simulation {
         let per_range = u64::from(c.max_retries) + 4;
         let others = (self.nodes.len() - 1) as u64;
         let seconds = report.virtual_time.as_secs_f64().ceil() as u64;
+        // One window of ranges a peer advertised but does not hold, sent
+        // before its first empty answer doubts it; again after each
+        // reconnection, which forgives it.
+        let episodes = 1 + (self.scenario.outages.len() + self.scenario.partitions.len()) as u64;
+        let window_waste = others
+            .saturating_mul(c.max_in_flight_per_peer as u64)
+            .saturating_mul(episodes);
         let targets = report.lagger_targets.clone();
         let mut lagger = 0;
         for node in &self.nodes {
@@ -790,7 +797,8 @@ impl Simulation {
                     node.past_requests + node.requester.as_ref().map_or(0, |r| r.stats().requests);
                 let request_bound = per_range
                     .saturating_mul(needed.div_ceil(k))
-                    .saturating_add(4u64.saturating_mul(others).saturating_mul(seconds));
+                    .saturating_add(4u64.saturating_mul(others).saturating_mul(seconds))
+                    .saturating_add(window_waste);
                 report.amplification.push(Amplification {
                     requests,
                     blocks: node.height.saturating_sub(1),

@@ -131,7 +131,7 @@ impl Outcome {
 /// blocks, `P` other nodes and `T` virtual seconds of the run:
 ///
 /// ```text
-/// requests ≤ (max_retries + 4) · ⌈n / k⌉ + 4 · P · T
+/// requests ≤ (max_retries + 4) · ⌈n / k⌉ + 4 · P · T + P · W · E
 /// ```
 ///
 /// Each range of at most `k` blocks is sent at most `max_retries + 1`
@@ -139,8 +139,12 @@ impl Outcome {
 /// what repeats by the clock rather than by the blocks: every back-off that
 /// re-asks a peer (bench, doubt of an overclaimer, bad-block back-off,
 /// probation probes) is at least 250 ms, so each peer is re-asked at most 4
-/// times a second. A tight refetch loop (issue #8.2: 467 179 requests in
-/// 20 s) or an overclaimer probed per round trip breaks it.
+/// times a second. The last term is one window (`W`,
+/// `max_in_flight_per_peer`) per peer of ranges it advertised but does not
+/// hold, sent before its first empty answer doubts it, once per episode
+/// `E` (1 + the scenario's outages and partitions: a reconnection forgives
+/// the peer). A tight refetch loop (issue #8.2: 467 179 requests in 20 s)
+/// or an overclaimer probed per round trip breaks it.
 ///
 /// Answer bytes (everything delivered to the lagger but others' requests)
 /// are bounded by `4 · requests · (answer cap + 512)`: the network may
