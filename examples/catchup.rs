@@ -206,8 +206,9 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Preset::Both)]
     preset: Preset,
     /// Run a named scenario of the matrix instead of the cluster the flags
-    /// describe (`all`: every one, one table). Names: lan, wan, one-peer,
-    /// tiny, huge, thin, hetero, hostile, many-laggers, crowd.
+    /// describe (`all`: every one, one table); the cluster flags are then
+    /// ignored, `--preset`, `--seed` and `--json` apply. Names: lan, wan,
+    /// one-peer, tiny, huge, thin, hetero, hostile, many-laggers, crowd.
     #[arg(long, value_parser = parse_scenario_name)]
     scenario: Option<String>,
     /// Seed of every random choice (faults, peers' choices).

@@ -148,7 +148,26 @@ pub struct Config {
     pub busy_reply_burst: u32,
 }
 
+/// Bytes a payload costs in a response beyond its own (tags, lengths, the
+/// private data's framing): a margin, not an exact count.
+const PAYLOAD_FRAMING: u64 = 1024;
+
 impl Config {
+    /// How many blocks of about `block_bytes` one request asks for:
+    /// `batch_size + 1`, as Fabric asks; with the adaptive window no more
+    /// than one response of `max_response_bytes` holds (at least one). The
+    /// requester plans with it and the simulator's amplification bound
+    /// counts ranges with it.
+    pub(crate) fn blocks_per_request(&self, block_bytes: u64) -> u64 {
+        let most = self.batch_size.saturating_add(1);
+        if !self.adaptive_window {
+            return most;
+        }
+        let per_block = block_bytes.saturating_add(PAYLOAD_FRAMING);
+        let fits = (self.max_response_bytes as u64) / per_block.max(1);
+        fits.clamp(1, most)
+    }
+
     /// Fabric's `gossip/state` defaults, exactly: a round every 10 s, 11-block
     /// requests (`batchSize` 10, inclusive), one in flight to a random
     /// eligible peer, a 3 s timeout, 4 sends then the round is abandoned,

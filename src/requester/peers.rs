@@ -88,8 +88,9 @@ impl RttEstimator {
 /// The number of requests kept in flight to one peer, sized like TCP
 /// Vegas sizes its window: it grows while round trips stay near the fastest
 /// seen (the peer's link is not queueing our requests), shrinks when more
-/// than a few requests wait in its queue, and halves on a timeout. So each
-/// peer gets about its bandwidth-delay product, whatever the block size.
+/// than a few requests wait in its queue and add a noticeable delay, and
+/// halves on a timeout. So each peer gets about its bandwidth-delay product,
+/// whatever the block size.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PeerWindow {
     size: usize,
@@ -118,6 +119,11 @@ impl PeerWindow {
     }
 
     fn on_sample(&mut self, rtt: Duration, max: usize, floor: usize) {
+        if rtt.is_zero() {
+            // No information (an answer in the same instant): a zero base
+            // would make every later answer look queued.
+            return;
+        }
         let first = self.base_rtt.is_none();
         let base = self.base_rtt.map_or(rtt, |base| base.min(rtt));
         self.base_rtt = Some(base);
@@ -126,9 +132,6 @@ impl PeerWindow {
             // window of `START_BYTES` at the block size seen, not 2
             // requests, since small blocks need hundreds in flight.
             self.size = self.size.max(floor.min(max));
-        }
-        if rtt.is_zero() {
-            return;
         }
         // Vegas: window × (1 − base/rtt) requests are waiting in a queue.
         // Counted in requests alone, a queue of three 11 KiB answers (3 ms
@@ -484,6 +487,8 @@ impl<P: Clone + Ord> Peers<P> {
             .map
             .iter()
             .filter(|(id, peer)| {
+                // No headroom on probation: a doubted peer gets one request.
+                let headroom = if peer.doubts > 0 { 0 } else { headroom };
                 let cap = (peer.limit(config) + headroom).min(config.max_in_flight_per_peer);
                 // A hedge goes to a peer that has answered before (an
                 // unproven one is as likely to be silent or slow, and on thin

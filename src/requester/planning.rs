@@ -7,10 +7,6 @@ use super::{Action, AntiEntropy, GiveUpReason, PeerState, Pick, Send};
 use crate::range::SeqRange;
 use crate::wire;
 
-/// Bytes a payload costs in a response beyond its own (tags, lengths, the
-/// private data's framing): a margin, not an exact count.
-const PAYLOAD_FRAMING: u64 = 1024;
-
 impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     pub(super) fn on_tick(&mut self, now: Instant) {
         match self.round_end {
@@ -223,14 +219,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// one peer at a time); asking for what fits spreads the blocks over the
     /// window and every peer.
     pub(super) fn blocks_per_request(&self) -> u64 {
-        let most = self.config.batch_size.saturating_add(1);
-        if !self.config.adaptive_window {
-            return most;
-        }
-        // Each payload also costs its framing in the response.
-        let per_block = self.block_bytes_estimate.saturating_add(PAYLOAD_FRAMING);
-        let fits = (self.config.max_response_bytes as u64) / per_block;
-        fits.clamp(1, most)
+        self.config.blocks_per_request(self.block_bytes_estimate)
     }
 
     /// Back-pressure: a request may not reach `window_blocks` past the

@@ -79,9 +79,10 @@ pub(crate) struct Requests<P> {
     next_id: u64,
     /// No waiting send has a deadline before this: exact after
     /// [`recompute_earliest`](Self::recompute_earliest), a lower bound once
-    /// sends are answered. So neither a timer poll nor an event scans every
-    /// request (with 512 in flight that scan was most of the machine's cost
-    /// per block).
+    /// sends are answered. So a timer poll and an event without a due
+    /// deadline scan no request (with 512 in flight that scan was most of
+    /// the machine's cost per block; an answer still walks the requests
+    /// queued behind it at its peer).
     earliest: Option<Instant>,
 }
 

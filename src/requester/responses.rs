@@ -81,15 +81,18 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             highest = highest.max(Some(payload.seq_num));
             let size = payload_size(&payload) as u64;
             bytes += size;
-            // Up at once to a larger block, down slowly (an eighth per
+            // Up fast to a larger block, down slowly (an eighth per
             // block): underestimating costs partial answers and timeouts,
             // overestimating only shorter requests.
             self.block_bytes_estimate = if self.block_size_seen {
-                self.block_bytes_estimate
+                // Up to a larger block at once, but at most doubling per
+                // block: one peer's unverified payload cannot set it alone.
+                let ewma = self
+                    .block_bytes_estimate
                     .saturating_mul(7)
                     .saturating_add(size)
-                    .div_ceil(8)
-                    .max(size)
+                    .div_ceil(8);
+                ewma.max(size.min(self.block_bytes_estimate.saturating_mul(2)))
             } else {
                 // The first block replaces the prior outright.
                 size
@@ -98,7 +101,9 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             self.accept_payload(payload, size, Origin::Peer(from.clone()));
         }
 
-        let request_bytes = self.blocks_per_request() * self.block_bytes_estimate;
+        let request_bytes = self
+            .blocks_per_request()
+            .saturating_mul(self.block_bytes_estimate);
         let peer = self.peers.get_mut(&from);
         if usable == 0 {
             // An empty or useless answer counts against the peer, and the

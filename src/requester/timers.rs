@@ -38,6 +38,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             .collect();
         let first_answer_pending =
             self.config.adaptive_timeout && self.peers.iter().all(|(_, p)| p.rtt.srtt().is_none());
+        let max_wait = self.config.max_response_timeout;
         for id in due {
             let Some(request) = self.requests.get_mut(id) else {
                 continue;
@@ -51,13 +52,20 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                         // Nothing has come back from anyone yet: no sign
                         // of loss, only that answers take longer than the
                         // first deadline (2.9 s for 11 × 64 KiB at
-                        // 2 Mbit/s). Waiting once more, twice as long,
-                        // beats sending every range again to peers just as
-                        // busy.
+                        // 2 Mbit/s). Waiting once more, twice as long but
+                        // never past `max_response_timeout` after the send
+                        // (the responder gives up its read then), beats
+                        // sending every range again to peers just as busy.
                         attempt.extended = true;
-                        let wait = now.saturating_duration_since(attempt.sent_at) * 2;
-                        attempt.deadline = now.checked_add(wait);
-                        continue;
+                        let wait = now.saturating_duration_since(attempt.sent_at);
+                        let latest = attempt.sent_at.checked_add(max_wait);
+                        let later = now.checked_add(wait.saturating_mul(2));
+                        if let (Some(later), Some(latest)) = (later, latest) {
+                            if latest > now {
+                                attempt.deadline = Some(later.min(latest));
+                                continue;
+                            }
+                        }
                     }
                     attempt.state = AttemptState::TimedOut;
                     expired.push(attempt.peer.clone());

@@ -178,6 +178,10 @@ pub(crate) enum Wire {
 /// How often a flooder refills its send buffers.
 const FLOOD_TICK: Duration = Duration::from_millis(10);
 
+/// Requests per tick and target of a flooder with an unlimited uplink
+/// (10 000 a second to each responder).
+const UNLIMITED_FLOOD_PER_TICK: u128 = 100;
+
 /// What the next step does.
 #[derive(Debug, Clone, Copy)]
 enum Next {
@@ -761,7 +765,8 @@ impl Simulation {
         };
         let c = &self.world.config;
         let block = self.world.max_block_bytes.max(1);
-        let k = (c.max_response_bytes as u64 / block).clamp(1, c.batch_size.saturating_add(1));
+        // As the requester plans at the largest block's size.
+        let k = c.blocks_per_request(block);
         let answer_cap = k
             .saturating_mul(block)
             .min((c.max_response_bytes as u64).max(block));
@@ -1044,7 +1049,14 @@ impl Simulation {
                 / 1_000_000_000
                 / request_bytes as u128
                 / targets.len() as u128;
-            let count = u32::try_from(per_tick.max(1)).unwrap_or(u32::MAX);
+            // An unlimited uplink floods at a stated rate rather than an
+            // infinite one.
+            let per_tick = if uplink == 0 {
+                UNLIMITED_FLOOD_PER_TICK
+            } else {
+                per_tick.max(1)
+            };
+            let count = u32::try_from(per_tick).unwrap_or(u32::MAX);
             for to in targets {
                 if self.world.network_has_room(node, to) {
                     let len = request_bytes * count as usize;

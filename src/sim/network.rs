@@ -38,8 +38,9 @@
 //! outpaces its uplink from queueing without bound. A connection that
 //! breaks loses what its buffer holds ([`Network::disconnect`]).
 //!
-//! Faults, each drawn per message from the network's own seeded RNG when it
-//! leaves the uplink: a lost message still occupied the sender's uplink; a
+//! Faults, each drawn per message when it leaves the uplink, from its
+//! connection's own RNG (seeded from the network's seed, so one
+//! connection's traffic does not shift another's faults): a lost message still occupied the sender's uplink; a
 //! duplicate takes a second downlink slot; a reordered one gets a uniform
 //! extra delay in `(0, reorder_delay]` after its downlink slot.
 

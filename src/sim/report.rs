@@ -127,8 +127,10 @@ impl Outcome {
 /// What one lagger's catch-up cost, against the bound the sweep checks.
 ///
 /// With `n` blocks needed (its liveness target − 1), answers of at most
-/// `k = min(batch_size + 1, max(1, max_response_bytes / largest block))`
-/// blocks, `P` other nodes and `T` virtual seconds of the run:
+/// `k` blocks (`batch_size + 1`, or with the adaptive window
+/// `clamp(max_response_bytes / (largest block + 1 KiB), 1, batch_size + 1)`,
+/// as the requester plans), `P` other nodes and `T` virtual seconds of the
+/// run:
 ///
 /// ```text
 /// requests ≤ (max_retries + 4) · ⌈n / k⌉ + 4 · P · T + P · W · E
