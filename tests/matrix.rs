@@ -24,7 +24,7 @@ const CEILINGS: [(&str, f64); 9] = [
     ("tiny", 2.30),
     ("thin", 1.20),
     ("hetero", 1.45),
-    ("hostile", 3.05),
+    ("hostile", 2.40),
     ("many-laggers", 2.00),
     ("crowd", 31.5),
 ];
