@@ -17,8 +17,9 @@ const BASE_BENCH: Duration = Duration::from_millis(500);
 /// product), and no more than the initial 2 of 64 KiB blocks.
 const START_BYTES: u64 = 256 * 1024;
 
-/// Sends past its window a peer may take for a hedge.
-const HEDGE_HEADROOM: usize = 1;
+/// Sends past its window a peer may take for a hedge when the peer holding
+/// the commit point never answered.
+pub(crate) const HEDGE_HEADROOM: usize = 1;
 
 /// First doubt of a peer's advertisement; doubles with each further one.
 /// Short, because a busy responder answers empty too (ours does, to spare
@@ -421,42 +422,17 @@ impl<P: Clone + Ord> Peers<P> {
     /// peer is asked again rather than never). `prefer_not` lists peers that
     /// already failed the range: under scored selection they are used only
     /// when no other peer is free; random selection (Fabric) ignores it.
+    ///
+    /// `hedge` is `Some(headroom)` for a hedge of the request holding back
+    /// the commit point: then only peers that have answered before (or idle
+    /// ones while none has) are chosen, and one may take `headroom` sends
+    /// past its window (never past `max_in_flight_per_peer`, never on
+    /// probation). The planner fills every window with ranges ahead; without
+    /// the headroom a hedge found no free peer until far ranges came back
+    /// (hostile scenario: the commit point waited 1.5 s on a silent peer,
+    /// hedge due after 0.5 s).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn choose(
-        &self,
-        config: &Config,
-        end: u64,
-        prefer_not: &[P],
-        exclude: &[P],
-        now: Instant,
-        rng: &mut fastrand::Rng,
-    ) -> Option<P> {
-        self.choose_within(config, end, prefer_not, exclude, now, rng, None)
-    }
-
-    /// [`choose`](Self::choose) for a hedge of the request holding back the
-    /// commit point, among peers that have answered before (or idle ones
-    /// while none has): one may take one send past its window (never past
-    /// `max_in_flight_per_peer`). The planner fills every window with ranges
-    /// ahead; without the headroom a hedge found no free peer until far
-    /// ranges came back (hostile scenario: the commit point waited 1.5 s on a
-    /// silent peer, hedge due after 0.5 s).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn choose_hedge(
-        &self,
-        config: &Config,
-        end: u64,
-        prefer_not: &[P],
-        exclude: &[P],
-        now: Instant,
-        rng: &mut fastrand::Rng,
-        headroom: bool,
-    ) -> Option<P> {
-        let headroom = if headroom { HEDGE_HEADROOM } else { 0 };
-        self.choose_within(config, end, prefer_not, exclude, now, rng, Some(headroom))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn choose_within(
         &self,
         config: &Config,
         end: u64,
@@ -582,28 +558,28 @@ mod tests {
         peers.replace(vec![PeerState::new("a", 100), PeerState::new("b", 100)]);
         peers.get_mut(&"a").unwrap().in_flight = 1;
         assert_eq!(
-            peers.choose(&config, 50, &[], &[], now, &mut rng),
+            peers.choose(&config, 50, &[], &[], now, &mut rng, None),
             Some("b")
         );
         assert_eq!(
-            peers.choose(&config, 50, &["b"], &[], now, &mut rng),
+            peers.choose(&config, 50, &["b"], &[], now, &mut rng, None),
             Some("a")
         );
         // Only "b" can serve: the failed peer is still used rather than stall.
         peers.get_mut(&"a").unwrap().advertised = Some(10);
         assert_eq!(
-            peers.choose(&config, 50, &["b"], &[], now, &mut rng),
+            peers.choose(&config, 50, &["b"], &[], now, &mut rng, None),
             Some("b")
         );
         // An excluded peer is still asked when nobody else advertises the range.
         assert_eq!(
-            peers.choose(&config, 50, &[], &["b"], now, &mut rng),
+            peers.choose(&config, 50, &[], &["b"], now, &mut rng, None),
             Some("b")
         );
         peers.get_mut(&"a").unwrap().advertised = Some(100);
         peers.get_mut(&"a").unwrap().in_flight = config.max_in_flight_per_peer;
         assert_eq!(
-            peers.choose(&config, 50, &[], &["b"], now, &mut rng),
+            peers.choose(&config, 50, &[], &["b"], now, &mut rng, None),
             None,
             "another peer advertises it: wait for it rather than ask the excluded one"
         );
@@ -664,12 +640,12 @@ mod tests {
             .unwrap()
             .failed(now, 1, PeerSelection::Scored);
         assert_eq!(
-            peers.choose(&config, 50, &[], &[], now, &mut rng),
+            peers.choose(&config, 50, &[], &[], now, &mut rng, None),
             Some("a")
         );
         peers.replace(vec![PeerState::new("a", 100), PeerState::new("b", 100)]);
         assert_eq!(
-            peers.choose(&config, 50, &[], &[], now, &mut rng),
+            peers.choose(&config, 50, &[], &[], now, &mut rng, None),
             Some("b")
         );
     }
@@ -700,9 +676,12 @@ mod tests {
         let mut peers = Peers::default();
         peers.replace(vec![PeerState::new("a", 11)]);
         // Fabric asks a peer with height == end (it lacks block `end`).
-        assert_eq!(peers.choose(&config, 11, &[], &[], now, &mut rng), None);
         assert_eq!(
-            peers.choose(&config, 10, &[], &[], now, &mut rng),
+            peers.choose(&config, 11, &[], &[], now, &mut rng, None),
+            None
+        );
+        assert_eq!(
+            peers.choose(&config, 10, &[], &[], now, &mut rng, None),
             Some("a")
         );
     }

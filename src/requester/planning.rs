@@ -434,6 +434,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 &rejected,
                 now,
                 &mut self.rng,
+                None,
             )
             .map_or(Pick::Busy, Pick::Peer)
     }

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::peers::HEDGE_HEADROOM;
 use super::requests::AttemptState;
 use super::{AntiEntropy, Send, MAX_HEDGES};
 
@@ -138,16 +139,17 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 .get(&a.peer)
                 .is_none_or(|p| p.rtt.srtt().is_none())
         });
+        let headroom = if headroom { HEDGE_HEADROOM } else { 0 };
         let choice = self
             .peers
-            .choose_hedge(
+            .choose(
                 &self.config,
                 end,
                 &asked,
                 &exclude,
                 now,
                 &mut self.rng,
-                headroom,
+                Some(headroom),
             )
             .filter(|peer| !exclude.contains(peer));
         match choice {
