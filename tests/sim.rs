@@ -689,3 +689,28 @@ fn heterogeneous_links_and_a_flooder() {
         assert!(report.responder_peak_queued + report.responder_peak_reading > 0);
     }
 }
+
+/// Four laggers share 100 kbit/s uplinks: one 11 × 16 KiB answer takes
+/// about 58 s, past the longest deadline (10 s). Every request timed out and
+/// its answer came after it was given up: after 24 h the default preset
+/// was at height 12 of 26 (34 731 timeouts). A timeout halves the requests
+/// a peer is sent, so an answer fits the deadline again. Fabric's preset,
+/// with its fixed 3 s timeout and 11 blocks, stays stuck: faithful.
+#[test]
+fn a_thin_shared_uplink_does_not_livelock() {
+    let scenario = Scenario {
+        peers: 3,
+        laggers: 4,
+        blocks: 25,
+        block_size: 16 * 1024,
+        latency: Duration::from_millis(122),
+        uplink_bps: 100_000,
+        max_virtual_time: Duration::from_secs(3600),
+        ..Scenario::default()
+    }
+    .with_faults(0, 0, 0, 1);
+    let report = run(scenario.clone(), Config::default(), 1, None);
+    assert_passed(&report, "default", &scenario);
+    let fabric = run(scenario, Config::fabric(), 1, None);
+    assert!(!fabric.converged(), "{}", fabric.to_json());
+}

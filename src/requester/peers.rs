@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::types::{PeerState, PeerStats};
 use crate::config::{Config, PeerSelection};
+use crate::range::SeqRange;
 
 /// Longest time a failing peer is benched for.
 const MAX_BENCH: Duration = Duration::from_secs(30);
@@ -173,6 +174,9 @@ pub(crate) struct Peer {
     /// yet: its strikes never drop below twice this, whatever else it
     /// serves well.
     pub(crate) unfixed_rejections: u32,
+    /// Longest request it is sent, in blocks: halved by a timeout, one more
+    /// per answer (unbounded until its first timeout).
+    length_cap: u64,
     pub(crate) stats: PeerStats,
 }
 
@@ -189,6 +193,7 @@ impl Peer {
             doubt: None,
             doubts: 0,
             unfixed_rejections: 0,
+            length_cap: u64::MAX,
             stats: PeerStats::default(),
         }
     }
@@ -212,9 +217,27 @@ impl Peer {
     /// `request_bytes` long.
     pub(crate) fn answered(&mut self, rtt: Duration, config: &Config, request_bytes: u64) {
         self.rtt.sample(rtt);
+        // Answers come back: requests may grow again, a block at a time.
+        self.length_cap = self.length_cap.saturating_add(1);
         let floor = usize::try_from(START_BYTES / request_bytes.max(1)).unwrap_or(usize::MAX);
         self.window
             .on_sample(rtt, config.max_in_flight_per_peer, floor);
+    }
+
+    /// A request of `blocks` blocks to this peer timed out: its next ones
+    /// are half as long (at least one block), so that on a link too thin
+    /// for a full answer within the longest deadline (four laggers sharing
+    /// 100 kbit/s: 58 s for 11 × 16 KiB) an answer still fits.
+    pub(crate) fn shorten_requests(&mut self, blocks: u64) {
+        self.length_cap = self.length_cap.min(blocks).div_ceil(2).max(1);
+    }
+
+    /// `range`, cut to the request length this peer is trusted with.
+    pub(crate) fn trim(&self, range: SeqRange) -> SeqRange {
+        if range.len() <= self.length_cap {
+            return range;
+        }
+        SeqRange::new(range.start(), range.start() + self.length_cap - 1).unwrap_or(range)
     }
 
     /// A request to this peer timed out.

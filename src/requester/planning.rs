@@ -154,6 +154,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                     return;
                 }
             };
+            let range = self.peers.get(&peer).map_or(range, |p| p.trim(range));
             let id = self.requests.insert(range);
             self.send_attempt(now, id, peer, Send::First);
         }

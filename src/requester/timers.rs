@@ -75,12 +75,17 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             if expired.is_empty() {
                 continue;
             }
+            let blocks = request.range.len();
+            let adaptive = self.config.adaptive_window;
             for peer_id in &expired {
                 self.stats.timeouts += 1;
                 if let Some(peer) = self.peers.get_mut(peer_id) {
                     peer.in_flight -= 1;
                     peer.stats.timeouts += 1;
                     peer.timed_out();
+                    if adaptive {
+                        peer.shorten_requests(blocks);
+                    }
                     peer.failed(now, 1, self.config.peer_selection);
                 }
             }
