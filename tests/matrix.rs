@@ -2,7 +2,7 @@
 //! deterministic, so each scenario's ratio (catch-up / bound) for
 //! `Config::default()` is a stable number, not a timing. The test fails if
 //! one regresses past its stated ceiling (the worst of seeds 1–3 when the
-//! ceiling was set, plus a margin of about 5 %, `BENCHMARKS.md`), or if the
+//! ceiling was set, plus a margin of 4–8 %, `BENCHMARKS.md`), or if the
 //! default preset is ever slower than Fabric's. Seed 1 only, scenarios in
 //! parallel, to stay within CI's budget in a debug build; `catchup
 //! --scenario all --seed N` shows the others.

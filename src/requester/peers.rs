@@ -18,6 +18,9 @@ const BASE_BENCH: Duration = Duration::from_millis(500);
 /// product), and no more than the initial 2 of 64 KiB blocks.
 const START_BYTES: u64 = 256 * 1024;
 
+/// How many times its window the first answer may lift a peer's window to.
+const START_GROWTH: usize = 8;
+
 /// Sends past its window a peer may take for a hedge when the peer holding
 /// the commit point never answered.
 pub(crate) const HEDGE_HEADROOM: usize = 1;
@@ -132,8 +135,11 @@ impl PeerWindow {
         if first {
             // The first answer shows the peer is there: start from a
             // window of `START_BYTES` at the block size seen, not 2
-            // requests, since small blocks need hundreds in flight.
-            self.size = self.size.max(floor.min(max));
+            // requests, since small blocks need hundreds in flight; at most
+            // eightfold at once (a jump to 128 from each of four peers
+            // overran a host serving one answer per millisecond: 86
+            // timeouts in `benches/machines.rs`).
+            self.size = self.size.max(floor.min(max).min(self.size * START_GROWTH));
         }
         // Vegas: window × (1 − base/rtt) requests are waiting in a queue.
         // Counted in requests alone, a queue of three 11 KiB answers (3 ms
@@ -612,12 +618,18 @@ mod tests {
     fn window_starts_from_bytes_and_grows_past_short_bursts() {
         let mut window = PeerWindow::new();
         // The first answer lifts the window to the byte floor...
-        window.on_sample(Duration::from_millis(100), 128, 23);
-        assert_eq!(window.size, 24, "23, then one for the answer");
+        window.on_sample(Duration::from_millis(100), 128, 13);
+        assert_eq!(window.size, 14, "13, then one for the answer");
+        // ...at most eightfold (2 → 16)...
+        let mut steep = PeerWindow::new();
+        steep.on_sample(Duration::from_millis(100), 128, 100);
+        assert_eq!(steep.size, 17);
         // ...never past the cap.
         let mut capped = PeerWindow::new();
-        capped.on_sample(Duration::from_millis(100), 16, 23);
-        assert_eq!(capped.size, 16);
+        capped.on_sample(Duration::from_millis(100), 8, 13);
+        assert_eq!(capped.size, 8);
+        // Back at 24 for the delay checks below.
+        window.size = 24;
         // 4.5 ms over a 100 ms base is a burst's spread, not a queue: it grows
         // although 24 × (1 − 100/104.5) ≈ 1.03 requests look queued; at
         // 10 ms (2.3 requests, between α and β) it holds.

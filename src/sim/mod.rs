@@ -915,6 +915,7 @@ impl Simulation {
                                 let channel = self.channel.clone();
                                 self.nodes[to.0].on_flood(&mut self.world, from, count, &channel);
                             }
+                            // Dropped when it left the uplink (`transmit`).
                             Wire::Opaque => return,
                         }
                         Some(to.0)

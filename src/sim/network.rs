@@ -272,12 +272,6 @@ impl<M: Clone> Network<M> {
         self.up.get(node).map_or(0, |u| u.bits_per_second)
     }
 
-    /// When `node`'s uplink next hands a message out, if it has any queued.
-    pub fn next_departure(&self, node: usize) -> Option<Instant> {
-        let uplink = self.up.get(node)?;
-        uplink.next_departure(uplink.updated)
-    }
-
     /// Whether the connection `from → to` has room in its send buffer.
     pub fn has_room(&self, from: usize, to: usize) -> bool {
         self.up
