@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use antientropy::sim::{
-    matrix, random_links, Chain, Link, Overclaim, Report, Scenario, Simulation,
+    matrix, random_links, Chain, Link, NodeId, Overclaim, Report, Scenario, Simulation,
 };
 use antientropy::Config;
 use clap::error::ErrorKind;
@@ -217,6 +217,11 @@ struct Cli {
     /// Print one JSON object per run instead of the table.
     #[arg(long)]
     json: bool,
+    /// Print a trace of this node's requester to stderr after each run:
+    /// every request, answer, give-up and commit with its virtual time
+    /// (nodes are numbered as for `--crash`; the first lagger is `--peers`).
+    #[arg(long)]
+    trace: Option<usize>,
 }
 
 fn parse_scenario_name(s: &str) -> Result<String, String> {
@@ -430,7 +435,7 @@ fn main() -> ExitCode {
                         .error(ErrorKind::ValueValidation, error)
                         .exit(),
                 };
-            let report = run(preset, &mut sim);
+            let report = run(preset, &mut sim, cli.trace);
             if cli.json {
                 println!(
                     "{{\"preset\":\"{preset}\",\"attacked\":false,{}}}",
@@ -457,7 +462,7 @@ fn main() -> ExitCode {
                 .error(ErrorKind::ValueValidation, error)
                 .exit(),
         };
-        let report = run(preset, &mut sim);
+        let report = run(preset, &mut sim, cli.trace);
         if cli.json {
             println!("{{\"preset\":\"{preset}\",{}}}", report.json_fields());
         }
@@ -492,7 +497,7 @@ fn run_matrix(cli: &Cli, name: &str) -> ExitCode {
                     .error(ErrorKind::ValueValidation, error)
                     .exit(),
             };
-            let report = run(&format!("{} {preset}", n.name), &mut sim);
+            let report = run(&format!("{} {preset}", n.name), &mut sim, cli.trace);
             if cli.json {
                 println!(
                     "{{\"scenario\":\"{}\",\"preset\":\"{preset}\",{}}}",
@@ -558,7 +563,10 @@ fn run_matrix(cli: &Cli, name: &str) -> ExitCode {
 }
 
 /// Runs one simulation with a progress bar on stderr; fills in wall time.
-fn run(preset: &str, sim: &mut Simulation) -> Report {
+fn run(preset: &str, sim: &mut Simulation, trace: Option<usize>) -> Report {
+    if let Some(node) = trace {
+        sim.trace(NodeId(node));
+    }
     let total = sim.progress().blocks_total;
     let bar = ProgressBar::new(total).with_prefix(preset.to_string());
     bar.set_style(
@@ -575,6 +583,12 @@ fn run(preset: &str, sim: &mut Simulation) -> Report {
     });
     report.wall = Some(started.elapsed());
     bar.finish_and_clear();
+    if let Some(node) = trace {
+        eprintln!("--- trace of n{node}, {preset}");
+        for line in sim.take_trace() {
+            eprintln!("{line}");
+        }
+    }
     report
 }
 

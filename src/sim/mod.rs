@@ -229,6 +229,8 @@ pub(crate) struct World {
     /// to it take their size on the network but are neither encoded nor
     /// decoded.
     sinks: Vec<bool>,
+    /// The node whose requester is traced, and its trace so far.
+    trace: Option<(NodeId, Vec<String>)>,
 }
 
 impl World {
@@ -373,6 +375,24 @@ impl World {
             .flatten()
             .rev()
             .copied()
+    }
+
+    /// Whether `node`'s requester is traced.
+    pub(crate) fn tracing(&self, node: NodeId) -> bool {
+        self.trace
+            .as_ref()
+            .is_some_and(|(traced, _)| *traced == node)
+    }
+
+    /// Appends a line to the trace if `node` is the traced one; `line` is
+    /// only made then.
+    pub(crate) fn trace(&mut self, node: NodeId, line: impl FnOnce() -> String) {
+        let at = self.now.duration_since(self.epoch).as_secs_f64();
+        if let Some((traced, lines)) = self.trace.as_mut() {
+            if *traced == node {
+                lines.push(format!("{at:10.6} {}", line()));
+            }
+        }
     }
 
     /// Records an invariant violation.
@@ -532,6 +552,7 @@ impl Simulation {
                 .iter()
                 .map(|n| n.behaviour == Behaviour::Flooder)
                 .collect(),
+            trace: None,
         };
         let mut world = world;
         for node in &nodes {
@@ -553,6 +574,23 @@ impl Simulation {
             connected,
             transition_at,
         })
+    }
+
+    /// Traces `node`'s requester: every request it sends, every answer and
+    /// give-up it gets, every block it commits, one line each with the
+    /// virtual time. For finding out why a run is slow; the trace grows
+    /// with the run (a line per request and per block), so trace short runs.
+    pub fn trace(&mut self, node: NodeId) {
+        self.world.trace = Some((node, Vec::new()));
+    }
+
+    /// The trace so far (empty unless [`trace`](Self::trace) was called).
+    pub fn take_trace(&mut self) -> Vec<String> {
+        self.world
+            .trace
+            .as_mut()
+            .map(|(_, lines)| std::mem::take(lines))
+            .unwrap_or_default()
     }
 
     /// Runs until every lagger caught up or a cap is reached, calling

@@ -256,8 +256,28 @@ impl Node {
                 self.on_request(w, from, message);
             }
             Ok(message) => {
+                if w.tracing(self.id) {
+                    let nonce = message.nonce;
+                    let seqs: Vec<u64> = match &message.content {
+                        Some(Content::StateResponse(r)) => {
+                            r.payloads.iter().map(|p| p.seq_num).collect()
+                        }
+                        _ => Vec::new(),
+                    };
+                    w.trace(self.id, || {
+                        format!(
+                            "answer from {from} nonce {nonce:x}: {} blocks {:?}..{:?}",
+                            seqs.len(),
+                            seqs.first(),
+                            seqs.last()
+                        )
+                    });
+                }
                 if let Some(requester) = self.requester.as_mut() {
-                    let _ = requester.handle(now, Event::Response { from, message });
+                    let result = requester.handle(now, Event::Response { from, message });
+                    if let Err(error) = result {
+                        w.trace(self.id, || format!("  refused: {error}"));
+                    }
                 }
             }
             Err(_) => {
@@ -367,7 +387,15 @@ impl Node {
         match machine {
             Machine::Requester => {
                 if let Some(requester) = self.requester.as_mut() {
+                    let tracing = w.tracing(self.id);
+                    let before = tracing.then(|| requester.stats().timeouts);
                     let _ = requester.handle(now, Event::Timeout);
+                    if let Some(before) = before {
+                        let timeouts = requester.stats().timeouts - before;
+                        if timeouts > 0 {
+                            w.trace(self.id, || format!("{timeouts} sends timed out"));
+                        }
+                    }
                 }
             }
             Machine::Responder => {
@@ -416,7 +444,8 @@ impl Node {
         match action {
             Action::SendRequest { to, message } => self.send_request(w, to, message),
             Action::AddPayload { payload, from } => self.commit(w, payload, from),
-            Action::GiveUp { reason, .. } => {
+            Action::GiveUp { reason, range } => {
+                w.trace(self.id, || format!("give up {range}: {reason:?}"));
                 *self.give_ups.entry(reason_name(&reason)).or_default() += 1;
                 w.progressed();
             }
@@ -525,6 +554,9 @@ impl Node {
                         ),
                     );
                 }
+                w.trace(self.id, || {
+                    format!("ask {to} {range} nonce {:x}", message.nonce)
+                });
                 self.asked.entry(to).or_default().insert((start, end));
                 w.overhear(self.id, message.nonce, to, range);
                 self.longest_ask = self.longest_ask.max(range.len());
@@ -585,6 +617,7 @@ impl Node {
                     );
                 }
                 self.height += 1;
+                w.trace(self.id, || format!("commit {seq}"));
                 w.progressed();
                 if let Err(error) = requester.handle(
                     now,
@@ -602,6 +635,7 @@ impl Node {
                 }
             }
             Err(_) => {
+                w.trace(self.id, || format!("reject {seq}"));
                 self.rejected += 1;
                 if let Err(error) = requester.handle(now, Event::Rejected { seq }) {
                     w.violation(
