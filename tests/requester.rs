@@ -627,10 +627,43 @@ fn adaptive_window_starts_small_and_grows() {
         },
     )
     .unwrap();
-    // 2 → 16 (at most eightfold at the first answer) + 1, then + 1.
+    // 2 → 16 (at most eightfold at the first answer), then + 1. Both came
+    // at the same instant, so their gap measures no bandwidth (see
+    // `a_dispersed_first_flight_fills_the_pipe`).
     let second = sends(&actions);
-    assert_eq!(second.len(), 18);
-    assert_eq!(ae.stats().peers[&0].in_flight, 18);
+    assert_eq!(second.len(), 17);
+    assert_eq!(ae.stats().peers[&0].in_flight, 17);
+}
+
+// The first flight's answers come back to back from the peer's link: their
+// gap is its rate, and the window jumps to rate × round trip at once.
+#[test]
+fn a_dispersed_first_flight_fills_the_pipe() {
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 5, t0).unwrap();
+    ae.handle(t0, Event::Membership(vec![PeerState::new(0u8, 100_000)]))
+        .unwrap();
+    let first = sends(&drain(&mut ae));
+    assert_eq!(first.len(), 2);
+    // Tiny blocks: one answer every 100 µs on a link of 100 ms round trip
+    // is a product of about 1 000 requests, past the per-peer cap.
+    let mut at = t0 + Duration::from_millis(100);
+    for (to, nonce, start, end) in first {
+        ae.handle(
+            at,
+            Event::Response {
+                from: to,
+                message: wire_response(nonce, start..=end),
+            },
+        )
+        .unwrap();
+        at += Duration::from_micros(100);
+    }
+    drain(&mut ae);
+    assert_eq!(
+        ae.stats().peers[&0].in_flight,
+        Config::default().max_in_flight_per_peer
+    );
 }
 
 // With scored selection a timed-out range goes to a different peer.

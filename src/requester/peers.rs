@@ -100,6 +100,10 @@ impl RttEstimator {
 pub(crate) struct PeerWindow {
     size: usize,
     base_rtt: Option<Duration>,
+    slow_start: bool,
+    /// When the window last stepped (a jump or a shrink): requests sent
+    /// by then say nothing of the new window.
+    changed_at: Option<Instant>,
 }
 
 impl PeerWindow {
@@ -109,6 +113,9 @@ impl PeerWindow {
     const ALPHA: f64 = 1.0;
     /// Above this many, shrink.
     const BETA: f64 = 3.0;
+    /// A shrink leaves this many requests queued at the peer, so that its
+    /// link does not idle while the next ones travel.
+    const KEEP_QUEUED: usize = 2;
     /// Below a queueing delay of the base round trip over this, grow
     /// whatever the count (5 ms at 100 ms): relative, so that on a loopback
     /// or LAN the count governs as in plain Vegas.
@@ -120,10 +127,13 @@ impl PeerWindow {
         Self {
             size: Self::INITIAL,
             base_rtt: None,
+            slow_start: true,
+            changed_at: None,
         }
     }
 
-    fn on_sample(&mut self, rtt: Duration, max: usize, floor: usize) {
+    fn on_sample(&mut self, now: Instant, sent_at: Instant, max: usize, floor: usize) {
+        let rtt = now.saturating_duration_since(sent_at);
         if rtt.is_zero() {
             // No information (an answer in the same instant): a zero base
             // would make every later answer look queued.
@@ -139,7 +149,12 @@ impl PeerWindow {
             // eightfold at once (a jump to 128 from each of four peers
             // overran a host serving one answer per millisecond: 86
             // timeouts in `benches/machines.rs`).
-            self.size = self.size.max(floor.min(max).min(self.size * START_GROWTH));
+            let start = self.size.max(floor.min(max).min(self.size * START_GROWTH));
+            if start > self.size {
+                self.size = start;
+                self.changed_at = Some(now);
+            }
+            return;
         }
         // Vegas: window × (1 − base/rtt) requests are waiting in a queue.
         // Counted in requests alone, a queue of three 11 KiB answers (3 ms
@@ -148,14 +163,60 @@ impl PeerWindow {
         // to the round trip, to count.
         let queued = self.size as f64 * (1.0 - base.as_secs_f64() / rtt.as_secs_f64());
         let delay = rtt.saturating_sub(base);
-        if queued < Self::ALPHA || delay < base / Self::ALPHA_DELAY_DIVISOR {
+        let queueing = queued > Self::BETA && delay > base / Self::BETA_DELAY_DIVISOR;
+        if queueing {
+            self.slow_start = false;
+            if self.changed_at.is_some_and(|at| sent_at <= at) {
+                // Sent before the window last stepped: the queue it met is
+                // the old window's (after a jump to the product the last
+                // of its burst waits a whole round trip), and shrinking
+                // for it again would collapse the window.
+                return;
+            }
+            // Once per round trip, straight to what keeps the link busy
+            // with a few requests queued: shrinking by one per answer went
+            // on for a whole round trip after the queue was gone (128 down
+            // to 16 with 1 KiB blocks).
+            let busy = (self.size as f64 * base.as_secs_f64() / rtt.as_secs_f64()).ceil() as usize;
+            let size = (busy + Self::KEEP_QUEUED).max(self.size / 2).max(1);
+            if size < self.size {
+                self.size = size;
+                self.changed_at = Some(now);
+            }
+        } else if self.slow_start
+            || queued < Self::ALPHA
+            || delay < base / Self::ALPHA_DELAY_DIVISOR
+        {
             self.size = (self.size + 1).min(max);
-        } else if queued > Self::BETA && delay > base / Self::BETA_DELAY_DIVISOR {
-            self.size = (self.size - 1).max(1);
+        }
+    }
+
+    /// The peer's link was measured at `bytes_per_second` (its answers'
+    /// dispersion): while still growing from the start, jump to the
+    /// bandwidth-delay product at the base round trip, in requests of
+    /// `request_bytes`, instead of doubling there one round trip at a time.
+    fn on_bandwidth(
+        &mut self,
+        now: Instant,
+        bytes_per_second: f64,
+        request_bytes: u64,
+        max: usize,
+    ) {
+        let (Some(base), true) = (self.base_rtt, self.slow_start) else {
+            return;
+        };
+        let product = bytes_per_second * base.as_secs_f64() / request_bytes.max(1) as f64;
+        if product.is_finite() && product > 0.0 {
+            let product = (product.ceil() as usize).min(max);
+            if product > self.size {
+                self.size = product;
+                self.changed_at = Some(now);
+            }
         }
     }
 
     fn on_timeout(&mut self) {
+        self.slow_start = false;
         self.size = (self.size / 2).max(1);
     }
 }
@@ -183,6 +244,10 @@ pub(crate) struct Peer {
     /// Longest request it is sent, in blocks: halved by a timeout, one more
     /// per answer (unbounded until its first timeout).
     length_cap: u64,
+    /// When its last answer came, for the dispersion of the next one.
+    last_answer_at: Option<Instant>,
+    /// Whether its link's rate was measured yet.
+    bandwidth_seen: bool,
     pub(crate) stats: PeerStats,
 }
 
@@ -200,6 +265,8 @@ impl Peer {
             doubts: 0,
             unfixed_rejections: 0,
             length_cap: u64::MAX,
+            last_answer_at: None,
+            bandwidth_seen: false,
             stats: PeerStats::default(),
         }
     }
@@ -219,15 +286,41 @@ impl Peer {
         }
     }
 
-    /// A response came back after `rtt`; a request is about
-    /// `request_bytes` long.
-    pub(crate) fn answered(&mut self, rtt: Duration, config: &Config, request_bytes: u64) {
+    /// A response of `bytes` to a request sent at `sent_at` came back at
+    /// `now`; a request is about `request_bytes` long.
+    pub(crate) fn answered(
+        &mut self,
+        now: Instant,
+        sent_at: Instant,
+        bytes: u64,
+        config: &Config,
+        request_bytes: u64,
+    ) {
+        let rtt = now.saturating_duration_since(sent_at);
         self.rtt.sample(rtt);
         // Answers come back: requests may grow again, a block at a time.
         self.length_cap = self.length_cap.saturating_add(1);
         let floor = usize::try_from(START_BYTES / request_bytes.max(1)).unwrap_or(usize::MAX);
-        self.window
-            .on_sample(rtt, config.max_in_flight_per_peer, floor);
+        let max = config.max_in_flight_per_peer;
+        self.window.on_sample(now, sent_at, max, floor);
+        // Dispersion: if this request reached the peer before its previous
+        // answer left (sent a base round trip before that answer came), the
+        // two answers left back to back, and the gap between them is this
+        // one's time on the peer's link. The first such gap sizes the
+        // window: 1 KiB blocks at 100 ms need about 100 requests in flight
+        // per 100 Mbit/s peer, and doubling there from the start takes
+        // three round trips of a transfer that lasts four.
+        let previous = self.last_answer_at.replace(now);
+        if let (Some(previous), Some(base), false) =
+            (previous, self.window.base_rtt, self.bandwidth_seen)
+        {
+            let gap = now.saturating_duration_since(previous);
+            if sent_at.checked_add(base).is_some_and(|at| at <= previous) && !gap.is_zero() {
+                self.bandwidth_seen = true;
+                let rate = bytes as f64 / gap.as_secs_f64();
+                self.window.on_bandwidth(now, rate, request_bytes, max);
+            }
+        }
     }
 
     /// A request of `blocks` blocks to this peer timed out: its next ones
@@ -614,53 +707,166 @@ mod tests {
         );
     }
 
+    /// Feeds `window` an answer that took `rtt` to a request sent just
+    /// after the previous answer came.
+    fn sample(
+        window: &mut PeerWindow,
+        clock: &mut Instant,
+        rtt: Duration,
+        max: usize,
+        floor: usize,
+    ) {
+        let sent_at = *clock + Duration::from_millis(1);
+        *clock = sent_at + rtt;
+        window.on_sample(*clock, sent_at, max, floor);
+    }
+
     #[test]
     fn window_starts_from_bytes_and_grows_past_short_bursts() {
+        let ms = Duration::from_millis;
+        let mut clock = crate::test_epoch() + Duration::from_secs(10);
         let mut window = PeerWindow::new();
         // The first answer lifts the window to the byte floor...
-        window.on_sample(Duration::from_millis(100), 128, 13);
-        assert_eq!(window.size, 14, "13, then one for the answer");
+        sample(&mut window, &mut clock, ms(100), 128, 13);
+        assert_eq!(window.size, 13);
         // ...at most eightfold (2 → 16)...
         let mut steep = PeerWindow::new();
-        steep.on_sample(Duration::from_millis(100), 128, 100);
-        assert_eq!(steep.size, 17);
+        sample(&mut steep, &mut clock, ms(100), 128, 100);
+        assert_eq!(steep.size, 16);
         // ...never past the cap.
         let mut capped = PeerWindow::new();
-        capped.on_sample(Duration::from_millis(100), 8, 13);
+        sample(&mut capped, &mut clock, ms(100), 8, 13);
         assert_eq!(capped.size, 8);
-        // Back at 24 for the delay checks below.
+        // At 24, past the start, for the delay checks below.
         window.size = 24;
+        window.slow_start = false;
         // 4.5 ms over a 100 ms base is a burst's spread, not a queue: it grows
         // although 24 × (1 − 100/104.5) ≈ 1.03 requests look queued; at
         // 10 ms (2.3 requests, between α and β) it holds.
-        window.on_sample(Duration::from_micros(104_500), 128, 0);
+        sample(
+            &mut window,
+            &mut clock,
+            Duration::from_micros(104_500),
+            128,
+            0,
+        );
         assert_eq!(window.size, 25);
-        window.on_sample(Duration::from_millis(110), 128, 0);
+        sample(&mut window, &mut clock, ms(110), 128, 0);
         assert_eq!(window.size, 25);
         // A queue of requests that adds under 20 ms does not shrink it.
-        window.on_sample(Duration::from_millis(115), 128, 0);
+        sample(&mut window, &mut clock, ms(115), 128, 0);
         assert_eq!(window.size, 25);
-        // One that adds more does.
-        window.on_sample(Duration::from_millis(200), 128, 0);
-        assert_eq!(window.size, 24);
+        // One that adds more does, in one step, to what keeps the link busy
+        // (25 · 100/200, rounded up) and two more...
+        sample(&mut window, &mut clock, ms(200), 128, 0);
+        assert_eq!(window.size, 13 + PeerWindow::KEEP_QUEUED);
+        // ...and answers to requests sent before the shrink met the old
+        // window's queue: no second shrink for them.
+        let before = clock - ms(1);
+        clock += ms(150);
+        window.on_sample(clock, before, 128, 0);
+        assert_eq!(window.size, 15);
+        // Requests sent after it judge the new window.
+        sample(
+            &mut window,
+            &mut clock,
+            Duration::from_micros(100_100),
+            128,
+            0,
+        );
+        assert_eq!(window.size, 16);
+    }
+
+    #[test]
+    fn a_shrink_halves_at_most() {
+        let ms = Duration::from_millis;
+        let mut clock = crate::test_epoch() + Duration::from_secs(10);
+        let mut window = PeerWindow::new();
+        sample(&mut window, &mut clock, ms(100), 128, 100);
+        window.size = 100;
+        // Ten times the base: 10 busy, but a shrink halves at most.
+        sample(&mut window, &mut clock, ms(1000), 128, 0);
+        assert_eq!(window.size, 50);
     }
 
     #[test]
     fn window_grows_without_queueing_and_shrinks_with_it() {
+        let ms = Duration::from_millis;
+        let mut clock = crate::test_epoch() + Duration::from_secs(10);
         let mut window = PeerWindow::new();
         for _ in 0..10 {
-            window.on_sample(Duration::from_millis(100), 32, 0);
+            sample(&mut window, &mut clock, ms(100), 32, 0);
         }
-        assert_eq!(window.size, PeerWindow::INITIAL + 10, "no queue: grow");
-        // RTT doubled: half the window is queued (6 > BETA): shrink.
-        window.on_sample(Duration::from_millis(200), 32, 0);
-        assert_eq!(window.size, PeerWindow::INITIAL + 9);
+        // The first answer only measures (no byte floor here).
+        assert_eq!(window.size, PeerWindow::INITIAL + 9, "no queue: grow");
+        // RTT doubled: half the window (5.5) is queued, over BETA: shrink
+        // to the 6 that keep the link busy, and two more.
+        sample(&mut window, &mut clock, ms(200), 32, 0);
+        assert_eq!(window.size, 8);
         window.on_timeout();
-        assert_eq!(window.size, (PeerWindow::INITIAL + 9) / 2);
+        assert_eq!(window.size, 4);
         for _ in 0..100 {
-            window.on_sample(Duration::from_millis(100), 8, 0);
+            sample(&mut window, &mut clock, ms(100), 8, 0);
         }
         assert_eq!(window.size, 8, "capped by max_in_flight_per_peer");
+    }
+
+    #[test]
+    fn the_dispersion_of_a_first_flight_sizes_the_window() {
+        let config = Config::default();
+        let sent = crate::test_epoch() + Duration::from_secs(10);
+        let request_bytes = 12_000;
+        let mut peer = Peer::new(Some(100_000));
+        // Two requests sent together; their answers of 12 000 bytes come
+        // 100 ms and 101 ms later: 12 MB/s on the peer's link, a product
+        // of 1.2 MB at 100 ms, i.e. 100 requests.
+        peer.answered(
+            sent + Duration::from_millis(100),
+            sent,
+            12_000,
+            &config,
+            request_bytes,
+        );
+        // The first answer lifts it to 256 KiB of requests, eightfold at most.
+        assert_eq!(peer.limit(&config), 16, "one answer: no dispersion yet");
+        peer.answered(
+            sent + Duration::from_millis(101),
+            sent,
+            12_000,
+            &config,
+            request_bytes,
+        );
+        assert_eq!(peer.limit(&config), 100);
+        // Capped by max_in_flight_per_peer on a faster link.
+        let mut fast = Peer::new(Some(100_000));
+        fast.answered(
+            sent + Duration::from_millis(100),
+            sent,
+            12_000,
+            &config,
+            request_bytes,
+        );
+        fast.answered(
+            sent + Duration::from_micros(100_010),
+            sent,
+            12_000,
+            &config,
+            request_bytes,
+        );
+        assert_eq!(fast.limit(&config), config.max_in_flight_per_peer);
+        // A request sent after the previous answer came did not wait behind
+        // it: its gap says nothing of the link.
+        let mut idle = Peer::new(Some(100_000));
+        let first = sent + Duration::from_millis(100);
+        idle.answered(first, sent, 12_000, &config, request_bytes);
+        idle.answered(
+            first + Duration::from_millis(101),
+            first,
+            12_000,
+            &config,
+            request_bytes,
+        );
+        assert_eq!(idle.limit(&config), 17, "the start, and one");
     }
 
     #[test]

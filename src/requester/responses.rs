@@ -56,7 +56,6 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             return Err(unknown);
         }
         let answered_sent_at = attempt.sent_at;
-        let rtt = now.saturating_duration_since(answered_sent_at);
         let was_waiting = attempt.state == AttemptState::Waiting;
 
         let mut usable = 0u64;
@@ -130,7 +129,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             return Ok(());
         }
         if let Some(peer) = peer {
-            peer.answered(rtt, &self.config, request_bytes);
+            peer.answered(now, answered_sent_at, bytes, &self.config, request_bytes);
             peer.stats.responses += 1;
             peer.stats.blocks += usable;
             peer.stats.bytes += bytes;
