@@ -146,6 +146,15 @@ pub struct Config {
     /// The busy-reply bucket's capacity. Zero: load refusals are silent, as
     /// Fabric's (the Fabric preset).
     pub busy_reply_burst: u32,
+    /// Put a peer whose recent requests mostly ask for blocks it was just
+    /// served (a flood: a peer catching up asks for each block about once)
+    /// in the background: its reads wait until no other peer has one
+    /// waiting, and [`StateResponder::is_background`] tells the host to
+    /// send its answers from spare capacity. Fabric serves every peer alike
+    /// (off in its preset).
+    ///
+    /// [`StateResponder::is_background`]: crate::StateResponder::is_background
+    pub background_repeaters: bool,
 }
 
 /// Bytes a payload costs in a response beyond its own (tags, lengths, the
@@ -207,6 +216,7 @@ impl Config {
             // Fabric drops a request silently when its queue is full.
             busy_replies_per_second: 0,
             busy_reply_burst: 0,
+            background_repeaters: false,
         }
     }
 
@@ -374,6 +384,7 @@ impl Default for Config {
             read_timeout: Duration::from_secs(10),
             busy_replies_per_second: 100,
             busy_reply_burst: 128,
+            background_repeaters: true,
         }
     }
 }

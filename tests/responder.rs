@@ -748,20 +748,26 @@ fn idle_peers_are_forgotten() {
         ask(&mut r, t0, peer, i as u64, 0, 10).unwrap();
     }
     host.serve(&mut r, t0);
-    assert_eq!(r.stats().tracked_peers, 3);
+    // A bucket and a history each.
+    assert_eq!(r.stats().tracked_peers, 6);
     // 11 blocks at 100 000 blocks/s: full again after 110 µs.
     r.handle(t0 + Duration::from_micros(109), ResponderEvent::Timeout)
         .unwrap();
-    assert_eq!(r.stats().tracked_peers, 3);
+    assert_eq!(r.stats().tracked_peers, 6);
     r.handle(t0 + Duration::from_micros(110), ResponderEvent::Timeout)
         .unwrap();
-    assert_eq!(r.stats().tracked_peers, 0);
-    // A peer with work is kept however long it takes.
-    ask(&mut r, t0 + Duration::from_secs(1), "a", 9, 0, 10).unwrap();
-    let _ = drain(&mut r);
-    r.handle(t0 + Duration::from_secs(2), ResponderEvent::Timeout)
+    // Their buckets are forgotten; what they were served is kept a minute.
+    assert_eq!(r.stats().tracked_peers, 3);
+    r.handle(t0 + Duration::from_secs(61), ResponderEvent::Timeout)
         .unwrap();
-    assert_eq!(r.stats().tracked_peers, 1);
+    assert_eq!(r.stats().tracked_peers, 0);
+    // A peer with work is kept however long it takes (its bucket, and its
+    // history while it asks).
+    ask(&mut r, t0 + Duration::from_secs(61), "a", 9, 0, 10).unwrap();
+    let _ = drain(&mut r);
+    r.handle(t0 + Duration::from_secs(62), ResponderEvent::Timeout)
+        .unwrap();
+    assert_eq!(r.stats().tracked_peers, 2);
 }
 
 /// A requester keeping `in_flight` requests to us at a 1 ms round trip,
@@ -1165,8 +1171,9 @@ fn stale_queued_requests_are_dropped_not_read() {
             + stats.queued as u64
             + stats.reading as u64
     );
-    // The stale request no longer counts against its peer.
-    assert_eq!(stats.tracked_peers, 0);
+    // The stale request no longer counts against its peer: only what the
+    // three were asked is remembered (a minute).
+    assert_eq!(stats.tracked_peers, 3);
 }
 
 // Issue item 7: the default responder's per-peer block rate (100,000/s)
@@ -1282,14 +1289,15 @@ fn load_refusals_get_a_busy_reply() {
 #[test]
 fn queued_requests_start_round_robin_across_peers() {
     let t0 = epoch();
-    let host = Host::new(1000, 1);
+    let host = Host::new(4000, 1);
     let mut config = Config::default();
     config.max_concurrent_reads = 1;
     let per_peer = config.max_requests_per_peer as u64;
-    let mut r = responder(config, 1000);
+    let mut r = responder(config, 4000);
+    // Distinct ranges: repeating one would put them in the background.
     for nonce in 0..per_peer {
-        ask(&mut r, t0, "flood-1", nonce, 0, 10).unwrap();
-        ask(&mut r, t0, "flood-2", nonce, 0, 10).unwrap();
+        ask(&mut r, t0, "flood-1", nonce, nonce * 11, nonce * 11 + 10).unwrap();
+        ask(&mut r, t0, "flood-2", nonce, nonce * 11, nonce * 11 + 10).unwrap();
     }
     ask(&mut r, t0, "honest", 7, 0, 10).unwrap();
     let mut started = Vec::new();
@@ -1304,6 +1312,57 @@ fn queued_requests_start_round_robin_across_peers() {
         actions.retain(|action| matches!(action, ResponderAction::ReadBlocks { .. }));
     }
     assert_eq!(started, ["flood-1", "flood-2", "honest", "flood-1"]);
+}
+
+// A peer that keeps asking for what it was just served (a flood: a peer
+// catching up asks for each block about once) goes to the background: its
+// reads wait while another peer has one waiting, whatever the order they
+// came in. The Fabric preset serves everyone alike.
+#[test]
+fn a_peer_repeating_what_it_was_served_waits_behind_the_others() {
+    let t0 = epoch();
+    let host = Host::new(1000, 1);
+    for (config, demoted) in [(Config::default(), true), (Config::fabric(), false)] {
+        let mut config = config;
+        config.max_concurrent_reads = 1;
+        let mut r = responder(config, 1000);
+        // A running share over about 16 requests: past three in four after
+        // 22 repeats.
+        for nonce in 0..30 {
+            ask(&mut r, t0, "flood", nonce, 0, 10).unwrap();
+            host.serve(&mut r, t0);
+        }
+        assert_eq!(r.is_background(&"flood"), demoted);
+        assert_eq!(r.stats().background_peers, usize::from(demoted));
+        assert_eq!(r.stats().repeat_requests, if demoted { 29 } else { 0 });
+        // One read in progress; the flooder's next request queues first.
+        ask(&mut r, t0, "honest", 100, 500, 510).unwrap();
+        let (ticket, _, range, _) = the_read(&drain(&mut r));
+        ask(&mut r, t0, "flood", 100, 0, 10).unwrap();
+        ask(&mut r, t0, "honest", 101, 511, 521).unwrap();
+        let payloads = host.read("honest", range, usize::MAX);
+        r.handle(t0, ResponderEvent::BlocksRead { ticket, payloads })
+            .unwrap();
+        let next: Vec<_> = drain(&mut r)
+            .into_iter()
+            .filter_map(|action| match action {
+                ResponderAction::ReadBlocks { to, .. } => Some(to),
+                _ => None,
+            })
+            .collect();
+        let expected = if demoted { "honest" } else { "flood" };
+        assert_eq!(next, [expected]);
+    }
+    // A disconnection forgets it: a restarted process starts afresh.
+    let mut r = responder(Config::default(), 1000);
+    for nonce in 0..30 {
+        ask(&mut r, t0, "flood", nonce, 0, 10).unwrap();
+        host.serve(&mut r, t0);
+    }
+    assert!(r.is_background(&"flood"));
+    r.handle(t0, ResponderEvent::PeerDisconnected { peer: "flood" })
+        .unwrap();
+    assert!(!r.is_background(&"flood"));
 }
 
 // A disconnected peer's queued requests are not read, and its reads in

@@ -5,12 +5,15 @@
 //! `cargo test --release --all-features --test sim -- --ignored`.
 //! Any failure names its seed and preset: replay it with
 //! `SIM_SEED=<seed> cargo test --all-features --test sim replay -- --nocapture`
-//! (add `SIM_WILD=1` for a seed of the large sweep).
+//! (add `SIM_WILD=1` for a seed of the large sweep, `SIM_TRACE=<node>` for
+//! a trace of that node's requester).
 #![cfg(feature = "sim")]
 
 use std::time::Duration;
 
-use antientropy::sim::{random_links, Behaviour, Chain, Overclaim, Report, Scenario, Simulation};
+use antientropy::sim::{
+    random_links, Behaviour, Chain, NodeId, Overclaim, Report, Scenario, Simulation,
+};
 use antientropy::Config;
 
 fn presets() -> [(&'static str, Config); 2] {
@@ -139,6 +142,66 @@ fn add_faults(rng: &mut fastrand::Rng, mut scenario: Scenario, flooders: bool) -
     scenario
 }
 
+/// The same cluster, nudged: its machines seeded otherwise and every link
+/// 50 µs slower. A change that costs nothing still moves a lossy run this
+/// much (timeouts, back-offs and the seed's choices are chaotic), so what a
+/// flood costs is read against this.
+fn placebo(scenario: &Scenario) -> Scenario {
+    let mut nudged = Scenario {
+        machine_seed_salt: 0x5eed,
+        latency: scenario.latency + Duration::from_micros(50),
+        ..scenario.clone()
+    };
+    for link in &mut nudged.links {
+        link.latency += Duration::from_micros(50);
+    }
+    nudged
+}
+
+/// The distribution of ratios `(ratio, seed)`: geometric mean, quantiles,
+/// the share within 1.2 and the worst five.
+struct Spread {
+    geomean: f64,
+    median: f64,
+    p90: f64,
+    max: f64,
+    within: f64,
+    worst: Vec<(f64, u64)>,
+}
+
+impl Spread {
+    fn of(ratios: impl Iterator<Item = (f64, u64)>) -> Self {
+        let mut ratios: Vec<(f64, u64)> = ratios.collect();
+        ratios.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let n = ratios.len().max(1);
+        let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q) as usize].0;
+        let log_sum: f64 = ratios.iter().map(|r| r.0.max(1e-9).ln()).sum();
+        Self {
+            geomean: (log_sum / n as f64).exp(),
+            median: at(0.5),
+            p90: at(0.9),
+            max: at(1.0),
+            within: ratios.iter().filter(|r| r.0 <= 1.2).count() as f64 / n as f64,
+            worst: ratios.iter().rev().take(5).copied().collect(),
+        }
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "geometric mean {:.3}, median {:.3}, p90 {:.3}, max {:.3}, {:.1} % within 1.2x; worst (ratio, seed): {:.2?}",
+            self.geomean,
+            self.median,
+            self.p90,
+            self.max,
+            self.within * 100.0,
+            self.worst
+        )
+    }
+}
+
 /// A wilder cluster for the large sweep: any mix of faults (at least one
 /// honest up-to-date peer), 1–4 laggers, heavier and varied link faults,
 /// bandwidths from 2 Mbit/s to 1 Gbit/s, and a config with small windows and
@@ -202,7 +265,18 @@ fn run(scenario: Scenario, config: Config, seed: u64, chain: Option<&Chain>) -> 
         None => Simulation::new(scenario, config, seed),
     }
     .expect("valid scenario");
-    sim.run(|_| {})
+    // `SIM_TRACE=<node>` prints that node's requester trace (for replays).
+    let traced = std::env::var("SIM_TRACE").ok().and_then(|n| n.parse().ok());
+    if let Some(node) = traced {
+        sim.trace(NodeId(node));
+    }
+    let report = sim.run(|_| {});
+    if traced.is_some() {
+        for line in sim.take_trace() {
+            println!("{line}");
+        }
+    }
+    report
 }
 
 fn assert_passed(report: &Report, preset: &str, scenario: &Scenario) {
@@ -429,6 +503,17 @@ fn replay() {
     } else {
         (faulty_mixed(seed, 300), presets().into())
     };
+    // `SIM_CLEAN=1`: the same cluster without loss, duplicates and reordering.
+    let scenario = if std::env::var_os("SIM_CLEAN").is_some() {
+        Scenario {
+            loss: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            ..scenario
+        }
+    } else {
+        scenario
+    };
     println!("{scenario:?}");
     for (preset, config) in configs {
         let report = run(scenario.clone(), config.clone(), seed, None);
@@ -438,9 +523,14 @@ fn replay() {
                 idle_flooders: true,
                 ..scenario.clone()
             };
+            let placebo = placebo(&quiet);
             println!(
                 "{preset} unattacked: {}",
-                run(quiet, config, seed, None).to_json()
+                run(quiet, config.clone(), seed, None).to_json()
+            );
+            println!(
+                "{preset} placebo: {}",
+                run(placebo, config, seed, None).to_json()
             );
         }
         assert_passed(&report, preset, &scenario);
@@ -465,7 +555,12 @@ fn large_fault_sweep() {
     // `SIM_FLOODERS=0` leaves flooders out.
     let flooders = std::env::var("SIM_FLOODERS").map_or(true, |v| v != "0");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    type Outcome = (Vec<(u64, &'static str)>, Vec<(f64, u64)>, u64, Vec<u64>);
+    type Outcome = (
+        Vec<(u64, &'static str)>,
+        Vec<(f64, f64, f64, u64)>,
+        u64,
+        Vec<u64>,
+    );
     let results: Vec<Outcome> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|worker| {
@@ -514,14 +609,42 @@ fn large_fault_sweep() {
                                 failures.push((seed, preset));
                             }
                             if flooded && preset == "default" {
+                                // Against the same cluster unattacked, and,
+                                // as a placebo, that against itself with its
+                                // machines seeded otherwise: lossy runs are
+                                // chaotic, and the placebo's spread is what
+                                // a flood's ratio is to be read against.
                                 let quiet = Scenario {
                                     idle_flooders: true,
                                     ..scenario.clone()
                                 };
-                                let base = run(quiet, config, seed, Some(&chain));
-                                if let (Some(a), Some(b)) = (report.catchup, base.catchup) {
-                                    slowdowns
-                                        .push((a.as_secs_f64() / b.as_secs_f64().max(1e-9), seed));
+                                let placebo = placebo(&quiet);
+                                let base = run(quiet.clone(), config.clone(), seed, Some(&chain));
+                                let other = run(placebo, config.clone(), seed, Some(&chain));
+                                // Without loss, duplicates and reordering
+                                // the runs are not chaotic: the flood's cost
+                                // is the difference itself.
+                                let clean = |s: &Scenario| Scenario {
+                                    loss: 0.0,
+                                    duplicate: 0.0,
+                                    reorder: 0.0,
+                                    ..s.clone()
+                                };
+                                let clean_flooded =
+                                    run(clean(&scenario), config.clone(), seed, Some(&chain));
+                                let clean_quiet = run(clean(&quiet), config, seed, Some(&chain));
+                                let ratio = |a: &Report, b: &Report| {
+                                    Some(
+                                        a.catchup?.as_secs_f64()
+                                            / b.catchup?.as_secs_f64().max(1e-9),
+                                    )
+                                };
+                                if let (Some(flood), Some(chance), Some(clean)) = (
+                                    ratio(&report, &base),
+                                    ratio(&other, &base),
+                                    ratio(&clean_flooded, &clean_quiet),
+                                ) {
+                                    slowdowns.push((flood, chance, clean, seed));
                                 }
                             }
                         }
@@ -537,25 +660,30 @@ fn large_fault_sweep() {
     });
     let mut failures: Vec<_> = results.iter().flat_map(|r| r.0.clone()).collect();
     failures.sort_unstable();
-    let mut slowdowns: Vec<(f64, u64)> = results.iter().flat_map(|r| r.1.clone()).collect();
-    slowdowns.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let slowdowns: Vec<(f64, f64, f64, u64)> = results.iter().flat_map(|r| r.1.clone()).collect();
     let runs: u64 = results.iter().map(|r| r.2).sum();
     let mut starved: Vec<u64> = results.iter().flat_map(|r| r.3.clone()).collect();
     starved.sort_unstable();
     if !slowdowns.is_empty() {
-        let at = |q: f64| slowdowns[((slowdowns.len() - 1) as f64 * q) as usize].0;
-        let within = slowdowns.iter().filter(|r| r.0 <= 1.2).count();
-        let worst: Vec<_> = slowdowns.iter().rev().take(5).collect();
+        let flood = Spread::of(slowdowns.iter().map(|s| (s.0, s.3)));
+        let placebo = Spread::of(slowdowns.iter().map(|s| (s.1, s.3)));
+        let clean = Spread::of(slowdowns.iter().map(|s| (s.2, s.3)));
         println!(
-            "flooded seeds: {}; default preset's catch-up over unattacked: median {:.3}, p90 {:.3}, max {:.3}; {within} within 1.2x; worst (ratio, seed): {worst:.2?}",
-            slowdowns.len(),
-            at(0.5),
-            at(0.9),
-            at(1.0)
+            "flooded clusters: {}; default preset's catch-up over the same cluster unattacked:\n  flooded: {flood}\n  placebo (unattacked, nudged): {placebo}\n  flooded, without loss, duplicates and reordering: {clean}",
+            slowdowns.len()
         );
         println!(
             "Fabric preset starved by a flood (not failed): {} runs, seeds {starved:?}",
             starved.len()
+        );
+        // The flood's cost is small and near the placebo's, lossy or not.
+        assert!(
+            flood.geomean <= 1.05 && flood.geomean <= placebo.geomean * 1.05,
+            "a flood costs honest catch-up more than chance: {flood} against {placebo}"
+        );
+        assert!(
+            clean.geomean <= 1.05,
+            "a flood costs honest catch-up: {clean}"
         );
     }
     println!("{runs} runs over {seeds} seeds, {} failing", failures.len());
@@ -688,6 +816,52 @@ fn heterogeneous_links_and_a_flooder() {
     for report in check_all(&scenario, 6) {
         assert!(report.responder_peak_queued + report.responder_peak_reading > 0);
     }
+}
+
+/// One source on a 10 Mbit/s uplink, one lagger, and a flooder asking
+/// valid random ranges as fast as its 1 Mbit/s uplink allows. Served in
+/// turn with the lagger, the flooder took half the source's uplink: the
+/// catch-up took 2.00× its unattacked time (31.64 s against 15.90 s). Its
+/// requests soon ask only for blocks it was served, so the responder puts
+/// it in the background and its answers take only spare uplink.
+#[test]
+fn a_flood_of_repeats_takes_only_spare_uplink() {
+    let scenario = Scenario {
+        peers: 1,
+        laggers: 1,
+        blocks: 300,
+        block_size: 64 * 1024,
+        uplink_bps: 10_000_000,
+        ..Scenario::default()
+    }
+    .with_flooders(1);
+    let mut links: Vec<_> = (0..3).map(|i| scenario.link(i)).collect();
+    links[2].uplink_bps = 1_000_000;
+    let scenario = scenario.with_links(links);
+    let calm = Scenario {
+        idle_flooders: true,
+        ..scenario.clone()
+    };
+    let chain = Chain::new(scenario.target_height(), scenario.block_size);
+    let time = |scenario: &Scenario, config: Config| {
+        let report = run(scenario.clone(), config, 1, Some(&chain));
+        assert_passed(&report, "default", scenario);
+        report.catchup.expect("caught up").as_secs_f64()
+    };
+    let unattacked = time(&calm, Config::default());
+    let flooded = time(&scenario, Config::default());
+    assert!(
+        flooded <= unattacked * 1.02,
+        "flooded {flooded:.2} s against {unattacked:.2} s unattacked"
+    );
+    // Without the background, the fair share halves the lagger's.
+    let mut fair = Config::default();
+    fair.background_repeaters = false;
+    let shared = time(&scenario, fair);
+    assert!(
+        shared > unattacked * 1.8,
+        "served in turn: {shared:.2} s against {unattacked:.2} s"
+    );
 }
 
 /// Four laggers share 100 kbit/s uplinks: one 11 × 16 KiB answer takes

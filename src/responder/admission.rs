@@ -79,14 +79,24 @@ impl<P: Clone + Ord> Queue<P> {
             .collect()
     }
 
-    /// Removes the oldest job of the next peer in the rotation.
-    pub(super) fn pop_next(&mut self) -> Option<Job<P>> {
-        let after = self.last.as_ref().and_then(|last| {
+    /// Removes the oldest job of the next peer in the rotation that is
+    /// `allowed` a read and not in the `background`; of the next allowed
+    /// background one if no other is waiting.
+    pub(super) fn pop_next(
+        &mut self,
+        background: impl Fn(&P) -> bool,
+        allowed: impl Fn(&P) -> bool,
+    ) -> Option<Job<P>> {
+        let rotation = || {
+            let after = self.last.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
             self.peers
-                .range((Bound::Excluded(last), Bound::Unbounded))
-                .next()
-        });
-        let (peer, numbers) = after.or_else(|| self.peers.iter().next())?;
+                .range((after, Bound::Unbounded))
+                .chain(self.peers.iter())
+                .filter(|(peer, _)| allowed(peer))
+        };
+        let (peer, numbers) = rotation()
+            .find(|(peer, _)| !background(peer))
+            .or_else(|| rotation().next())?;
         let (peer, number) = (peer.clone(), *numbers.front()?);
         self.unlink(&peer, number);
         self.last = Some(peer);
@@ -261,7 +271,7 @@ mod tests {
         for (i, from) in [1u8, 1, 1, 2, 3, 3].into_iter().enumerate() {
             q.push(job(from, t0 + Duration::from_secs(i as u64)));
         }
-        let order: Vec<u8> = std::iter::from_fn(|| q.pop_next().map(|j| j.from))
+        let order: Vec<u8> = std::iter::from_fn(|| q.pop_next(|_| false, |_| true).map(|j| j.from))
             .take(4)
             .collect();
         assert_eq!(order, [1, 2, 3, 1], "one per peer per rotation");
@@ -274,8 +284,26 @@ mod tests {
         q.push(job(2, t0 + Duration::from_secs(9)));
         assert_eq!(q.remove_peer(&3).len(), 1);
         assert_eq!(q.len(), 1);
-        assert_eq!(q.pop_next().map(|j| j.from), Some(2));
-        assert!(q.pop_next().is_none() && q.peers.is_empty());
+        assert_eq!(q.pop_next(|_| false, |_| true).map(|j| j.from), Some(2));
+        assert!(q.pop_next(|_| false, |_| true).is_none() && q.peers.is_empty());
+    }
+
+    #[test]
+    fn background_peers_wait_for_the_others() {
+        let t0 = epoch();
+        let mut q: Queue<u8> = Queue::new();
+        for from in [1u8, 1, 2, 2, 3] {
+            q.push(job(from, t0));
+        }
+        let background = |peer: &u8| *peer == 1;
+        let order: Vec<u8> =
+            std::iter::from_fn(|| q.pop_next(background, |_| true).map(|j| j.from)).collect();
+        assert_eq!(order, [2, 3, 2, 1, 1], "1 only once nobody else waits");
+        q.push(job(1, t0));
+        q.push(job(2, t0));
+        let not_1 = |peer: &u8| *peer != 1;
+        assert_eq!(q.pop_next(|_| false, not_1).map(|j| j.from), Some(2));
+        assert!(q.pop_next(|_| false, not_1).is_none(), "1 is not allowed");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Fabric lacks.
 
 mod admission;
+mod priority;
 mod reads;
 mod types;
 
@@ -20,6 +21,7 @@ use crate::wire::gossip::{GossipMessage, Payload};
 use crate::wire::{self, WireError};
 
 use admission::{Buckets, Job, Queue, EMPTY_RESPONSE_COST, NANO};
+use priority::Priorities;
 use reads::{select, Read};
 pub use types::{RequestError, ResponderAction, ResponderEvent, ResponderStats, Ticket};
 
@@ -117,6 +119,10 @@ pub struct StateResponder<P> {
     buckets: Buckets<P>,
     /// Busy replies per peer; `None` when `busy_reply_burst` is zero.
     busy: Option<Buckets<P>>,
+    /// What each peer was served lately; who is in the background.
+    priorities: Priorities<P>,
+    /// When idle peers' histories are next forgotten.
+    forget_at: Option<Instant>,
     actions: VecDeque<ResponderAction<P>>,
     stats: ResponderStats,
 }
@@ -138,6 +144,8 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         });
         Ok(Self {
             busy,
+            priorities: Priorities::new(config.background_repeaters),
+            forget_at: None,
             config,
             channel,
             height,
@@ -220,9 +228,23 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             reading: self.reads.len(),
             queued: self.queue.len(),
             tracked_peers: self.buckets.peers.len()
-                + self.busy.as_ref().map_or(0, |busy| busy.peers.len()),
+                + self.busy.as_ref().map_or(0, |busy| busy.peers.len())
+                + self.priorities.len(),
+            background_peers: self.priorities.background_count(),
             ..self.stats.clone()
         }
+    }
+
+    /// Whether `peer` is in the background: most of its recent requests
+    /// asked for blocks we had just served it, as a flood does (a peer
+    /// catching up asks for each block about once). Its reads start only
+    /// when no other peer has one waiting. A host whose transport can
+    /// should send its answers only from spare capacity too (a
+    /// low-priority send queue): serving them in turn with everyone's
+    /// would still give a flooder its share of our uplink. Off in the
+    /// Fabric preset (`Config::background_repeaters`).
+    pub fn is_background(&self, peer: &P) -> bool {
+        self.priorities.is_background(peer)
     }
 
     /// Our ledger height, as last given to [`new`](Self::new) or by
@@ -278,6 +300,11 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         if let Some(busy) = &mut self.busy {
             busy.forget_full(now);
         }
+        if self.forget_at.is_none_or(|at| at <= now) {
+            // Once a second: the histories expire by the minute.
+            self.priorities.forget_idle(now);
+            self.forget_at = now.checked_add(std::time::Duration::from_secs(1));
+        }
         self.start_reads(now);
         now
     }
@@ -297,7 +324,11 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             RequestError::TooManyRequests | RequestError::RateLimited | RequestError::QueueFull,
         ) = &result
         {
-            self.busy_reply(now, from, nonce);
+            // A busy reply saves an honest requester a timeout; a flooder
+            // gets nothing but silence.
+            if !self.priorities.is_background(&from) {
+                self.busy_reply(now, from, nonce);
+            }
         }
         if let Err(error) = &result {
             let counter = match error {
@@ -359,7 +390,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         // fails to read that block. `start < height`, so this is never None.
         let range = SeqRange::new(start, end.min(self.height - 1)).ok_or(invalid)?;
 
-        if self.buckets.active(&from) >= self.config.max_requests_per_peer {
+        if self.buckets.active(&from) >= self.request_limit(&from) {
             return Err(RequestError::TooManyRequests);
         }
         let cost = u128::from(range.len()) * NANO;
@@ -371,6 +402,9 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             return Err(RequestError::QueueFull);
         }
         self.buckets.charge(&from, now, cost, true);
+        if self.priorities.on_request(&from, range, now) {
+            self.stats.repeat_requests += 1;
+        }
         self.queue.push(Job {
             from,
             nonce: message.nonce,
@@ -385,6 +419,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     /// against the peer at once: a reconnected peer is a new process, with
     /// its own window of requests.
     fn on_disconnected(&mut self, peer: &P) {
+        self.priorities.forget(peer);
         for job in self.queue.remove_peer(peer) {
             self.stats.disconnected_queued += 1;
             self.buckets.finish(&job.from);
@@ -402,10 +437,44 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         }
     }
 
-    /// Hands queued requests to the host while read slots are free.
+    /// Requests of `peer` it may have queued or being read: an eighth of
+    /// `max_requests_per_peer` in the background, so that a flooder holds
+    /// little of the queue (and of a slow host's reads) while it lasts.
+    fn request_limit(&self, peer: &P) -> usize {
+        if self.priorities.is_background(peer) {
+            (self.config.max_requests_per_peer / 8).max(1)
+        } else {
+            self.config.max_requests_per_peer
+        }
+    }
+
+    /// Hands queued requests to the host while read slots are free. A peer
+    /// holds three quarters of the slots at most, and peers in the
+    /// background a quarter together, only when no other peer has a read
+    /// waiting: on a host whose reads take seconds, a slot is held that
+    /// long, and a flood that came first would hold them all.
     fn start_reads(&mut self, now: Instant) {
-        while self.reads.len() < self.config.max_concurrent_reads {
-            let Some(job) = self.queue.pop_next() else {
+        let slots = self.config.max_concurrent_reads;
+        let per_peer = (slots - slots / 4).max(1);
+        let background_slots = (slots / 4).max(1);
+        while self.reads.len() < slots {
+            let priorities = &self.priorities;
+            let mut reading: BTreeMap<&P, usize> = BTreeMap::new();
+            let mut background_reads = 0;
+            for read in self.reads.values().filter(|read| !read.orphaned) {
+                *reading.entry(&read.job.from).or_default() += 1;
+                if priorities.is_background(&read.job.from) {
+                    background_reads += 1;
+                }
+            }
+            let allowed = |peer: &P| {
+                reading.get(peer).copied().unwrap_or(0) < per_peer
+                    && (background_reads < background_slots || !priorities.is_background(peer))
+            };
+            let Some(job) = self
+                .queue
+                .pop_next(|peer| priorities.is_background(peer), allowed)
+            else {
                 break;
             };
             let ticket = Ticket(self.next_ticket);
@@ -461,6 +530,21 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         self.stats.dropped_payloads += selection.dropped;
         self.stats.skipped_unreadable += selection.unreadable;
         self.stats.truncated_by_bytes += u64::from(selection.truncated);
+        // Blocks of the range not sent (holes the host could not read, the
+        // tail cut by the byte cap) were not served.
+        let mut next = read.job.range.start();
+        for seq in selection
+            .payloads
+            .iter()
+            .map(|p| p.seq_num)
+            .chain(read.job.range.end().checked_add(1))
+        {
+            if seq > next {
+                let last = seq - 1;
+                self.priorities.on_not_served(&read.job.from, next, last);
+            }
+            next = seq.saturating_add(1);
+        }
         self.respond(read.job.from, read.job.nonce, selection.payloads);
         self.start_reads(now);
         Ok(())

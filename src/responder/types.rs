@@ -268,6 +268,11 @@ pub struct ResponderStats {
     /// Load refusals left silent: the peer's busy-reply budget was spent
     /// (or busy replies are off).
     pub busy_suppressed: u64,
+    /// Admitted requests that asked only for blocks served to the same
+    /// peer lately (see [`StateResponder::is_background`]).
+    pub repeat_requests: u64,
+    /// Peers in the background now.
+    pub background_peers: usize,
     /// Refused host input: [`RequestError::UnknownTicket`] (not a request,
     /// so not part of [`refused`](Self::refused)).
     pub unknown_ticket: u64,
@@ -278,7 +283,8 @@ pub struct ResponderStats {
     pub queued: usize,
     /// Per-peer records remembered: a peer's rate state while it has work
     /// or its block bucket is not full again, plus its busy-reply state
-    /// while that bucket is not full again.
+    /// while that bucket is not full again, plus what it was served for a
+    /// minute after its last request.
     pub tracked_peers: usize,
 }
 

@@ -293,6 +293,18 @@ impl World {
         }
     }
 
+    /// Puts `from`'s connection to `to` in the background class of its
+    /// uplink, or back in the foreground: what a host does with
+    /// `StateResponder::is_background`.
+    pub(crate) fn set_background(&mut self, from: NodeId, to: NodeId, background: bool) {
+        if let Some(wake) = self
+            .network
+            .set_background(self.now, from.0, to.0, background)
+        {
+            self.schedule(wake.at, Pending::Uplink(wake));
+        }
+    }
+
     /// Whether `node` ignores what it receives (see [`World::send_unencoded`]).
     pub(crate) fn is_sink(&self, node: NodeId) -> bool {
         self.sinks.get(node.0).copied().unwrap_or(false)
@@ -475,7 +487,7 @@ impl Simulation {
                 Behaviour::Flooder => 1,
                 _ => chain.height(),
             };
-            let node_seed = derive(seed, 0x1000 + i as u64);
+            let node_seed = derive(seed ^ scenario.machine_seed_salt, 0x1000 + i as u64);
             nodes.push(Node::new(
                 NodeId(i),
                 behaviour,
@@ -1039,7 +1051,7 @@ impl Simulation {
             if self.world.schedule.restarts_at(i, t) {
                 self.world.incarnations[i] += 1;
                 let seed = derive(
-                    self.seed,
+                    self.seed ^ self.scenario.machine_seed_salt,
                     0x2000 + i as u64 + (self.world.incarnations[i] << 20),
                 );
                 self.nodes[i].restart(&self.world, &self.channel, seed);

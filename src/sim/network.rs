@@ -44,7 +44,7 @@
 //! duplicate takes a second downlink slot; a reordered one gets a uniform
 //! extra delay in `(0, reorder_delay]` after its downlink slot.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Work units per bit: a flow served alone at `r` bit/s for one nanosecond
@@ -110,44 +110,73 @@ struct Downlink {
 #[derive(Debug, Clone)]
 struct Flow<M> {
     queue: VecDeque<(usize, M)>,
-    /// The uplink's virtual time at which the first message has left.
+    /// Its class's virtual time at which the first message has left.
     finish: u128,
     /// When the first message started.
     started: Instant,
+    /// Sent only while no foreground connection has data queued.
+    background: bool,
 }
 
-/// A sender's uplink, shared equally by its connections with data queued.
+/// A sender's uplink, shared equally by its foreground connections with
+/// data queued; background connections share what they leave (strict
+/// priority, as a host's low-priority send queue would).
 #[derive(Debug, Clone)]
 struct Uplink<M> {
     bits_per_second: u64,
     /// Active connections, by receiver.
     flows: BTreeMap<usize, Flow<M>>,
-    /// Work units each active connection has received since the start.
-    virtual_time: u128,
+    /// Work units each active connection of a class has received since
+    /// the start: foreground, background.
+    virtual_time: [u128; 2],
     updated: Instant,
     epoch: u64,
+    /// Receivers whose connection is in the background class.
+    background: BTreeSet<usize>,
 }
 
 impl<M> Uplink<M> {
-    /// Brings the virtual time to `now`.
+    /// The class being served now (background only while no foreground
+    /// connection has data) and how many connections share it.
+    fn serving(&self) -> (usize, u128) {
+        let foreground = self.flows.values().filter(|f| !f.background).count();
+        if foreground > 0 {
+            (0, foreground as u128)
+        } else {
+            (1, self.flows.len() as u128)
+        }
+    }
+
+    /// Brings the virtual time of the class being served to `now`.
     fn advance(&mut self, now: Instant) {
-        let active = self.flows.len() as u128;
+        let (class, active) = self.serving();
         if active > 0 && now > self.updated {
             let nanos = now.duration_since(self.updated).as_nanos();
-            self.virtual_time += nanos * u128::from(self.bits_per_second) / active;
+            self.virtual_time[class] += nanos * u128::from(self.bits_per_second) / active;
         }
         self.updated = now;
     }
 
-    /// When the next message leaves, if any: the smallest finish, reached
-    /// at the current share (rounded up, so it has been reached by then).
+    /// Whether `flow` has sent its first message by its class's time.
+    fn done(&self, flow: &Flow<M>) -> bool {
+        flow.finish <= self.virtual_time[usize::from(flow.background)]
+    }
+
+    /// When the next message leaves, if any: the smallest finish of the
+    /// class being served, reached at its current share (rounded up, so it
+    /// has been reached by then).
     fn next_departure(&self, now: Instant) -> Option<Instant> {
-        let finish = self.flows.values().map(|f| f.finish).min()?;
+        let (class, active) = self.serving();
+        let finish = self
+            .flows
+            .values()
+            .filter(|f| usize::from(f.background) == class)
+            .map(|f| f.finish)
+            .min()?;
         if self.bits_per_second == 0 {
             return Some(now);
         }
-        let active = self.flows.len() as u128;
-        let left = finish.saturating_sub(self.virtual_time);
+        let left = finish.saturating_sub(self.virtual_time[class]);
         let nanos = (left * active).div_ceil(u128::from(self.bits_per_second));
         Some(now + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX)))
     }
@@ -233,9 +262,10 @@ impl<M: Clone> Network<M> {
                 .map(|&bits_per_second| Uplink {
                     bits_per_second,
                     flows: BTreeMap::new(),
-                    virtual_time: 0,
+                    virtual_time: [0; 2],
                     updated: epoch,
                     epoch: 0,
+                    background: BTreeSet::new(),
                 })
                 .collect(),
             down: downlinks
@@ -313,15 +343,52 @@ impl<M: Clone> Network<M> {
             flow.queue.push_back((bytes, message));
             return None;
         }
-        let finish = uplink.virtual_time + work(bytes, uplink.bits_per_second);
+        let background = uplink.background.contains(&to);
+        let finish =
+            uplink.virtual_time[usize::from(background)] + work(bytes, uplink.bits_per_second);
         uplink.flows.insert(
             to,
             Flow {
                 queue: VecDeque::from([(bytes, message)]),
                 finish,
                 started: now,
+                background,
             },
         );
+        uplink.wake(from, now)
+    }
+
+    /// Puts the connection `from → to` in the background class (sent only
+    /// while no other connection of `from` has data queued) or back in the
+    /// foreground, at `now`. Returns the uplink's new schedule if it
+    /// changed.
+    pub fn set_background(
+        &mut self,
+        now: Instant,
+        from: usize,
+        to: usize,
+        background: bool,
+    ) -> Option<Wake> {
+        let uplink = self.up.get_mut(from)?;
+        let changed = if background {
+            uplink.background.insert(to)
+        } else {
+            uplink.background.remove(&to)
+        };
+        if !changed {
+            return None;
+        }
+        uplink.advance(now);
+        let [foreground_time, background_time] = uplink.virtual_time;
+        let flow = uplink.flows.get_mut(&to)?;
+        // What is left of its first message carries over to the new class.
+        let (old, new) = if background {
+            (foreground_time, background_time)
+        } else {
+            (background_time, foreground_time)
+        };
+        flow.finish = new + flow.finish.saturating_sub(old);
+        flow.background = background;
         uplink.wake(from, now)
     }
 
@@ -340,7 +407,7 @@ impl<M: Clone> Network<M> {
         let done: Vec<usize> = uplink
             .flows
             .iter()
-            .filter(|(_, f)| f.finish <= uplink.virtual_time)
+            .filter(|(_, f)| uplink.done(f))
             .map(|(&to, _)| to)
             .collect();
         let mut left = Vec::with_capacity(done.len());
@@ -354,7 +421,8 @@ impl<M: Clone> Network<M> {
             left.push((to, bytes, flow.started, message));
             match flow.queue.front() {
                 Some(&(next, _)) => {
-                    flow.finish = uplink.virtual_time + work(next, uplink.bits_per_second);
+                    let class = usize::from(flow.background);
+                    flow.finish = uplink.virtual_time[class] + work(next, uplink.bits_per_second);
                     flow.started = now;
                 }
                 None => {
@@ -604,6 +672,41 @@ mod tests {
         // at 1001 ms.
         let last = got.iter().find(|d| d.0 == 9).unwrap().1;
         assert_eq!(last, t0 + ms(1001 + 50));
+    }
+
+    #[test]
+    fn a_background_connection_gets_only_what_the_others_leave() {
+        let t0 = epoch();
+        let mut n = net(t0, 100 * MBIT, 1000 * MBIT);
+        n.set_background(t0, 0, 2, true);
+        // The background connection's 1.25 MB waits while the foreground
+        // one sends its two: 100 ms each at the whole uplink, then 100 ms.
+        let got = drive(
+            &mut n,
+            &[
+                (t0, 0, 2, 1_250_000, 9),
+                (t0, 0, 1, 1_250_000, 1),
+                (t0, 0, 1, 1_250_000, 2),
+            ],
+        );
+        assert_eq!(
+            got,
+            [(1, t0 + ms(150)), (2, t0 + ms(250)), (9, t0 + ms(350))]
+        );
+        // Moved to the background halfway through its message: the
+        // foreground newcomer takes the whole uplink, then the rest goes.
+        let mut n = net(t0, 100 * MBIT, 1000 * MBIT);
+        let mut wakes: Vec<Wake> = n.send(t0, 0, 2, 1_250_000, 9).into_iter().collect();
+        wakes.extend(n.set_background(t0 + ms(50), 0, 2, true));
+        wakes.extend(n.send(t0 + ms(50), 0, 1, 1_250_000, 1));
+        let mut got = Vec::new();
+        while let Some(wake) = wakes.iter().copied().min_by_key(|w| w.at) {
+            wakes.retain(|w| *w != wake);
+            let (left, next) = n.transmit(wake.at, wake);
+            got.extend(left.into_iter().map(|d| (d.message, d.at)));
+            wakes.extend(next);
+        }
+        assert_eq!(got, [(1, t0 + ms(200)), (9, t0 + ms(250))]);
     }
 
     #[test]

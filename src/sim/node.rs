@@ -475,6 +475,10 @@ impl Node {
                 }
             }
             ResponderAction::SendResponse { to, message } => {
+                if let Some(responder) = &self.responder {
+                    // A flooder's answers go from spare uplink only.
+                    w.set_background(self.id, to, responder.is_background(&to));
+                }
                 if !w.can_send(self.id, to) {
                     // The send buffer is full: dropped, no need to encode.
                     return;

@@ -120,6 +120,10 @@ pub struct Scenario {
     /// Flooders stay idle: the same cluster unattacked, the baseline a
     /// flood is measured against.
     pub idle_flooders: bool,
+    /// Mixed into the seeds of the nodes' machines only (0: none): the
+    /// same cluster whose peers choose differently, to tell what a change
+    /// costs from the spread of lossy runs (a placebo).
+    pub machine_seed_salt: u64,
 }
 
 impl Default for Scenario {
@@ -149,6 +153,7 @@ impl Default for Scenario {
             links: Vec::new(),
             stall_after: Duration::from_secs(600),
             idle_flooders: false,
+            machine_seed_salt: 0,
         }
     }
 }

@@ -1326,6 +1326,7 @@ impl ResponderModel {
             _ => {}
         }
         let now = self.advance(self.now);
+        let was_background = self.machine.is_background(&from);
         let result = if cursor.bool() {
             let bytes = Bytes::from(message.encode_to_vec());
             self.machine.handle_request_bytes(now, from, bytes)
@@ -1336,7 +1337,7 @@ impl ResponderModel {
             };
             self.machine.handle(now, event)
         };
-        self.on_request_result(from, Ok(message), result);
+        self.on_request_result(from, Ok(message), result, was_background);
     }
 
     /// Raw bytes on a peer's connection: garbage, or a request encoded and
@@ -1347,16 +1348,22 @@ impl ResponderModel {
         let bytes = Bytes::copy_from_slice(cursor.bytes(len));
         let decoded = wire::decode_gossip_message(bytes.clone(), self.config.max_message_size);
         let now = self.advance(self.now);
+        let was_background = self.machine.is_background(&from);
         let result = self.machine.handle_request_bytes(now, from, bytes);
-        self.on_request_result(from, decoded, result);
+        self.on_request_result(from, decoded, result, was_background);
     }
 
     /// Checks a request's outcome against the model and records its effect.
+    /// `was_background`: whether the machine had `from` in the background
+    /// before the request (which peers repeat themselves is the machine's
+    /// own count, tested in its unit tests; the model checks what follows
+    /// from it).
     fn on_request_result(
         &mut self,
         from: u8,
         decoded: Result<GossipMessage, WireError>,
         result: Result<(), RequestError>,
+        was_background: bool,
     ) {
         let message = match decoded {
             Ok(message) => message,
@@ -1412,7 +1419,13 @@ impl ResponderModel {
                 .iter()
                 .filter(|(ticket, (job, _))| job.from == from && !self.orphaned.contains(ticket))
                 .count();
-        let too_many = active >= self.config.max_requests_per_peer;
+        // A peer in the background may hold an eighth of the others' share.
+        let limit = if was_background {
+            (self.config.max_requests_per_peer / 8).max(1)
+        } else {
+            self.config.max_requests_per_peer
+        };
+        let too_many = active >= limit;
         let queue_full = self.reads.len() >= self.config.max_concurrent_reads
             && self.queue.len() >= self.config.max_queued_requests;
         match result {
@@ -1435,7 +1448,7 @@ impl ResponderModel {
             }
             Err(error) => panic!("request [{start}, {end}] refused with {error:?}"),
         }
-        if result.is_err() {
+        if result.is_err() && !was_background {
             self.expect_busy_reply(from, message.nonce);
         }
         self.drain();
@@ -1654,15 +1667,47 @@ impl ResponderModel {
         self.check_state();
     }
 
+    /// Whether a job of `peer` may start a read now: a peer holds three
+    /// quarters of the slots at most, and the peers in the background a
+    /// quarter together.
+    fn read_allowed(&self, peer: u8) -> bool {
+        let slots = self.config.max_concurrent_reads;
+        let live = || {
+            self.reads
+                .iter()
+                .filter(|(ticket, _)| !self.orphaned.contains(ticket))
+                .map(|(_, (job, _))| job.from)
+        };
+        let own = live().filter(|&from| from == peer).count();
+        let background = live()
+            .filter(|from| self.machine.is_background(from))
+            .count();
+        own < (slots - slots / 4).max(1)
+            && (!self.machine.is_background(&peer) || background < (slots / 4).max(1))
+    }
+
     /// The job whose read starts next: the oldest of the first peer after
-    /// the one served last (in peer order, wrapping around).
+    /// the one served last (in peer order, wrapping around) that may read,
+    /// a peer in the background only if no other may.
     fn pop_next(&mut self) -> Option<Job> {
-        let waiting: BTreeSet<u8> = self.queue.iter().map(|job| job.from).collect();
-        let peer = self
-            .last_started
-            .and_then(|last| waiting.range(last.saturating_add(1)..).next().copied())
-            .filter(|peer| Some(*peer) != self.last_started)
-            .or_else(|| waiting.first().copied())?;
+        let waiting: BTreeSet<u8> = self
+            .queue
+            .iter()
+            .map(|job| job.from)
+            .filter(|&peer| self.read_allowed(peer))
+            .collect();
+        // Peers are 0..4: `last + 1` does not wrap.
+        let after = self.last_started.map_or(0, |last| last + 1);
+        let rotation: Vec<u8> = waiting
+            .range(after..)
+            .chain(waiting.iter())
+            .copied()
+            .collect();
+        let peer = rotation
+            .iter()
+            .copied()
+            .find(|peer| !self.machine.is_background(peer))
+            .or_else(|| rotation.first().copied())?;
         let index = self.queue.iter().position(|job| job.from == peer)?;
         self.last_started = Some(peer);
         self.queue.remove(index)
@@ -1676,8 +1721,10 @@ impl ResponderModel {
         assert!(stats.reading <= config.max_concurrent_reads);
         assert!(stats.queued <= config.max_queued_requests);
         assert!(
-            stats.queued == 0 || stats.reading == config.max_concurrent_reads,
-            "a request waits while a read slot is free"
+            stats.queued == 0
+                || stats.reading == config.max_concurrent_reads
+                || self.queue.iter().all(|job| !self.read_allowed(job.from)),
+            "a request waits while a read slot is free for it"
         );
         assert_eq!(stats.expired_reads, self.expired, "reads abandoned");
         assert_eq!(stats.stale, self.stale, "stale requests dropped");

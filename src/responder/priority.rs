@@ -1,0 +1,270 @@
+//! Which peers are served only from spare capacity: those that keep asking
+//! for blocks they were just served.
+//!
+//! A peer catching up asks for each block about once: again only when an
+//! answer was lost, or a duplicated request came twice. A flooder asking
+//! valid ranges as fast as its link allows soon asks mostly for blocks it
+//! already got (a chain is finite). Its first pass over the chain costs
+//! what one more lagger costs, and nothing tells the two apart; what comes
+//! after is repeats, and a peer whose recent requests are mostly repeats is
+//! put in the *background*: its reads start only when no other peer has one
+//! waiting, and [`StateResponder::is_background`] tells the host to send
+//! its answers only from spare uplink, as the simulator does.
+//!
+//! [`StateResponder::is_background`]: super::StateResponder::is_background
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::range::SeqRange;
+
+/// Served ranges remembered per peer; past it, the lowest are forgotten
+/// (a peer catching up asks upwards, so they are the least likely asked
+/// again). An honest peer's ranges merge into a few; 64 keeps a random
+/// flood's coverage of a small chain exact.
+const MAX_RANGES: usize = 64;
+
+/// The repeat share is in 1/1024ths, a running mean over about 16 requests.
+const ONE: u32 = 1024;
+const SMOOTHING: u32 = 16;
+/// Into the background above three repeats in four (losses of 20 % and
+/// duplicates of 20 % make honest peers repeat up to about 40 %)...
+const ENTER: u32 = ONE * 3 / 4;
+/// ...and out again below one in two.
+const LEAVE: u32 = ONE / 2;
+
+/// A peer not heard from for this long is forgotten: memory stays bounded
+/// by the peers recently active.
+const MEMORY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+struct History {
+    /// Disjoint ranges served to the peer, by start.
+    served: BTreeMap<u64, u64>,
+    /// Running share of its requests that asked only for served blocks.
+    repeat_share: u32,
+    background: bool,
+    last_seen: Instant,
+}
+
+impl History {
+    fn covers(&self, range: SeqRange) -> bool {
+        self.served
+            .range(..=range.start())
+            .next_back()
+            .is_some_and(|(_, &end)| end >= range.end())
+    }
+
+    /// Removes `first..=last`, splitting the range it falls in.
+    fn remove(&mut self, first: u64, last: u64) {
+        let overlapping: Vec<(u64, u64)> = self
+            .served
+            .range(..=last)
+            .rev()
+            .take_while(|(_, &end)| end >= first)
+            .map(|(&start, &end)| (start, end))
+            .collect();
+        for (start, end) in overlapping {
+            self.served.remove(&start);
+            if start < first {
+                self.served.insert(start, first - 1);
+            }
+            if end > last {
+                self.served.insert(last + 1, end);
+            }
+        }
+    }
+
+    /// Adds `first..=last`, merging with the ranges it touches.
+    fn add(&mut self, first: u64, last: u64) {
+        let (mut first, mut last) = (first, last);
+        let touching: Vec<u64> = self
+            .served
+            .range(..=last.saturating_add(1))
+            .rev()
+            .take_while(|(_, &end)| end.saturating_add(1) >= first)
+            .map(|(&start, _)| start)
+            .collect();
+        for start in touching {
+            if let Some(end) = self.served.remove(&start) {
+                first = first.min(start);
+                last = last.max(end);
+            }
+        }
+        self.served.insert(first, last);
+        while self.served.len() > MAX_RANGES {
+            self.served.pop_first();
+        }
+    }
+}
+
+/// Per-peer service history and the background set.
+#[derive(Debug, Clone)]
+pub(super) struct Priorities<P> {
+    peers: BTreeMap<P, History>,
+    /// Off in the Fabric preset: Fabric serves everyone alike.
+    enabled: bool,
+}
+
+impl<P: Clone + Ord> Priorities<P> {
+    pub(super) fn new(enabled: bool) -> Self {
+        Self {
+            peers: BTreeMap::new(),
+            enabled,
+        }
+    }
+
+    /// A request of `peer` for `range` (clamped to our height) was
+    /// admitted: counts whether it asks only for blocks it was served (or
+    /// is being served: counted at admission, since a slow host's reads
+    /// take seconds, which a flood fills), moves the peer in or out of the
+    /// background, and counts `range` as served. Returns whether it is a
+    /// repeat.
+    pub(super) fn on_request(&mut self, peer: &P, range: SeqRange, now: Instant) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        let history = self.peers.entry(peer.clone()).or_insert_with(|| History {
+            served: BTreeMap::new(),
+            repeat_share: 0,
+            background: false,
+            last_seen: now,
+        });
+        history.last_seen = now;
+        let repeat = history.covers(range);
+        let sample = if repeat { ONE } else { 0 };
+        history.repeat_share = (history.repeat_share * (SMOOTHING - 1) + sample) / SMOOTHING;
+        if history.repeat_share > ENTER {
+            history.background = true;
+        } else if history.repeat_share < LEAVE {
+            history.background = false;
+        }
+        history.add(range.start(), range.end());
+        repeat
+    }
+
+    /// Blocks `first..=last` of an admitted request were not sent to
+    /// `peer` after all (cut by the byte cap, unreadable, or the request
+    /// dropped): asking for them again is no repeat.
+    pub(super) fn on_not_served(&mut self, peer: &P, first: u64, last: u64) {
+        if let Some(history) = self.peers.get_mut(peer) {
+            history.remove(first, last);
+        }
+    }
+
+    pub(super) fn is_background(&self, peer: &P) -> bool {
+        self.peers.get(peer).is_some_and(|h| h.background)
+    }
+
+    /// Peers in the background now.
+    pub(super) fn background_count(&self) -> usize {
+        self.peers.values().filter(|h| h.background).count()
+    }
+
+    /// Peers remembered.
+    pub(super) fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// A reconnected peer is a new process: it starts afresh.
+    pub(super) fn forget(&mut self, peer: &P) {
+        self.peers.remove(peer);
+    }
+
+    /// Forgets the peers not heard from for [`MEMORY`].
+    pub(super) fn forget_idle(&mut self, now: Instant) {
+        self.peers
+            .retain(|_, history| now.saturating_duration_since(history.last_seen) < MEMORY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(start: u64, end: u64) -> SeqRange {
+        SeqRange::new(start, end).unwrap()
+    }
+
+    #[test]
+    fn served_ranges_merge_and_cover() {
+        let now = crate::test_epoch();
+        let mut p = Priorities::new(true);
+        assert!(!p.on_request(&1, range(1, 11), now));
+        assert!(!p.on_request(&1, range(23, 33), now));
+        assert!(p.on_request(&1, range(3, 9), now));
+        assert!(!p.on_request(&1, range(10, 15), now), "12..=15 never asked");
+        assert!(!p.on_request(&1, range(16, 22), now));
+        let history = &p.peers[&1];
+        assert_eq!(history.served.iter().collect::<Vec<_>>(), [(&1, &33)]);
+        assert!(p.on_request(&1, range(1, 33), now));
+        // A response cut short: the rest was not served, asking again is
+        // no repeat.
+        p.on_not_served(&1, 5, 7);
+        let history = &p.peers[&1];
+        assert_eq!(
+            history.served.iter().collect::<Vec<_>>(),
+            [(&1, &4), (&8, &33)]
+        );
+        assert!(!p.on_request(&1, range(4, 8), now));
+        assert!(p.on_request(&1, range(4, 8), now));
+    }
+
+    #[test]
+    fn a_peer_asking_mostly_repeats_goes_to_the_background_and_back() {
+        let now = crate::test_epoch();
+        let mut p = Priorities::new(true);
+        p.on_request(&1, range(1, 11), now);
+        // An honest peer's lost answer: one repeat among fresh requests.
+        for i in 1..40u64 {
+            let repeat = i % 4 == 0;
+            let start = if repeat { 1 } else { 11 * i + 1 };
+            p.on_request(&1, range(start, start + 10), now);
+        }
+        assert!(!p.is_background(&1), "a quarter of repeats is not a flood");
+        // Then nothing but repeats.
+        let mut requests = 0;
+        while !p.is_background(&1) {
+            p.on_request(&1, range(1, 11), now);
+            requests += 1;
+            assert!(requests < 40, "never demoted");
+        }
+        assert!(
+            requests > 4,
+            "one burst of repeats is not enough: {requests}"
+        );
+        assert_eq!(p.background_count(), 1);
+        // Fresh requests bring it back.
+        let mut fresh = 1_000;
+        while p.is_background(&1) {
+            p.on_request(&1, range(fresh, fresh + 10), now);
+            fresh += 11;
+            assert!(fresh < 2_000, "never restored");
+        }
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let now = crate::test_epoch();
+        let mut p = Priorities::new(true);
+        for i in 0..1_000u64 {
+            p.on_request(&1, range(i * 3, i * 3), now);
+        }
+        assert_eq!(p.peers[&1].served.len(), MAX_RANGES);
+        // The highest are kept.
+        assert!(p.on_request(&1, range(2_997, 2_997), now));
+        p.forget_idle(now + MEMORY);
+        assert_eq!(p.len(), 0);
+    }
+
+    #[test]
+    fn off_means_everyone_is_foreground() {
+        let now = crate::test_epoch();
+        let mut p = Priorities::new(false);
+        for _ in 0..100 {
+            assert!(!p.on_request(&1, range(1, 11), now));
+        }
+        assert!(!p.is_background(&1));
+        assert_eq!(p.len(), 0);
+    }
+}
