@@ -9,16 +9,20 @@
 use bytes::Bytes;
 use prost::Message;
 
+// The generated code is committed (`src/wire/gen/`, made by prost-build from
+// `proto/`), so that users build without protox; `tests/generated_code.rs`
+// fails if it differs from what the protos generate.
+
 /// Fabric's `gossip` package (`gossip/message.proto`).
 #[allow(missing_docs, clippy::all)]
 pub mod gossip {
-    include!(concat!(env!("OUT_DIR"), "/gossip.rs"));
+    include!("gen/gossip.rs");
 }
 
 /// Fabric's `common` package (`common/common.proto`), the block types.
 #[allow(missing_docs, clippy::all)]
 pub mod common {
-    include!(concat!(env!("OUT_DIR"), "/common.rs"));
+    include!("gen/common.rs");
 }
 
 use gossip::gossip_message::{Content, Tag};
