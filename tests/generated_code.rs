@@ -47,10 +47,8 @@ fn files(dir: &Path) -> BTreeMap<String, String> {
 #[test]
 fn committed_code_is_what_the_protos_generate() {
     let committed_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/wire/gen");
-    let scratch: PathBuf = std::env::temp_dir().join(format!(
-        "antientropy-generated-code-{}",
-        std::process::id()
-    ));
+    let scratch: PathBuf =
+        std::env::temp_dir().join(format!("antientropy-generated-code-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).unwrap();
     generate(&scratch);
@@ -68,7 +66,11 @@ fn committed_code_is_what_the_protos_generate() {
         for (name, text) in &fresh {
             std::fs::write(committed_dir.join(name), text).unwrap();
         }
-        eprintln!("regenerated {} files in {}", fresh.len(), committed_dir.display());
+        eprintln!(
+            "regenerated {} files in {}",
+            fresh.len(),
+            committed_dir.display()
+        );
         return;
     }
 
