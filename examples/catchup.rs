@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example catchup
 //! cargo run --release --example catchup -- --laggers 3 --loss 0.01 --byzantine 1 --json
+//! cargo run --release --example catchup -- --scenario huge --preset default --set window_bytes=268435456
 //! cargo run --release --example catchup -- --help
 //! ```
 //!
@@ -211,6 +212,17 @@ struct Cli {
     /// one-peer, tiny, huge, thin, hetero, hostile, many-laggers, crowd.
     #[arg(long, value_parser = parse_scenario_name)]
     scenario: Option<String>,
+    /// Change a `Config` field of every preset run, `FIELD=VALUE`
+    /// (repeatable): durations in ms (`response_timeout=3000`), sizes in
+    /// bytes, booleans `true`/`false`, `hedge_after=off`. Fields:
+    /// check_interval, batch_size, response_timeout, adaptive_timeout,
+    /// min_response_timeout, max_response_timeout, max_retries,
+    /// max_in_flight, max_in_flight_per_peer, adaptive_window, hedge_after,
+    /// block_buffer, window_blocks, window_bytes, max_message_size,
+    /// max_response_bytes, max_requests_per_peer, max_queued_requests,
+    /// max_concurrent_reads, read_timeout.
+    #[arg(long = "set", value_name = "FIELD=VALUE", value_parser = parse_knob)]
+    knobs: Vec<(String, String)>,
     /// Seed of every random choice (faults, peers' choices).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -222,6 +234,62 @@ struct Cli {
     /// (nodes are numbered as for `--crash`; the first lagger is `--peers`).
     #[arg(long)]
     trace: Option<usize>,
+}
+
+fn parse_knob(s: &str) -> Result<(String, String), String> {
+    let (field, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected FIELD=VALUE"))?;
+    // Checked here so that a typo fails before any run.
+    set_knob(&mut Config::default(), field, value)?;
+    Ok((field.to_owned(), value.to_owned()))
+}
+
+/// Sets one `Config` field by name (see `--set`).
+fn set_knob(config: &mut Config, field: &str, value: &str) -> Result<(), String> {
+    let number = || {
+        value
+            .parse::<u64>()
+            .map_err(|_| format!("`{field}={value}`: not a number"))
+    };
+    let size = || number().map(|n| n as usize);
+    let ms = || number().map(Duration::from_millis);
+    let flag = || {
+        value
+            .parse::<bool>()
+            .map_err(|_| format!("`{field}={value}`: not true or false"))
+    };
+    match field {
+        "check_interval" => config.check_interval = ms()?,
+        "batch_size" => config.batch_size = number()?,
+        "response_timeout" => config.response_timeout = ms()?,
+        "adaptive_timeout" => config.adaptive_timeout = flag()?,
+        "min_response_timeout" => config.min_response_timeout = ms()?,
+        "max_response_timeout" => config.max_response_timeout = ms()?,
+        "max_retries" => {
+            config.max_retries = u32::try_from(number()?).map_err(|e| e.to_string())?
+        }
+        "max_in_flight" => config.max_in_flight = size()?,
+        "max_in_flight_per_peer" => config.max_in_flight_per_peer = size()?,
+        "adaptive_window" => config.adaptive_window = flag()?,
+        "hedge_after" if value == "off" => config.hedge_after = None,
+        "hedge_after" => config.hedge_after = Some(ms()?),
+        "block_buffer" => config.block_buffer = number()?,
+        "window_blocks" => config.window_blocks = number()?,
+        "window_bytes" => config.window_bytes = number()?,
+        "max_message_size" => config.max_message_size = size()?,
+        "max_response_bytes" => config.max_response_bytes = size()?,
+        "max_requests_per_peer" => config.max_requests_per_peer = size()?,
+        "max_queued_requests" => config.max_queued_requests = size()?,
+        "max_concurrent_reads" => config.max_concurrent_reads = size()?,
+        "read_timeout" => config.read_timeout = ms()?,
+        _ => {
+            return Err(format!(
+                "`{field}` is not a field `--set` knows (see --help)"
+            ))
+        }
+    }
+    Ok(())
 }
 
 fn parse_scenario_name(s: &str) -> Result<String, String> {
@@ -388,14 +456,35 @@ impl Cli {
         })
     }
 
+    /// The presets to run, each with the `--set` fields applied (its name
+    /// then marked `*`).
     fn presets(&self) -> Vec<(&'static str, Config)> {
-        let fabric = ("fabric", Config::fabric());
-        let default = ("default", Config::default());
-        match self.preset {
+        let changed = !self.knobs.is_empty();
+        let fabric = (if changed { "fabric*" } else { "fabric" }, Config::fabric());
+        let default = (
+            if changed { "default*" } else { "default" },
+            Config::default(),
+        );
+        let mut presets = match self.preset {
             Preset::Fabric => vec![fabric],
             Preset::Default => vec![default],
             Preset::Both => vec![fabric, default],
+        };
+        for (_, config) in &mut presets {
+            for (field, value) in &self.knobs {
+                if let Err(error) = set_knob(config, field, value) {
+                    Cli::command()
+                        .error(ErrorKind::ValueValidation, error)
+                        .exit();
+                }
+            }
+            if let Err(error) = config.validate() {
+                Cli::command()
+                    .error(ErrorKind::ValueValidation, format!("--set: {error}"))
+                    .exit();
+            }
         }
+        presets
     }
 }
 

@@ -183,6 +183,19 @@ impl Config {
     /// a 20-block gossip buffer, and a responder with Fabric's only limits
     /// (sequential service, 100 queued requests). Fabric's off-by-one and
     /// nonce-matching quirks are fixed in both presets (see the README).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use antientropy::Config;
+    ///
+    /// let fabric = Config::fabric();
+    /// assert_eq!(fabric.check_interval, Duration::from_secs(10));
+    /// assert_eq!((fabric.batch_size, fabric.max_in_flight), (10, 1));
+    /// assert_eq!(fabric.response_timeout, Duration::from_secs(3));
+    /// // The responder's answers fit gRPC's 100 MiB limit, envelope included.
+    /// assert!(fabric.max_response_bytes < fabric.max_message_size);
+    /// fabric.validate().unwrap();
+    /// ```
     pub fn fabric() -> Self {
         Self {
             check_interval: Duration::from_secs(10),
@@ -356,6 +369,22 @@ impl Default for Config {
     ///   per peer, burst 128: one full window) so it costs the requester a
     ///   round trip, not a timeout, while a flooder cannot make us send
     ///   more than 100 small messages a second.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use antientropy::Config;
+    ///
+    /// let mut config = Config::default();
+    /// // Requests stay Fabric's size, so stock Fabric responders serve them…
+    /// assert_eq!(config.batch_size, Config::fabric().batch_size);
+    /// // …but many are in flight, to several peers.
+    /// assert_eq!((config.max_in_flight, config.max_in_flight_per_peer), (512, 128));
+    /// // Change what your links need (README, "Configuration"), then check:
+    /// config.window_bytes = 256 << 20; // large blocks
+    /// config.validate().unwrap();
+    /// config.max_in_flight_per_peer = 1024; // more than max_in_flight
+    /// assert!(config.validate().is_err());
+    /// ```
     fn default() -> Self {
         Self {
             check_interval: Duration::from_secs(1),

@@ -52,13 +52,33 @@
 //! assert_eq!(asked, [("peer0", 1, 11), ("peer0", 12, 15)]);
 //! assert!(requester.poll_timeout().unwrap() > now);
 //! ```
+//!
+//! # Features
+//!
+//! None is on by default: the machines and [`wire`] need only `bytes`,
+//! `prost`, `thiserror` and `fastrand`.
+//!
+//! - `hash`: Fabric's block hashes ([`wire::block_header_hash`],
+//!   [`wire::verify_chain_link`], …), with RustCrypto's `sha2`.
+//! - `tokio`, `smol`: [`adapters`] that run either machine on that runtime.
+//! - `sim`: [`sim`], the deterministic network simulator.
+//!
+//! # Public dependencies
+//!
+//! Types of these crates appear in this crate's API, so they are re-exported
+//! at its root (`antientropy::bytes`, `antientropy::prost`, …): use them
+//! through the re-export and your versions always match ours. A new major
+//! version of any of them is a breaking release of this crate (README,
+//! "Semver policy").
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// Runtime adapters (features `tokio`, `smol`): drive either machine on an
 /// async runtime, with the clock, the timer and the channels it supplies.
 #[cfg(any(feature = "tokio", feature = "smol"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "tokio", feature = "smol"))))]
 pub mod adapters;
 mod buffer;
 mod config;
@@ -66,8 +86,37 @@ mod range;
 mod requester;
 mod responder;
 #[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
 pub mod sim;
 pub mod wire;
+
+// The public dependencies (see "Public dependencies" above).
+/// `async-channel`: [`adapters::smol`] hands out its channels.
+#[cfg(feature = "smol")]
+#[cfg_attr(docsrs, doc(cfg(feature = "smol")))]
+pub use async_channel;
+/// `async-io`: [`adapters::smol`]'s timer is an `async_io::Timer`.
+#[cfg(feature = "smol")]
+#[cfg_attr(docsrs, doc(cfg(feature = "smol")))]
+pub use async_io;
+/// `bytes`: every `bytes` field of [`wire`]'s messages is a [`bytes::Bytes`].
+pub use bytes;
+/// `fastrand`: [`sim`] takes a `fastrand::Rng` where it forges blocks.
+#[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
+pub use fastrand;
+/// `prost`: [`wire`]'s messages implement [`prost::Message`], and
+/// [`wire::WireError`] carries a [`prost::DecodeError`].
+pub use prost;
+/// `tokio`: [`adapters::tokio`] hands out `tokio::sync::mpsc` channels.
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use tokio;
+
+/// The README's examples, compiled and run as doc-tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 /// The one clock read of the unit tests: an epoch that virtual time counts
 /// from. Machine code never reads the clock.

@@ -6,6 +6,17 @@ use std::fmt;
 /// state request. Fabric's requests and logs disagree on inclusivity (its
 /// logs print half-open ranges); on the wire both ends are inclusive, and so
 /// is this type.
+///
+/// ```
+/// use antientropy::SeqRange;
+///
+/// let range = SeqRange::new(5, 15).unwrap();
+/// assert_eq!((range.start(), range.end(), range.len()), (5, 15, 11));
+/// assert!(range.contains(15) && !range.contains(16));
+/// assert!(range.overlaps(&SeqRange::single(10)));
+/// assert_eq!(range.to_string(), "[5, 15]");
+/// assert_eq!(SeqRange::new(15, 5), None); // never empty
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SeqRange {
     start: u64,

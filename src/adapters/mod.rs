@@ -105,8 +105,10 @@
 //! [`Future`]: std::future::Future
 
 #[cfg(feature = "smol")]
+#[cfg_attr(docsrs, doc(cfg(feature = "smol")))]
 pub mod smol;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
 
 use std::collections::VecDeque;
@@ -293,6 +295,86 @@ pub trait BlockStore<P> {
 
 /// The host of an [`AntiEntropy`]: requests go to a [`Transport`], blocks
 /// to a [`Ledger`].
+///
+/// # Example: a catch-up between two drivers (tokio)
+///
+/// A lagger at height 1 catches up to 100 from a server, each machine on
+/// its own [`Driver`], the two linked by their inboxes (a real transport
+/// wraps each message with [`wire::wrap_envelope`], encodes it and writes
+/// a frame):
+///
+/// ```
+/// # #[cfg(feature = "tokio")]
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use antientropy::adapters::{self, BlockStore, Ledger, RequesterHost, ResponderHost, Runtime};
+/// use antientropy::adapters::{SendError, Transport, Verdict};
+/// use antientropy::wire::common::{Block, BlockHeader};
+/// use antientropy::wire::gossip::{GossipMessage, Payload};
+/// use antientropy::{AntiEntropy, Config, Event, Origin, PeerState, ResponderEvent};
+/// use antientropy::{SeqRange, StateResponder, Ticket};
+/// use prost::Message;
+/// use tokio::sync::{mpsc, watch};
+///
+/// type Peer = &'static str;
+///
+/// /// Puts each message in the other machine's inbox, as an input.
+/// struct Pipe<T>(mpsc::Sender<T>, fn(GossipMessage) -> T);
+/// impl<T> Transport<Peer> for Pipe<T> {
+///     fn send(&mut self, _to: &Peer, message: GossipMessage) -> Result<(), SendError> {
+///         self.0.try_send((self.1)(message)).map_err(|_| SendError::Full)
+///     }
+/// }
+///
+/// /// The server's ledger: blocks 0..=99.
+/// struct Store;
+/// impl BlockStore<Peer> for Store {
+///     fn read_blocks(&mut self, _: Ticket, _to: &Peer, range: SeqRange, _max: usize)
+///         -> Option<Vec<Payload>>
+///     {
+///         let block = |seq| {
+///             let header = BlockHeader { number: seq, ..Default::default() };
+///             let data = Block { header: Some(header), ..Default::default() }.encode_to_vec();
+///             Payload { seq_num: seq, data: data.into(), private_data: vec![] }
+///         };
+///         Some((range.start()..=range.end()).map(block).collect())
+///     }
+/// }
+///
+/// /// The lagger's ledger: commits what comes (in order) and publishes its height.
+/// struct Chain(watch::Sender<u64>);
+/// impl Ledger<Peer> for Chain {
+///     fn add_payload(&mut self, payload: Payload, _from: Origin<Peer>) -> Verdict {
+///         self.0.send_replace(payload.seq_num + 1); // verify and commit here
+///         Verdict::Committed
+///     }
+/// }
+///
+/// let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+/// runtime.block_on(async {
+///     let (to_server, server_inbox) = adapters::tokio::channel(256);
+///     let (to_lagger, lagger_inbox) = adapters::tokio::channel(256);
+///     let (committed, mut height) = watch::channel(1);
+///
+///     let server = StateResponder::new(Config::default(), "ch".into(), 100)?;
+///     let answers = Pipe(to_lagger.clone(), |message| Event::Response { from: "server", message });
+///     let host = ResponderHost::new(answers, Store);
+///     tokio::spawn(adapters::tokio::Driver::new(server, host, server_inbox));
+///
+///     let now = adapters::tokio::Tokio::now();
+///     let lagger = AntiEntropy::new(Config::default(), "ch".into(), 1, 7, now)?;
+///     let requests = Pipe(to_server, |message| ResponderEvent::Request { from: "lagger", message });
+///     let host = RequesterHost::new(requests, Chain(committed));
+///     tokio::spawn(adapters::tokio::Driver::new(lagger, host, lagger_inbox));
+///
+///     // Gossip's view of the channel: the server is at 100.
+///     to_lagger.send(Event::Membership(vec![PeerState::new("server", 100)])).await?;
+///     height.wait_for(|&height| height == 100).await?;
+///     Ok::<(), Box<dyn std::error::Error>>(())
+/// })
+/// # }
+/// # #[cfg(not(feature = "tokio"))]
+/// # fn main() {}
+/// ```
 #[derive(Debug)]
 pub struct RequesterHost<T, L> {
     /// Where requests go.

@@ -58,6 +58,38 @@ impl<P> PeerState<P> {
 }
 
 /// An input of [`AntiEntropy`](crate::AntiEntropy).
+///
+/// Where each comes from in a host: gossip's view of the channel
+/// (`Membership`), the transport (`Response`, `PeerConnected`,
+/// `PeerDisconnected`), the timer (`Timeout`), the ledger (`Committed`,
+/// `Rejected`) and the gossip or orderer path (`GossipPayload`).
+///
+/// ```
+/// use std::time::Instant;
+/// use antientropy::{wire, AntiEntropy, Config, Event, EventError, PeerState, ResponseError};
+///
+/// let now = Instant::now();
+/// let mut requester = AntiEntropy::new(Config::default(), "ch".into(), 1, 7, now)?;
+/// // Gossip's view: each peer's height, from its StateInfo (`wire::advertised`).
+/// requester.handle(now, Event::Membership(vec![
+///     PeerState::new("peer0", 100),
+///     PeerState::new("peer1", 90),
+/// ]))?;
+/// // The transport's view of a connection.
+/// requester.handle(now, Event::PeerDisconnected { peer: "peer1" })?;
+/// requester.handle(now, Event::PeerConnected { peer: "peer1" })?;
+/// // What a peer sends is checked: a request is no response, and is refused.
+/// let stray = wire::state_request(1, "ch".into(), 1, 11);
+/// assert_eq!(
+///     requester.handle(now, Event::Response { from: "peer0", message: stray }),
+///     Err(EventError::Response(ResponseError::NotAResponse))
+/// );
+/// // The timer armed for `poll_timeout()` fired.
+/// requester.handle(now, Event::Timeout)?;
+/// while let Some(_action) = requester.poll_action() { /* carry it out */ }
+/// assert_eq!(requester.target(), 100);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Event<P> {
@@ -149,6 +181,44 @@ pub enum GiveUpReason {
 ///
 /// Not `#[non_exhaustive]` on purpose: a driver must handle every action, so
 /// a new one should break its build rather than be silently dropped.
+///
+/// ```
+/// use std::time::Instant;
+/// use antientropy::{wire, Action, AntiEntropy, Config, Event, GiveUpReason, Origin, PeerState};
+/// use prost::Message;
+///
+/// let now = Instant::now();
+/// let mut requester = AntiEntropy::new(Config::fabric(), "ch".into(), 1, 7, now)?;
+/// requester.handle(now, Event::Membership(vec![PeerState::new("peer0", 50)]))?;
+/// // Fabric's preset starts a round every 10 s; `Tick` starts one now.
+/// requester.handle(now, Event::Tick)?;
+/// let mut frames = Vec::new();
+/// while let Some(action) = requester.poll_action() {
+///     match action {
+///         Action::SendRequest { to, message } => {
+///             // Fabric's NoopSign envelope, encoded: what goes on the wire to `to`.
+///             frames.push((to, wire::wrap_envelope(&message).encode_to_vec()));
+///         }
+///         Action::AddPayload { payload, from } => {
+///             // Verify (e.g. wire::verify_chain_link), commit, then
+///             // handle(Event::Committed { height: payload.seq_num + 1 }).
+///             let _ = (payload, from);
+///         }
+///         Action::GiveUp { range, reason } => {
+///             // Informational: the next round asks again.
+///             let _ = (range, reason);
+///         }
+///     }
+/// }
+/// // Fabric's preset: one request of 11 blocks in flight.
+/// assert_eq!(frames.len(), 1);
+/// let envelope = wire::decode_envelope(frames[0].1.clone().into(), wire::DEFAULT_MAX_MESSAGE_SIZE)?;
+/// let request = wire::unwrap_envelope(&envelope, wire::DEFAULT_MAX_MESSAGE_SIZE)?;
+/// let range = wire::as_state_request(&request).unwrap();
+/// assert_eq!((range.start_seq_num, range.end_seq_num), (1, 11));
+/// # let _ = (Origin::<&str>::Gossip, GiveUpReason::NoEligiblePeer);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[must_use]
 pub enum Action<P> {

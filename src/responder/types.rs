@@ -31,6 +31,31 @@ impl fmt::Display for Ticket {
 }
 
 /// An input of [`StateResponder`].
+///
+/// ```
+/// use std::time::Instant;
+/// use antientropy::{wire, Config, RequestError, ResponderEvent, StateResponder};
+/// use prost::Message;
+///
+/// let now = Instant::now();
+/// let mut responder = StateResponder::new(Config::default(), "ch".into(), 100)?;
+/// // Bytes from a peer's connection: a NoopSign envelope around the request.
+/// let frame = wire::wrap_envelope(&wire::state_request(9, "ch".into(), 20, 30)).encode_to_vec();
+/// let envelope = wire::decode_envelope(frame.into(), wire::DEFAULT_MAX_MESSAGE_SIZE)?;
+/// let message = wire::unwrap_envelope(&envelope, wire::DEFAULT_MAX_MESSAGE_SIZE)?;
+/// responder.handle(now, ResponderEvent::Request { from: "peer1", message })?;
+/// // Requests are validated as Fabric does: at most batch_size + 1 blocks.
+/// let too_long = wire::state_request(10, "ch".into(), 20, 40);
+/// assert!(matches!(
+///     responder.handle(now, ResponderEvent::Request { from: "peer1", message: too_long }),
+///     Err(RequestError::RangeTooLong { .. })
+/// ));
+/// // The ledger grew; a peer's connection closed (its queued requests go).
+/// responder.handle(now, ResponderEvent::Height(101))?;
+/// responder.handle(now, ResponderEvent::PeerDisconnected { peer: "peer1" })?;
+/// assert_eq!(responder.stats().refused(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum ResponderEvent<P> {
@@ -73,6 +98,38 @@ pub enum ResponderEvent<P> {
 ///
 /// Not `#[non_exhaustive]`, like [`Action`](crate::Action): a driver must
 /// handle every output.
+///
+/// ```
+/// use std::time::Instant;
+/// use antientropy::wire::{self, gossip::Payload};
+/// use antientropy::{Config, ResponderAction, ResponderEvent, StateResponder};
+///
+/// let now = Instant::now();
+/// let mut responder = StateResponder::new(Config::default(), "ch".into(), 100)?;
+/// let request = wire::state_request(9, "ch".into(), 20, 30);
+/// responder.handle(now, ResponderEvent::Request { from: "peer1", message: request })?;
+/// let mut sent = Vec::new();
+/// while let Some(action) = responder.poll_action() {
+///     match action {
+///         ResponderAction::ReadBlocks { ticket, to, range, max_bytes } => {
+///             // Read the blocks (keeping only the private data `to` may see),
+///             // now or later: answer with the same ticket.
+///             let _ = (to, max_bytes);
+///             let payloads = (range.start()..=range.end())
+///                 .map(|seq| Payload { seq_num: seq, ..Default::default() })
+///                 .collect();
+///             responder.handle(now, ResponderEvent::BlocksRead { ticket, payloads })?;
+///         }
+///         // Wrap (wire::wrap_envelope), encode and send to `to`.
+///         ResponderAction::SendResponse { to, message } => sent.push((to, message)),
+///         // Informational: a request that ended unanswered, counted.
+///         ResponderAction::Dropped { .. } => {}
+///     }
+/// }
+/// assert_eq!(sent.len(), 1);
+/// assert_eq!(wire::as_state_response(&sent[0].1).unwrap().payloads.len(), 11);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[must_use]
 pub enum ResponderAction<P> {

@@ -61,6 +61,21 @@ pub enum Overclaim {
 /// `Default` is the `catchup` example's cluster: 4 peers, one lagger 10 000
 /// blocks of 64 KiB behind, 100 ms round trip, 100 Mbit/s uplinks, 1 Gbit/s
 /// downlinks, no faults.
+///
+/// Build one from the default with struct update syntax, then add faults
+/// with the `with_*` methods:
+///
+/// ```
+/// use std::time::Duration;
+/// use antientropy::sim::{Overclaim, Scenario};
+///
+/// let scenario = Scenario { laggers: 2, blocks: 500, ..Scenario::default() }
+///     .with_overclaimers(1, Overclaim::Silent, 1000) // one peer advertises 1000 blocks it lacks
+///     .with_crash(0, Duration::from_secs(1), Duration::from_secs(2)) // node 0 down from 1 s to 3 s
+///     .with_corrupt_block(42, 1); // one source serves a bad block 42
+/// scenario.validate().unwrap();
+/// assert_eq!(scenario.target_height(), 501);
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scenario {
     /// Up-to-date peers (honest or faulty).

@@ -2,23 +2,79 @@
 //! machines and their hosts need around them.
 //!
 //! The types live at the paths of their proto packages, [`gossip`] and
-//! [`common`], with Fabric's message and field names. `bytes` fields are
+//! [`common`] (and [`google::protobuf`] for the one well-known type
+//! Fabric uses), with Fabric's message and field names. `bytes` fields are
 //! [`bytes::Bytes`]: decoding from a `Bytes` buffer slices it instead of
 //! copying, so a block travels from the socket to the host without a copy.
+//!
+//! The helpers, by concern:
+//!
+//! - gossip messages: [`decode_gossip_message`], [`wrap_envelope`] and
+//!   [`unwrap_envelope`] (Fabric's `NoopSign`), [`state_request`],
+//!   [`state_response`], [`advertised`], [`block_number`];
+//! - a block's transactions: [`block_channel_id`], [`decode_transaction`],
+//!   [`envelope_payload`], [`channel_header`], [`signature_header`];
+//! - the hash chain: [`block_header_bytes`] and, with the `hash` feature,
+//!   [`block_header_hash`], [`block_data_hash`], [`verify_chain_link`],
+//!   [`new_block`].
+//!
+//! ```
+//! use antientropy::wire;
+//! use bytes::Bytes;
+//!
+//! // A requester's request for blocks 5..=15, as a peer receives it:
+//! let request = wire::state_request(42, Bytes::from_static(b"mychannel"), 5, 15);
+//! let envelope = wire::wrap_envelope(&request);
+//! let bytes = Bytes::from(prost::Message::encode_to_vec(&envelope));
+//!
+//! let received = wire::decode_envelope(bytes, wire::DEFAULT_MAX_MESSAGE_SIZE)?;
+//! let message = wire::unwrap_envelope(&received, wire::DEFAULT_MAX_MESSAGE_SIZE)?;
+//! let range = wire::as_state_request(&message).expect("a state request");
+//! assert_eq!((message.nonce, range.start_seq_num, range.end_seq_num), (42, 5, 15));
+//! # Ok::<(), wire::WireError>(())
+//! ```
+
+mod chain;
+mod transaction;
+
+pub use chain::block_header_bytes;
+#[cfg(feature = "hash")]
+pub use chain::{
+    block_data_hash, block_header_hash, new_block, verify_chain_link, verify_data_hash, ChainError,
+};
+pub use transaction::{
+    block_channel_id, channel_header, decode_transaction, envelope_payload, signature_header,
+};
 
 use bytes::Bytes;
 use prost::Message;
 
+// The generated code is committed (`src/wire/gen/`, made by prost-build from
+// `proto/`), so that users build without protox; `tests/generated_code.rs`
+// fails if it differs from what the protos generate.
+
 /// Fabric's `gossip` package (`gossip/message.proto`).
 #[allow(missing_docs, clippy::all)]
 pub mod gossip {
-    include!(concat!(env!("OUT_DIR"), "/gossip.rs"));
+    include!("gen/gossip.rs");
 }
 
-/// Fabric's `common` package (`common/common.proto`), the block types.
+/// Fabric's `common` package (`common/common.proto`): blocks, and the
+/// envelopes, payloads and headers of the transactions inside them.
 #[allow(missing_docs, clippy::all)]
 pub mod common {
-    include!(concat!(env!("OUT_DIR"), "/common.rs"));
+    include!("gen/common.rs");
+}
+
+/// Protobuf's well-known types that Fabric's schema uses.
+pub mod google {
+    /// The `google.protobuf` package: only `Timestamp`
+    /// (`ChannelHeader.timestamp`), generated here rather than taken from
+    /// prost-types, one dependency fewer.
+    #[allow(missing_docs, clippy::all)]
+    pub mod protobuf {
+        include!("gen/google.protobuf.rs");
+    }
 }
 
 use gossip::gossip_message::{Content, Tag};
