@@ -250,13 +250,34 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     ) -> Result<(), EventError> {
         match wire::decode_gossip_message(bytes, self.config.max_message_size) {
             Ok(message) => self.handle(now, Event::Response { from, message }),
-            Err(error) => {
-                // Still an input at `now`: due deadlines are processed.
-                let _ = self.handle(now, Event::Timeout);
-                self.stats.ignored.malformed += 1;
-                Err(ResponseError::Wire(error).into())
-            }
+            Err(error) => self.malformed(now, error),
         }
+    }
+
+    /// Decodes an `Envelope` received from `from` (what Fabric's gossip
+    /// stream carries; at most `max_message_size` bytes), takes the
+    /// `GossipMessage` out of it as [`wire::unwrap_envelope`] does and
+    /// handles it as [`Event::Response`]. Bytes that decode as neither are
+    /// counted in `ignored.malformed`.
+    pub fn handle_envelope_bytes(
+        &mut self,
+        now: Instant,
+        from: P,
+        bytes: Bytes,
+    ) -> Result<(), EventError> {
+        let max = self.config.max_message_size;
+        match wire::decode_envelope(bytes, max).and_then(|e| wire::unwrap_envelope(&e, max)) {
+            Ok(message) => self.handle(now, Event::Response { from, message }),
+            Err(error) => self.malformed(now, error),
+        }
+    }
+
+    /// Refuses bytes that did not decode.
+    fn malformed(&mut self, now: Instant, error: wire::WireError) -> Result<(), EventError> {
+        // Still an input at `now`: due deadlines are processed.
+        let _ = self.handle(now, Event::Timeout);
+        self.stats.ignored.malformed += 1;
+        Err(ResponseError::Wire(error).into())
     }
 
     /// The next output, if any.
