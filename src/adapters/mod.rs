@@ -175,6 +175,8 @@
 //! [`Future`]: std::future::Future
 //! [`wire::wrap_envelope`]: crate::wire::wrap_envelope
 
+#[cfg(any(feature = "tokio-net", feature = "smol-net"))]
+pub mod codec;
 mod driver;
 mod handle;
 mod host;
@@ -182,6 +184,8 @@ mod machine;
 mod runtime;
 #[cfg(feature = "smol")]
 pub mod smol;
+#[cfg(feature = "tokio-net")]
+pub mod tcp;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
