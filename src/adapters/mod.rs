@@ -149,7 +149,7 @@
 //!
 //! # Framing and transport
 //!
-//! Features `tokio-net` and `smol-net` add [`codec`]: frames of a
+//! Features `tokio-net` and `smol-net` add `codec`: frames of a
 //! big-endian `u32` length and an encoded Fabric `Envelope` (as
 //! [`wire::wrap_envelope`] makes it), for `tokio_util::codec` and for
 //! `asynchronous_codec` (futures-io, smol's ecosystem). `tokio-net` also
