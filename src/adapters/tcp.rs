@@ -20,6 +20,13 @@
 //! Use it between nodes that both run this crate, on a network you trust,
 //! until the gRPC transport (issue #12).
 //!
+//! The transport [reports connections](Transport::reports_connections): a
+//! request to a peer with no connection up (e.g. at start, before the
+//! first dial succeeds) is refused, and `RequesterHost` turns that into
+//! `PeerDisconnected`, so the requester moves on (with no one else holding
+//! the blocks, a `GiveUp` with `NoEligiblePeer`) and asks at once when the
+//! connection comes up, instead of waiting for the request's deadline.
+//!
 //! The transport's tasks live in a `JoinSet` the transport owns: dropping
 //! the last clone of the transport (usually: the host, handed back when the
 //! driver ends) aborts them and closes every connection. They hold only a
