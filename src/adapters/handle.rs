@@ -15,7 +15,9 @@ use super::{DriverStats, Machine, Runtime, SendError};
 /// reads later, a transport's tasks) hold a [`WeakDriverHandle`] instead.
 ///
 /// Reading takes the lock the driver holds during one wake-up: cheap, and
-/// never across an `await`.
+/// never across an `await`. So do not read through a handle of a driver
+/// from inside that driver's own host callbacks (`on_output`,
+/// `read_blocks`, …): the lock is held then, and the call would deadlock.
 pub struct DriverHandle<M: Machine, R: Runtime> {
     sender: R::Sender<Input<M>>,
     shared: Arc<Shared<M>>,

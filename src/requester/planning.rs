@@ -23,12 +23,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         if target > self.buffer.next() {
             self.stats.rounds += 1;
             self.round_end = Some(target - 1);
-            emit!(
-                DEBUG,
-                height = self.buffer.next(),
-                end = target - 1,
-                "round started"
-            );
+            emit!(DEBUG, end = target - 1, "round started");
         } else {
             self.next_round_at = now.checked_add(self.config.check_interval);
         }
@@ -52,13 +47,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
 
     pub(super) fn give_up(&mut self, now: Instant, range: SeqRange, reason: GiveUpReason) {
         self.stats.give_ups += 1;
-        emit!(
-            INFO,
-            start = range.start(),
-            end = range.end(),
-            ?reason,
-            "range given up"
-        );
+        emit!(INFO, %range, ?reason, "range given up");
         self.actions.push_back(Action::GiveUp { range, reason });
         self.end_round(now);
     }
@@ -332,7 +321,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             request.range.end(),
         );
         let deadline = now.checked_add(peer.timeout(&self.config));
-        emit!(DEBUG, peer = ?to, start = request.range.start(), end = request.range.end(), nonce, ?kind, "request sent");
+        emit!(DEBUG, peer = ?to, range = %request.range, nonce, ?kind, "request sent");
         self.requests.push_attempt(
             id,
             Attempt {
