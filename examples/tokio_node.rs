@@ -1,152 +1,40 @@
-//! A requester and a responder on real loopback TCP, each run by the tokio
-//! adapter: the requester starts with block 0 and catches up from the
-//! responder, then both shut down and the run prints blocks/s.
-//!
-//! Frames are a 4-byte big-endian length followed by an encoded
-//! `gossip.Envelope` ([`wire::wrap_envelope`], as Fabric's `NoopSign`).
+//! A requester and a responder on real loopback TCP in one process, each
+//! run by the tokio adapter over the shipped transport
+//! ([`adapters::tcp`](antientropy::adapters::tcp), framing from
+//! [`adapters::codec`](antientropy::adapters::codec)): the requester starts
+//! with block 0 and catches up from the responder, then both shut down and
+//! the run prints blocks/s.
 //!
 //! ```text
-//! cargo run --example tokio_node --features tokio [-- BLOCKS [BLOCK_BYTES]]
+//! cargo run --release --example tokio_node --features tokio-net [-- BLOCKS [BLOCK_BYTES]]
 //! ```
 //!
 //! Defaults: 10 000 blocks of 4 KiB. The run is bounded: it stops with an
 //! error if the catch-up takes longer than 60 s.
 
 use std::error::Error;
-use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use antientropy::adapters::tokio::Tokio;
-use antientropy::adapters::{
-    self, BlockStore, Ledger, RequesterHost, ResponderHost, Runtime, SendError, Transport, Verdict,
-};
+use antientropy::adapters::tcp::TcpTransport;
+use antientropy::adapters::tokio::{self as rt, Tokio};
+use antientropy::adapters::{BlockStore, Ledger, RequesterHost, ResponderHost, Runtime, Verdict};
 use antientropy::wire::common::{Block, BlockData, BlockHeader, BlockMetadata};
-use antientropy::wire::gossip::{GossipMessage, Payload};
+use antientropy::wire::gossip::Payload;
 use antientropy::{
-    payload_size, wire, AntiEntropy, Config, Event, Origin, PeerState, ResponderEvent, SeqRange,
-    StateResponder, Ticket,
+    payload_size, wire, AntiEntropy, Config, Event, Origin, PeerState, SeqRange, StateResponder,
+    Ticket,
 };
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-type Id = &'static str;
-const REQUESTER: Id = "requester";
-const RESPONDER: Id = "responder";
+type Id = SocketAddr;
 const CHANNEL: &str = "mychannel";
 /// Inputs queued for a machine; a full inbox stops the socket reader.
 const INBOX: usize = 1024;
-/// Messages queued for a connection's writer; beyond that they are dropped.
-const OUTBOX: usize = 1024;
 const LIMIT: Duration = Duration::from_secs(60);
-
-// --- framing ---------------------------------------------------------------------------
-
-/// Reads frames until the peer closes, handing each message to `inbox`
-/// (awaiting room: a full inbox pauses reading, and TCP slows the peer).
-async fn read_frames<I>(
-    read: OwnedReadHalf,
-    from: Id,
-    inbox: mpsc::Sender<I>,
-    wrap: fn(Id, GossipMessage) -> I,
-    closed: Option<I>,
-) -> io::Result<()> {
-    let result = read_until_closed(read, from, &inbox, wrap).await;
-    // The connection is gone, cleanly or not: tell the machine at once, so
-    // its requests to this peer move elsewhere instead of timing out.
-    if let Some(event) = closed {
-        let _ = inbox.send(event).await;
-    }
-    result
-}
-
-async fn read_until_closed<I>(
-    read: OwnedReadHalf,
-    from: Id,
-    inbox: &mpsc::Sender<I>,
-    wrap: fn(Id, GossipMessage) -> I,
-) -> io::Result<()> {
-    let max = wire::DEFAULT_MAX_MESSAGE_SIZE;
-    let mut read = BufReader::with_capacity(256 * 1024, read);
-    loop {
-        let len = match read.read_u32().await {
-            Ok(len) => len as usize,
-            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(error) => return Err(error),
-        };
-        if len > max {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "frame too large",
-            ));
-        }
-        let mut frame = BytesMut::zeroed(len);
-        read.read_exact(&mut frame).await?;
-        let message = wire::decode_envelope(frame.freeze(), max)
-            .and_then(|envelope| wire::unwrap_envelope(&envelope, max))
-            .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
-        if inbox.send(wrap(from, message)).await.is_err() {
-            return Ok(()); // the machine's driver is gone
-        }
-    }
-}
-
-/// A connection's writer task: frames what the transport queued, batching
-/// what is already waiting into one write. Ends (closing the socket's
-/// sending side) once every sender of the queue is dropped.
-fn spawn_writer(
-    mut write: OwnedWriteHalf,
-) -> (mpsc::Sender<GossipMessage>, JoinHandle<io::Result<()>>) {
-    let (outbox, mut queue) = mpsc::channel::<GossipMessage>(OUTBOX);
-    let task = tokio::spawn(async move {
-        let mut buf = BytesMut::new();
-        while let Some(message) = queue.recv().await {
-            frame(&mut buf, &message);
-            while buf.len() < 1 << 20 {
-                match queue.try_recv() {
-                    Ok(message) => frame(&mut buf, &message),
-                    Err(_) => break,
-                }
-            }
-            write.write_all(&buf).await?;
-            buf.clear();
-        }
-        write.shutdown().await
-    });
-    (outbox, task)
-}
-
-fn frame(buf: &mut BytesMut, message: &GossipMessage) {
-    let envelope = wire::wrap_envelope(message);
-    let len = u32::try_from(envelope.encoded_len()).expect("a frame below 4 GiB");
-    buf.put_u32(len);
-    envelope.encode(buf).expect("the buffer grows");
-}
-
-/// The transport of a node with one connection: a full writer queue drops
-/// the message (the requester re-sends on its deadline).
-struct Connection {
-    peer: Id,
-    outbox: mpsc::Sender<GossipMessage>,
-}
-
-impl Transport<Id> for Connection {
-    fn send(&mut self, to: &Id, message: GossipMessage) -> Result<(), SendError> {
-        if *to != self.peer {
-            return Err(SendError::Closed);
-        }
-        self.outbox.try_send(message).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-        })
-    }
-}
-
-// --- the ledgers -------------------------------------------------------------------------
 
 /// The responder's ledger: blocks `0..height` of `block_bytes` each, made up
 /// front so that a read costs a reference count.
@@ -207,70 +95,22 @@ impl BlockStore<Id> for Store {
 }
 
 /// The requester's ledger: checks each block's number, commits it, and
-/// says when `target` is reached.
+/// publishes its height.
 struct Chain {
-    height: u64,
     bytes: u64,
-    target: u64,
-    done: Option<oneshot::Sender<()>>,
+    height: watch::Sender<u64>,
 }
 
 impl Ledger<Id> for Chain {
     fn add_payload(&mut self, payload: Payload, _: Origin<Id>) -> Verdict {
-        if payload.seq_num != self.height || wire::block_number(&payload.data) != Ok(self.height) {
+        let height = *self.height.borrow();
+        if payload.seq_num != height || wire::block_number(&payload.data) != Ok(height) {
             return Verdict::Rejected;
         }
-        self.height += 1;
         self.bytes += payload_size(&payload) as u64;
-        if self.height == self.target {
-            if let Some(done) = self.done.take() {
-                let _ = done.send(());
-            }
-        }
+        self.height.send_replace(height + 1);
         Verdict::Committed
     }
-}
-
-// --- the nodes ---------------------------------------------------------------------------
-
-/// The serving node: accepts one connection and answers it until it closes.
-async fn responder_node(
-    listener: TcpListener,
-    height: u64,
-    block_bytes: usize,
-) -> Result<antientropy::ResponderStats, Box<dyn Error + Send + Sync>> {
-    let store = Store::new(height, block_bytes);
-    let (stream, _) = listener.accept().await?;
-    stream.set_nodelay(true)?;
-    let (read, write) = stream.into_split();
-    let (outbox, writer) = spawn_writer(write);
-
-    // The defaults fit together: a default responder never refuses a
-    // default requester, however fast the link.
-    let responder = StateResponder::new(Config::default(), CHANNEL.into(), height)?;
-    let host = ResponderHost::new(
-        Connection {
-            peer: REQUESTER,
-            outbox,
-        },
-        store,
-    );
-    let (inbox, mut driver) = adapters::tokio::driver(responder, host, INBOX);
-    let reader = tokio::spawn(read_frames(
-        read,
-        REQUESTER,
-        inbox,
-        |from, message| ResponderEvent::Request { from, message },
-        // Nothing queued or being read for it is sent once it is gone.
-        Some(ResponderEvent::PeerDisconnected { peer: REQUESTER }),
-    ));
-    // Ends once the reader saw the requester close and dropped the inbox.
-    (&mut driver).await;
-    reader.await??;
-    let (responder, host) = driver.into_parts();
-    drop(host); // the last sender of the writer's queue: it closes the socket
-    writer.await??;
-    Ok(responder.stats())
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -280,71 +120,62 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     let block_bytes: usize = args.next().map_or(Ok(4096), |a| a.parse())?;
     let height = blocks + 1; // block 0 is the genesis block both hold
 
+    // The serving node. The defaults fit together: a default responder
+    // never refuses a default requester, however fast the link.
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     println!("responder on {address}: {blocks} blocks of {block_bytes} bytes");
-    let responder = tokio::spawn(responder_node(listener, height, block_bytes));
+    let responder = StateResponder::new(Config::default(), CHANNEL.into(), height)?;
+    let served_by = TcpTransport::default();
+    let store = Store::new(height, block_bytes);
+    let host = ResponderHost::new(served_by.clone(), store);
+    let (responder, driver) = rt::driver(responder, host, INBOX);
+    let responder_task = tokio::spawn(driver);
+    served_by.listen(listener, |peer| peer, responder.downgrade());
 
-    let stream = TcpStream::connect(address).await?;
-    stream.set_nodelay(true)?;
-    let (read, write) = stream.into_split();
-    let (outbox, writer) = spawn_writer(write);
-    let (done, mut caught_up) = oneshot::channel();
+    // The catching-up node.
+    let (height_tx, mut caught_up) = watch::channel(1);
     let chain = Chain {
-        height: 1,
         bytes: 0,
-        target: height,
-        done: Some(done),
+        height: height_tx,
     };
     let start = Tokio::now();
     let requester = AntiEntropy::new(Config::default(), CHANNEL.into(), 1, 7, start)?;
-    let host = RequesterHost::new(
-        Connection {
-            peer: RESPONDER,
-            outbox,
-        },
-        chain,
+    let fetched_by = TcpTransport::default();
+    let (requester, driver) = rt::driver(
+        requester,
+        RequesterHost::new(fetched_by.clone(), chain),
+        INBOX,
     );
-    let (inbox, mut driver) = adapters::tokio::driver(requester, host, INBOX);
+    let requester_task = tokio::spawn(driver);
+    fetched_by.dial(address, address, requester.downgrade());
     // What the gossip layer would learn from the responder's StateInfo.
-    inbox
-        .send(Event::Membership(vec![PeerState::new(RESPONDER, height)]))
+    requester
+        .send(Event::Membership(vec![PeerState::new(address, height)]))
         .await?;
-    // The connection is up: a host sends this on every (re)connection.
-    inbox.send(Event::PeerConnected { peer: RESPONDER }).await?;
-    let reader = tokio::spawn(read_frames(
-        read,
-        RESPONDER,
-        inbox,
-        |from, message| Event::Response { from, message },
-        Some(Event::PeerDisconnected { peer: RESPONDER }),
-    ));
 
-    tokio::select! {
-        _ = &mut driver => return Err("the requester's inbox closed early".into()),
-        _ = &mut caught_up => {}
-        _ = tokio::time::sleep(LIMIT) => return Err(format!("no catch-up within {LIMIT:?}").into()),
-    }
+    let done = caught_up.wait_for(|&committed| committed == height);
+    tokio::time::timeout(LIMIT, done)
+        .await
+        .map_err(|_| format!("no catch-up within {LIMIT:?}"))??;
     let elapsed = Tokio::now() - start;
 
-    // Shut down: dropping the requester's transport closes its socket side;
-    // the responder sees it, ends, and closes the other side.
-    let driver_stats = driver.stats().clone();
-    let (requester, host) = driver.into_parts();
+    // Shut down: each driver hands its machine and host back.
+    let driver_stats = requester.driver_stats().unwrap_or_default();
+    requester.shutdown().await?;
+    let (requester, host) = requester_task.await?;
+    responder.shutdown().await?;
+    let (served, _) = responder_task.await?;
+    let (stats, served) = (requester.stats(), served.stats());
     let chain = host.ledger;
-    drop(host.transport);
-    writer.await??;
-    let served = responder.await??;
-    reader.await??;
 
-    let stats = requester.stats();
     let secs = elapsed.as_secs_f64();
     println!(
         "caught up {} blocks ({:.1} MB) in {:.3} s: {:.0} blocks/s, {:.1} MB/s",
-        chain.height - 1,
+        blocks,
         chain.bytes as f64 / 1e6,
         secs,
-        (chain.height - 1) as f64 / secs,
+        blocks as f64 / secs,
         chain.bytes as f64 / 1e6 / secs,
     );
     println!(
@@ -367,7 +198,7 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
         served.refused(),
         served.rate_limited,
     );
-    if chain.height != height {
+    if requester.committed() != height {
         return Err("the catch-up is incomplete".into());
     }
     Ok(())

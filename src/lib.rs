@@ -77,6 +77,10 @@
 
 /// Runtime adapters (features `tokio`, `smol`): drive either machine on an
 /// async runtime, with the clock, the timer and the channels it supplies.
+// First: its macro is used by the modules below.
+#[macro_use]
+mod trace;
+
 #[cfg(any(feature = "tokio", feature = "smol"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "tokio", feature = "smol"))))]
 pub mod adapters;

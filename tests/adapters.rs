@@ -2,22 +2,26 @@
 //! talk over in-process channels (each message through the wire format),
 //! until the requester has caught up 500 blocks: under tokio in virtual time,
 //! under smol in real time. The scenarios are written once, generic over the
-//! runtime; only the channel and the test's own timer differ.
+//! runtime; only the delivery of a message and the test's own timer differ.
+//! Then the driver's handle: stats, shutdown, raw bytes, refusals naming the
+//! peer, weak handles.
 #![cfg(any(feature = "tokio", feature = "smol"))]
 
 mod common;
 
+use std::error::Error;
 use std::future::poll_fn;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
 use antientropy::adapters::{
-    BlockStore, Driver, DriverStats, Host, Ledger, Machine, RequesterHost, ResponderHost, Runtime,
-    SendError, Transport, Verdict,
+    inbox, BlockStore, Driver, DriverStats, Host, Ledger, Machine, RequesterHost, ResponderHost,
+    Runtime, SendError, Transport, Verdict, WeakDriverHandle,
 };
 use antientropy::wire::gossip::{GossipMessage, Payload};
 use antientropy::{
-    payload_size, wire, AntiEntropy, Config, Event, GiveUpReason, Origin, PeerState,
+    payload_size, wire, AntiEntropy, Config, Event, GiveUpReason, Origin, PeerState, PeerStats,
     ResponderEvent, ResponderStats, SeqRange, StateResponder, Stats, Ticket,
 };
 use prost::Message;
@@ -31,83 +35,82 @@ const INBOX: usize = 256;
 
 // --- what differs between runtimes ------------------------------------------------
 
-/// The runtime-specific part of the tests: the sending side of the
-/// adapter's channel, and how a message crosses the in-process "network".
+/// The runtime-specific part of the tests: how a message crosses the
+/// in-process "network" into the other driver's inbox.
 trait TestRuntime: Runtime + Sized {
-    type Tx<T: Send + 'static>: Clone;
-
-    fn channel<T: Send + 'static>(capacity: usize) -> (Self::Tx<T>, Self::Receiver<T>);
     /// Sends without blocking; after `latency` where the runtime can (tokio).
-    fn try_send<T: Send + 'static>(
-        tx: &Self::Tx<T>,
-        value: T,
+    fn deliver<M>(
+        to: &WeakDriverHandle<M, Self>,
+        input: M::Input,
         latency: Duration,
-    ) -> Result<(), SendError>;
+    ) -> Result<(), SendError>
+    where
+        M: Machine + Send + 'static,
+        M::Input: Send + 'static,
+        M::Peer: Send + 'static;
 }
 
 #[cfg(feature = "tokio")]
 impl TestRuntime for antientropy::adapters::tokio::Tokio {
-    type Tx<T: Send + 'static> = tokio::sync::mpsc::Sender<T>;
-
-    fn channel<T: Send + 'static>(capacity: usize) -> (Self::Tx<T>, Self::Receiver<T>) {
-        antientropy::adapters::tokio::channel(capacity)
-    }
-
-    fn try_send<T: Send + 'static>(
-        tx: &Self::Tx<T>,
-        value: T,
+    fn deliver<M>(
+        to: &WeakDriverHandle<M, Self>,
+        input: M::Input,
         latency: Duration,
-    ) -> Result<(), SendError> {
-        use tokio::sync::mpsc::error::TrySendError;
+    ) -> Result<(), SendError>
+    where
+        M: Machine + Send + 'static,
+        M::Input: Send + 'static,
+        M::Peer: Send + 'static,
+    {
         if !latency.is_zero() {
             // A link with a delay: virtual under paused time.
-            let tx = tx.clone();
+            let to = to.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(latency).await;
-                let _ = tx.try_send(value);
+                let _ = to.try_send(input);
             });
             return Ok(());
         }
-        tx.try_send(value).map_err(|error| match error {
-            TrySendError::Full(_) => SendError::Full,
-            TrySendError::Closed(_) => SendError::Closed,
-        })
+        to.try_send(input)
     }
 }
 
 #[cfg(feature = "smol")]
 impl TestRuntime for antientropy::adapters::smol::Smol {
-    type Tx<T: Send + 'static> = async_channel::Sender<T>;
-
-    fn channel<T: Send + 'static>(capacity: usize) -> (Self::Tx<T>, Self::Receiver<T>) {
-        antientropy::adapters::smol::channel(capacity)
-    }
-
-    fn try_send<T: Send + 'static>(
-        tx: &Self::Tx<T>,
-        value: T,
+    fn deliver<M>(
+        to: &WeakDriverHandle<M, Self>,
+        input: M::Input,
         _latency: Duration,
-    ) -> Result<(), SendError> {
-        tx.try_send(value).map_err(|error| match error {
-            async_channel::TrySendError::Full(_) => SendError::Full,
-            async_channel::TrySendError::Closed(_) => SendError::Closed,
-        })
+    ) -> Result<(), SendError>
+    where
+        M: Machine + Send + 'static,
+        M::Input: Send + 'static,
+        M::Peer: Send + 'static,
+    {
+        to.try_send(input)
     }
 }
 
 // --- the hosts ---------------------------------------------------------------------
 
 /// A one-peer link: every message is wrapped in an `Envelope`, encoded,
-/// decoded and unwrapped, then put in the other machine's inbox.
-struct Link<R: TestRuntime, T: Send + 'static> {
+/// decoded and unwrapped, then put in the other machine's inbox through a
+/// weak handle (a link must not keep the other driver alive).
+struct Link<R: TestRuntime, M: Machine> {
     from: Id,
     to: Id,
-    tx: R::Tx<T>,
-    wrap: fn(Id, GossipMessage) -> T,
+    driver: WeakDriverHandle<M, R>,
+    wrap: fn(Id, GossipMessage) -> M::Input,
     latency: Duration,
 }
 
-impl<R: TestRuntime, T: Send + 'static> Transport<Id> for Link<R, T> {
+impl<R, M> Transport<Id> for Link<R, M>
+where
+    R: TestRuntime,
+    M: Machine + Send + 'static,
+    M::Input: Send + 'static,
+    M::Peer: Send + 'static,
+{
     fn send(&mut self, to: &Id, message: GossipMessage) -> Result<(), SendError> {
         if *to != self.to {
             return Err(SendError::Closed);
@@ -117,7 +120,7 @@ impl<R: TestRuntime, T: Send + 'static> Transport<Id> for Link<R, T> {
             .expect("an envelope");
         let message = wire::unwrap_envelope(&envelope, wire::DEFAULT_MAX_MESSAGE_SIZE)
             .expect("a gossip message");
-        R::try_send(&self.tx, (self.wrap)(self.from, message), self.latency)
+        R::deliver(&self.driver, (self.wrap)(self.from, message), self.latency)
     }
 }
 
@@ -127,6 +130,24 @@ struct Void;
 impl Transport<Id> for Void {
     fn send(&mut self, _: &Id, _: GossipMessage) -> Result<(), SendError> {
         Ok(())
+    }
+}
+
+/// Records what it sends and every refusal the host forwards, by peer.
+#[derive(Default)]
+struct Recording {
+    sent: Vec<(Id, GossipMessage)>,
+    refused: Vec<(Id, String)>,
+}
+
+impl Transport<Id> for Recording {
+    fn send(&mut self, to: &Id, message: GossipMessage) -> Result<(), SendError> {
+        self.sent.push((*to, message));
+        Ok(())
+    }
+
+    fn refused(&mut self, peer: &Id, error: &(dyn Error + 'static)) {
+        self.refused.push((*peer, error.to_string()));
     }
 }
 
@@ -195,8 +216,8 @@ impl BlockStore<Id> for Store {
     }
 }
 
-type ReqHost<R> = RequesterHost<Link<R, ResponderEvent<Id>>, Chain>;
-type RespHost<R> = ResponderHost<Link<R, Event<Id>>, Store>;
+type ReqHost<R> = RequesterHost<Link<R, StateResponder<Id>>, Chain>;
+type RespHost<R> = ResponderHost<Link<R, AntiEntropy<Id>>, Store>;
 type ReqDriver<R> = Driver<AntiEntropy<Id>, ReqHost<R>, R>;
 type RespDriver<R> = Driver<StateResponder<Id>, RespHost<R>, R>;
 
@@ -233,7 +254,8 @@ async fn drive_until<R, M1, H1, M2, H2>(
 #[derive(Debug, PartialEq)]
 struct Outcome {
     elapsed: Duration,
-    requester: Stats<Id>,
+    requester: Stats,
+    responder_peer: PeerStats,
     responder: ResponderStats,
     requester_driver: DriverStats,
     responder_driver: DriverStats,
@@ -251,14 +273,15 @@ async fn catch_up_rejecting<R: TestRuntime>(
     reject: Option<u64>,
 ) -> Outcome {
     let start = R::now();
-    let (req_tx, req_rx) = R::channel::<Event<Id>>(INBOX);
-    let (resp_tx, resp_rx) = R::channel::<ResponderEvent<Id>>(INBOX);
+    // The inboxes first: each host links to the other driver.
+    let (req_handle, req_inbox) = inbox::<AntiEntropy<Id>, R>(INBOX);
+    let (resp_handle, resp_inbox) = inbox::<StateResponder<Id>, R>(INBOX);
 
     let requester = AntiEntropy::new(Config::default(), common::channel(), 1, seed, start).unwrap();
     let to_responder = Link::<R, _> {
         from: REQUESTER,
         to: RESPONDER,
-        tx: resp_tx.clone(),
+        driver: resp_handle.downgrade(),
         wrap: |from, message| ResponderEvent::Request { from, message },
         latency,
     };
@@ -267,32 +290,35 @@ async fn catch_up_rejecting<R: TestRuntime>(
         reject_once: reject,
         ..Chain::default()
     };
-    let mut req: ReqDriver<R> =
-        Driver::new(requester, RequesterHost::new(to_responder, chain), req_rx);
+    let mut req: ReqDriver<R> = Driver::new(
+        requester,
+        RequesterHost::new(to_responder, chain),
+        req_inbox,
+    );
 
     let responder = StateResponder::new(Config::default(), common::channel(), HEIGHT).unwrap();
     let to_requester = Link::<R, _> {
         from: RESPONDER,
         to: REQUESTER,
-        tx: req_tx.clone(),
+        driver: req_handle.downgrade(),
         wrap: |from, message| Event::Response { from, message },
         latency,
     };
     let store = Store { height: HEIGHT };
-    let mut resp: RespDriver<R> =
-        Driver::new(responder, ResponderHost::new(to_requester, store), resp_rx);
+    let mut resp: RespDriver<R> = Driver::new(
+        responder,
+        ResponderHost::new(to_requester, store),
+        resp_inbox,
+    );
 
     // The host's membership view: the one peer, ahead of us.
-    R::try_send(
-        &req_tx,
-        Event::Membership(vec![PeerState::new(RESPONDER, HEIGHT)]),
-        Duration::ZERO,
-    )
-    .unwrap();
+    req_handle
+        .try_send(Event::Membership(vec![PeerState::new(RESPONDER, HEIGHT)]))
+        .unwrap();
 
     drive_until(&mut req, &mut resp, Duration::from_secs(30), |req| {
         // Committed by the host and acknowledged to the machine.
-        req.machine().stats().committed == HEIGHT
+        req.with_machine(|m| m.stats().committed) == HEIGHT
     })
     .await;
 
@@ -312,7 +338,9 @@ async fn catch_up_rejecting<R: TestRuntime>(
     assert_eq!(req.host().dropped_sends, 0);
     assert_eq!(resp.host().dropped_sends, 0);
 
-    let requester = req.machine().stats();
+    // The handles read what the drivers hold.
+    let requester = req_handle.stats().unwrap();
+    assert_eq!(requester, req.with_machine(|m| m.stats()));
     // The rejected block was handed over twice.
     assert_eq!(
         requester.delivered,
@@ -320,7 +348,7 @@ async fn catch_up_rejecting<R: TestRuntime>(
     );
     assert_eq!(requester.committed, HEIGHT);
     assert_eq!(requester.timeouts, 0);
-    let responder = resp.machine().stats();
+    let responder = resp_handle.stats().unwrap();
     assert!(responder.blocks_served >= HEIGHT - 1);
     assert_eq!(responder.refused(), 0);
     // Every verdict (commits and the rejection) came back as feedback.
@@ -328,6 +356,7 @@ async fn catch_up_rejecting<R: TestRuntime>(
         req.stats().feedback,
         HEIGHT - 1 + u64::from(reject.is_some())
     );
+    assert_eq!(req_handle.driver_stats(), Some(req.stats()));
     assert_eq!(req.stats().refused, 0);
     assert_eq!(resp.stats().refused, 0);
     println!(
@@ -339,9 +368,10 @@ async fn catch_up_rejecting<R: TestRuntime>(
     Outcome {
         elapsed,
         requester,
+        responder_peer: req.with_machine(|m| m.peer_stats(&RESPONDER)).unwrap(),
         responder,
-        requester_driver: req.stats().clone(),
-        responder_driver: resp.stats().clone(),
+        requester_driver: req.stats(),
+        responder_driver: resp.stats(),
     }
 }
 
@@ -352,19 +382,17 @@ async fn silent_peer<R: TestRuntime>(
     limit: Duration,
 ) -> (Duration, DriverStats, Vec<(SeqRange, GiveUpReason)>) {
     let start = R::now();
-    let (req_tx, req_rx) = R::channel::<Event<Id>>(INBOX);
+    let (handle, req_inbox) = inbox::<AntiEntropy<Id>, R>(INBOX);
     let requester = AntiEntropy::new(config, common::channel(), 1, 3, start).unwrap();
     let chain = Chain {
         height: 1,
         ..Chain::default()
     };
-    let mut req: Driver<_, _, R> = Driver::new(requester, RequesterHost::new(Void, chain), req_rx);
-    R::try_send(
-        &req_tx,
-        Event::Membership(vec![PeerState::new("silent", HEIGHT)]),
-        Duration::ZERO,
-    )
-    .unwrap();
+    let mut req: Driver<_, _, R> =
+        Driver::new(requester, RequesterHost::new(Void, chain), req_inbox);
+    handle
+        .try_send(Event::Membership(vec![PeerState::new("silent", HEIGHT)]))
+        .unwrap();
 
     let mut guard = R::timer();
     R::reset(&mut guard, start + limit);
@@ -379,54 +407,44 @@ async fn silent_peer<R: TestRuntime>(
     .await;
 
     let elapsed = R::now() - start;
-    let stats = req.stats().clone();
-    assert!(req.machine().stats().timeouts > 0);
+    let stats = req.stats();
+    assert!(req.with_machine(|m| m.stats().timeouts) > 0);
     assert!(stats.timeouts > 0, "{stats:?}");
     // The timer is re-armed only when the deadline changed, and the
     // deadline changes only when the machine handled something.
     let steps = stats.inputs + stats.feedback + stats.timeouts;
     assert!(stats.timer_resets <= steps + 1, "{stats:?}");
-    drop(req_tx);
+    drop(handle);
     let (_, host) = req.into_parts();
     (elapsed, stats, host.ledger.give_ups)
 }
 
 /// A responder fed more requests than its budget: the driver yields between
-/// batches, answers all of them, and ends once the inbox is closed.
+/// batches, answers all of them in order, and ends once its last handle is
+/// dropped.
 async fn budget_and_close<R: TestRuntime>() {
     const REQUESTS: u64 = 20;
-    let (req_tx, req_rx) = R::channel::<Event<Id>>(INBOX);
-    let (resp_tx, resp_rx) = R::channel::<ResponderEvent<Id>>(INBOX);
+    let (handle, resp_inbox) = inbox::<StateResponder<Id>, R>(INBOX);
     let responder = StateResponder::new(Config::default(), common::channel(), HEIGHT).unwrap();
-    let link = Link::<R, _> {
-        from: RESPONDER,
-        to: REQUESTER,
-        tx: req_tx,
-        wrap: |from, message| Event::Response { from, message },
-        latency: Duration::ZERO,
-    };
     let mut driver: Driver<_, _, R> = Driver::new(
         responder,
-        ResponderHost::new(link, Store { height: HEIGHT }),
-        resp_rx,
+        ResponderHost::new(Recording::default(), Store { height: HEIGHT }),
+        resp_inbox,
     )
     .with_budget(4);
     for nonce in 0..REQUESTS {
         let message = wire::state_request(nonce, common::channel(), nonce, nonce + 5);
-        R::try_send(
-            &resp_tx,
-            ResponderEvent::Request {
+        handle
+            .try_send(ResponderEvent::Request {
                 from: REQUESTER,
                 message,
-            },
-            Duration::ZERO,
-        )
-        .unwrap();
+            })
+            .unwrap();
     }
-    drop(resp_tx);
+    drop(handle);
     poll_fn(|cx| driver.poll_drive(cx)).await;
 
-    let stats = driver.stats().clone();
+    let stats = driver.stats();
     assert_eq!(stats.inputs, REQUESTS);
     // Each request's read came back as feedback, handled in the same step
     // (outside the budget, which counts inbox inputs).
@@ -436,20 +454,135 @@ async fn budget_and_close<R: TestRuntime>() {
     let (responder, host) = driver.into_parts();
     assert_eq!(responder.stats().responses, REQUESTS);
     assert_eq!(host.dropped_sends, 0);
-    // The responses are in the requester's inbox, in order.
-    drop(host);
-    let mut inbox = req_rx;
-    let mut nonces = Vec::new();
-    poll_fn(|cx| loop {
-        match R::poll_recv(&mut inbox, cx) {
-            Poll::Ready(Some(Event::Response { message, .. })) => nonces.push(message.nonce),
-            Poll::Ready(Some(other)) => panic!("{other:?}"),
-            Poll::Ready(None) => return Poll::Ready(()),
-            Poll::Pending => return Poll::Pending,
-        }
+    let nonces: Vec<u64> = host.transport.sent.iter().map(|(_, m)| m.nonce).collect();
+    assert_eq!(nonces, (0..REQUESTS).collect::<Vec<_>>());
+}
+
+/// Bytes from peers through the handle: garbage reaches the machine's
+/// `malformed` counter, and every refusal reaches the host with the peer
+/// that sent it; a valid envelope is handled like the message in it.
+async fn raw_bytes_and_refusals<R: TestRuntime>() {
+    let garbage = bytes::Bytes::from_static(b"\x0a\xff\xff\xff\xff\x0f");
+    let envelope = |message: GossipMessage| wire::wrap_envelope(&message).encode_to_vec().into();
+
+    // The requester: garbage from mallory, a response nobody asked for
+    // from eve.
+    let (handle, req_inbox) = inbox::<AntiEntropy<Id>, R>(INBOX);
+    let requester = AntiEntropy::new(Config::default(), common::channel(), 1, 1, R::now()).unwrap();
+    let mut req: Driver<_, _, R> = Driver::new(
+        requester,
+        RequesterHost::new(Recording::default(), Chain::default()),
+        req_inbox,
+    );
+    handle.try_send_bytes("mallory", garbage.clone()).unwrap();
+    let stray = wire::state_response(99, common::channel(), vec![common::payload(1)]);
+    handle.try_send_bytes("eve", envelope(stray)).unwrap();
+    drop(handle);
+    poll_fn(|cx| req.poll_drive(cx)).await;
+    assert_eq!(req.stats().bytes_inputs, 2);
+    assert_eq!(req.stats().refused, 2);
+    let (requester, host) = req.into_parts();
+    assert_eq!(requester.stats().ignored.malformed, 1);
+    assert_eq!(requester.stats().ignored.unknown_nonce, 1);
+    let refused: Vec<Id> = host
+        .transport
+        .refused
+        .iter()
+        .map(|(peer, _)| *peer)
+        .collect();
+    assert_eq!(refused, ["mallory", "eve"], "{:?}", host.transport.refused);
+    assert!(host.transport.refused[1].1.contains("nonce 99"));
+
+    // The responder: garbage from mallory, a request from alice.
+    let (handle, resp_inbox) = inbox::<StateResponder<Id>, R>(INBOX);
+    let responder = StateResponder::new(Config::default(), common::channel(), HEIGHT).unwrap();
+    let mut resp: Driver<_, _, R> = Driver::new(
+        responder,
+        ResponderHost::new(Recording::default(), Store { height: HEIGHT }),
+        resp_inbox,
+    );
+    handle.try_send_bytes("mallory", garbage).unwrap();
+    let request = wire::state_request(5, common::channel(), 1, 3);
+    handle.try_send_bytes("alice", envelope(request)).unwrap();
+    drop(handle);
+    poll_fn(|cx| resp.poll_drive(cx)).await;
+    let (responder, host) = resp.into_parts();
+    assert_eq!(responder.stats().malformed, 1);
+    assert_eq!(responder.stats().responses, 1);
+    assert_eq!(host.transport.refused.len(), 1);
+    assert_eq!(host.transport.refused[0].0, "mallory");
+    assert!(host.transport.refused[0].1.starts_with("malformed"));
+    assert_eq!(host.transport.sent.len(), 1);
+    assert_eq!(host.transport.sent[0].0, "alice");
+}
+
+/// Reads nothing at once; `pending` holds the reads to answer later, which
+/// it would answer through `driver`.
+struct Later<R: Runtime> {
+    driver: WeakDriverHandle<StateResponder<Id>, R>,
+    pending: Arc<Mutex<Vec<(Ticket, SeqRange)>>>,
+}
+
+impl<R: Runtime> BlockStore<Id> for Later<R> {
+    fn read_blocks(
+        &mut self,
+        ticket: Ticket,
+        _: &Id,
+        range: SeqRange,
+        _: usize,
+    ) -> Option<Vec<Payload>> {
+        self.pending.lock().unwrap().push((ticket, range));
+        None
+    }
+}
+
+/// A host that answers later holds a weak handle of its own driver: the
+/// driver still ends once the last strong handle is dropped, and a read
+/// completed through the weak handle before that is answered.
+async fn a_weak_handle_does_not_keep_the_driver_alive<R: TestRuntime>() {
+    let (handle, resp_inbox) = inbox::<StateResponder<Id>, R>(INBOX);
+    let pending = Arc::new(Mutex::new(Vec::new()));
+    let store = Later::<R> {
+        driver: handle.downgrade(),
+        pending: Arc::clone(&pending),
+    };
+    let weak = store.driver.clone();
+    let responder = StateResponder::new(Config::default(), common::channel(), HEIGHT).unwrap();
+    let mut driver: Driver<_, _, R> = Driver::new(
+        responder,
+        ResponderHost::new(Recording::default(), store),
+        resp_inbox,
+    );
+    let request = wire::state_request(1, common::channel(), 1, 2);
+    handle
+        .try_send(ResponderEvent::Request {
+            from: REQUESTER,
+            message: request,
+        })
+        .unwrap();
+    poll_fn(|cx| {
+        assert!(driver.poll_drive(cx).is_pending());
+        Poll::Ready(())
     })
     .await;
-    assert_eq!(nonces, (0..REQUESTS).collect::<Vec<_>>());
+    let (ticket, range) = pending.lock().unwrap().pop().expect("a read");
+    // The read completes later, through the weak handle.
+    let payloads = (range.start()..=range.end()).map(common::payload).collect();
+    weak.try_send(ResponderEvent::BlocksRead { ticket, payloads })
+        .unwrap();
+    assert_eq!(weak.stats().unwrap().responses, 0, "not handled yet");
+    drop(handle);
+    // Only weak handles are left (the host's and ours): the driver ends.
+    poll_fn(|cx| driver.poll_drive(cx)).await;
+    assert!(weak.upgrade().is_none());
+    assert_eq!(
+        weak.try_send(ResponderEvent::Height(1)),
+        Err(SendError::Closed)
+    );
+    let (responder, host) = driver.into_parts();
+    assert_eq!(responder.stats().responses, 1);
+    assert_eq!(host.transport.sent.len(), 1);
+    assert!(weak.stats().is_none(), "the machine was handed out");
 }
 
 // --- tokio: virtual time -------------------------------------------------------------
@@ -467,7 +600,7 @@ mod on_tokio {
         // adaptive deadlines follow the link's 50 ms round trip.
         assert!(outcome.elapsed >= 2 * latency, "{outcome:?}");
         assert!(outcome.elapsed < Duration::from_secs(2), "{outcome:?}");
-        let srtt = outcome.requester.peers[RESPONDER].srtt.unwrap();
+        let srtt = outcome.responder_peer.srtt.unwrap();
         assert!(srtt >= 2 * latency, "{srtt:?}");
     }
 
@@ -509,21 +642,67 @@ mod on_tokio {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn yields_at_the_budget_and_ends_when_the_inbox_closes() {
+    async fn yields_at_the_budget_and_ends_when_the_handles_are_dropped() {
         budget_and_close::<Tokio>().await;
     }
 
     #[tokio::test]
-    async fn the_driver_spawns_and_ends() {
-        let (tx, driver) = antientropy::adapters::tokio::driver(
+    async fn raw_bytes_are_counted_and_refusals_name_the_peer() {
+        raw_bytes_and_refusals::<Tokio>().await;
+    }
+
+    #[tokio::test]
+    async fn a_weak_handle_in_the_host_does_not_keep_the_driver_alive() {
+        a_weak_handle_does_not_keep_the_driver_alive::<Tokio>().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spawned_driver_is_read_through_its_handle_and_shut_down() {
+        let requester =
+            AntiEntropy::<Id>::new(Config::default(), common::channel(), 1, 5, Tokio::now())
+                .unwrap();
+        let host = RequesterHost::new(Recording::default(), Chain::default());
+        let (handle, driver) = antientropy::adapters::tokio::driver(requester, host, 8);
+        let task = tokio::spawn(driver);
+        handle
+            .send(Event::Membership(vec![PeerState::new("peer", 100)]))
+            .await
+            .unwrap();
+        // A handle kept elsewhere does not stop the shutdown.
+        let other = handle.clone();
+        while handle.stats().unwrap().requests == 0 {
+            tokio::task::yield_now().await;
+        }
+        let in_flight = handle
+            .with_machine(|m| m.peer_stats(&"peer").unwrap().in_flight)
+            .unwrap();
+        assert!(in_flight > 0);
+        let sent = handle.stats().unwrap().requests;
+        handle.shutdown().await.unwrap();
+        let (requester, host) = task.await.unwrap();
+        assert_eq!(requester.stats().requests, sent);
+        assert_eq!(host.transport.sent.len() as u64, sent);
+        // The driver has ended: its handles say so.
+        assert!(other.stats().is_none());
+        assert_eq!(other.send(Event::Tick).await, Err(SendError::Closed));
+        assert_eq!(other.shutdown().await, Err(SendError::Closed));
+    }
+
+    #[tokio::test]
+    async fn the_driver_spawns_and_ends_when_its_handles_are_dropped() {
+        let (handle, driver) = antientropy::adapters::tokio::driver(
             StateResponder::<Id>::new(Config::default(), common::channel(), HEIGHT).unwrap(),
             ResponderHost::new(Void, Store { height: HEIGHT }),
             4,
         );
         let task = tokio::spawn(driver);
-        tx.send(ResponderEvent::Height(HEIGHT + 1)).await.unwrap();
-        drop(tx);
-        task.await.unwrap();
+        handle
+            .send(ResponderEvent::Height(HEIGHT + 1))
+            .await
+            .unwrap();
+        drop(handle);
+        let (responder, _) = task.await.unwrap();
+        assert_eq!(responder.height(), HEIGHT + 1);
     }
 }
 
@@ -562,21 +741,37 @@ mod on_smol {
     }
 
     #[test]
-    fn yields_at_the_budget_and_ends_when_the_inbox_closes() {
+    fn yields_at_the_budget_and_ends_when_the_handles_are_dropped() {
         async_io::block_on(budget_and_close::<Smol>());
     }
 
     #[test]
-    fn the_driver_runs_on_a_plain_executor() {
-        let (tx, driver) = antientropy::adapters::smol::driver(
+    fn raw_bytes_are_counted_and_refusals_name_the_peer() {
+        async_io::block_on(raw_bytes_and_refusals::<Smol>());
+    }
+
+    #[test]
+    fn a_weak_handle_in_the_host_does_not_keep_the_driver_alive() {
+        async_io::block_on(a_weak_handle_does_not_keep_the_driver_alive::<Smol>());
+    }
+
+    #[test]
+    fn the_driver_runs_on_a_plain_executor_and_shuts_down() {
+        let (handle, driver) = antientropy::adapters::smol::driver(
             StateResponder::<Id>::new(Config::default(), common::channel(), HEIGHT).unwrap(),
             ResponderHost::new(Void, Store { height: HEIGHT }),
             4,
         );
-        async_io::block_on(async {
-            tx.send(ResponderEvent::Height(HEIGHT + 1)).await.unwrap();
-            drop(tx);
-            driver.await;
+        let (responder, _) = async_io::block_on(async {
+            handle
+                .send(ResponderEvent::Height(HEIGHT + 1))
+                .await
+                .unwrap();
+            // The handle stays alive: only the shutdown ends the driver.
+            handle.shutdown().await.unwrap();
+            driver.await
         });
+        assert_eq!(responder.height(), HEIGHT + 1);
+        assert!(handle.stats().is_none());
     }
 }

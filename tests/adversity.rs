@@ -295,8 +295,10 @@ fn padding_counts_against_the_peer() {
     );
     net.run_for(Duration::from_secs(60));
     assert_eq!(net.ae.height(), 2000);
-    let stats = net.ae.stats();
-    let (padder, honest) = (&stats.peers["padder"], &stats.peers["honest"]);
+    let (padder, honest) = (
+        net.ae.peer_stats(&"padder").unwrap(),
+        net.ae.peer_stats(&"honest").unwrap(),
+    );
     assert!(
         padder.blocks * 2 < honest.blocks,
         "padder served {} blocks, honest {}",

@@ -349,7 +349,7 @@ impl Net {
         self.caught_up_at.unwrap() - self.t0
     }
 
-    fn stats(&self) -> Stats<usize> {
+    fn stats(&self) -> Stats {
         self.requester.stats()
     }
 

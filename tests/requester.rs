@@ -231,9 +231,7 @@ fn fabric_with_one_request() -> (AntiEntropy<&'static str>, std::time::Instant, 
 }
 
 fn asked_peer(ae: &AntiEntropy<&'static str>) -> &'static str {
-    ae.stats()
-        .peers
-        .iter()
+    ae.peer_stats_iter()
         .find(|(_, p)| p.in_flight == 1)
         .map(|(id, _)| *id)
         .unwrap()
@@ -386,7 +384,7 @@ fn empty_response_counts_against_peer() {
     assert_eq!((resent[0].2, resent[0].3), (1, 11), "the same batch");
     assert_ne!(resent[0].1, nonce, "each send has its own nonce");
     let stats = ae.stats();
-    assert_eq!(stats.peers[asked].empty_responses, 1);
+    assert_eq!(ae.peer_stats(&asked).unwrap().empty_responses, 1);
     assert_eq!(stats.retries, 1);
     // Fabric quirk 6: duplicates of that stale answer (the network may
     // duplicate it) would each consume a try and trigger a re-send; here
@@ -505,7 +503,7 @@ fn rejected_block_is_refetched_from_another_peer() {
                 "seed {seed}"
             );
             let stats = ae.stats();
-            assert_eq!(stats.peers[bad].rejected_blocks, 1);
+            assert_eq!(ae.peer_stats(&bad).unwrap().rejected_blocks, 1);
             assert_eq!(stats.height, 3);
             ae.handle(
                 t0,
@@ -632,7 +630,7 @@ fn adaptive_window_starts_small_and_grows() {
     // `a_dispersed_first_flight_fills_the_pipe`).
     let second = sends(&actions);
     assert_eq!(second.len(), 17);
-    assert_eq!(ae.stats().peers[&0].in_flight, 17);
+    assert_eq!(ae.peer_stats(&0).unwrap().in_flight, 17);
 }
 
 // The first flight's answers come back to back from the peer's link: their
@@ -661,7 +659,7 @@ fn a_dispersed_first_flight_fills_the_pipe() {
     }
     drain(&mut ae);
     assert_eq!(
-        ae.stats().peers[&0].in_flight,
+        ae.peer_stats(&0).unwrap().in_flight,
         Config::default().max_in_flight_per_peer
     );
 }

@@ -29,11 +29,42 @@ use antientropy::wire::gossip::gossip_message::Tag;
 use antientropy::wire::gossip::{GossipMessage, Payload};
 use antientropy::{
     payload_size, wire, Action, AntiEntropy, Config, Event, EventError, GiveUpReason, Origin,
-    PeerState, ResponseError, Stats,
+    PeerState, PeerStats, ResponseError, Stats,
 };
 use common::*;
 use proptest::prelude::*;
 use proptest::sample::Index;
+
+/// The requester's counters and its per-peer records, as one value to
+/// compare before and after an input.
+#[derive(Debug, Clone, PartialEq)]
+struct Snapshot {
+    stats: Stats,
+    peers: BTreeMap<u8, PeerStats>,
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = Stats;
+    fn deref(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+impl std::ops::DerefMut for Snapshot {
+    fn deref_mut(&mut self) -> &mut Stats {
+        &mut self.stats
+    }
+}
+
+fn snapshot(ae: &AntiEntropy<u8>) -> Snapshot {
+    Snapshot {
+        stats: ae.stats(),
+        peers: ae
+            .peer_stats_iter()
+            .map(|(id, record)| (*id, record))
+            .collect(),
+    }
+}
 
 // --- payloads ------------------------------------------------------------------
 
@@ -523,7 +554,7 @@ impl Harness {
     /// as its `in_flight` (`before` the view) counted beyond those known to
     /// wait. If sends timed out during the event itself (before the view was
     /// applied), that count says nothing.
-    fn cancel_departed(&mut self, before: &Stats<u8>, timed_out_meanwhile: bool) {
+    fn cancel_departed(&mut self, before: &Snapshot, timed_out_meanwhile: bool) {
         let departed: BTreeSet<u8> = self
             .outstanding
             .values()
@@ -613,8 +644,8 @@ impl Harness {
     /// After an input: which sends still wait, from each peer's `in_flight`
     /// and timeouts. Checks that `in_flight` counts exactly the sends that
     /// may still wait (at least those known to).
-    fn settle(&mut self, before: &Stats<u8>) -> Result<(), String> {
-        let after = self.ae.stats();
+    fn settle(&mut self, before: &Snapshot) -> Result<(), String> {
+        let after = snapshot(&self.ae);
         let mut peers: BTreeSet<u8> = after.peers.keys().copied().collect();
         peers.extend(
             self.outstanding
@@ -685,7 +716,7 @@ impl Harness {
     ) -> Result<(), String> {
         self.now = self.now.max(at);
         self.log.push(brief_event(&event));
-        let before = self.ae.stats();
+        let before = snapshot(&self.ae);
         let membership = matches!(event, Event::Membership(_) | Event::PeerDisconnected { .. });
         let result = self.ae.handle(at, event);
         self.log.push(format!("  -> {result:?}"));
@@ -948,7 +979,7 @@ impl Harness {
     }
 
     fn check_state(&self) -> Result<(), String> {
-        let stats = self.ae.stats();
+        let stats = snapshot(&self.ae);
         let config = &self.config;
         check!(
             stats.height == self.frontier,
@@ -1376,7 +1407,7 @@ impl Harness {
                 .collect(),
             _ => Vec::new(),
         };
-        let before = self.ae.stats();
+        let before = snapshot(&self.ae);
         self.responses.push((from, message.clone()));
         self.handle_with(self.now, Event::Response { from, message }, |h, result| {
             let refused_as_duplicate =
@@ -1386,7 +1417,7 @@ impl Harness {
                 "response to {nonce} from {from}: {result:?}, expected {expected:?}{}",
                 if maybe_failed { " (or an unknown nonce)" } else { "" }
             );
-            let after = h.ae.stats();
+            let after = snapshot(&h.ae);
             let Ok(()) = result else {
                 // Refused: it costs nothing but its counter, and does nothing.
                 let mut want = before.clone();
@@ -1709,7 +1740,11 @@ fn regression_unusable_peer_keeps_its_in_flight_slot() {
         assert!(matches!(&actions[..], [Action::GiveUp { .. }]));
         let stats = ae.stats();
         assert_eq!(stats.in_flight, 0);
-        assert_eq!(stats.peers["a"].in_flight, 0, "{unusable:?}: slot leaked");
+        assert_eq!(
+            ae.peer_stats(&"a").unwrap().in_flight,
+            0,
+            "{unusable:?}: slot leaked"
+        );
         assert_eq!(stats.timeouts, 0, "{unusable:?}: blamed");
         // Back in the channel with its height: it must be asked again.
         ae.handle(t0, Event::Membership(vec![PeerState::new("a", 30)]))
@@ -1973,7 +2008,7 @@ fn regression_duplicate_peer_in_a_view_underflows_in_flight() {
     assert_eq!(sends(&drain(&mut ae)).len(), 1);
     let twice = vec![PeerState::new("a", 30), PeerState::new("a", 30)];
     ae.handle(t0, Event::Membership(twice)).unwrap();
-    assert_eq!(ae.stats().peers["a"].in_flight, 1);
+    assert_eq!(ae.peer_stats(&"a").unwrap().in_flight, 1);
     ae.handle(t0 + Duration::from_secs(3), Event::Timeout)
         .unwrap();
     assert_eq!(sends(&drain(&mut ae)).len(), 1, "retried");

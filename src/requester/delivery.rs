@@ -95,6 +95,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             }
             if let Some(peer) = self.peers.get_mut(&sender) {
                 peer.stats.rejected_blocks += 1;
+                emit!(DEBUG, peer = ?sender, seq, "block rejected by the host");
                 if first_time {
                     peer.unfixed_rejections += 1;
                 }

@@ -196,7 +196,16 @@ pub struct AntiEntropy<P> {
     /// only the window's mean (`window_bytes / window_blocks`).
     block_size_seen: bool,
     actions: VecDeque<Action<P>>,
-    stats: Stats<P>,
+    stats: Stats,
+}
+
+/// A peer's counters with its live gauges.
+fn peer_record(peer: &peers::Peer) -> PeerStats {
+    PeerStats {
+        in_flight: peer.in_flight,
+        srtt: peer.rtt.srtt(),
+        ..peer.stats
+    }
 }
 
 impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
@@ -304,13 +313,34 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     ) -> Result<(), EventError> {
         match wire::decode_gossip_message(bytes, self.config.max_message_size) {
             Ok(message) => self.handle(now, Event::Response { from, message }),
-            Err(error) => {
-                // Still an input at `now`: due deadlines are processed.
-                let _ = self.handle(now, Event::Timeout);
-                self.stats.ignored.malformed += 1;
-                Err(ResponseError::Wire(error).into())
-            }
+            Err(error) => self.malformed(now, error),
         }
+    }
+
+    /// Decodes an `Envelope` received from `from` (what Fabric's gossip
+    /// stream carries; at most `max_message_size` bytes), takes the
+    /// `GossipMessage` out of it as [`wire::unwrap_envelope`] does and
+    /// handles it as [`Event::Response`]. Bytes that decode as neither are
+    /// counted in `ignored.malformed`.
+    pub fn handle_envelope_bytes(
+        &mut self,
+        now: Instant,
+        from: P,
+        bytes: Bytes,
+    ) -> Result<(), EventError> {
+        let max = self.config.max_message_size;
+        match wire::decode_envelope(bytes, max).and_then(|e| wire::unwrap_envelope(&e, max)) {
+            Ok(message) => self.handle(now, Event::Response { from, message }),
+            Err(error) => self.malformed(now, error),
+        }
+    }
+
+    /// Refuses bytes that did not decode.
+    fn malformed(&mut self, now: Instant, error: wire::WireError) -> Result<(), EventError> {
+        // Still an input at `now`: due deadlines are processed.
+        let _ = self.handle(now, Event::Timeout);
+        self.stats.ignored.malformed += 1;
+        Err(ResponseError::Wire(error).into())
     }
 
     /// The next output, if any.
@@ -341,28 +371,30 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             .min()
     }
 
-    /// A snapshot of state and counters.
-    pub fn stats(&self) -> Stats<P> {
-        let mut stats = self.stats.clone();
-        stats.height = self.buffer.next();
-        stats.committed = self.committed;
-        stats.target = self.peers.target(self.now);
-        stats.in_flight = self.requests.len();
-        stats.buffered_blocks = self.buffer.len();
-        stats.buffered_bytes = self.buffer.bytes();
-        stats.uncommitted_blocks = self.uncommitted.len() as u64;
-        stats.uncommitted_bytes = self.uncommitted_bytes;
-        stats.peers = self
-            .peers
-            .iter()
-            .map(|(id, peer)| {
-                let mut record = peer.stats.clone();
-                record.in_flight = peer.in_flight;
-                record.srtt = peer.rtt.srtt();
-                (id.clone(), record)
-            })
-            .collect();
-        stats
+    /// A snapshot of state and counters: a copy of plain numbers, no
+    /// allocation, so it may be read after every input.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            height: self.buffer.next(),
+            committed: self.committed,
+            target: self.peers.target(self.now),
+            in_flight: self.requests.len(),
+            buffered_blocks: self.buffer.len(),
+            buffered_bytes: self.buffer.bytes(),
+            uncommitted_blocks: self.uncommitted.len() as u64,
+            uncommitted_bytes: self.uncommitted_bytes,
+            ..self.stats
+        }
+    }
+
+    /// The record of `peer`, if it is in the current membership.
+    pub fn peer_stats(&self, peer: &P) -> Option<PeerStats> {
+        self.peers.get(peer).map(peer_record)
+    }
+
+    /// The record of every peer in the current membership, in peer order.
+    pub fn peer_stats_iter(&self) -> impl Iterator<Item = (&P, PeerStats)> + '_ {
+        self.peers.iter().map(|(id, peer)| (id, peer_record(peer)))
     }
 
     /// The next block to deliver.

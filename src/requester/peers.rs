@@ -445,6 +445,7 @@ impl Peer {
             let doublings = self.strikes.saturating_sub(1).min(16);
             let bench = BASE_BENCH.saturating_mul(1 << doublings).min(MAX_BENCH);
             self.benched_until = now.checked_add(bench);
+            emit!(DEBUG, ?bench, strikes = self.strikes, "peer benched");
         }
     }
 }

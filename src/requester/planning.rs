@@ -23,6 +23,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         if target > self.buffer.next() {
             self.stats.rounds += 1;
             self.round_end = Some(target - 1);
+            emit!(DEBUG, end = target - 1, "round started");
         } else {
             self.next_round_at = now.checked_add(self.config.check_interval);
         }
@@ -46,6 +47,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
 
     pub(super) fn give_up(&mut self, now: Instant, range: SeqRange, reason: GiveUpReason) {
         self.stats.give_ups += 1;
+        emit!(INFO, %range, ?reason, "range given up");
         self.actions.push_back(Action::GiveUp { range, reason });
         self.end_round(now);
     }
@@ -63,6 +65,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             return;
         };
         record.connected = false;
+        emit!(DEBUG, ?peer, "peer disconnected");
         self.cancel_sends_to(now, std::slice::from_ref(peer));
     }
 
@@ -71,6 +74,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             return;
         };
         record.reconnected();
+        emit!(DEBUG, ?peer, "peer connected");
         self.round_on_news(now);
     }
 
@@ -317,6 +321,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             request.range.end(),
         );
         let deadline = now.checked_add(peer.timeout(&self.config));
+        emit!(DEBUG, peer = ?to, range = %request.range, nonce, ?kind, "request sent");
         self.requests.push_attempt(
             id,
             Attempt {

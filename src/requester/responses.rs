@@ -119,6 +119,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                     peer.in_flight -= 1;
                 }
                 peer.stats.empty_responses += 1;
+                emit!(DEBUG, peer = ?from, nonce, "answer without a usable block");
                 peer.failed(now, 1, self.config.peer_selection);
                 // It was asked only for blocks it advertised, and served
                 // none: it is not believed to hold them for a while (a busy

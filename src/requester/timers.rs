@@ -79,6 +79,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             let adaptive = self.config.adaptive_window;
             for peer_id in &expired {
                 self.stats.timeouts += 1;
+                emit!(DEBUG, peer = ?peer_id, range = %request.range, "request timed out");
                 if let Some(peer) = self.peers.get_mut(peer_id) {
                     peer.in_flight -= 1;
                     peer.stats.timeouts += 1;
@@ -163,6 +164,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                     request.hedges += 1;
                 }
                 self.stats.hedges += 1;
+                emit!(DEBUG, ?peer, %range, "hedge");
                 self.send_attempt(now, id, peer, Send::Hedge);
             }
             None => {

@@ -1,6 +1,5 @@
 //! The requester's inputs, outputs, errors and statistics.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::range::SeqRange;
@@ -306,7 +305,7 @@ pub enum EventError {
 }
 
 /// Responses and payloads ignored, by reason.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct IgnoredCounts {
     /// Bytes that did not decode as a gossip message.
@@ -330,8 +329,9 @@ pub struct IgnoredCounts {
     pub gossip_outside_window: u64,
 }
 
-/// One peer's record, as the requester sees it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// One peer's record, as the requester sees it
+/// ([`AntiEntropy::peer_stats`](crate::AntiEntropy::peer_stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PeerStats {
     /// Requests sent to it.
@@ -354,10 +354,13 @@ pub struct PeerStats {
     pub srtt: Option<Duration>,
 }
 
-/// A snapshot of the requester's state and counters.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A snapshot of the requester's state and counters: plain numbers, so a
+/// snapshot costs a copy (per-peer records are apart:
+/// [`AntiEntropy::peer_stats`](crate::AntiEntropy::peer_stats),
+/// [`AntiEntropy::peer_stats_iter`](crate::AntiEntropy::peer_stats_iter)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Stats<P> {
+pub struct Stats {
     /// The next block to deliver (our height as far as fetching goes).
     pub height: u64,
     /// The host's committed height.
@@ -397,33 +400,4 @@ pub struct Stats<P> {
     pub evicted: u64,
     /// Ignored input, by reason.
     pub ignored: IgnoredCounts,
-    /// Per-peer records, for peers in the current membership.
-    pub peers: BTreeMap<P, PeerStats>,
-}
-
-impl<P> Default for Stats<P> {
-    fn default() -> Self {
-        Self {
-            height: 0,
-            committed: 0,
-            target: 0,
-            in_flight: 0,
-            buffered_blocks: 0,
-            buffered_bytes: 0,
-            uncommitted_blocks: 0,
-            uncommitted_bytes: 0,
-            rounds: 0,
-            requests: 0,
-            responses: 0,
-            timeouts: 0,
-            retries: 0,
-            hedges: 0,
-            give_ups: 0,
-            delivered: 0,
-            rejected: 0,
-            evicted: 0,
-            ignored: IgnoredCounts::default(),
-            peers: BTreeMap::new(),
-        }
-    }
 }

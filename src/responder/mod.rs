@@ -197,6 +197,24 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         self.on_request(now, from, message)
     }
 
+    /// Decodes an `Envelope` (what Fabric's gossip stream carries; at most
+    /// `max_message_size` bytes), takes the `GossipMessage` out of it as
+    /// [`wire::unwrap_envelope`] does and handles it as
+    /// [`ResponderEvent::Request`]. Bytes that decode as neither are a
+    /// [`RequestError::Malformed`] request.
+    pub fn handle_envelope_bytes(
+        &mut self,
+        now: Instant,
+        from: P,
+        bytes: Bytes,
+    ) -> Result<(), RequestError> {
+        let now = self.advance(now);
+        let max = self.config.max_message_size;
+        let message =
+            wire::decode_envelope(bytes, max).and_then(|e| wire::unwrap_envelope(&e, max));
+        self.on_request(now, from, message)
+    }
+
     /// The next action to carry out; call until `None` after every input.
     #[must_use]
     pub fn poll_action(&mut self) -> Option<ResponderAction<P>> {
@@ -266,6 +284,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             }
             let read = entry.remove();
             self.stats.expired_reads += 1;
+            emit!(DEBUG, peer = ?read.job.from, nonce = read.job.nonce, "read abandoned after read_timeout");
             if !read.orphaned {
                 self.buckets.finish(&read.job.from);
             }
@@ -287,6 +306,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
                 break;
             };
             self.stats.stale += 1;
+            emit!(DEBUG, peer = ?job.from, nonce = job.nonce, "queued request dropped as stale");
             self.buckets.finish(&job.from);
             self.actions.push_back(ResponderAction::Dropped {
                 to: job.from,
@@ -320,17 +340,8 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         let result = message
             .map_err(RequestError::from)
             .and_then(|message| self.admit(now, from.clone(), &message));
-        if let Err(
-            RequestError::TooManyRequests | RequestError::RateLimited | RequestError::QueueFull,
-        ) = &result
-        {
-            // A busy reply saves an honest requester a timeout; a flooder
-            // gets nothing but silence.
-            if !self.priorities.is_background(&from) {
-                self.busy_reply(now, from, nonce);
-            }
-        }
         if let Err(error) = &result {
+            emit!(DEBUG, peer = ?from, nonce, %error, "request refused");
             let counter = match error {
                 RequestError::Malformed(_) => &mut self.stats.malformed,
                 RequestError::WrongChannel => &mut self.stats.wrong_channel,
@@ -345,6 +356,16 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
                 RequestError::UnknownTicket(_) => &mut self.stats.unknown_ticket,
             };
             *counter += 1;
+        }
+        if let Err(
+            RequestError::TooManyRequests | RequestError::RateLimited | RequestError::QueueFull,
+        ) = &result
+        {
+            // A busy reply saves an honest requester a timeout; a flooder
+            // gets nothing but silence.
+            if !self.priorities.is_background(&from) {
+                self.busy_reply(now, from, nonce);
+            }
         }
         result
     }
@@ -420,6 +441,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     /// its own window of requests.
     fn on_disconnected(&mut self, peer: &P) {
         self.priorities.forget(peer);
+        emit!(DEBUG, ?peer, "peer disconnected");
         for job in self.queue.remove_peer(peer) {
             self.stats.disconnected_queued += 1;
             self.buckets.finish(&job.from);
@@ -558,14 +580,17 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     fn busy_reply(&mut self, now: Instant, to: P, nonce: u64) {
         let Some(busy) = &mut self.busy else {
             self.stats.busy_suppressed += 1;
+            emit!(DEBUG, peer = ?to, nonce, "busy reply suppressed");
             return;
         };
         if busy.tokens(&to, now) < NANO {
             self.stats.busy_suppressed += 1;
+            emit!(DEBUG, peer = ?to, nonce, "busy reply suppressed");
             return;
         }
         busy.charge(&to, now, NANO, false);
         self.stats.busy_replies += 1;
+        emit!(DEBUG, peer = ?to, nonce, "busy reply");
         let message = wire::state_response(nonce, self.channel.clone(), Vec::new());
         self.actions
             .push_back(ResponderAction::SendResponse { to, message });

@@ -783,7 +783,7 @@ impl Node {
                 stats.in_flight, config.max_in_flight
             ));
         }
-        for (peer, record) in &stats.peers {
+        for (peer, record) in requester.peer_stats_iter() {
             if record.in_flight > config.max_in_flight_per_peer {
                 found.push(format!(
                     "{} requests in flight to {peer}, max_in_flight_per_peer {}",

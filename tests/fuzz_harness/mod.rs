@@ -1036,7 +1036,7 @@ impl RequesterModel {
             self.outstanding
         );
         assert!(stats.in_flight <= config.max_in_flight, "max_in_flight");
-        for (peer, record) in &stats.peers {
+        for (peer, record) in self.machine.peer_stats_iter() {
             assert!(
                 record.in_flight <= config.max_in_flight_per_peer,
                 "peer {peer}: {} in flight",
