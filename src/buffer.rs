@@ -147,6 +147,16 @@ impl PayloadBuffer {
         Some(payload)
     }
 
+    /// Bytes of the stored payloads numbered above `seq`.
+    pub fn bytes_above(&self, seq: u64) -> usize {
+        let Some(from) = seq.checked_add(1) else {
+            return 0;
+        };
+        self.payloads.range(from..).fold(0usize, |total, (_, p)| {
+            total.saturating_add(payload_size(p))
+        })
+    }
+
     /// The stored payload numbers in `from..=to`, ascending.
     pub fn stored_in(&self, from: u64, to: u64) -> impl Iterator<Item = u64> + '_ {
         self.payloads.range(from..=to).map(|(seq, _)| *seq)

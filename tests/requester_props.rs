@@ -865,7 +865,9 @@ impl Harness {
                 }
                 // The byte window: unless nothing is in flight and nothing
                 // awaits a commit, the bytes held plus the estimate of those
-                // in flight (this request included) fit `window_bytes`.
+                // in flight (this request included) fit `window_bytes`,
+                // not counting held blocks above the request: its blocks
+                // evict them when they come.
                 if !(self.outstanding.is_empty() && self.host.is_empty()) {
                     let blocks: u64 = self
                         .outstanding
@@ -873,7 +875,9 @@ impl Harness {
                         .map(|known| known.end - known.start + 1)
                         .sum::<u64>()
                         + (end - start + 1);
-                    let held = self.held_bytes();
+                    let above = (std::ops::Bound::Excluded(end), std::ops::Bound::Unbounded);
+                    let evictable: u64 = self.buffer.range(above).map(|(_, (b, _))| *b).sum();
+                    let held = self.held_bytes() - evictable;
                     let expected = blocks.saturating_mul(self.estimate_floor);
                     check!(
                         held.saturating_add(expected) <= self.config.window_bytes,

@@ -245,7 +245,10 @@ pub(crate) struct Peer {
     /// per answer (unbounded until its first timeout).
     length_cap: u64,
     /// When its last answer came, for the dispersion of the next one.
-    last_answer_at: Option<Instant>,
+    pub(crate) last_answer_at: Option<Instant>,
+    /// When the request it answered last was sent: a request sent after
+    /// it is still queued behind earlier ones.
+    pub(crate) last_answered_sent_at: Option<Instant>,
     /// Whether its link's rate was measured yet.
     bandwidth_seen: bool,
     pub(crate) stats: PeerStats,
@@ -266,6 +269,7 @@ impl Peer {
             unfixed_rejections: 0,
             length_cap: u64::MAX,
             last_answer_at: None,
+            last_answered_sent_at: None,
             bandwidth_seen: false,
             stats: PeerStats::default(),
         }
@@ -311,6 +315,7 @@ impl Peer {
         // per 100 Mbit/s peer, and doubling there from the start takes
         // three round trips of a transfer that lasts four.
         let previous = self.last_answer_at.replace(now);
+        self.last_answered_sent_at = Some(sent_at);
         if let (Some(previous), Some(base), false) =
             (previous, self.window.base_rtt, self.bandwidth_seen)
         {

@@ -203,7 +203,8 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 break;
             }
         }
-        let mut last = end.min(seq.saturating_add(self.blocks_per_request() - 1));
+        let length = self.blocks_per_request();
+        let mut last = end.min(seq.saturating_add(length - 1));
         if let Some(held) = self.buffer.stored_in(seq, last).next() {
             last = held - 1;
         }
@@ -246,7 +247,17 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let held = self.held_bytes();
         let expected =
             (self.requests.blocks() + range.len()).saturating_mul(self.block_bytes_estimate);
-        held.saturating_add(expected) <= self.config.window_bytes
+        if held.saturating_add(expected) <= self.config.window_bytes {
+            return true;
+        }
+        // Held blocks above the range give way to its blocks when they
+        // come (`accept_payload` evicts the highest): without counting them
+        // out, blocks far ahead of a hole (a first flight of 11-block
+        // requests each answered with one 8 MiB block: 1, 12, 23, 34, …)
+        // filled the window and the hole was fetched one block at a time
+        // (huge blocks at 3× the bound).
+        let evictable = self.buffer.bytes_above(range.end()) as u64;
+        held.saturating_sub(evictable).saturating_add(expected) <= self.config.window_bytes
     }
 
     /// Whether a block not yet committed, up to the commit point, was

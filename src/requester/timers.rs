@@ -109,12 +109,32 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         if waiting.next().is_some() {
             return None; // a hedge is already racing it
         }
+        // A peer not measured yet is expected to take as long as the
+        // slowest that answered: with 8 MiB blocks an answer takes 0.77 s,
+        // and hedging an unproven peer's first block at 500 ms sent a
+        // second copy of blocks already on the wire.
         let srtt = self
             .peers
             .get(&attempt.peer)
             .and_then(|peer| peer.rtt.srtt())
+            .or_else(|| self.peers.iter().filter_map(|(_, p)| p.rtt.srtt()).max())
             .unwrap_or(Duration::ZERO);
-        let due = attempt.sent_at.checked_add(hedge_after.max(srtt * 2))?;
+        let wait = hedge_after.max(srtt * 2);
+        let mut due = attempt.sent_at.checked_add(wait)?;
+        if let Some(peer) = self.peers.get(&attempt.peer) {
+            // The peer still answers requests sent before this one: it is
+            // working through its queue, this one behind them. Hedge only
+            // once it stops answering for as long: with 8 MiB blocks three
+            // deep, the third waits 2 s, and hedging it at 2·SRTT sent a
+            // second copy of a block about to leave.
+            if let (Some(answered), Some(answered_sent)) =
+                (peer.last_answer_at, peer.last_answered_sent_at)
+            {
+                if answered_sent < attempt.sent_at && answered > attempt.sent_at {
+                    due = due.max(answered.checked_add(wait)?);
+                }
+            }
+        }
         Some(
             request
                 .hedge_not_before
