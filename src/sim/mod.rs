@@ -318,10 +318,14 @@ impl World {
             return;
         }
         let generation = self.generation(from.0, to.0);
-        if let Some(wake) = self
-            .network
-            .send(self.now, from.0, to.0, len, (wire, generation))
-        {
+        let wake = if matches!(wire, Wire::Opaque) {
+            self.network
+                .send_merged(self.now, from.0, to.0, len, (wire, generation))
+        } else {
+            self.network
+                .send(self.now, from.0, to.0, len, (wire, generation))
+        };
+        if let Some(wake) = wake {
             self.schedule(wake.at, Pending::Uplink(wake));
         }
     }

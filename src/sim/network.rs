@@ -109,13 +109,38 @@ struct Downlink {
 /// One connection's messages on an uplink, the first being sent.
 #[derive(Debug, Clone)]
 struct Flow<M> {
-    queue: VecDeque<(usize, M)>,
+    queue: VecDeque<Queued<M>>,
+    /// Messages queued, merged ones counted one by one: what the send
+    /// buffer bounds.
+    messages: usize,
     /// Its class's virtual time at which the first message has left.
     finish: u128,
     /// When the first message started.
     started: Instant,
     /// Sent only while no foreground connection has data queued.
     background: bool,
+}
+
+/// A message queued on a connection.
+#[derive(Debug, Clone)]
+struct Queued<M> {
+    bytes: usize,
+    message: M,
+    /// More messages may be merged into it (see [`Network::send_merged`]).
+    mergeable: bool,
+    /// Messages it stands for.
+    count: usize,
+}
+
+impl<M> Queued<M> {
+    fn new(bytes: usize, message: M, mergeable: bool) -> Self {
+        Self {
+            bytes,
+            message,
+            mergeable,
+            count: 1,
+        }
+    }
 }
 
 /// A sender's uplink, shared equally by its foreground connections with
@@ -307,7 +332,7 @@ impl<M: Clone> Network<M> {
         self.up
             .get(from)
             .and_then(|u| u.flows.get(&to))
-            .is_none_or(|f| f.queue.len() < self.send_buffer)
+            .is_none_or(|f| f.messages < self.send_buffer)
     }
 
     /// [`has_room`](Self::has_room), counting a message dropped if not.
@@ -330,26 +355,61 @@ impl<M: Clone> Network<M> {
         bytes: usize,
         message: M,
     ) -> Option<Wake> {
+        self.enqueue(now, from, to, Queued::new(bytes, message, false))
+    }
+
+    /// [`send`](Self::send) for messages whose content nobody reads (answers
+    /// to a flooder): one queued behind the message being sent and behind
+    /// another such message is merged into it, its bytes added. The links
+    /// carry the same bytes at the same times, and the send buffer counts
+    /// each message, but a flood takes a network event per burst instead
+    /// of one per message.
+    pub fn send_merged(
+        &mut self,
+        now: Instant,
+        from: usize,
+        to: usize,
+        bytes: usize,
+        message: M,
+    ) -> Option<Wake> {
+        if let Some(flow) = self.up.get_mut(from).and_then(|u| u.flows.get_mut(&to)) {
+            if flow.queue.len() >= 2 && flow.messages < self.send_buffer {
+                if let Some(last) = flow.queue.back_mut().filter(|q| q.mergeable) {
+                    last.bytes += bytes;
+                    last.count += 1;
+                    flow.messages += 1;
+                    self.stats.sent += 1;
+                    self.stats.sent_bytes += bytes as u64;
+                    return None;
+                }
+            }
+        }
+        self.enqueue(now, from, to, Queued::new(bytes, message, true))
+    }
+
+    fn enqueue(&mut self, now: Instant, from: usize, to: usize, queued: Queued<M>) -> Option<Wake> {
         if !self.try_reserve(from, to) {
             return None;
         }
         self.stats.sent += 1;
-        self.stats.sent_bytes += bytes as u64;
+        self.stats.sent_bytes += queued.bytes as u64;
         let uplink = &mut self.up[from];
         uplink.advance(now);
         if let Some(flow) = uplink.flows.get_mut(&to) {
             // Behind the connection's earlier messages: nothing changes
             // until they have left.
-            flow.queue.push_back((bytes, message));
+            flow.messages += queued.count;
+            flow.queue.push_back(queued);
             return None;
         }
         let background = uplink.background.contains(&to);
-        let finish =
-            uplink.virtual_time[usize::from(background)] + work(bytes, uplink.bits_per_second);
+        let finish = uplink.virtual_time[usize::from(background)]
+            + work(queued.bytes, uplink.bits_per_second);
         uplink.flows.insert(
             to,
             Flow {
-                queue: VecDeque::from([(bytes, message)]),
+                messages: queued.count,
+                queue: VecDeque::from([queued]),
                 finish,
                 started: now,
                 background,
@@ -415,12 +475,19 @@ impl<M: Clone> Network<M> {
             let Some(flow) = uplink.flows.get_mut(&to) else {
                 continue;
             };
-            let Some((bytes, message)) = flow.queue.pop_front() else {
+            let Some(Queued {
+                bytes,
+                message,
+                count,
+                ..
+            }) = flow.queue.pop_front()
+            else {
                 continue;
             };
+            flow.messages -= count;
             left.push((to, bytes, flow.started, message));
-            match flow.queue.front() {
-                Some(&(next, _)) => {
+            match flow.queue.front().map(|q| q.bytes) {
+                Some(next) => {
                     let class = usize::from(flow.background);
                     flow.finish = uplink.virtual_time[class] + work(next, uplink.bits_per_second);
                     flow.started = now;
@@ -448,7 +515,7 @@ impl<M: Clone> Network<M> {
             };
             uplink.advance(now);
             if let Some(flow) = uplink.flows.remove(&to) {
-                self.stats.flushed += flow.queue.len() as u64;
+                self.stats.flushed += flow.messages as u64;
                 // Fewer connections share the uplink: the others speed up.
                 wakes.extend(uplink.wake(from, now));
             }
@@ -707,6 +774,32 @@ mod tests {
             wakes.extend(next);
         }
         assert_eq!(got, [(1, t0 + ms(200)), (9, t0 + ms(250))]);
+    }
+
+    #[test]
+    fn merged_messages_take_their_bytes_and_count_in_the_send_buffer() {
+        let t0 = epoch();
+        let mut n = net(t0, 100 * MBIT, 1000 * MBIT);
+        // 125 kB take 10 ms at 100 Mbit/s: the second and third are merged
+        // and leave as one, when the third would have.
+        let mut wakes: Vec<Wake> = Vec::new();
+        for id in 1..=3 {
+            wakes.extend(n.send_merged(t0, 0, 1, 125_000, id));
+        }
+        assert_eq!(n.stats().sent, 3);
+        let mut got = Vec::new();
+        while let Some(wake) = wakes.pop() {
+            let (left, next) = n.transmit(wake.at, wake);
+            got.extend(left.into_iter().map(|d| (d.message, d.at)));
+            wakes.extend(next);
+        }
+        assert_eq!(got, [(1, t0 + ms(60)), (2, t0 + ms(80))]);
+        // The send buffer counts merged messages one by one.
+        let mut n = Network::new(t0, ms(50), &[MBIT; 2], &[MBIT; 2], 3, Faults::default(), 1);
+        for id in 0..5 {
+            n.send_merged(t0, 0, 1, 1_000, id);
+        }
+        assert_eq!((n.stats().sent, n.stats().overflowed), (3, 2));
     }
 
     #[test]
