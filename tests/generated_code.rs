@@ -69,12 +69,22 @@ fn files(dir: &Path) -> BTreeMap<String, String> {
 
 #[test]
 fn committed_code_is_what_the_protos_generate() {
-    check("src/wire/gen", "prost-build", generate, &["gossip.rs", "common.rs"]);
+    check(
+        "src/wire/gen",
+        "prost-build",
+        generate,
+        &["gossip.rs", "common.rs"],
+    );
 }
 
 #[test]
 fn committed_service_code_is_what_the_protos_generate() {
-    check("src/fabric/gen", "tonic-prost-build", generate_grpc, &["gossip.rs"]);
+    check(
+        "src/fabric/gen",
+        "tonic-prost-build",
+        generate_grpc,
+        &["gossip.rs"],
+    );
 }
 
 /// Generates into a scratch directory and compares with `committed` (or
