@@ -746,7 +746,7 @@ async fn dial_once(
         }
     }
     drop(inner);
-    run(weak.clone(), info, queue, inbound, Direction::Dialled).await;
+    run(weak.clone(), info, queue, inbound, Direction::Dialled, addr).await;
     Some(true)
 }
 
@@ -806,7 +806,7 @@ impl Gossip for Service {
                 return;
             }
             drop(inner);
-            run(weak, info, queue, inbound, Direction::Accepted).await;
+            run(weak, info, queue, inbound, Direction::Accepted, remote).await;
         });
         let stream = outgoing(outbound, self.inner.clone(), inner.config.max_message_size);
         Ok(Response::new(Box::pin(stream)))
@@ -827,6 +827,7 @@ async fn run(
     queue: mpsc::Sender<Out>,
     mut inbound: Streaming<Envelope>,
     direction: Direction,
+    remote: SocketAddr,
 ) {
     let Some(inner) = weak.upgrade() else { return };
     let peer = info.pki_id.clone();
@@ -863,6 +864,7 @@ async fn run(
     // The channel's policy over the handshake, per channel named (Fabric
     // evaluates it per message; the answer cannot change on a stream).
     let mut readers: BTreeMap<Bytes, bool> = BTreeMap::new();
+    let mut received = false;
     loop {
         let next = tokio::select! {
             _ = &mut closed => break,
@@ -878,12 +880,18 @@ async fn run(
                         tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
                     ) {
                         bump(&inner.counters.oversized);
+                    } else if !received && direction == Direction::Dialled {
+                        // Fabric sends nothing to accept our handshake: its
+                        // refusal is the stream ending at once with the reason.
+                        let error = HandshakeError::Closed(status.message().to_owned());
+                        inner.refuse(remote, direction, error);
                     }
                 }
                 emit!(DEBUG, ?peer, %status, "stream failed");
                 break;
             }
         };
+        received = true;
         let Some(inner) = weak.upgrade() else { return };
         let Ok(message) = wire::decode_gossip_message(envelope.payload.clone(), usize::MAX) else {
             // Fabric closes a connection whose payload does not unmarshal.
