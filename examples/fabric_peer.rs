@@ -25,8 +25,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use antientropy::adapters::tokio::driver;
 use antientropy::adapters::{BlockStore, Ledger, RequesterHost, ResponderHost, Verdict};
@@ -163,6 +163,8 @@ struct Chain {
     dir: PathBuf,
     last: BlockHeader,
     height: Arc<AtomicU64>,
+    /// When the first and the last block were committed.
+    commits: Arc<Mutex<Option<(Instant, Instant)>>>,
 }
 
 impl Ledger<PkiId> for Chain {
@@ -178,20 +180,35 @@ impl Ledger<PkiId> for Chain {
             return Verdict::Rejected;
         }
         self.last = block.header.unwrap_or_default();
+        #[allow(clippy::disallowed_methods)] // the host's clock
+        let now = Instant::now();
+        let mut commits = self.commits.lock().unwrap_or_else(PoisonError::into_inner);
+        commits.get_or_insert((now, now)).1 = now;
         self.height.store(payload.seq_num + 1, Ordering::SeqCst);
         Verdict::Committed
     }
 }
 
-/// Catches up from `peers`; returns the height reached and the seconds it
-/// took from the first dial.
+/// What a catch-up did.
+#[derive(Debug, Clone, Copy)]
+pub struct Fetched {
+    /// The height reached.
+    pub height: u64,
+    /// Seconds from the first dial (so: connection, handshake and learning
+    /// the peers' heights included).
+    pub seconds: f64,
+    /// Seconds from the first block committed to the last.
+    pub first_to_last: f64,
+}
+
+/// Catches up from `peers`.
 pub async fn fetch(
     args: &Args,
     peers: &[SocketAddr],
     name: &Option<String>,
     until: Option<u64>,
     timeout: Duration,
-) -> Result<(u64, f64), Error> {
+) -> Result<Fetched, Error> {
     let transport = transport(args)?;
     let blocks = read_blocks(&args.blocks)?;
     let start = blocks.len() as u64;
@@ -201,7 +218,9 @@ pub async fn fetch(
         dir: args.blocks.clone(),
         last: last.header.ok_or("the last block has no header")?,
         height: height.clone(),
+        commits: Arc::default(),
     };
+    let commits = chain.commits.clone();
     #[allow(clippy::disallowed_methods)] // the host's clock
     let now = std::time::Instant::now();
     let requester = AntiEntropy::new(
@@ -245,7 +264,12 @@ pub async fn fetch(
         .map_err(|_| format!("timed out at height {}", height.load(Ordering::SeqCst)))?;
     let seconds = now.elapsed().as_secs_f64();
     handle.shutdown().await.ok();
-    Ok((reached, seconds))
+    let span = *commits.lock().unwrap_or_else(PoisonError::into_inner);
+    Ok(Fetched {
+        height: reached,
+        seconds,
+        first_to_last: span.map_or(0.0, |(first, last)| (last - first).as_secs_f64()),
+    })
 }
 
 /// Serves the directory's blocks: our peers' answers go back on the stream
@@ -319,15 +343,12 @@ async fn main() -> Result<(), Error> {
             until,
             timeout,
         } => {
-            let (height, seconds) = fetch(
-                &args,
-                peer,
-                server_name,
-                *until,
-                Duration::from_secs(*timeout),
-            )
-            .await?;
-            println!("height {height} in {seconds:.3} s");
+            let timeout = Duration::from_secs(*timeout);
+            let fetched = fetch(&args, peer, server_name, *until, timeout).await?;
+            println!(
+                "height {} in {:.3} s ({:.3} s from the first block committed to the last)",
+                fetched.height, fetched.seconds, fetched.first_to_last
+            );
         }
         Mode::Serve {
             listen,
