@@ -436,6 +436,7 @@ impl GrpcTransport {
             .http2_keepalive_timeout(Some(config.keepalive_timeout))
             .initial_stream_window_size(Some(WINDOW))
             .initial_connection_window_size(Some(WINDOW))
+            .max_frame_size(Some(MAX_FRAME))
             .add_service(service)
             .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(incoming));
         self.inner.spawn(async move {
@@ -554,6 +555,10 @@ impl GrpcTransport {
 /// blocks, and hyper's 64 KiB default would make every response wait on
 /// window updates.
 const WINDOW: u32 = 16 << 20;
+
+/// The largest HTTP/2 frame we accept: 1 MiB rather than 16 KiB, so that a
+/// response of blocks crosses in a few frames.
+const MAX_FRAME: u32 = 1 << 20;
 
 impl Transport<PkiId> for GrpcTransport {
     fn send(&mut self, to: &PkiId, message: GossipMessage) -> Result<(), SendError> {
@@ -686,7 +691,8 @@ async fn dial_once(
         .keep_alive_timeout(config.keepalive_timeout)
         .keep_alive_while_idle(true)
         .initial_stream_window_size(WINDOW)
-        .initial_connection_window_size(WINDOW);
+        .initial_connection_window_size(WINDOW)
+        .max_frame_size(MAX_FRAME);
     let channel = match endpoint.connect_with_connector(connector).await {
         Ok(channel) => channel,
         Err(error) => return failed(&inner, &error),
