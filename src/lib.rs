@@ -118,15 +118,15 @@ pub use fastrand;
 /// `prost`: [`wire`]'s messages implement [`prost::Message`], and
 /// [`wire::WireError`] carries a [`prost::DecodeError`].
 pub use prost;
+/// `tokio`: [`adapters::tokio`] hands out `tokio::sync::mpsc` channels.
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use tokio;
 /// `tonic`: [`fabric::gossip_client`] and [`fabric::gossip_server`] are
 /// tonic services.
 #[cfg(feature = "fabric-grpc")]
 #[cfg_attr(docsrs, doc(cfg(feature = "fabric-grpc")))]
 pub use tonic;
-/// `tokio`: [`adapters::tokio`] hands out `tokio::sync::mpsc` channels.
-#[cfg(feature = "tokio")]
-#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-pub use tokio;
 
 /// The README's examples, compiled and run as doc-tests.
 #[cfg(doctest)]
