@@ -62,6 +62,9 @@
 //!   [`wire::verify_chain_link`], …), with RustCrypto's `sha2`.
 //! - `tokio`, `smol`: [`adapters`] that run either machine on that runtime.
 //! - `sim`: [`sim`], the deterministic network simulator.
+//! - `fabric-grpc`: [`fabric`], Fabric's gossip comm layer (gRPC over
+//!   mutual TLS, the signed handshake, membership) to talk to real Fabric
+//!   peers.
 //!
 //! # Public dependencies
 //!
@@ -86,6 +89,9 @@ mod trace;
 pub mod adapters;
 mod buffer;
 mod config;
+#[cfg(feature = "fabric-grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fabric-grpc")))]
+pub mod fabric;
 mod range;
 mod requester;
 mod responder;
@@ -116,6 +122,11 @@ pub use prost;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use tokio;
+/// `tonic`: [`fabric::gossip_client`] and [`fabric::gossip_server`] are
+/// tonic services.
+#[cfg(feature = "fabric-grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fabric-grpc")))]
+pub use tonic;
 
 /// The README's examples, compiled and run as doc-tests.
 #[cfg(doctest)]

@@ -1,6 +1,8 @@
 //! The committed protobuf code (`src/wire/gen/`) is exactly what prost-build
-//! makes of `proto/`: users build without protox, so nothing regenerates it
-//! for them, and this test is what keeps the two in step.
+//! makes of `proto/`, and the gRPC service code (`src/fabric/gen/`, feature
+//! `fabric-grpc`) exactly what tonic-prost-build makes of its `service`:
+//! users build without protox, so nothing regenerates them for them, and
+//! this test is what keeps the two in step.
 //!
 //! After changing a `.proto` file (or upgrading prost-build), regenerate:
 //!
@@ -32,6 +34,27 @@ fn generate(out_dir: &Path) {
         .expect("prost-build generates the code");
 }
 
+/// How the service code is generated: `gossip.Gossip`'s client and server
+/// only. Every message is an extern path into `crate::wire`, so
+/// tonic-prost-build emits no second copy of them.
+fn generate_grpc(out_dir: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let protos = PROTOS.map(|proto| root.join(proto));
+    let files = protox::compile(protos, [root.join("proto")]).expect("the schema compiles");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .build_transport(false)
+        // Timestamp is ours too (crate::wire::google), not prost-types.
+        .compile_well_known_types(true)
+        .extern_path(".gossip", "crate::wire::gossip")
+        .extern_path(".common", "crate::wire::common")
+        .extern_path(".google.protobuf", "crate::wire::google::protobuf")
+        .out_dir(out_dir)
+        .compile_fds(files)
+        .expect("tonic-prost-build generates the service code");
+}
+
 /// Every file of `dir`, by name.
 fn files(dir: &Path) -> BTreeMap<String, String> {
     let mut files = BTreeMap::new();
@@ -46,17 +69,42 @@ fn files(dir: &Path) -> BTreeMap<String, String> {
 
 #[test]
 fn committed_code_is_what_the_protos_generate() {
-    let committed_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/wire/gen");
-    let scratch: PathBuf =
-        std::env::temp_dir().join(format!("antientropy-generated-code-{}", std::process::id()));
+    check(
+        "src/wire/gen",
+        "prost-build",
+        generate,
+        &["gossip.rs", "common.rs"],
+    );
+}
+
+#[test]
+fn committed_service_code_is_what_the_protos_generate() {
+    check(
+        "src/fabric/gen",
+        "tonic-prost-build",
+        generate_grpc,
+        &["gossip.rs"],
+    );
+}
+
+/// Generates into a scratch directory and compares with `committed` (or
+/// rewrites it, with `ANTIENTROPY_REGENERATE=1`). Files the generator leaves
+/// empty (packages without a service) are not kept.
+fn check(committed: &str, generator: &str, generate: fn(&Path), expected: &[&str]) {
+    let committed_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(committed);
+    let scratch: PathBuf = std::env::temp_dir().join(format!(
+        "antientropy-generated-code-{}-{generator}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).unwrap();
     generate(&scratch);
-    let fresh = files(&scratch);
+    let mut fresh = files(&scratch);
     std::fs::remove_dir_all(&scratch).unwrap();
+    fresh.retain(|_, text| !text.trim().is_empty());
     assert!(
-        fresh.contains_key("gossip.rs") && fresh.contains_key("common.rs"),
-        "prost-build made {:?}",
+        expected.iter().all(|name| fresh.contains_key(*name)),
+        "{generator} made {:?}",
         fresh.keys().collect::<Vec<_>>()
     );
 
@@ -74,18 +122,18 @@ fn committed_code_is_what_the_protos_generate() {
         return;
     }
 
-    let committed = files(&committed_dir);
+    let committed_files = files(&committed_dir);
     let names = |files: &BTreeMap<String, String>| files.keys().cloned().collect::<Vec<_>>();
     assert_eq!(
-        names(&committed),
+        names(&committed_files),
         names(&fresh),
-        "src/wire/gen/ has other files than prost-build makes of proto/; \
+        "{committed}/ has other files than {generator} makes of proto/; \
          regenerate with `ANTIENTROPY_REGENERATE=1 cargo test --test generated_code`"
     );
     for (name, text) in &fresh {
         assert!(
-            committed[name] == *text,
-            "src/wire/gen/{name} differs from what prost-build makes of proto/; \
+            committed_files[name] == *text,
+            "{committed}/{name} differs from what {generator} makes of proto/; \
              regenerate with `ANTIENTROPY_REGENERATE=1 cargo test --test generated_code`"
         );
     }

@@ -14,6 +14,11 @@
 mod cases;
 mod chain;
 mod drive;
+#[cfg(feature = "fabric-grpc")]
+#[path = "../fabric_peer.rs"]
+mod fabric_peer;
+#[cfg(feature = "fabric-grpc")]
+mod grpc;
 mod net;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -53,6 +58,13 @@ struct Args {
     /// Run only the cases whose name contains this (repeatable).
     #[arg(long)]
     only: Vec<String>,
+    /// Blocks in the chain of the gRPC cases (feature `fabric-grpc`).
+    #[arg(long, default_value_t = 300)]
+    grpc_blocks: u64,
+    /// Pad each block of the gRPC cases to about this many bytes (0: the
+    /// chain's own blocks, about 1 KiB).
+    #[arg(long, default_value_t = 0)]
+    grpc_block_size: usize,
 }
 
 fn main() -> ExitCode {
@@ -120,12 +132,33 @@ fn main() -> ExitCode {
         "{} envelopes from Fabric decoded, and re-encoded by us to the same bytes",
         net::OPENED.load(Ordering::Relaxed)
     );
+    #[allow(unused_mut)]
+    let mut ran = selected.len();
+    // Fabric's real comm layer: gRPC, TLS, the handshake, membership.
+    #[cfg(feature = "fabric-grpc")]
+    match grpc::setup(
+        &args.fabric_bin,
+        &logs,
+        args.grpc_blocks,
+        args.grpc_block_size,
+    ) {
+        Ok(setup) => {
+            let (grpc_ran, grpc_failed) = grpc::run(&setup, &args.only);
+            ran += grpc_ran;
+            failed.extend(grpc_failed);
+        }
+        Err(e) => {
+            println!("FAIL grpc setup: {e}");
+            ran += 1;
+            failed.push("grpc setup");
+        }
+    }
     if !failed.is_empty() {
         println!("failed: {}", failed.join(", "));
     }
     println!(
         "conformance: {} passed, {} failed",
-        selected.len() - failed.len(),
+        ran - failed.len(),
         failed.len()
     );
     if failed.is_empty() {

@@ -64,7 +64,7 @@ impl Enc {
 }
 
 /// A frame body being read; a short body is an error, not a panic.
-pub struct Dec<'a>(&'a [u8]);
+pub struct Dec<'a>(pub &'a [u8]);
 
 impl<'a> Dec<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
@@ -79,15 +79,15 @@ impl<'a> Dec<'a> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes(b.try_into().expect("4 bytes")))
     }
-    fn u64(&mut self) -> Result<u64, String> {
+    pub fn u64(&mut self) -> Result<u64, String> {
         let b = self.take(8)?;
         Ok(u64::from_be_bytes(b.try_into().expect("8 bytes")))
     }
-    fn bytes(&mut self) -> Result<Bytes, String> {
+    pub fn bytes(&mut self) -> Result<Bytes, String> {
         let n = self.u32()? as usize;
         Ok(Bytes::copy_from_slice(self.take(n)?))
     }
-    fn string(&mut self) -> Result<String, String> {
+    pub fn string(&mut self) -> Result<String, String> {
         let b = self.bytes()?;
         String::from_utf8(b.to_vec()).map_err(|e| e.to_string())
     }
@@ -102,7 +102,7 @@ fn write_frame(w: &mut impl Write, kind: u8, body: &[u8]) -> std::io::Result<()>
 }
 
 /// `Ok(None)` at a clean end of stream.
-fn read_frame(r: &mut impl Read) -> Result<Option<(u8, Vec<u8>)>, String> {
+pub fn read_frame(r: &mut impl Read) -> Result<Option<(u8, Vec<u8>)>, String> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}

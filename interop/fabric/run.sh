@@ -2,7 +2,10 @@
 # Conformance with Fabric's own state transfer: builds the aeconform harness
 # (interop/fabric/aeconform, our code) inside a temporary copy of a Fabric
 # source tree, then runs the Rust driver (examples/fabric_conformance)
-# against it. Exits non-zero if any case fails.
+# against it. Exits non-zero if any case fails. With CARGO_FLAGS including
+# the fabric-grpc feature (CI's --all-features), the driver also runs the
+# gRPC cases: the same binary's `grpc` subcommands run Fabric's real gossip
+# comm layer (gossip.New over TLS) against the crate's GrpcTransport.
 #
 #   FABRIC_SRC=/path/to/fabric bash interop/fabric/run.sh [driver flags, e.g. --only stall]
 #

@@ -11,7 +11,8 @@
 //!
 //! **Not Fabric's comm layer**: Fabric peers exchange the same `Envelope`s
 //! over gRPC (`GossipStream`, HTTP/2, TLS); this framing is for peers that
-//! both use it (issue #12 is the gRPC transport).
+//! both use it (the gRPC transport is `antientropy::fabric`, feature
+//! `fabric-grpc`).
 //!
 //! [`FrameCodec`] yields each frame's bytes, which a
 //! [`DriverHandle::send_bytes`](super::DriverHandle::send_bytes) hands to

@@ -159,7 +159,8 @@
 //! **This is not Fabric's comm layer.** Fabric peers talk gRPC
 //! (`GossipStream` over HTTP/2, with a TLS-bound handshake); this framing
 //! carries the same `Envelope` bytes over plain TCP, between peers that
-//! both use it. Speaking to real Fabric peers is issue #12.
+//! both use it. To speak to real Fabric peers, use `antientropy::fabric`
+//! (feature `fabric-grpc`).
 //!
 //! [`Driver`]: crate::adapters::Driver
 //! [`Driver::with_budget`]: crate::adapters::Driver::with_budget

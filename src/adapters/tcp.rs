@@ -17,8 +17,9 @@
 //! **Not Fabric's comm layer**: no gRPC, no TLS, no handshake. A dialled
 //! peer is named by the caller; an accepted one by its remote address
 //! (through `identify`), so a peer is who it claims to be by address only.
-//! Use it between nodes that both run this crate, on a network you trust,
-//! until the gRPC transport (issue #12).
+//! Use it between nodes that both run this crate, on a network you trust;
+//! to talk to Fabric peers, use the gRPC transport (`antientropy::fabric`,
+//! feature `fabric-grpc`).
 //!
 //! The transport [reports connections](Transport::reports_connections): a
 //! request to a peer with no connection up (e.g. at start, before the

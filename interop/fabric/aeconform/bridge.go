@@ -271,6 +271,11 @@ func (mcs) VerifyByChannel(_ gcommon.ChannelID, identity api.PeerIdentityType, _
 type chainLedger struct {
 	out      *frameWriter
 	identity string
+	// ignorePvt: commit blocks without checking their private data (the
+	// gRPC cases serve none).
+	ignorePvt bool
+	// onCommit, if set, learns each new height.
+	onCommit func(height uint64)
 
 	mu     sync.Mutex
 	chain  []chainBlock
@@ -299,6 +304,14 @@ func (l *chainLedger) StoreBlock(block *cb.Block, pvt util.PvtDataCollections) e
 	want := l.chain[seq]
 	if !proto.Equal(block, want.block) {
 		return l.violate("StoreBlock: block %d differs from the chain's", seq)
+	}
+	if l.ignorePvt {
+		l.height++
+		l.out.emit(evCommitted, func(e *encoder) { e.u64(seq) })
+		if l.onCommit != nil {
+			l.onCommit(l.height)
+		}
+		return nil
 	}
 	got, err := pvt.Marshal()
 	if err != nil {

@@ -9,6 +9,7 @@ Copyright the antientropy authors. SPDX-License-Identifier: Apache-2.0
 //
 //	aeconform -chain N -channel CH      print the shared chain and exit
 //	aeconform -id fabric0 -height H ... run a peer until Stop or EOF
+//	aeconform grpc ...                  Fabric's real gossip comm layer (grpc.go)
 package main
 
 import (
@@ -29,6 +30,10 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "grpc" {
+		grpcMain(os.Args[2:])
+		return
+	}
 	var (
 		channel   = flag.String("channel", "testchannelid", "channel name")
 		chainOnly = flag.Uint64("chain", 0, "print a chain of this many blocks and exit")
