@@ -477,7 +477,10 @@ async fn refused_both_ways(
     assert!(client.connected().is_empty());
     // When only the dialler refuses (the server accepted its handshake), the
     // server learns of it when the dialler closes the stream: wait for it.
-    until("the server drops the stream", || server.connected().is_empty()).await;
+    until("the server drops the stream", || {
+        server.connected().is_empty()
+    })
+    .await;
     assert_eq!(server.stats().state_in, 0);
     assert_eq!(responder.stats().unwrap().requests, 0);
 }
