@@ -147,14 +147,21 @@ impl PayloadBuffer {
         Some(payload)
     }
 
-    /// Bytes of the stored payloads numbered above `seq`.
-    pub fn bytes_above(&self, seq: u64) -> usize {
+    /// Bytes of the stored payloads numbered above `seq`, counted from
+    /// the highest down and no further than `enough`: the answer is
+    /// `min(their total, enough)`, at the cost of the payloads counted.
+    pub fn bytes_above(&self, seq: u64, enough: usize) -> usize {
         let Some(from) = seq.checked_add(1) else {
             return 0;
         };
-        self.payloads.range(from..).fold(0usize, |total, (_, p)| {
-            total.saturating_add(payload_size(p))
-        })
+        let mut total = 0usize;
+        for (_, payload) in self.payloads.range(from..).rev() {
+            if total >= enough {
+                break;
+            }
+            total = total.saturating_add(payload_size(payload));
+        }
+        total.min(enough)
     }
 
     /// The stored payload numbers in `from..=to`, ascending.

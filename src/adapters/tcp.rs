@@ -287,15 +287,7 @@ where
         let pause = self.inner.config.min_backoff;
         self.inner.spawn(async move {
             loop {
-                let (stream, addr) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(_error) => {
-                        // E.g. out of file descriptors: wait, do not spin.
-                        emit!(WARN, %_error, "accept failed");
-                        tokio::time::sleep(pause).await;
-                        continue;
-                    }
-                };
+                let (stream, addr) = accept(&listener, pause).await;
                 if driver.upgrade().is_none() {
                     return;
                 }
@@ -474,4 +466,18 @@ async fn write_frames<P: Ord>(
         buf.clear();
     }
     let _ = write.shutdown().await;
+}
+
+/// The next connection on `listener`. An error (out of file descriptors,
+/// say) is logged and retried after `pause`: a listener must not spin.
+pub(crate) async fn accept(listener: &TcpListener, pause: Duration) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(_error) => {
+                emit!(WARN, %_error, "accept failed");
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
 }

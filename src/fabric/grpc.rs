@@ -25,6 +25,7 @@ use super::gen::gossip_server::{Gossip, GossipServer};
 use super::handshake::{conn_establish, verify_conn_establish, ConnInfo, HandshakeError};
 use super::membership::Membership;
 use super::tls::{PeerInfo, TlsConn, TlsIdentity};
+use crate::adapters::tcp::accept;
 use crate::adapters::tokio::{Tokio, WeakDriverHandle};
 use crate::adapters::{Runtime, SendError, Transport};
 use crate::wire::gossip::gossip_message::Content;
@@ -401,15 +402,7 @@ impl GrpcTransport {
         let pause = self.inner.config.min_backoff;
         self.inner.spawn(async move {
             loop {
-                let (stream, remote) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(_error) => {
-                        // E.g. out of file descriptors: wait, do not spin.
-                        emit!(WARN, %_error, "accept failed");
-                        tokio::time::sleep(pause).await;
-                        continue;
-                    }
-                };
+                let (stream, remote) = accept(&listener, pause).await;
                 let Some(inner) = weak.upgrade() else { return };
                 let (tls, timeout, accepted) = (
                     inner.tls.clone(),

@@ -203,8 +203,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 break;
             }
         }
-        let length = self.blocks_per_request();
-        let mut last = end.min(seq.saturating_add(length - 1));
+        let mut last = end.min(seq.saturating_add(self.blocks_per_request() - 1));
         if let Some(held) = self.buffer.stored_in(seq, last).next() {
             last = held - 1;
         }
@@ -256,8 +255,13 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // requests each answered with one 8 MiB block: 1, 12, 23, 34, …)
         // filled the window and the hole was fetched one block at a time
         // (huge blocks at 3× the bound).
-        let evictable = self.buffer.bytes_above(range.end()) as u64;
-        held.saturating_sub(evictable).saturating_add(expected) <= self.config.window_bytes
+        // Counted from the highest down, only as far as the excess: this
+        // runs on every answer while the window is full.
+        let excess = held
+            .saturating_add(expected)
+            .saturating_sub(self.config.window_bytes);
+        let enough = usize::try_from(excess).unwrap_or(usize::MAX);
+        self.buffer.bytes_above(range.end(), enough) >= enough
     }
 
     /// Whether a block not yet committed, up to the commit point, was

@@ -44,6 +44,10 @@ impl<P: Clone + Ord> Queue<P> {
         }
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
     pub(super) fn len(&self) -> usize {
         self.jobs.len()
     }

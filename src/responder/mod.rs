@@ -479,16 +479,20 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         let slots = self.config.max_concurrent_reads;
         let per_peer = (slots - slots / 4).max(1);
         let background_slots = (slots / 4).max(1);
+        if self.queue.is_empty() {
+            return; // the usual case: nothing waits for a slot
+        }
+        // Reads in progress by peer, and those of peers in the background.
+        let mut reading: BTreeMap<P, usize> = BTreeMap::new();
+        let mut background_reads = 0;
+        for read in self.reads.values().filter(|read| !read.orphaned) {
+            *reading.entry(read.job.from.clone()).or_default() += 1;
+            if self.priorities.is_background(&read.job.from) {
+                background_reads += 1;
+            }
+        }
         while self.reads.len() < slots {
             let priorities = &self.priorities;
-            let mut reading: BTreeMap<&P, usize> = BTreeMap::new();
-            let mut background_reads = 0;
-            for read in self.reads.values().filter(|read| !read.orphaned) {
-                *reading.entry(&read.job.from).or_default() += 1;
-                if priorities.is_background(&read.job.from) {
-                    background_reads += 1;
-                }
-            }
             let allowed = |peer: &P| {
                 reading.get(peer).copied().unwrap_or(0) < per_peer
                     && (background_reads < background_slots || !priorities.is_background(peer))
@@ -499,6 +503,10 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             else {
                 break;
             };
+            *reading.entry(job.from.clone()).or_default() += 1;
+            if priorities.is_background(&job.from) {
+                background_reads += 1;
+            }
             let ticket = Ticket(self.next_ticket);
             self.next_ticket = self.next_ticket.wrapping_add(1);
             self.actions.push_back(ResponderAction::ReadBlocks {
