@@ -515,6 +515,7 @@ fn replay() {
         scenario
     };
     println!("{scenario:?}");
+    let mut reports = Vec::new();
     for (preset, config) in configs {
         let report = run(scenario.clone(), config.clone(), seed, None);
         println!("{preset}: {}", report.to_json());
@@ -533,6 +534,9 @@ fn replay() {
                 run(placebo, config, seed, None).to_json()
             );
         }
+        reports.push((preset, report));
+    }
+    for (preset, report) in reports {
         assert_passed(&report, preset, &scenario);
     }
 }
@@ -692,6 +696,139 @@ fn large_fault_sweep() {
         "{} failing runs: {failures:?}",
         failures.len()
     );
+}
+
+/// What a flood costs without loss, duplicates and reordering (no chaos:
+/// the difference is the flood's), over the flooded clusters among
+/// `SIM_SEEDS` wild seeds, worst first. A quick loop for work on floods:
+/// `SIM_SEEDS=3000 cargo test --release --all-features --test sim flood_cost_probe -- --ignored --nocapture`.
+#[test]
+#[ignore = "slow: a probe for work on floods"]
+fn flood_cost_probe() {
+    let seeds: u64 = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2_000);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    // (flooded, placebo, one more lagger) / unattacked, seed, outages or
+    // partitions, a block bad at every source (catch-up ends at its give-up).
+    type Row = (f64, f64, f64, u64, bool, bool);
+    let mut ratios: Vec<Row> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|worker| {
+                scope.spawn(move || {
+                    let mut ratios = Vec::new();
+                    for seed in (worker..seeds).step_by(threads as usize) {
+                        let (scenario, _) = wild(seed, true);
+                        if !scenario.behaviours.contains(&Behaviour::Flooder) {
+                            continue;
+                        }
+                        let clean = Scenario {
+                            loss: 0.0,
+                            duplicate: 0.0,
+                            reorder: 0.0,
+                            ..scenario
+                        };
+                        let quiet = Scenario {
+                            idle_flooders: true,
+                            ..clean.clone()
+                        };
+                        let chain = Chain::new(clean.target_height(), clean.block_size);
+                        let flooded = run(clean, Config::default(), seed, Some(&chain));
+                        let base = run(quiet.clone(), Config::default(), seed, Some(&chain));
+                        let nudged = run(placebo(&quiet), Config::default(), seed, Some(&chain));
+                        // The flooder idle and one more lagger on its link:
+                        // what an honest newcomer's first pass costs.
+                        let flooder = (0..quiet.peers)
+                            .find(|&i| quiet.behaviour(i) == Behaviour::Flooder)
+                            .expect("flooded");
+                        let mut links: Vec<_> = (0..quiet.peers + quiet.laggers)
+                            .map(|i| quiet.link(i))
+                            .collect();
+                        links.push(quiet.link(flooder));
+                        let laggers = quiet.laggers;
+                        let crowded = Scenario {
+                            laggers: laggers + 1,
+                            ..quiet.clone()
+                        }
+                        .with_links(links);
+                        let crowded = run(crowded, Config::default(), seed, None);
+                        let first = |r: &Report| {
+                            r.lagger_catchup[..laggers]
+                                .iter()
+                                .copied()
+                                .collect::<Option<Vec<_>>>()
+                                .and_then(|v| v.into_iter().max())
+                        };
+                        if let (Some(a), Some(b), Some(c), Some(d)) = (
+                            flooded.catchup,
+                            base.catchup,
+                            nudged.catchup,
+                            first(&crowded),
+                        ) {
+                            let b = b.as_secs_f64().max(1e-9);
+                            let timed = !quiet.outages.is_empty() || !quiet.partitions.is_empty();
+                            let cut = base
+                                .lagger_targets
+                                .iter()
+                                .any(|&t| t < quiet.target_height());
+                            ratios.push((
+                                a.as_secs_f64() / b,
+                                c.as_secs_f64() / b,
+                                d.as_secs_f64() / b,
+                                seed,
+                                timed,
+                                cut,
+                            ));
+                        }
+                    }
+                    ratios
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("worker"))
+            .collect()
+    });
+    ratios.sort_by(|a, b| b.0.total_cmp(&a.0));
+    println!("flooded: {}", Spread::of(ratios.iter().map(|r| (r.0, r.3))));
+    println!("placebo: {}", Spread::of(ratios.iter().map(|r| (r.1, r.3))));
+    println!(
+        "one more lagger: {}",
+        Spread::of(ratios.iter().map(|r| (r.2, r.3)))
+    );
+    println!(
+        "flooded / one more lagger: {}",
+        Spread::of(ratios.iter().map(|r| (r.0 / r.2, r.3)))
+    );
+    // Clusters a nudge barely moves, where a flood's cost is its own.
+    let steady: Vec<_> = ratios
+        .iter()
+        .filter(|r| (r.1 - 1.0).abs() <= 0.05)
+        .collect();
+    println!(
+        "flooded, steady clusters ({}): {}",
+        steady.len(),
+        Spread::of(steady.iter().map(|r| (r.0, r.3)))
+    );
+    // Without crashes, churn or partitions: a delay moves catch-up by as
+    // much, not past an outage's end.
+    let untimed: Vec<_> = ratios.iter().filter(|r| !r.4).collect();
+    println!(
+        "flooded, no outage or partition ({}): {}",
+        untimed.len(),
+        Spread::of(untimed.iter().map(|r| (r.0, r.3)))
+    );
+    let uncut: Vec<_> = ratios.iter().filter(|r| !r.5).collect();
+    println!(
+        "flooded, every block good somewhere ({}): {}",
+        uncut.len(),
+        Spread::of(uncut.iter().map(|r| (r.0, r.3)))
+    );
+    for (flood, nudge, lagger, seed, timed, cut) in ratios.iter().take(25) {
+        println!("seed {seed}: flooded {flood:.3}, placebo {nudge:.3}, one more lagger {lagger:.3}, outages {timed}, cut {cut}");
+    }
 }
 
 // --- the faults of issue #8 -------------------------------------------------
