@@ -223,6 +223,10 @@ pub(crate) struct World {
     overclaim_by: u64,
     /// The last lagger commit, give-up or connection change.
     last_progress: Instant,
+    /// One happened since the laggers' targets were last checked: a target
+    /// is a scan of every node, and flooded runs take millions of steps
+    /// that change none.
+    targets_stale: bool,
     /// Messages lost because their ends could not reach each other.
     unreachable_lost: u64,
     /// Per node, whether it ignores what it receives (a flooder): answers
@@ -271,6 +275,7 @@ impl World {
     /// clock.
     pub(crate) fn progressed(&mut self) {
         self.last_progress = self.now;
+        self.targets_stale = true;
     }
 
     /// Puts `bytes` on the network from `from` to `to`.
@@ -464,6 +469,8 @@ pub struct Simulation {
     connected: Vec<Vec<bool>>,
     /// The next outage or partition change.
     transition_at: Option<Instant>,
+    /// Whether every lagger reached its target, as of the last check.
+    finished: bool,
 }
 
 impl Simulation {
@@ -587,6 +594,7 @@ impl Simulation {
             incarnations: vec![0; total],
             overclaim_by: scenario.overclaim_by,
             last_progress: epoch,
+            targets_stale: true,
             unreachable_lost: 0,
             sinks: nodes
                 .iter()
@@ -609,6 +617,7 @@ impl Simulation {
             publish_at: epoch,
             steps: 0,
             outcome: None,
+            finished: false,
             time_cap: epoch.checked_add(scenario_cap),
             channel,
             connected,
@@ -640,7 +649,10 @@ impl Simulation {
             if let Some(outcome) = self.outcome {
                 break outcome;
             }
-            let finished = self.update_finished();
+            if std::mem::take(&mut self.world.targets_stale) {
+                self.finished = self.update_finished();
+            }
+            let finished = self.finished;
             if finished && self.transition_at.is_none() {
                 break Outcome::Converged;
             }
@@ -940,8 +952,9 @@ impl Simulation {
                 best = (at, Next::Queue);
             }
         }
+        let elapsed = self.world.elapsed();
         for (i, node) in self.nodes.iter().enumerate() {
-            if !self.world.schedule.up(i, self.world.elapsed()) {
+            if !self.world.schedule.up(i, elapsed) {
                 // A node that is down does nothing until it returns.
                 continue;
             }

@@ -654,9 +654,10 @@ impl Node {
     /// Reads the longest prefix of `range` below our height that fits in
     /// `max_bytes` (at least one block).
     fn read(&self, w: &World, range: SeqRange, max_bytes: usize) -> Vec<Payload> {
-        let mut payloads = Vec::new();
-        let mut total = 0usize;
         let end = range.end().min(self.height.saturating_sub(1));
+        let blocks = end.saturating_add(1).saturating_sub(range.start());
+        let mut payloads = Vec::with_capacity(usize::try_from(blocks).unwrap_or(0).min(64));
+        let mut total = 0usize;
         for seq in range.start()..=end {
             if seq >= self.height {
                 break;
