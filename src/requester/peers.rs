@@ -620,10 +620,22 @@ impl<P: Clone + Ord> Peers<P> {
         if !fresh.is_empty() {
             candidates = fresh;
         }
-        // Least loaded first, then the fastest (a peer never measured
-        // last: its round trip is unknown, not short); ties broken by the
-        // seed so that equal peers share the load.
-        let key = |peer: &Peer| (peer.in_flight, peer.rtt.srtt().unwrap_or(Duration::MAX));
+        // A peer with a bad answer not yet made good (doubted for not
+        // serving what it advertised, or a block of its rejected and not
+        // committed since) after every other; then the least loaded, then
+        // the fastest (a peer never measured last: its round trip is
+        // unknown, not short); ties broken by the seed so that equal peers
+        // share the load. Load alone put the byzantine and the lying peer
+        // first, being idle because avoided: a range whose sends timed out
+        // at three busy honest peers went to both before an honest peer
+        // had it again (hostile, seed 9: 5.45× the bound, 3.45× now).
+        let key = |peer: &Peer| {
+            (
+                peer.doubts > 0 || peer.unfixed_rejections > 0,
+                peer.in_flight,
+                peer.rtt.srtt().unwrap_or(Duration::MAX),
+            )
+        };
         let best = candidates.iter().map(|(_, peer)| key(peer)).min()?;
         let tied: Vec<&P> = candidates
             .iter()
@@ -710,6 +722,42 @@ mod tests {
             peers.choose(&config, 50, &[], &["b"], now, &mut rng, None),
             None,
             "another peer advertises it: wait for it rather than ask the excluded one"
+        );
+    }
+
+    #[test]
+    fn a_peer_with_a_bad_answer_outstanding_comes_after_busier_ones() {
+        let config = Config::default();
+        let now = crate::test_epoch();
+        let mut rng = fastrand::Rng::with_seed(1);
+        let mut peers = Peers::default();
+        peers.replace(vec![
+            PeerState::new("honest", 100),
+            PeerState::new("liar", 100),
+        ]);
+        peers.get_mut(&"honest").unwrap().in_flight = 1;
+        assert_eq!(
+            peers.choose(&config, 50, &[], &[], now, &mut rng, None),
+            Some("liar"),
+            "idle and clean: least loaded first"
+        );
+        peers.get_mut(&"liar").unwrap().unfixed_rejections = 1;
+        assert_eq!(
+            peers.choose(&config, 50, &[], &[], now, &mut rng, None),
+            Some("honest")
+        );
+        peers.get_mut(&"liar").unwrap().unfixed_rejections = 0;
+        // Doubted above the range: it still covers 50, on probation.
+        peers.get_mut(&"liar").unwrap().doubt(60, now);
+        assert_eq!(
+            peers.choose(&config, 50, &[], &[], now, &mut rng, None),
+            Some("honest")
+        );
+        // Still asked when the others are full: an order, not a ban.
+        peers.get_mut(&"honest").unwrap().in_flight = config.max_in_flight_per_peer;
+        assert_eq!(
+            peers.choose(&config, 50, &[], &[], now, &mut rng, None),
+            Some("liar")
         );
     }
 
