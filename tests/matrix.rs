@@ -5,7 +5,11 @@
 //! ceiling was set, plus a margin of 4–8 %, `BENCHMARKS.md`), or if the
 //! default preset is ever slower than Fabric's. Seed 1 only, scenarios in
 //! parallel, to stay within CI's budget in a debug build; `catchup
-//! --scenario all --seed N` shows the others.
+//! --scenario all --seed N` shows the others. `hostile` (2 % loss) is
+//! chaotic: which messages are lost moves with every change of timing, so
+//! one seed's ratio says little (a change that took seeds 1–40 from a
+//! geometric mean of 2.07 to 1.79 took seed 1 from 1.81 to 2.62); its
+//! ceiling is on the geometric mean over seeds 1–10.
 //!
 //! `huge` (320 MiB of chain) is left to `catchup --scenario huge`: building
 //! its chain alone takes longer than the rest in a debug build.
@@ -24,18 +28,27 @@ const CEILINGS: [(&str, f64); 9] = [
     ("tiny", 1.50),
     ("thin", 1.17),
     ("hetero", 1.33),
-    ("hostile", 2.20),
+    ("hostile", 1.90),
     ("many-laggers", 2.00),
     ("crowd", 31.5),
 ];
 
+/// Scenarios whose ceiling is on the geometric mean over seeds 1–10.
+const CHAOTIC: [&str; 1] = ["hostile"];
+
 #[test]
 fn default_preset_stays_under_its_ceilings_and_beats_fabric() {
-    let seed = 1;
     let failures: Vec<String> = std::thread::scope(|scope| {
         let runs: Vec<_> = CEILINGS
             .iter()
-            .map(|&(name, ceiling)| scope.spawn(move || check(name, ceiling, seed)))
+            .map(|&(name, ceiling)| {
+                let seeds: Vec<u64> = if CHAOTIC.contains(&name) {
+                    (1..=10).collect()
+                } else {
+                    vec![1]
+                };
+                scope.spawn(move || check(name, ceiling, &seeds))
+            })
             .collect();
         runs.into_iter()
             .flat_map(|run| run.join().expect("scenario run"))
@@ -44,29 +57,54 @@ fn default_preset_stays_under_its_ceilings_and_beats_fabric() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-/// One scenario's failures: ratio over its ceiling, or slower than Fabric.
-fn check(name: &str, ceiling: f64, seed: u64) -> Vec<String> {
+/// One scenario's failures: the geometric mean of its ratios over `seeds`
+/// over its ceiling, or slower than Fabric on any seed.
+fn check(name: &str, ceiling: f64, seeds: &[u64]) -> Vec<String> {
     let named = matrix::named(name).expect("a named scenario");
-    let run = |config: Config| {
+    let run = |config: Config, seed: u64| {
         Simulation::new(named.scenario.clone(), config, seed)
             .expect("valid scenario")
             .run(|_| {})
     };
-    let ours = run(Config::default());
-    let fabric = run(Config::fabric());
+    let reports: Vec<_> = std::thread::scope(|scope| {
+        let runs: Vec<_> = seeds
+            .iter()
+            .map(|&seed| {
+                scope.spawn(move || {
+                    (
+                        seed,
+                        run(Config::default(), seed),
+                        run(Config::fabric(), seed),
+                    )
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|run| run.join().expect("seed run"))
+            .collect()
+    });
     let mut failures = Vec::new();
-    if !ours.passed() {
-        failures.push(format!("{name}: {:?}", ours.failures()));
+    let mut log_ratios = 0.0;
+    for (seed, ours, fabric) in reports {
+        if !ours.passed() {
+            failures.push(format!("{name} seed {seed}: {:?}", ours.failures()));
+        }
+        match ours.ratio() {
+            Some(ratio) => log_ratios += ratio.ln(),
+            None => failures.push(format!("{name} seed {seed}: no ratio")),
+        }
+        match (ours.catchup, fabric.catchup) {
+            (Some(a), Some(b)) if a <= b => {}
+            (a, b) => failures.push(format!(
+                "{name} seed {seed}: default {a:?} not faster than fabric {b:?}"
+            )),
+        }
     }
-    match ours.ratio() {
-        Some(ratio) if ratio <= ceiling => {}
-        ratio => failures.push(format!("{name}: ratio {ratio:?} over {ceiling}")),
-    }
-    match (ours.catchup, fabric.catchup) {
-        (Some(a), Some(b)) if a <= b => {}
-        (a, b) => failures.push(format!(
-            "{name}: default {a:?} not faster than fabric {b:?}"
-        )),
+    let ratio = (log_ratios / seeds.len() as f64).exp();
+    if ratio > ceiling {
+        failures.push(format!(
+            "{name}: ratio {ratio:.3} over {ceiling} (seeds {seeds:?})"
+        ));
     }
     failures
 }

@@ -778,3 +778,62 @@ fn unrepresentable_deadlines_never_fire() {
         .unwrap();
     assert_eq!(ae.stats().timeouts, 0);
 }
+
+// A rejected block's successors were dropped by the host unjudged: those
+// another peer sent go back to the buffer and are delivered again without
+// being fetched again; only the rejected sender's are.
+#[test]
+fn blocks_after_a_rejected_one_are_delivered_again_not_fetched_again() {
+    for seed in 0..20 {
+        let t0 = epoch();
+        let mut ae = AntiEntropy::new(Config::default(), channel(), 1, seed, t0).unwrap();
+        let view = vec![PeerState::new("a", 34), PeerState::new("b", 34)];
+        ae.handle(t0, Event::Membership(view)).unwrap();
+        let asked = sends(&drain(&mut ae));
+        let sender_of = |start: u64| asked.iter().find(|s| s.2 == start).expect("asked").0;
+        let (bad, other) = (sender_of(1), sender_of(23));
+        if bad == other {
+            continue; // this seed sent both to one peer: nothing to tell apart
+        }
+        for (peer, nonce, start, end) in &asked {
+            ae.handle(
+                t0,
+                Event::Response {
+                    from: *peer,
+                    message: wire_response(*nonce, *start..=*end),
+                },
+            )
+            .unwrap();
+        }
+        assert_eq!(delivered(&drain(&mut ae)), (1..=33).collect::<Vec<_>>());
+        ae.handle(t0, Event::Committed { height: 3 }).unwrap();
+        ae.handle(t0, Event::Rejected { seq: 3 }).unwrap();
+        let again = sends(&drain(&mut ae));
+        // The bad sender's blocks from 3 on are asked again (from the other
+        // peer); `other`'s 23–33 are not.
+        let refetched: Vec<u64> = again.iter().flat_map(|s| s.2..=s.3).collect();
+        assert!(refetched.contains(&3), "seed {seed}: {again:?}");
+        assert!(
+            refetched.iter().all(|&seq| seq < 23),
+            "seed {seed}: {again:?}"
+        );
+        for (peer, nonce, start, end) in &again {
+            assert_ne!(*peer, bad, "seed {seed}");
+            ae.handle(
+                t0,
+                Event::Response {
+                    from: *peer,
+                    message: wire_response(*nonce, *start..=*end),
+                },
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            delivered(&drain(&mut ae)),
+            (3..=33).collect::<Vec<_>>(),
+            "seed {seed}"
+        );
+        return;
+    }
+    panic!("no seed sent the first and the last range to different peers");
+}

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use crate::buffer::PayloadBuffer;
 use crate::config::{Config, ConfigError};
 use crate::wire;
+use crate::wire::gossip::Payload;
 use peers::Peers;
 use requests::Requests;
 pub use types::{
@@ -69,6 +70,10 @@ struct Delivered<P> {
     seq: u64,
     origin: Origin<P>,
     size: u64,
+    /// A copy (its bytes shared with the host's, not duplicated): when the
+    /// host rejects an earlier block it drops this one unverified, and it
+    /// goes back to the buffer instead of being fetched again.
+    payload: Payload,
 }
 
 /// The requester: finds the blocks we lack, asks peers for them, and hands
