@@ -5,11 +5,14 @@
 //! ceiling was set, plus a margin of 4–8 %, `BENCHMARKS.md`), or if the
 //! default preset is ever slower than Fabric's. Seed 1 only, scenarios in
 //! parallel, to stay within CI's budget in a debug build; `catchup
-//! --scenario all --seed N` shows the others. `hostile` (2 % loss) is
-//! chaotic: which messages are lost moves with every change of timing, so
-//! one seed's ratio says little (a change that took seeds 1–40 from a
-//! geometric mean of 2.07 to 1.79 took seed 1 from 1.81 to 2.62); its
-//! ceiling is on the geometric mean over seeds 1–10.
+//! --scenario all --seed N` shows the others.
+//!
+//! `hostile` (2 % loss) is chaotic: which messages are lost moves with
+//! every change of timing, so one seed's ratio says little (keeping the
+//! blocks after a rejected one took seeds 1–40 from a geometric mean of
+//! 2.00 to 1.79 and seed 1 from 1.81 to 2.62). Its ceiling is on the
+//! geometric mean over seeds 1–10 (1.81 when set), with a looser cap on
+//! each seed.
 //!
 //! `huge` (320 MiB of chain) is left to `catchup --scenario huge`: building
 //! its chain alone takes longer than the rest in a debug build.
@@ -33,8 +36,9 @@ const CEILINGS: [(&str, f64); 9] = [
     ("crowd", 31.5),
 ];
 
-/// Scenarios whose ceiling is on the geometric mean over seeds 1–10.
-const CHAOTIC: [&str; 1] = ["hostile"];
+/// Scenarios whose ceiling is on the geometric mean over seeds 1–10, and
+/// the cap on any one seed's ratio (the worst of seeds 1–40 was 2.62).
+const CHAOTIC: [(&str, f64); 1] = [("hostile", 3.0)];
 
 #[test]
 fn default_preset_stays_under_its_ceilings_and_beats_fabric() {
@@ -42,12 +46,12 @@ fn default_preset_stays_under_its_ceilings_and_beats_fabric() {
         let runs: Vec<_> = CEILINGS
             .iter()
             .map(|&(name, ceiling)| {
-                let seeds: Vec<u64> = if CHAOTIC.contains(&name) {
-                    (1..=10).collect()
-                } else {
-                    vec![1]
+                let chaotic = CHAOTIC.iter().find(|(chaotic, _)| *chaotic == name);
+                let (seeds, cap): (Vec<u64>, f64) = match chaotic {
+                    Some(&(_, cap)) => ((1..=10).collect(), cap),
+                    None => (vec![1], ceiling),
                 };
-                scope.spawn(move || check(name, ceiling, &seeds))
+                scope.spawn(move || check(name, ceiling, cap, &seeds))
             })
             .collect();
         runs.into_iter()
@@ -58,8 +62,8 @@ fn default_preset_stays_under_its_ceilings_and_beats_fabric() {
 }
 
 /// One scenario's failures: the geometric mean of its ratios over `seeds`
-/// over its ceiling, or slower than Fabric on any seed.
-fn check(name: &str, ceiling: f64, seeds: &[u64]) -> Vec<String> {
+/// over `ceiling`, one seed's over `cap`, or slower than Fabric on any seed.
+fn check(name: &str, ceiling: f64, cap: f64, seeds: &[u64]) -> Vec<String> {
     let named = matrix::named(name).expect("a named scenario");
     let run = |config: Config, seed: u64| {
         Simulation::new(named.scenario.clone(), config, seed)
@@ -90,8 +94,8 @@ fn check(name: &str, ceiling: f64, seeds: &[u64]) -> Vec<String> {
             failures.push(format!("{name} seed {seed}: {:?}", ours.failures()));
         }
         match ours.ratio() {
-            Some(ratio) => log_ratios += ratio.ln(),
-            None => failures.push(format!("{name} seed {seed}: no ratio")),
+            Some(ratio) if ratio <= cap => log_ratios += ratio.ln(),
+            ratio => failures.push(format!("{name} seed {seed}: ratio {ratio:?} over {cap}")),
         }
         match (ours.catchup, fabric.catchup) {
             (Some(a), Some(b)) if a <= b => {}
@@ -101,7 +105,7 @@ fn check(name: &str, ceiling: f64, seeds: &[u64]) -> Vec<String> {
         }
     }
     let ratio = (log_ratios / seeds.len() as f64).exp();
-    if ratio > ceiling {
+    if ratio.is_nan() || ratio > ceiling {
         failures.push(format!(
             "{name}: ratio {ratio:.3} over {ceiling} (seeds {seeds:?})"
         ));

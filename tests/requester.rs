@@ -808,15 +808,29 @@ fn blocks_after_a_rejected_one_are_delivered_again_not_fetched_again() {
         assert_eq!(delivered(&drain(&mut ae)), (1..=33).collect::<Vec<_>>());
         ae.handle(t0, Event::Committed { height: 3 }).unwrap();
         ae.handle(t0, Event::Rejected { seq: 3 }).unwrap();
-        let again = sends(&drain(&mut ae));
-        // The bad sender's blocks from 3 on are asked again (from the other
-        // peer); `other`'s 23–33 are not.
+        let after_rejection = drain(&mut ae);
+        assert!(delivered(&after_rejection).is_empty(), "seed {seed}");
+        let stats = ae.stats();
+        assert_eq!(stats.uncommitted_blocks, 0, "seed {seed}");
+        assert_eq!(stats.uncommitted_bytes, 0, "seed {seed}");
+        // `other`'s blocks wait in the buffer for a good block 3.
+        let kept = asked
+            .iter()
+            .filter(|s| s.0 == other)
+            .map(|s| (s.3 - s.2 + 1) as usize)
+            .sum::<usize>();
+        assert_eq!(stats.buffered_blocks, kept, "seed {seed}");
+        let again = sends(&after_rejection);
+        // Only the bad sender's blocks from 3 on are asked again (from the
+        // other peer).
         let refetched: Vec<u64> = again.iter().flat_map(|s| s.2..=s.3).collect();
-        assert!(refetched.contains(&3), "seed {seed}: {again:?}");
-        assert!(
-            refetched.iter().all(|&seq| seq < 23),
-            "seed {seed}: {again:?}"
-        );
+        let bad_sent: Vec<u64> = asked
+            .iter()
+            .filter(|s| s.0 == bad)
+            .flat_map(|s| s.2..=s.3)
+            .filter(|&seq| seq >= 3)
+            .collect();
+        assert_eq!(refetched, bad_sent, "seed {seed}: {again:?}");
         for (peer, nonce, start, end) in &again {
             assert_ne!(*peer, bad, "seed {seed}");
             ae.handle(
@@ -828,11 +842,21 @@ fn blocks_after_a_rejected_one_are_delivered_again_not_fetched_again() {
             )
             .unwrap();
         }
+        let redelivered = drain(&mut ae);
         assert_eq!(
-            delivered(&drain(&mut ae)),
+            delivered(&redelivered),
             (3..=33).collect::<Vec<_>>(),
             "seed {seed}"
         );
+        // Each block still names the peer it came from.
+        for action in &redelivered {
+            if let Action::AddPayload { payload, from } = action {
+                let seq = payload.seq_num;
+                if (23..=33).contains(&seq) {
+                    assert_eq!(*from, Origin::Peer(other), "seed {seed}: block {seq}");
+                }
+            }
+        }
         return;
     }
     panic!("no seed sent the first and the last range to different peers");

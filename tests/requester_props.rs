@@ -1213,12 +1213,24 @@ impl Harness {
                 if let Origin::Peer(sender) = origin {
                     self.rejected_by.entry(seq).or_default().insert(sender);
                 }
+                let mut dropped = Vec::new();
                 while self.host.back().is_some_and(|&(s, ..)| s >= seq) {
-                    self.host.pop_back();
+                    dropped.extend(self.host.pop_back());
                 }
                 // Delivery resumes at the rejected block; what the buffer
-                // holds above stays.
+                // holds above stays, and the delivered blocks above it go
+                // back to the buffer (lowest first) unless they came from
+                // the rejected block's source or from a peer with a rejected
+                // block not committed since.
                 self.frontier = seq;
+                for (s, _, from) in dropped.into_iter().rev() {
+                    let suspect = from == origin
+                        || matches!(from, Origin::Peer(peer)
+                            if self.rejected_by.values().any(|senders| senders.contains(&peer)));
+                    if s > seq && !suspect {
+                        self.accept(s, from);
+                    }
+                }
                 self.rejected += 1;
                 self.handle(now, Event::Rejected { seq })?;
             }

@@ -117,19 +117,23 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let times = backoff.times;
         // The host drops what it holds from `seq` on, and so do we,
         // including deliveries not yet drained; but the blocks after `seq`
-        // were never judged: those another source sent go back to the
+        // were never judged: those from another source go back to the
         // buffer, to be delivered again once a good `seq` is in. (Dropped,
         // a bad block at the commit point cost a refetch of the whole window
-        // behind it: 59 MB in hostile seed 9.) The rejected sender's are
+        // behind it: 59 MB in hostile seed 9.) The rejected source's, and
+        // those of any peer with a rejected block not committed since, are
         // fetched again.
-        let rejected_sender = position
+        let rejected_source = position
             .and_then(|i| self.uncommitted.get(i))
             .map(|d| d.origin.clone());
         let mut undelivered = Vec::new();
         while self.uncommitted.back().is_some_and(|d| d.seq >= seq) {
             if let Some(dropped) = self.uncommitted.pop_back() {
                 self.uncommitted_bytes -= dropped.size;
-                if dropped.seq > seq && Some(&dropped.origin) != rejected_sender.as_ref() {
+                let suspect = Some(&dropped.origin) == rejected_source.as_ref()
+                    || matches!(&dropped.origin, Origin::Peer(peer)
+                        if self.peers.get(peer).is_some_and(|p| p.unfixed_rejections > 0));
+                if dropped.seq > seq && !suspect {
                     undelivered.push((dropped.payload, dropped.size, dropped.origin));
                 }
             }

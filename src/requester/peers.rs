@@ -620,8 +620,9 @@ impl<P: Clone + Ord> Peers<P> {
         if !fresh.is_empty() {
             candidates = fresh;
         }
-        // A peer with a bad answer not yet made good (doubted for not
-        // serving what it advertised, or a block of its rejected and not
+        // A peer with a bad answer not yet made good (doubted, for an empty
+        // or short answer or a range it failed to the end, until it serves
+        // what it was doubted for; or a block of its rejected and not
         // committed since) after every other; then the least loaded, then
         // the fastest (a peer never measured last: its round trip is
         // unknown, not short); ties broken by the seed so that equal peers
@@ -629,6 +630,9 @@ impl<P: Clone + Ord> Peers<P> {
         // first, being idle because avoided: a range whose sends timed out
         // at three busy honest peers went to both before an honest peer
         // had it again (hostile, seed 9: 5.45× the bound, 3.45× now).
+        // The doubt counts until made good, not only while in force: a
+        // peer that answered empty once often does again (ordering by the
+        // doubt in force only: hostile seeds 1–40 1.876 against 1.791).
         let key = |peer: &Peer| {
             (
                 peer.doubts > 0 || peer.unfixed_rejections > 0,
@@ -753,6 +757,19 @@ mod tests {
             peers.choose(&config, 50, &[], &[], now, &mut rng, None),
             Some("honest")
         );
+        // Until it serves what it was doubted for, even once the doubt
+        // itself has run out.
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(
+            peers.choose(&config, 50, &[], &[], later, &mut rng, None),
+            Some("honest")
+        );
+        peers.get_mut(&"liar").unwrap().served(60);
+        assert_eq!(
+            peers.choose(&config, 50, &[], &[], later, &mut rng, None),
+            Some("liar")
+        );
+        peers.get_mut(&"liar").unwrap().doubt(60, later);
         // Still asked when the others are full: an order, not a ban.
         peers.get_mut(&"honest").unwrap().in_flight = config.max_in_flight_per_peer;
         assert_eq!(

@@ -147,8 +147,9 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             let peer = match self.pick(now, range, &[]) {
                 Pick::Peer(peer) => peer,
                 // Its bad block waits for its back-off (the timer wakes us).
-                // Blocks past it would be delivered after it and dropped
-                // with it when its copy is rejected again: not fetched.
+                // Blocks past it would be delivered after it and, when only
+                // its rejected senders hold the range, dropped with it if
+                // their copy is rejected again: not fetched.
                 Pick::Later => return,
                 Pick::Busy if !self.nothing_waiting() => return,
                 // Nothing in flight will wake us: end the round and let the
