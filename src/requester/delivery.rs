@@ -132,7 +132,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 self.uncommitted_bytes -= dropped.size;
                 let suspect = Some(&dropped.origin) == rejected_source.as_ref()
                     || matches!(&dropped.origin, Origin::Peer(peer)
-                        if self.peers.get(peer).is_some_and(|p| p.unfixed_rejections > 0));
+                        if self.rejected_by.values().any(|senders| senders.contains(peer)));
                 if dropped.seq > seq && !suspect {
                     undelivered.push((dropped.payload, dropped.size, dropped.origin));
                 }
