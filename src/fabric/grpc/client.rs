@@ -5,11 +5,17 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 
-use futures_lite::StreamExt;
+use futures_lite::{Stream, StreamExt};
 use rustls::pki_types::ServerName;
 use tokio::sync::mpsc;
-use tonic::transport::Endpoint;
+use tonic::client::Grpc;
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::codegen::GrpcMethod;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+use tonic_prost::ProstCodec;
 
+use super::codec::{EnvelopeCodec, Frame};
 use super::config::{MAX_FRAME, WINDOW};
 use super::stats::bump;
 use super::stream::{outgoing, remote_handshake, run, Out};
@@ -17,9 +23,8 @@ use super::{lock, Direction, GrpcTransport, Inner};
 use crate::adapters::tokio::Tokio;
 use crate::adapters::Runtime;
 use crate::fabric::crypto::PkiId;
-use crate::fabric::gen::gossip_client::GossipClient;
 use crate::fabric::handshake::{conn_establish, HandshakeError};
-use crate::wire::gossip::Empty;
+use crate::wire::gossip::{Empty, Envelope};
 
 impl GrpcTransport {
     /// Keeps a stream to the peer at `addr` up: dials (TLS naming
@@ -127,10 +132,10 @@ async fn dial_once(
         Ok(channel) => channel,
         Err(error) => return failed(&inner, &error),
     };
-    let mut client = GossipClient::new(channel)
+    let mut client = Grpc::new(channel)
         .max_decoding_message_size(config.max_message_size)
         .max_encoding_message_size(config.max_message_size);
-    match tokio::time::timeout(config.conn_timeout, client.ping(Empty {})).await {
+    match tokio::time::timeout(config.conn_timeout, ping(&mut client)).await {
         Ok(Ok(_)) => {}
         Ok(Err(status)) => return failed(&inner, &status),
         Err(_) => return failed(&inner, &"ping timed out"),
@@ -148,7 +153,8 @@ async fn dial_once(
     let stream = outgoing(outbound, weak.clone(), config.max_message_size).filter_map(Result::ok);
     // Fabric's server sends its ConnEstablish at once, so the response
     // headers come without waiting for ours to be checked.
-    let opened = tokio::time::timeout(config.conn_timeout, client.gossip_stream(stream)).await;
+    let opened =
+        tokio::time::timeout(config.conn_timeout, gossip_stream(&mut client, stream)).await;
     let mut inbound = match opened {
         Ok(Ok(response)) => response.into_inner(),
         Ok(Err(status)) => {
@@ -184,4 +190,41 @@ async fn dial_once(
     drop(inner);
     run(weak.clone(), info, queue, inbound, Direction::Dialled, addr).await;
     Some(true)
+}
+
+// `gossip.Gossip`'s two calls as tonic-prost-build generates them
+// (`gen::gossip_client`: same paths and extensions), written out so that
+// `GossipStream` runs with our codec.
+
+async fn ready(client: &mut Grpc<Channel>) -> Result<(), Status> {
+    client
+        .ready()
+        .await
+        .map_err(|error| Status::unknown(format!("Service was not ready: {error}")))
+}
+
+/// `Ping`, as Fabric's dialler sends before opening the stream.
+async fn ping(client: &mut Grpc<Channel>) -> Result<(), Status> {
+    ready(client).await?;
+    let mut request = Request::new(Empty {});
+    request
+        .extensions_mut()
+        .insert(GrpcMethod::new("gossip.Gossip", "Ping"));
+    let path = PathAndQuery::from_static("/gossip.Gossip/Ping");
+    let codec = ProstCodec::<Empty, Empty>::default();
+    client.unary(request, path, codec).await.map(drop)
+}
+
+/// Opens `GossipStream`, sending `outgoing`.
+async fn gossip_stream(
+    client: &mut Grpc<Channel>,
+    outgoing: impl Stream<Item = Frame> + Send + 'static,
+) -> Result<Response<Streaming<Envelope>>, Status> {
+    ready(client).await?;
+    let mut request = Request::new(outgoing);
+    request
+        .extensions_mut()
+        .insert(GrpcMethod::new("gossip.Gossip", "GossipStream"));
+    let path = PathAndQuery::from_static("/gossip.Gossip/GossipStream");
+    client.streaming(request, path, EnvelopeCodec).await
 }

@@ -5,11 +5,12 @@
 //! By concern: `config` (settings, Fabric's limits, HTTP/2 windows),
 //! `server` (accepting: TLS, the `gossip.Gossip` service), `client`
 //! (dialling and the back-off), `stream` (one stream: its writer, the
-//! handshake, routing to the drivers), `members` (membership messages on
-//! the streams), `stats` (counters). This file holds the shared
+//! handshake, routing to the drivers), `codec` (envelopes on the wire),
+//! `members` (membership messages on the streams), `stats` (counters). This file holds the shared
 //! state and the transport's public face.
 
 mod client;
+mod codec;
 mod config;
 mod members;
 mod server;

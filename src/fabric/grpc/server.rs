@@ -2,22 +2,29 @@
 //! `gossip.Gossip` service whose `GossipStream` runs the handshake server
 //! side.
 
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_lite::Stream;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tonic::body::Body;
+use tonic::codegen::{http, BoxFuture};
+use tonic::metadata::GRPC_CONTENT_TYPE;
+use tonic::server::{Grpc, NamedService};
 use tonic::transport::Server;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
+use tonic_prost::ProstCodec;
 
+use super::codec::{EnvelopeCodec, Frame};
 use super::config::{MAX_FRAME, WINDOW};
 use super::stats::bump;
 use super::stream::{outgoing, remote_handshake, run, Out};
 use super::{Direction, GrpcTransport, Inner};
 use crate::adapters::tcp::accept;
-use crate::fabric::gen::gossip_server::{Gossip, GossipServer};
 use crate::fabric::handshake::{conn_establish, HandshakeError};
 use crate::fabric::tls::{PeerInfo, TlsConn};
 use crate::wire::gossip::{Empty, Envelope};
@@ -52,11 +59,10 @@ impl GrpcTransport {
             }
         });
         let config = &self.inner.config;
-        let service = GossipServer::new(Service {
+        let service = Service {
             inner: Arc::downgrade(&self.inner),
-        })
-        .max_decoding_message_size(config.max_message_size)
-        .max_encoding_message_size(config.max_message_size);
+            max_message_size: config.max_message_size,
+        };
         let server = Server::builder()
             // Fabric's server side: pings every 2 h, 20 s to answer.
             .http2_keepalive_interval(Some(Duration::from_secs(7200)))
@@ -74,69 +80,111 @@ impl GrpcTransport {
     }
 }
 
-/// The server side of `gossip.Gossip`.
+/// `gossip.Gossip` as tonic-prost-build generates it (`gen::gossip_server`,
+/// same paths, limits and fallback), written out so that `GossipStream`
+/// runs with our codec ([`EnvelopeCodec`]).
+#[derive(Clone)]
 struct Service {
     inner: Weak<Inner>,
+    max_message_size: usize,
 }
 
-type OutStream = Pin<Box<dyn Stream<Item = Result<Envelope, Status>> + Send>>;
+impl NamedService for Service {
+    const NAME: &'static str = "gossip.Gossip";
+}
 
-#[tonic::async_trait]
-impl Gossip for Service {
-    type GossipStreamStream = OutStream;
+impl tower::Service<http::Request<Body>> for Service {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
 
-    async fn gossip_stream(
-        &self,
-        request: Request<Streaming<Envelope>>,
-    ) -> Result<Response<OutStream>, Status> {
-        let inner = self
-            .inner
-            .upgrade()
-            .ok_or_else(|| Status::unavailable("shutting down"))?;
-        let Some(peer) = request.extensions().get::<PeerInfo>().cloned() else {
-            return Err(Status::internal("no connection info"));
-        };
-        // Fabric refuses before sending anything of its own.
-        let Some(remote_cert) = peer.peer_cert else {
-            inner.refuse(
-                peer.remote,
-                Direction::Accepted,
-                HandshakeError::NoClientCertificate,
-            );
-            return Err(Status::unauthenticated("no TLS certificate"));
-        };
-        let ours = conn_establish(inner.signer.as_ref(), inner.tls.server_cert_hash(), false)
-            .map_err(|error| Status::internal(error.to_string()))?;
-        let (queue, outbound) = mpsc::channel(inner.config.queue);
-        let _ = queue.try_send(Out::Envelope(ours));
-        let mut inbound = request.into_inner();
-        let weak = self.inner.clone();
-        let remote = peer.remote;
-        inner.spawn(async move {
-            let Some(inner) = weak.upgrade() else { return };
-            let info = match remote_handshake(&inner, &mut inbound, Some(&remote_cert)).await {
-                Ok(info) => info,
-                Err(error) => {
-                    // The stream ends with the reason, as Fabric's handler
-                    // returning the error does.
-                    let _ = queue.try_send(Out::Refuse(Status::unauthenticated(error.to_string())));
-                    inner.refuse(remote, Direction::Accepted, error);
-                    return;
-                }
-            };
-            if info.probe {
-                // Answered (our ConnEstablish) and ended with OK; not registered.
-                bump(&inner.counters.probes);
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let max = Some(self.max_message_size);
+        match request.uri().path() {
+            "/gossip.Gossip/GossipStream" => {
+                let weak = self.inner.clone();
+                let method = tower::service_fn(move |request| gossip_stream(weak.clone(), request));
+                Box::pin(async move {
+                    let mut grpc = Grpc::new(EnvelopeCodec).apply_max_message_size_config(max, max);
+                    Ok(grpc.streaming(method, request).await)
+                })
+            }
+            "/gossip.Gossip/Ping" => {
+                let method = tower::service_fn(|_: Request<Empty>| async {
+                    Ok::<_, Status>(Response::new(Empty {}))
+                });
+                Box::pin(async move {
+                    let codec = ProstCodec::<Empty, Empty>::default();
+                    let mut grpc = Grpc::new(codec).apply_max_message_size_config(max, max);
+                    Ok(grpc.unary(method, request).await)
+                })
+            }
+            _ => Box::pin(async {
+                let mut response = http::Response::new(Body::default());
+                let headers = response.headers_mut();
+                headers.insert(Status::GRPC_STATUS, (Code::Unimplemented as i32).into());
+                headers.insert(http::header::CONTENT_TYPE, GRPC_CONTENT_TYPE);
+                Ok(response)
+            }),
+        }
+    }
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send>>;
+
+/// `GossipStream`, server side: our `ConnEstablish` at once, the remote's
+/// checked on a task of its own, then the stream runs.
+async fn gossip_stream(
+    weak: Weak<Inner>,
+    request: Request<Streaming<Envelope>>,
+) -> Result<Response<OutStream>, Status> {
+    let inner = weak
+        .upgrade()
+        .ok_or_else(|| Status::unavailable("shutting down"))?;
+    let Some(peer) = request.extensions().get::<PeerInfo>().cloned() else {
+        return Err(Status::internal("no connection info"));
+    };
+    // Fabric refuses before sending anything of its own.
+    let Some(remote_cert) = peer.peer_cert else {
+        inner.refuse(
+            peer.remote,
+            Direction::Accepted,
+            HandshakeError::NoClientCertificate,
+        );
+        return Err(Status::unauthenticated("no TLS certificate"));
+    };
+    let ours = conn_establish(inner.signer.as_ref(), inner.tls.server_cert_hash(), false)
+        .map_err(|error| Status::internal(error.to_string()))?;
+    let (queue, outbound) = mpsc::channel(inner.config.queue);
+    let _ = queue.try_send(Out::Envelope(ours));
+    let mut inbound = request.into_inner();
+    let remote = peer.remote;
+    let task = weak.clone();
+    inner.spawn(async move {
+        let weak = task;
+        let Some(inner) = weak.upgrade() else { return };
+        let info = match remote_handshake(&inner, &mut inbound, Some(&remote_cert)).await {
+            Ok(info) => info,
+            Err(error) => {
+                // The stream ends with the reason, as Fabric's handler
+                // returning the error does.
+                let _ = queue.try_send(Out::Refuse(Status::unauthenticated(error.to_string())));
+                inner.refuse(remote, Direction::Accepted, error);
                 return;
             }
-            drop(inner);
-            run(weak, info, queue, inbound, Direction::Accepted, remote).await;
-        });
-        let stream = outgoing(outbound, self.inner.clone(), inner.config.max_message_size);
-        Ok(Response::new(Box::pin(stream)))
-    }
-
-    async fn ping(&self, _: Request<Empty>) -> Result<Response<Empty>, Status> {
-        Ok(Response::new(Empty {}))
-    }
+        };
+        if info.probe {
+            // Answered (our ConnEstablish) and ended with OK; not registered.
+            bump(&inner.counters.probes);
+            return;
+        }
+        drop(inner);
+        run(weak, info, queue, inbound, Direction::Accepted, remote).await;
+    });
+    let stream = outgoing(outbound, weak, inner.config.max_message_size);
+    Ok(Response::new(Box::pin(stream)))
 }

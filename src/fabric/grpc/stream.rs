@@ -11,6 +11,7 @@ use futures_lite::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Status, Streaming};
 
+use super::codec::Frame;
 use super::members::{announce, on_membership};
 use super::stats::bump;
 use super::{lock, Direction, Inner, Link};
@@ -31,27 +32,28 @@ pub(super) enum Out {
 }
 
 /// The outgoing half of a stream: what the queue holds, NoopSigned or as
-/// signed, refusing (and counting) what exceeds the limit.
+/// signed (the codec writes the envelope), refusing (and counting) what
+/// exceeds the limit.
 pub(super) fn outgoing(
     queue: mpsc::Receiver<Out>,
     inner: Weak<Inner>,
     max: usize,
-) -> impl Stream<Item = Result<Envelope, Status>> + Send + 'static {
+) -> impl Stream<Item = Result<Frame, Status>> + Send + 'static {
     tokio_stream::wrappers::ReceiverStream::new(queue).filter_map(move |out| {
-        let envelope = match out {
-            Out::Message(message) => wire::wrap_envelope(&message),
-            Out::Envelope(envelope) => envelope,
+        let frame = match out {
+            Out::Message(message) => Frame::noop(message),
+            Out::Envelope(envelope) => Frame::Signed(envelope),
             Out::Refuse(status) => return Some(Err(status)),
         };
         let inner = inner.upgrade()?;
-        if prost::Message::encoded_len(&envelope) > max {
+        if frame.encoded_len() > max {
             // Our own message: the responder caps its answers below the
             // limit, so this is a misconfigured limit. Not sent.
             bump(&inner.counters.oversized);
             return None;
         }
         bump(&inner.counters.messages_out);
-        Some(Ok(envelope))
+        Some(Ok(frame))
     })
 }
 
