@@ -46,14 +46,6 @@ impl Frame {
     }
 }
 
-/// Encode and decode buffers of 64 KiB, and up to 1 MiB of ready messages
-/// gathered into one HTTP/2 DATA frame (one TLS write) before tonic yields
-/// it to hyper: small state responses then share frames and records
-/// instead of paying each its own (tonic's defaults: 8 KiB, 32 KiB).
-fn buffers() -> BufferSettings {
-    BufferSettings::new(64 << 10, 1 << 20)
-}
-
 /// `Frame`s out, `Envelope`s in.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct EnvelopeCodec;
@@ -69,11 +61,16 @@ impl Codec for EnvelopeCodec {
     }
 
     fn decoder(&mut self) -> ProstDecoder<Envelope> {
-        ProstDecoder::new(buffers())
+        ProstDecoder::new(BufferSettings::default())
     }
 }
 
-/// Writes a [`Frame`] as an `Envelope`, in place.
+/// Writes a [`Frame`] as an `Envelope`, in place. tonic's buffer settings
+/// are kept (8 KiB buffers; ready messages gathered into one DATA frame up
+/// to 32 KiB): 64 KiB buffers with 64 KiB, 256 KiB or 1 MiB of ready
+/// messages per frame all measured slower with 4 KiB blocks (pinned to one
+/// core: 2.1× the TCP codec's time instead of 1.7×) and no faster with
+/// 1 KiB or 64 KiB blocks.
 #[derive(Debug)]
 pub(super) struct FrameEncoder;
 
@@ -86,10 +83,6 @@ impl Encoder for FrameEncoder {
         dst.reserve(frame.encoded_len());
         write(frame, dst);
         Ok(())
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        buffers()
     }
 }
 
