@@ -128,6 +128,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // Withdrawn before the host saw them: not delivered after all.
         self.stats.delivered -= (queued - self.actions.len()) as u64;
         self.buffer.rewind(seq);
+        self.uncover(seq);
         if times > self.config.max_retries {
             // As many bad copies as a range has sends: give the round up, as
             // Fabric does after its four tries; the back-off keeps growing.

@@ -189,10 +189,11 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// requested, at most `batch_size + 1` long, within `..=end`, and below
     /// the next credible height above its start (so every peer holding its
     /// first block can serve all of it).
-    pub(super) fn next_missing(&self, end: u64, now: Instant) -> Option<SeqRange> {
-        let mut seq = self.buffer.next();
+    pub(super) fn next_missing(&mut self, end: u64, now: Instant) -> Option<SeqRange> {
+        let mut seq = self.buffer.next().max(self.covered_below);
         loop {
             if seq > end {
+                self.covered_below = seq;
                 return None;
             }
             if self.buffer.contains(seq) {
@@ -203,6 +204,8 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 break;
             }
         }
+        self.covered_below = seq;
+        debug_assert_eq!(Some(seq), self.first_missing_from_next(end));
         let mut last = end.min(seq.saturating_add(self.blocks_per_request() - 1));
         if let Some(held) = self.buffer.stored_in(seq, last).next() {
             last = held - 1;
@@ -214,6 +217,43 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             last = last.min(boundary - 1);
         }
         SeqRange::new(seq, last)
+    }
+
+    /// The first block from `next` neither held nor requested, found the
+    /// slow way: checks `covered_below` in debug builds.
+    fn first_missing_from_next(&self, end: u64) -> Option<u64> {
+        let mut seq = self.buffer.next();
+        while seq <= end {
+            if self.buffer.contains(seq) {
+                seq += 1;
+            } else if let Some((_, request)) = self.requests.covering(seq) {
+                seq = request.range.end().checked_add(1)?;
+            } else {
+                return Some(seq);
+            }
+        }
+        None
+    }
+
+    /// The first block of `range`, from `next` on, that is not held.
+    fn first_not_held(&self, range: SeqRange) -> Option<u64> {
+        let mut seq = range.start().max(self.buffer.next());
+        if seq > range.end() {
+            return None;
+        }
+        for held in self.buffer.stored_in(seq, range.end()) {
+            if held != seq {
+                break;
+            }
+            seq += 1;
+        }
+        (seq <= range.end()).then_some(seq)
+    }
+
+    /// Block `seq` may be neither held nor requested any more: planning
+    /// looks for missing blocks from there again.
+    pub(super) fn uncover(&mut self, seq: u64) {
+        self.covered_below = self.covered_below.min(seq);
     }
 
     /// How many blocks a request asks for: `batch_size + 1`, as Fabric asks;
@@ -496,6 +536,11 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             if let Some(peer) = self.peers.get_mut(&attempt.peer) {
                 peer.in_flight -= 1;
             }
+        }
+        // Planning must look at its blocks again, from the first one not
+        // held (an answered range is usually held whole: then from none).
+        if let Some(seq) = self.first_not_held(request.range) {
+            self.uncover(seq);
         }
         Some(request)
     }

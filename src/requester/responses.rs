@@ -170,6 +170,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 Some(highest) if highest > seq => {
                     self.buffer.remove(highest);
                     self.origins.remove(&highest);
+                    self.uncover(highest);
                     self.stats.evicted += 1;
                 }
                 // Otherwise it waits for commits: dropped now, fetched later.
