@@ -48,6 +48,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         }
         let size = payload_size(&payload) as u64;
         self.accept_payload(payload, size, Origin::Gossip);
+        self.gossiped.push(seq);
     }
 
     pub(super) fn on_committed(&mut self, height: u64) -> Result<(), EventError> {

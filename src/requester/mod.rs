@@ -187,6 +187,11 @@ pub struct AntiEntropy<P> {
     /// Lowered whenever a block leaves both sets: a request dropped with
     /// blocks not held, a held block evicted, a rewind.
     covered_below: u64,
+    /// Blocks offered by the gossip path since the last `drop_obsolete`:
+    /// only they can complete another request's range (a response's blocks
+    /// lie in its own request's range, which the answer ends), so only
+    /// their requests are checked, not every request on every event.
+    gossiped: Vec<u64>,
     /// The inclusive end of the active round's range.
     round_end: Option<u64>,
     /// When the next round starts, while none is active.
@@ -254,6 +259,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             peers: Peers::default(),
             requests: Requests::default(),
             covered_below: height,
+            gossiped: Vec::new(),
             round_end: None,
             rejected_by: BTreeMap::new(),
             backoffs: BTreeMap::new(),

@@ -173,16 +173,22 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
 
     /// Drops requests whose blocks all came another way (gossip, a hedge's
     /// twin, a rewind), freeing their slots without blame.
+    /// Only a stored block can make a request obsolete, and only a gossiped
+    /// one another request than its own: the requests holding the blocks
+    /// gossiped since the last call are the only ones to check.
     pub(super) fn drop_obsolete(&mut self) {
-        let obsolete: Vec<u64> = self
-            .requests
-            .iter()
-            .filter(|(_, request)| self.obsolete(request.range))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in obsolete {
-            self.drop_request(id);
+        let mut gossiped = std::mem::take(&mut self.gossiped);
+        for seq in gossiped.drain(..) {
+            let Some((id, request)) = self.requests.covering(seq) else {
+                continue;
+            };
+            if self.obsolete(request.range) {
+                self.drop_request(id);
+            }
         }
+        // Its allocation is kept for the next gossiped blocks.
+        self.gossiped = gossiped;
+        debug_assert!(self.requests.iter().all(|(_, r)| !self.obsolete(r.range)));
     }
 
     /// The first run of blocks from `next` that is neither held nor
