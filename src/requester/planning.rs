@@ -97,17 +97,16 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         if !gone.is_empty() {
             let departed = gone;
             for id in self.requests.ids() {
-                let Some(request) = self.requests.get_mut(id) else {
+                let Some(request) = self.requests.get(id) else {
                     continue;
                 };
-                let mut cancelled = Vec::new();
-                for attempt in &mut request.attempts {
-                    if attempt.state == AttemptState::Waiting && departed.contains(&attempt.peer) {
-                        attempt.state = AttemptState::Failed;
-                        cancelled.push(attempt.peer.clone());
-                    }
-                }
-                for peer_id in &cancelled {
+                let cancelled: Vec<(u64, P)> = request
+                    .waiting()
+                    .filter(|attempt| departed.contains(&attempt.peer))
+                    .map(|attempt| (attempt.nonce, attempt.peer.clone()))
+                    .collect();
+                for (nonce, peer_id) in &cancelled {
+                    self.requests.end_send(id, *nonce, AttemptState::Failed);
                     // A peer that left the channel keeps its record: free its slot.
                     if let Some(peer) = self.peers.get_mut(peer_id) {
                         peer.in_flight -= 1;
@@ -346,9 +345,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     }
 
     pub(super) fn nothing_waiting(&self) -> bool {
-        self.requests
-            .iter()
-            .all(|(_, request)| request.waiting().next().is_none())
+        self.requests.all_idle()
     }
 
     pub(super) fn fresh_nonce(&mut self) -> u64 {
@@ -509,12 +506,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// Re-sends requests left without a waiting send; gives them up when
     /// nothing in flight could free a peer.
     pub(super) fn resend_idle(&mut self, now: Instant) {
-        let idle: Vec<u64> = self
-            .requests
-            .iter()
-            .filter(|(_, request)| request.waiting().next().is_none())
-            .map(|(id, _)| *id)
-            .collect();
+        let idle: Vec<u64> = self.requests.idle().collect();
         for id in idle {
             self.retry_if_idle(now, id);
             let still_idle = self

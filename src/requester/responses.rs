@@ -107,13 +107,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         if usable == 0 {
             // An empty or useless answer counts against the peer, and the
             // range goes to the next try at once (as Fabric retries).
-            if let Some(attempt) = self
-                .requests
-                .get_mut(id)
-                .and_then(|request| request.attempt_with(nonce))
-            {
-                attempt.state = AttemptState::Failed;
-            }
+            self.requests.end_send(id, nonce, AttemptState::Failed);
             if let Some(peer) = peer {
                 if was_waiting {
                     peer.in_flight -= 1;

@@ -68,18 +68,19 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                             }
                         }
                     }
-                    attempt.state = AttemptState::TimedOut;
-                    expired.push(attempt.peer.clone());
+                    expired.push((attempt.nonce, attempt.peer.clone()));
                 }
             }
             if expired.is_empty() {
                 continue;
             }
-            let blocks = request.range.len();
+            let range = request.range;
+            let blocks = range.len();
             let adaptive = self.config.adaptive_window;
-            for peer_id in &expired {
+            for (nonce, peer_id) in &expired {
+                self.requests.end_send(id, *nonce, AttemptState::TimedOut);
                 self.stats.timeouts += 1;
-                emit!(DEBUG, peer = ?peer_id, range = %request.range, "request timed out");
+                emit!(DEBUG, peer = ?peer_id, %range, "request timed out");
                 if let Some(peer) = self.peers.get_mut(peer_id) {
                     peer.in_flight -= 1;
                     peer.stats.timeouts += 1;
