@@ -15,7 +15,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     pub(super) fn deliver(&mut self) {
         while let Some(payload) = self.buffer.pop() {
             let seq = payload.seq_num;
-            let origin = self.origins.remove(&seq).unwrap_or(Origin::Gossip);
+            let origin = self.origins.take_next().unwrap_or(Origin::Gossip);
             let size = payload_size(&payload) as u64;
             self.uncommitted.push_back(Delivered {
                 seq,
@@ -129,6 +129,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // Withdrawn before the host saw them: not delivered after all.
         self.stats.delivered -= (queued - self.actions.len()) as u64;
         self.buffer.rewind(seq);
+        self.origins.rewind(seq);
         self.uncover(seq);
         if times > self.config.max_retries {
             // As many bad copies as a range has sends: give the round up, as

@@ -1,6 +1,7 @@
 //! [`AntiEntropy`]: the requester side of state transfer.
 
 mod delivery;
+mod origins;
 mod peers;
 mod planning;
 mod requests;
@@ -16,6 +17,7 @@ use bytes::Bytes;
 use crate::buffer::PayloadBuffer;
 use crate::config::{Config, ConfigError};
 use crate::wire;
+use origins::Origins;
 use peers::Peers;
 use requests::Requests;
 pub use types::{
@@ -201,7 +203,7 @@ pub struct AntiEntropy<P> {
     /// Back-off of each rejected block not yet committed.
     backoffs: BTreeMap<u64, BlockBackoff>,
     /// Who sent each payload held in `buffer`.
-    origins: BTreeMap<u64, Origin<P>>,
+    origins: Origins<P>,
     /// Running estimate of a payload's size, for the byte window.
     block_bytes_estimate: u64,
     /// Whether any block was seen yet: before, `block_bytes_estimate` is
@@ -263,7 +265,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             round_end: None,
             rejected_by: BTreeMap::new(),
             backoffs: BTreeMap::new(),
-            origins: BTreeMap::new(),
+            origins: Origins::new(height),
             block_bytes_estimate,
             block_size_seen: false,
             actions: VecDeque::new(),

@@ -163,7 +163,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             match self.buffer.highest() {
                 Some(highest) if highest > seq => {
                     self.buffer.remove(highest);
-                    self.origins.remove(&highest);
+                    self.origins.remove(highest);
                     self.uncover(highest);
                     self.stats.evicted += 1;
                 }
