@@ -35,10 +35,12 @@ impl<P> Origins<P> {
             debug_assert!(false, "origin of block {seq} below {}", self.next);
             return;
         };
-        if index >= self.slots.len() {
-            self.slots.resize_with(index + 1, || None);
+        if index < self.slots.len() {
+            self.slots[index] = Some(origin);
+        } else {
+            self.slots.resize_with(index, || None);
+            self.slots.push_back(Some(origin));
         }
-        self.slots[index] = Some(origin);
     }
 
     /// Forgets who sent block `seq` (evicted from the buffer).

@@ -203,8 +203,8 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             }
             if self.buffer.contains(seq) {
                 seq += 1;
-            } else if let Some((_, request)) = self.requests.covering(seq) {
-                seq = request.range.end().checked_add(1)?;
+            } else if let Some(requested) = self.requests.covering_end(seq) {
+                seq = requested.checked_add(1)?;
             } else {
                 break;
             }

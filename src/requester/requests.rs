@@ -73,7 +73,10 @@ impl<P: PartialEq> Request<P> {
 #[derive(Debug, Clone)]
 pub(crate) struct Requests<P> {
     by_id: BTreeMap<u64, Request<P>>,
-    by_start: BTreeMap<u64, u64>,
+    /// Start of each range → (its end, its request): planning asks whether
+    /// a block is requested several times per event, answered without
+    /// reaching the request itself.
+    by_start: BTreeMap<u64, (u64, u64)>,
     by_nonce: BTreeMap<u64, u64>,
     /// Requests with no send waiting (new, or every send ended): what
     /// `resend_idle` retries, found without walking every request on each
@@ -111,7 +114,7 @@ impl<P> Requests<P> {
         let id = self.next_id;
         self.next_id += 1;
         self.blocks += range.len();
-        self.by_start.insert(range.start(), id);
+        self.by_start.insert(range.start(), (range.end(), id));
         self.idle.insert(id);
         self.by_id.insert(
             id,
@@ -246,9 +249,14 @@ impl<P> Requests<P> {
 
     /// The request whose range holds `seq`.
     pub(crate) fn covering(&self, seq: u64) -> Option<(u64, &Request<P>)> {
-        let (_, id) = self.by_start.range(..=seq).next_back()?;
-        let request = &self.by_id[id];
-        request.range.contains(seq).then_some((*id, request))
+        let (_, &(end, id)) = self.by_start.range(..=seq).next_back()?;
+        (seq <= end).then(|| (id, &self.by_id[&id]))
+    }
+
+    /// The end of the range that holds `seq`, if one does.
+    pub(crate) fn covering_end(&self, seq: u64) -> Option<u64> {
+        let (_, &(end, _)) = self.by_start.range(..=seq).next_back()?;
+        (seq <= end).then_some(end)
     }
 
     /// The lowest start of an outstanding range above `seq`.
