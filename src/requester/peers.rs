@@ -619,25 +619,18 @@ impl<P: Clone + Ord> Peers<P> {
             }
             return Some(candidates[rng.usize(..candidates.len())].0.clone());
         }
-        let fresh: Vec<(&P, &Peer)> = candidates
-            .iter()
-            .copied()
-            .filter(|(id, _)| !prefer_not.contains(id))
-            .collect();
-        if !fresh.is_empty() {
-            candidates = fresh;
+        // Peers that failed the range only if no other one is free.
+        if candidates.iter().any(|(id, _)| !prefer_not.contains(id)) {
+            candidates.retain(|(id, _)| !prefer_not.contains(id));
         }
         // Least loaded first, then the fastest (a peer never measured
         // last: its round trip is unknown, not short); ties broken by the
         // seed so that equal peers share the load.
         let key = |peer: &Peer| (peer.in_flight, peer.rtt.srtt().unwrap_or(Duration::MAX));
         let best = candidates.iter().map(|(_, peer)| key(peer)).min()?;
-        let tied: Vec<&P> = candidates
-            .iter()
-            .filter(|(_, peer)| key(peer) == best)
-            .map(|(id, _)| *id)
-            .collect();
-        Some(tied[rng.usize(..tied.len())].clone())
+        let tied = || candidates.iter().filter(|(_, peer)| key(peer) == best);
+        let chosen = rng.usize(..tied().count());
+        tied().nth(chosen).map(|(id, _)| (*id).clone())
     }
 }
 
