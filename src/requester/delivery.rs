@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use super::reorder::Held;
 use super::{
     Action, AntiEntropy, BlockBackoff, Delivered, EventError, GiveUpReason, Origin,
     BASE_BLOCK_BACKOFF, MAX_BLOCK_BACKOFF,
@@ -13,10 +14,14 @@ use crate::wire::gossip::Payload;
 impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// Hands every consecutive payload to the host.
     pub(super) fn deliver(&mut self) {
-        while let Some(payload) = self.buffer.pop() {
+        while let Some(Held {
+            payload,
+            origin,
+            size,
+        }) = self.buffer.pop()
+        {
             let seq = payload.seq_num;
-            let origin = self.origins.take_next().unwrap_or(Origin::Gossip);
-            let size = payload_size(&payload) as u64;
+            let size = size as u64;
             self.uncommitted.push_back(Delivered {
                 seq,
                 origin: origin.clone(),
@@ -129,7 +134,6 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // Withdrawn before the host saw them: not delivered after all.
         self.stats.delivered -= (queued - self.actions.len()) as u64;
         self.buffer.rewind(seq);
-        self.origins.rewind(seq);
         self.uncover(seq);
         if times > self.config.max_retries {
             // As many bad copies as a range has sends: give the round up, as

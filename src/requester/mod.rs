@@ -1,9 +1,9 @@
 //! [`AntiEntropy`]: the requester side of state transfer.
 
 mod delivery;
-mod origins;
 mod peers;
 mod planning;
+mod reorder;
 mod requests;
 mod responses;
 mod timers;
@@ -14,11 +14,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::buffer::PayloadBuffer;
 use crate::config::{Config, ConfigError};
 use crate::wire;
-use origins::Origins;
 use peers::Peers;
+use reorder::ReorderBuffer;
 use requests::Requests;
 pub use types::{
     Action, Event, EventError, GiveUpReason, IgnoredCounts, Origin, PeerState, PeerStats,
@@ -176,7 +175,8 @@ pub struct AntiEntropy<P> {
     channel: Bytes,
     rng: fastrand::Rng,
     now: Instant,
-    buffer: PayloadBuffer,
+    /// Payloads held out of order, with their senders.
+    buffer: ReorderBuffer<P>,
     committed: u64,
     uncommitted: VecDeque<Delivered<P>>,
     uncommitted_bytes: u64,
@@ -202,8 +202,6 @@ pub struct AntiEntropy<P> {
     rejected_by: BTreeMap<u64, Vec<P>>,
     /// Back-off of each rejected block not yet committed.
     backoffs: BTreeMap<u64, BlockBackoff>,
-    /// Who sent each payload held in `buffer`.
-    origins: Origins<P>,
     /// Running estimate of a payload's size, for the byte window.
     block_bytes_estimate: u64,
     /// Whether any block was seen yet: before, `block_bytes_estimate` is
@@ -241,7 +239,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             return Err(ConfigError::Zero { field: "height" });
         }
         let max_blocks = config.window_blocks.saturating_add(config.block_buffer);
-        let buffer = PayloadBuffer::new(
+        let buffer = ReorderBuffer::new(
             height,
             usize::try_from(max_blocks).unwrap_or(usize::MAX),
             usize::try_from(config.window_bytes).unwrap_or(usize::MAX),
@@ -265,7 +263,6 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             round_end: None,
             rejected_by: BTreeMap::new(),
             backoffs: BTreeMap::new(),
-            origins: Origins::new(height),
             block_bytes_estimate,
             block_size_seen: false,
             actions: VecDeque::new(),

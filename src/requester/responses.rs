@@ -170,7 +170,6 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 match self.buffer.highest() {
                     Some(highest) if highest > seq => {
                         self.buffer.remove(highest);
-                        self.origins.remove(highest);
                         self.uncover(highest);
                         self.stats.evicted += 1;
                     }
@@ -181,10 +180,8 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         }
         // The buffer finds a copy already held (no lookup of our own first:
         // it was one per block).
-        match self.buffer.push(payload) {
-            PushOutcome::Kept => self.origins.insert(seq, origin),
-            PushOutcome::Duplicate => self.stats.ignored.duplicate_payloads += 1,
-            _ => {}
+        if self.buffer.push(payload, origin) == PushOutcome::Duplicate {
+            self.stats.ignored.duplicate_payloads += 1;
         }
     }
 
