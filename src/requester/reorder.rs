@@ -22,9 +22,11 @@ pub(crate) struct Held<P> {
 /// a map by block number. Held blocks lie within the window above the next
 /// block to deliver, so slot `i` holds block `next + i`: a push, a pop or a
 /// lookup is an index, not a tree walk (the map's insertion and removal per
-/// block, with its senders' map beside it, were a fifth of the default
-/// preset's cost per block). The ring spans the blocks from `next` to the
-/// highest held, empty slots included: its last slot, if any, is filled.
+/// block were a sixth of the default preset's instructions per block). The
+/// ring spans the blocks from `next` to the highest held, empty slots
+/// included: at most `window_blocks` or `block_buffer` slots, the furthest
+/// a requested or gossiped block lies above the committed height. Its last
+/// slot, if any, is filled.
 #[derive(Debug, Clone)]
 pub(crate) struct ReorderBuffer<P> {
     next: u64,
