@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use super::reorder::Held;
 use super::{
     Action, AntiEntropy, BlockBackoff, Delivered, EventError, GiveUpReason, Origin,
     BASE_BLOCK_BACKOFF, MAX_BLOCK_BACKOFF,
@@ -13,10 +14,14 @@ use crate::wire::gossip::Payload;
 impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// Hands every consecutive payload to the host.
     pub(super) fn deliver(&mut self) {
-        while let Some(payload) = self.buffer.pop() {
+        while let Some(Held {
+            payload,
+            origin,
+            size,
+        }) = self.buffer.pop()
+        {
             let seq = payload.seq_num;
-            let origin = self.origins.remove(&seq).unwrap_or(Origin::Gossip);
-            let size = payload_size(&payload) as u64;
+            let size = size as u64;
             self.uncommitted.push_back(Delivered {
                 seq,
                 origin: origin.clone(),
@@ -49,6 +54,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         }
         let size = payload_size(&payload) as u64;
         self.accept_payload(payload, size, Origin::Gossip);
+        self.gossiped.push(seq);
     }
 
     pub(super) fn on_committed(&mut self, height: u64) -> Result<(), EventError> {
@@ -145,6 +151,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         });
         self.stats.delivered -= (queued - self.actions.len()) as u64;
         self.buffer.rewind(seq);
+        self.uncover(seq);
         // Lowest first: if the window is full, the highest are evicted.
         for (payload, size, origin) in undelivered.into_iter().rev() {
             self.accept_payload(payload, size, origin);

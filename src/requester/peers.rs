@@ -571,6 +571,16 @@ impl<P: Clone + Ord> Peers<P> {
         hedge: Option<usize>,
     ) -> Option<P> {
         let headroom = hedge.unwrap_or(0);
+        // No headroom on probation: a doubted peer gets one request.
+        let cap = |peer: &Peer| {
+            let headroom = if peer.doubts > 0 { 0 } else { headroom };
+            (peer.limit(config) + headroom).min(config.max_in_flight_per_peer)
+        };
+        // While the windows are full (most of the time once they are open)
+        // nobody is free: say so before the costlier tests below.
+        if self.map.values().all(|peer| peer.in_flight >= cap(peer)) {
+            return None;
+        }
         let hedge = hedge.is_some();
         let none_proven = hedge && self.map.values().all(|peer| peer.rtt.srtt().is_none());
         let scored = config.peer_selection == PeerSelection::Scored;
@@ -591,9 +601,6 @@ impl<P: Clone + Ord> Peers<P> {
             .map
             .iter()
             .filter(|(id, peer)| {
-                // No headroom on probation: a doubted peer gets one request.
-                let headroom = if peer.doubts > 0 { 0 } else { headroom };
-                let cap = (peer.limit(config) + headroom).min(config.max_in_flight_per_peer);
                 // A hedge goes to a peer that has answered before (an
                 // unproven one is as likely to be silent or slow, and on thin
                 // links a hedge only adds load), or, while none has, to an
@@ -602,7 +609,7 @@ impl<P: Clone + Ord> Peers<P> {
                     !hedge || peer.rtt.srtt().is_some() || (none_proven && peer.in_flight == 0);
                 usable(id, peer)
                     && proven
-                    && peer.in_flight < cap
+                    && peer.in_flight < cap(peer)
                     && !(respect_bench && peer.benched(now))
             })
             .collect();
@@ -612,13 +619,9 @@ impl<P: Clone + Ord> Peers<P> {
             }
             return Some(candidates[rng.usize(..candidates.len())].0.clone());
         }
-        let fresh: Vec<(&P, &Peer)> = candidates
-            .iter()
-            .copied()
-            .filter(|(id, _)| !prefer_not.contains(id))
-            .collect();
-        if !fresh.is_empty() {
-            candidates = fresh;
+        // Peers that failed the range only if no other one is free.
+        if candidates.iter().any(|(id, _)| !prefer_not.contains(id)) {
+            candidates.retain(|(id, _)| !prefer_not.contains(id));
         }
         // A peer with a bad answer not yet made good (doubted, for an empty
         // or short answer or a range it failed to the end, until it serves
@@ -641,12 +644,9 @@ impl<P: Clone + Ord> Peers<P> {
             )
         };
         let best = candidates.iter().map(|(_, peer)| key(peer)).min()?;
-        let tied: Vec<&P> = candidates
-            .iter()
-            .filter(|(_, peer)| key(peer) == best)
-            .map(|(id, _)| *id)
-            .collect();
-        Some(tied[rng.usize(..tied.len())].clone())
+        let tied = || candidates.iter().filter(|(_, peer)| key(peer) == best);
+        let chosen = rng.usize(..tied().count());
+        tied().nth(chosen).map(|(id, _)| (*id).clone())
     }
 }
 

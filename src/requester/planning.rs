@@ -97,17 +97,16 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         if !gone.is_empty() {
             let departed = gone;
             for id in self.requests.ids() {
-                let Some(request) = self.requests.get_mut(id) else {
+                let Some(request) = self.requests.get(id) else {
                     continue;
                 };
-                let mut cancelled = Vec::new();
-                for attempt in &mut request.attempts {
-                    if attempt.state == AttemptState::Waiting && departed.contains(&attempt.peer) {
-                        attempt.state = AttemptState::Failed;
-                        cancelled.push(attempt.peer.clone());
-                    }
-                }
-                for peer_id in &cancelled {
+                let cancelled: Vec<(u64, P)> = request
+                    .waiting()
+                    .filter(|attempt| departed.contains(&attempt.peer))
+                    .map(|attempt| (attempt.nonce, attempt.peer.clone()))
+                    .collect();
+                for (nonce, peer_id) in &cancelled {
+                    self.requests.end_send(id, *nonce, AttemptState::Failed);
                     // A peer that left the channel keeps its record: free its slot.
                     if let Some(peer) = self.peers.get_mut(peer_id) {
                         peer.in_flight -= 1;
@@ -174,36 +173,45 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
 
     /// Drops requests whose blocks all came another way (gossip, a hedge's
     /// twin, a rewind), freeing their slots without blame.
+    /// Only a stored block can make a request obsolete, and only a gossiped
+    /// one another request than its own: the requests holding the blocks
+    /// gossiped since the last call are the only ones to check.
     pub(super) fn drop_obsolete(&mut self) {
-        let obsolete: Vec<u64> = self
-            .requests
-            .iter()
-            .filter(|(_, request)| self.obsolete(request.range))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in obsolete {
-            self.drop_request(id);
+        let mut gossiped = std::mem::take(&mut self.gossiped);
+        for seq in gossiped.drain(..) {
+            let Some((id, request)) = self.requests.covering(seq) else {
+                continue;
+            };
+            if self.obsolete(request.range) {
+                self.drop_request(id);
+            }
         }
+        // Its allocation is kept for the next gossiped blocks.
+        self.gossiped = gossiped;
+        debug_assert!(self.requests.iter().all(|(_, r)| !self.obsolete(r.range)));
     }
 
     /// The first run of blocks from `next` that is neither held nor
     /// requested, at most `batch_size + 1` long, within `..=end`, and below
     /// the next credible height above its start (so every peer holding its
     /// first block can serve all of it).
-    pub(super) fn next_missing(&self, end: u64, now: Instant) -> Option<SeqRange> {
-        let mut seq = self.buffer.next();
+    pub(super) fn next_missing(&mut self, end: u64, now: Instant) -> Option<SeqRange> {
+        let mut seq = self.buffer.next().max(self.covered_below);
         loop {
             if seq > end {
+                self.covered_below = seq;
                 return None;
             }
             if self.buffer.contains(seq) {
                 seq += 1;
-            } else if let Some((_, request)) = self.requests.covering(seq) {
-                seq = request.range.end().checked_add(1)?;
+            } else if let Some(requested) = self.requests.covering_end(seq) {
+                seq = requested.checked_add(1)?;
             } else {
                 break;
             }
         }
+        self.covered_below = seq;
+        debug_assert_eq!(Some(seq), self.first_missing_from_next(end));
         let mut last = end.min(seq.saturating_add(self.blocks_per_request() - 1));
         if let Some(held) = self.buffer.stored_in(seq, last).next() {
             last = held - 1;
@@ -215,6 +223,43 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             last = last.min(boundary - 1);
         }
         SeqRange::new(seq, last)
+    }
+
+    /// The first block from `next` neither held nor requested, found the
+    /// slow way: checks `covered_below` in debug builds.
+    fn first_missing_from_next(&self, end: u64) -> Option<u64> {
+        let mut seq = self.buffer.next();
+        while seq <= end {
+            if self.buffer.contains(seq) {
+                seq += 1;
+            } else if let Some((_, request)) = self.requests.covering(seq) {
+                seq = request.range.end().checked_add(1)?;
+            } else {
+                return Some(seq);
+            }
+        }
+        None
+    }
+
+    /// The first block of `range`, from `next` on, that is not held.
+    fn first_not_held(&self, range: SeqRange) -> Option<u64> {
+        let mut seq = range.start().max(self.buffer.next());
+        if seq > range.end() {
+            return None;
+        }
+        for held in self.buffer.stored_in(seq, range.end()) {
+            if held != seq {
+                break;
+            }
+            seq += 1;
+        }
+        (seq <= range.end()).then_some(seq)
+    }
+
+    /// Block `seq` may be neither held nor requested any more: planning
+    /// looks for missing blocks from there again.
+    pub(super) fn uncover(&mut self, seq: u64) {
+        self.covered_below = self.covered_below.min(seq);
     }
 
     /// How many blocks a request asks for: `batch_size + 1`, as Fabric asks;
@@ -301,9 +346,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     }
 
     pub(super) fn nothing_waiting(&self) -> bool {
-        self.requests
-            .iter()
-            .all(|(_, request)| request.waiting().next().is_none())
+        self.requests.all_idle()
     }
 
     pub(super) fn fresh_nonce(&mut self) -> u64 {
@@ -464,12 +507,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// Re-sends requests left without a waiting send; gives them up when
     /// nothing in flight could free a peer.
     pub(super) fn resend_idle(&mut self, now: Instant) {
-        let idle: Vec<u64> = self
-            .requests
-            .iter()
-            .filter(|(_, request)| request.waiting().next().is_none())
-            .map(|(id, _)| *id)
-            .collect();
+        let idle: Vec<u64> = self.requests.idle().collect();
         for id in idle {
             self.retry_if_idle(now, id);
             let still_idle = self
@@ -497,6 +535,11 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             if let Some(peer) = self.peers.get_mut(&attempt.peer) {
                 peer.in_flight -= 1;
             }
+        }
+        // Planning must look at its blocks again, from the first one not
+        // held (an answered range is usually held whole: then from none).
+        if let Some(seq) = self.first_not_held(request.range) {
+            self.uncover(seq);
         }
         Some(request)
     }

@@ -1,7 +1,7 @@
 //! The table of outstanding requests: by id, by the nonce of each send for
 //! matching responses, and by start for planning disjoint ranges.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use crate::range::SeqRange;
@@ -73,8 +73,15 @@ impl<P: PartialEq> Request<P> {
 #[derive(Debug, Clone)]
 pub(crate) struct Requests<P> {
     by_id: BTreeMap<u64, Request<P>>,
-    by_start: BTreeMap<u64, u64>,
+    /// Start of each range → (its end, its request): planning asks whether
+    /// a block is requested several times per event, answered without
+    /// reaching the request itself.
+    by_start: BTreeMap<u64, (u64, u64)>,
     by_nonce: BTreeMap<u64, u64>,
+    /// Requests with no send waiting (new, or every send ended): what
+    /// `resend_idle` retries, found without walking every request on each
+    /// event.
+    idle: BTreeSet<u64>,
     blocks: u64,
     next_id: u64,
     /// No waiting send has a deadline before this: exact after
@@ -92,6 +99,7 @@ impl<P> Default for Requests<P> {
             by_id: BTreeMap::new(),
             by_start: BTreeMap::new(),
             by_nonce: BTreeMap::new(),
+            idle: BTreeSet::new(),
             blocks: 0,
             next_id: 0,
             earliest: None,
@@ -106,7 +114,8 @@ impl<P> Requests<P> {
         let id = self.next_id;
         self.next_id += 1;
         self.blocks += range.len();
-        self.by_start.insert(range.start(), id);
+        self.by_start.insert(range.start(), (range.end(), id));
+        self.idle.insert(id);
         self.by_id.insert(
             id,
             Request {
@@ -123,6 +132,9 @@ impl<P> Requests<P> {
     pub(crate) fn push_attempt(&mut self, id: u64, attempt: Attempt<P>) {
         if let Some(request) = self.by_id.get_mut(&id) {
             self.by_nonce.insert(attempt.nonce, id);
+            if attempt.state == AttemptState::Waiting {
+                self.idle.remove(&id);
+            }
             if let Some(deadline) = attempt.deadline {
                 self.earliest = Some(self.earliest.map_or(deadline, |e| e.min(deadline)));
             }
@@ -151,6 +163,7 @@ impl<P> Requests<P> {
     pub(crate) fn remove(&mut self, id: u64) -> Option<Request<P>> {
         let request = self.by_id.remove(&id)?;
         self.by_start.remove(&request.range.start());
+        self.idle.remove(&id);
         for attempt in &request.attempts {
             self.by_nonce.remove(&attempt.nonce);
         }
@@ -159,6 +172,41 @@ impl<P> Requests<P> {
             self.earliest = None;
         }
         Some(request)
+    }
+
+    /// Ends the send of request `id` that used `nonce`, as `state` says
+    /// (timed out, failed or cancelled).
+    pub(crate) fn end_send(&mut self, id: u64, nonce: u64, state: AttemptState)
+    where
+        P: PartialEq,
+    {
+        debug_assert_ne!(state, AttemptState::Waiting);
+        let Some(request) = self.by_id.get_mut(&id) else {
+            return;
+        };
+        if let Some(attempt) = request.attempt_with(nonce) {
+            attempt.state = state;
+        }
+        if request.waiting().next().is_none() {
+            self.idle.insert(id);
+        }
+    }
+
+    /// The requests with no send waiting, in id order.
+    pub(crate) fn idle(&self) -> impl Iterator<Item = u64> + '_
+    where
+        P: PartialEq,
+    {
+        debug_assert!(self
+            .by_id
+            .iter()
+            .all(|(id, r)| r.waiting().next().is_none() == self.idle.contains(id)));
+        self.idle.iter().copied()
+    }
+
+    /// Whether no request has a send waiting.
+    pub(crate) fn all_idle(&self) -> bool {
+        self.idle.len() == self.by_id.len()
     }
 
     pub(crate) fn get(&self, id: u64) -> Option<&Request<P>> {
@@ -201,9 +249,14 @@ impl<P> Requests<P> {
 
     /// The request whose range holds `seq`.
     pub(crate) fn covering(&self, seq: u64) -> Option<(u64, &Request<P>)> {
-        let (_, id) = self.by_start.range(..=seq).next_back()?;
-        let request = &self.by_id[id];
-        request.range.contains(seq).then_some((*id, request))
+        let (_, &(end, id)) = self.by_start.range(..=seq).next_back()?;
+        (seq <= end).then(|| (id, &self.by_id[&id]))
+    }
+
+    /// The end of the range that holds `seq`, if one does.
+    pub(crate) fn covering_end(&self, seq: u64) -> Option<u64> {
+        let (_, &(end, _)) = self.by_start.range(..=seq).next_back()?;
+        (seq <= end).then_some(end)
     }
 
     /// The lowest start of an outstanding range above `seq`.

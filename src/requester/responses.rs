@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use super::requests::AttemptState;
 use super::{AntiEntropy, Origin, ResponseError};
-use crate::buffer::payload_size;
+use crate::buffer::{payload_size, PushOutcome};
 use crate::wire::block_number;
 use crate::wire::gossip::gossip_message::Content;
 use crate::wire::gossip::{GossipMessage, Payload};
@@ -107,13 +107,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         if usable == 0 {
             // An empty or useless answer counts against the peer, and the
             // range goes to the next try at once (as Fabric retries).
-            if let Some(attempt) = self
-                .requests
-                .get_mut(id)
-                .and_then(|request| request.attempt_with(nonce))
-            {
-                attempt.state = AttemptState::Failed;
-            }
+            self.requests.end_send(id, nonce, AttemptState::Failed);
             if let Some(peer) = peer {
                 if was_waiting {
                     peer.in_flight -= 1;
@@ -153,7 +147,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
 
     pub(super) fn accept_payload(&mut self, payload: Payload, size: u64, origin: Origin<P>) {
         let seq = payload.seq_num;
-        if seq < self.buffer.next() || self.buffer.contains(seq) {
+        if seq < self.buffer.next() {
             self.stats.ignored.duplicate_payloads += 1;
             return;
         }
@@ -161,23 +155,33 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // itself when nothing awaits a commit (else out-of-order blocks could
         // fill the window for good).
         let unblocks = seq == self.buffer.next() && self.uncommitted.is_empty();
-        // Lower blocks are needed first: a full window makes room by
-        // evicting the highest held ones (fetched again later), so that
-        // after a rewind the gap refills at full speed, not one block per
-        // round trip.
-        while !unblocks && self.held_bytes().saturating_add(size) > self.config.window_bytes {
-            match self.buffer.highest() {
-                Some(highest) if highest > seq => {
-                    self.buffer.remove(highest);
-                    self.origins.remove(&highest);
-                    self.stats.evicted += 1;
+        let over = |this: &Self| this.held_bytes().saturating_add(size) > this.config.window_bytes;
+        if !unblocks && over(self) {
+            // A copy already held must not evict anything.
+            if self.buffer.contains(seq) {
+                self.stats.ignored.duplicate_payloads += 1;
+                return;
+            }
+            // Lower blocks are needed first: a full window makes room by
+            // evicting the highest held ones (fetched again later), so that
+            // after a rewind the gap refills at full speed, not one block
+            // per round trip.
+            while over(self) {
+                match self.buffer.highest() {
+                    Some(highest) if highest > seq => {
+                        self.buffer.remove(highest);
+                        self.uncover(highest);
+                        self.stats.evicted += 1;
+                    }
+                    // Otherwise it waits for commits: dropped now, fetched later.
+                    _ => return,
                 }
-                // Otherwise it waits for commits: dropped now, fetched later.
-                _ => return,
             }
         }
-        if self.buffer.push(payload).is_kept() {
-            self.origins.insert(seq, origin);
+        // The buffer finds a copy already held (no lookup of our own first:
+        // it was one per block).
+        if self.buffer.push(payload, origin) == PushOutcome::Duplicate {
+            self.stats.ignored.duplicate_payloads += 1;
         }
     }
 

@@ -68,18 +68,19 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                             }
                         }
                     }
-                    attempt.state = AttemptState::TimedOut;
-                    expired.push(attempt.peer.clone());
+                    expired.push((attempt.nonce, attempt.peer.clone()));
                 }
             }
             if expired.is_empty() {
                 continue;
             }
-            let blocks = request.range.len();
+            let range = request.range;
+            let blocks = range.len();
             let adaptive = self.config.adaptive_window;
-            for peer_id in &expired {
+            for (nonce, peer_id) in &expired {
+                self.requests.end_send(id, *nonce, AttemptState::TimedOut);
                 self.stats.timeouts += 1;
-                emit!(DEBUG, peer = ?peer_id, range = %request.range, "request timed out");
+                emit!(DEBUG, peer = ?peer_id, %range, "request timed out");
                 if let Some(peer) = self.peers.get_mut(peer_id) {
                     peer.in_flight -= 1;
                     peer.stats.timeouts += 1;
@@ -113,15 +114,14 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // slowest that answered: with 8 MiB blocks an answer takes 0.77 s,
         // and hedging an unproven peer's first block at 500 ms sent a
         // second copy of blocks already on the wire.
-        let srtt = self
-            .peers
-            .get(&attempt.peer)
+        let asked = self.peers.get(&attempt.peer);
+        let srtt = asked
             .and_then(|peer| peer.rtt.srtt())
             .or_else(|| self.peers.iter().filter_map(|(_, p)| p.rtt.srtt()).max())
             .unwrap_or(Duration::ZERO);
         let wait = hedge_after.max(srtt * 2);
         let mut due = attempt.sent_at.checked_add(wait)?;
-        if let Some(peer) = self.peers.get(&attempt.peer) {
+        if let Some(peer) = asked {
             // The peer still answers requests sent before this one: it is
             // working through its queue, this one behind them. Hedge only
             // once it stops answering for as long: with 8 MiB blocks three
