@@ -674,6 +674,34 @@ mod arbitrary_input {
             feed(&Bytes::from(bytes), DEFAULT_MAX_MESSAGE_SIZE);
         }
 
+        /// Whenever the whole block decodes, the header-only reader reads
+        /// the same number (it skips the hashes, the data and the metadata).
+        #[test]
+        fn block_number_agrees_with_a_full_decode(
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+            number in any::<u64>(),
+            previous in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let block = Block {
+                header: Some(BlockHeader {
+                    number,
+                    previous_hash: Bytes::from(previous),
+                    ..expected_block().header.unwrap()
+                }),
+                ..expected_block()
+            };
+            let mut bytes = block.encode_to_vec();
+            for (at, value) in edits {
+                let at = at.index(bytes.len());
+                bytes[at] = value;
+            }
+            let bytes = Bytes::from(bytes);
+            if let Ok(full) = Block::decode(bytes.clone()) {
+                let expected = full.header.map(|h| h.number).ok_or(WireError::MissingField("header"));
+                prop_assert_eq!(wire::block_number(&bytes), expected);
+            }
+        }
+
         #[test]
         fn vector_with_bytes_mutated(
             which in 0usize..6,
