@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use antientropy::{
     Action, AntiEntropy, Config, ConfigError, Event, EventError, GiveUpReason, Origin, PeerState,
@@ -779,6 +779,24 @@ fn unrepresentable_deadlines_never_fire() {
     assert_eq!(ae.stats().timeouts, 0);
 }
 
+/// Answers each of `asked` (as [`sends`] gives them) with all its blocks.
+fn answer_in_full(
+    ae: &mut AntiEntropy<&'static str>,
+    at: Instant,
+    asked: &[(&'static str, u64, u64, u64)],
+) {
+    for &(from, nonce, start, end) in asked {
+        ae.handle(
+            at,
+            Event::Response {
+                from,
+                message: wire_response(nonce, start..=end),
+            },
+        )
+        .unwrap();
+    }
+}
+
 // A rejected block's successors were dropped by the host unjudged: those
 // another peer sent go back to the buffer and are delivered again without
 // being fetched again; only the rejected sender's are.
@@ -795,16 +813,7 @@ fn blocks_after_a_rejected_one_are_delivered_again_not_fetched_again() {
         if bad == other {
             continue; // this seed sent both to one peer: nothing to tell apart
         }
-        for (peer, nonce, start, end) in &asked {
-            ae.handle(
-                t0,
-                Event::Response {
-                    from: *peer,
-                    message: wire_response(*nonce, *start..=*end),
-                },
-            )
-            .unwrap();
-        }
+        answer_in_full(&mut ae, t0, &asked);
         assert_eq!(delivered(&drain(&mut ae)), (1..=33).collect::<Vec<_>>());
         ae.handle(t0, Event::Committed { height: 3 }).unwrap();
         ae.handle(t0, Event::Rejected { seq: 3 }).unwrap();
@@ -831,17 +840,8 @@ fn blocks_after_a_rejected_one_are_delivered_again_not_fetched_again() {
             .filter(|&seq| seq >= 3)
             .collect();
         assert_eq!(refetched, bad_sent, "seed {seed}: {again:?}");
-        for (peer, nonce, start, end) in &again {
-            assert_ne!(*peer, bad, "seed {seed}");
-            ae.handle(
-                t0,
-                Event::Response {
-                    from: *peer,
-                    message: wire_response(*nonce, *start..=*end),
-                },
-            )
-            .unwrap();
-        }
+        assert!(again.iter().all(|s| s.0 != bad), "seed {seed}: {again:?}");
+        answer_in_full(&mut ae, t0, &again);
         let redelivered = drain(&mut ae);
         assert_eq!(
             delivered(&redelivered),
