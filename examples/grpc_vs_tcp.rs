@@ -89,6 +89,22 @@ struct Chain {
     done: watch::Sender<u64>,
 }
 
+impl Chain {
+    /// A ledger at height 1 that catches up to `target`, the receiver that
+    /// sees its height, and when its first block was committed.
+    fn empty(target: u64) -> (Self, watch::Receiver<u64>, Arc<OnceLock<Instant>>) {
+        let (done, caught_up) = watch::channel(1);
+        let first = Arc::new(OnceLock::new());
+        let chain = Chain {
+            height: 1,
+            target,
+            first: first.clone(),
+            done,
+        };
+        (chain, caught_up, first)
+    }
+}
+
 impl<P> Ledger<P> for Chain {
     fn add_payload(&mut self, payload: Payload, _: Origin<P>) -> Verdict {
         let height = self.height;
@@ -155,14 +171,7 @@ async fn tcp(store: &Store) -> Result<Run> {
     );
     tokio::spawn(driver);
     served_by.listen(listener, |peer| peer, responder.downgrade());
-    let (done, caught_up) = watch::channel(1);
-    let first = Arc::new(OnceLock::new());
-    let chain = Chain {
-        height: 1,
-        target: height,
-        first: first.clone(),
-        done,
-    };
+    let (chain, caught_up, first) = Chain::empty(height);
     let (start, cpu) = (Tokio::now(), cpu_ns());
     let requester = AntiEntropy::new(Config::default(), CHANNEL.into(), 1, 7, start)?;
     let fetched_by = TcpTransport::default();
@@ -239,14 +248,7 @@ async fn grpc(store: &Store) -> Result<Run> {
     tokio::spawn(driver);
     served_by.attach_responder(responder.downgrade());
     served_by.serve(listener);
-    let (done, caught_up) = watch::channel(1);
-    let first = Arc::new(OnceLock::new());
-    let chain = Chain {
-        height: 1,
-        target: height,
-        first: first.clone(),
-        done,
-    };
+    let (chain, caught_up, first) = Chain::empty(height);
     let (start, cpu) = (Tokio::now(), cpu_ns());
     let requester = AntiEntropy::<PkiId>::new(Config::default(), CHANNEL.into(), 1, 7, start)?;
     let (requester, driver) = rt::driver(
