@@ -505,12 +505,7 @@ fn replay() {
     };
     // `SIM_CLEAN=1`: the same cluster without loss, duplicates and reordering.
     let scenario = if std::env::var_os("SIM_CLEAN").is_some() {
-        Scenario {
-            loss: 0.0,
-            duplicate: 0.0,
-            reorder: 0.0,
-            ..scenario
-        }
+        lossless(scenario)
     } else {
         scenario
     };
@@ -552,10 +547,7 @@ fn replay() {
 #[test]
 #[ignore = "slow: cargo test --release --all-features --test sim -- --ignored"]
 fn large_fault_sweep() {
-    let seeds: u64 = std::env::var("SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
+    let seeds = sim_seeds(10_000);
     // `SIM_FLOODERS=0` leaves flooders out.
     let flooders = std::env::var("SIM_FLOODERS").map_or(true, |v| v != "0");
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
@@ -628,12 +620,7 @@ fn large_fault_sweep() {
                                 // Without loss, duplicates and reordering
                                 // the runs are not chaotic: the flood's cost
                                 // is the difference itself.
-                                let clean = |s: &Scenario| Scenario {
-                                    loss: 0.0,
-                                    duplicate: 0.0,
-                                    reorder: 0.0,
-                                    ..s.clone()
-                                };
+                                let clean = |s: &Scenario| lossless(s.clone());
                                 let clean_flooded =
                                     run(clean(&scenario), config.clone(), seed, Some(&chain));
                                 let clean_quiet = run(clean(&quiet), config, seed, Some(&chain));
@@ -698,91 +685,38 @@ fn large_fault_sweep() {
     );
 }
 
-/// What a flood costs without loss, duplicates and reordering (no chaos:
-/// the difference is the flood's), over the flooded clusters among
-/// `SIM_SEEDS` wild seeds, worst first. A quick loop for work on floods:
-/// `SIM_SEEDS=3000 cargo test --release --all-features --test sim flood_cost_probe -- --ignored --nocapture`.
-#[test]
-#[ignore = "slow: a probe for work on floods"]
-fn flood_cost_probe() {
-    let seeds: u64 = std::env::var("SIM_SEEDS")
+/// `SIM_SEEDS`, or `default`.
+fn sim_seeds(default: u64) -> u64 {
+    std::env::var("SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2_000);
+        .unwrap_or(default)
+}
+
+/// `scenario` without loss, duplicates and reordering: not chaotic, so a
+/// difference between two runs is the change's own.
+fn lossless(scenario: Scenario) -> Scenario {
+    Scenario {
+        loss: 0.0,
+        duplicate: 0.0,
+        reorder: 0.0,
+        ..scenario
+    }
+}
+
+/// `per_seed` over seeds `0..seeds`, spread over every core; what it
+/// returns, in no particular order.
+fn on_every_core<T: Send>(seeds: u64, per_seed: impl Fn(u64) -> Option<T> + Sync) -> Vec<T> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    // (flooded, placebo, one more lagger) / unattacked, seed, outages or
-    // partitions, a block bad at every source (catch-up ends at its give-up).
-    type Row = (f64, f64, f64, u64, bool, bool);
-    let mut ratios: Vec<Row> = std::thread::scope(|scope| {
+    let per_seed = &per_seed;
+    std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|worker| {
                 scope.spawn(move || {
-                    let mut ratios = Vec::new();
-                    for seed in (worker..seeds).step_by(threads as usize) {
-                        let (scenario, _) = wild(seed, true);
-                        if !scenario.behaviours.contains(&Behaviour::Flooder) {
-                            continue;
-                        }
-                        let clean = Scenario {
-                            loss: 0.0,
-                            duplicate: 0.0,
-                            reorder: 0.0,
-                            ..scenario
-                        };
-                        let quiet = Scenario {
-                            idle_flooders: true,
-                            ..clean.clone()
-                        };
-                        let chain = Chain::new(clean.target_height(), clean.block_size);
-                        let flooded = run(clean, Config::default(), seed, Some(&chain));
-                        let base = run(quiet.clone(), Config::default(), seed, Some(&chain));
-                        let nudged = run(placebo(&quiet), Config::default(), seed, Some(&chain));
-                        // The flooder idle and one more lagger on its link:
-                        // what an honest newcomer's first pass costs.
-                        let flooder = (0..quiet.peers)
-                            .find(|&i| quiet.behaviour(i) == Behaviour::Flooder)
-                            .expect("flooded");
-                        let mut links: Vec<_> = (0..quiet.peers + quiet.laggers)
-                            .map(|i| quiet.link(i))
-                            .collect();
-                        links.push(quiet.link(flooder));
-                        let laggers = quiet.laggers;
-                        let crowded = Scenario {
-                            laggers: laggers + 1,
-                            ..quiet.clone()
-                        }
-                        .with_links(links);
-                        let crowded = run(crowded, Config::default(), seed, None);
-                        let first = |r: &Report| {
-                            r.lagger_catchup[..laggers]
-                                .iter()
-                                .copied()
-                                .collect::<Option<Vec<_>>>()
-                                .and_then(|v| v.into_iter().max())
-                        };
-                        if let (Some(a), Some(b), Some(c), Some(d)) = (
-                            flooded.catchup,
-                            base.catchup,
-                            nudged.catchup,
-                            first(&crowded),
-                        ) {
-                            let b = b.as_secs_f64().max(1e-9);
-                            let timed = !quiet.outages.is_empty() || !quiet.partitions.is_empty();
-                            let cut = base
-                                .lagger_targets
-                                .iter()
-                                .any(|&t| t < quiet.target_height());
-                            ratios.push((
-                                a.as_secs_f64() / b,
-                                c.as_secs_f64() / b,
-                                d.as_secs_f64() / b,
-                                seed,
-                                timed,
-                                cut,
-                            ));
-                        }
-                    }
-                    ratios
+                    (worker..seeds)
+                        .step_by(threads as usize)
+                        .filter_map(per_seed)
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
@@ -790,6 +724,79 @@ fn flood_cost_probe() {
             .into_iter()
             .flat_map(|w| w.join().expect("worker"))
             .collect()
+    })
+}
+
+/// What a flood costs without loss, duplicates and reordering (no chaos:
+/// the difference is the flood's), over the flooded clusters among
+/// `SIM_SEEDS` wild seeds, worst first. A quick loop for work on floods:
+/// `SIM_SEEDS=3000 cargo test --release --all-features --test sim flood_cost_probe -- --ignored --nocapture`.
+#[test]
+#[ignore = "slow: a probe for work on floods"]
+fn flood_cost_probe() {
+    let seeds = sim_seeds(2_000);
+    // (flooded, placebo, one more lagger) / unattacked, seed, outages or
+    // partitions, a block bad at every source (catch-up ends at its give-up).
+    type Row = (f64, f64, f64, u64, bool, bool);
+    let mut ratios: Vec<Row> = on_every_core(seeds, |seed| {
+        let (scenario, _) = wild(seed, true);
+        if !scenario.behaviours.contains(&Behaviour::Flooder) {
+            return None;
+        }
+        let clean = lossless(scenario);
+        let quiet = Scenario {
+            idle_flooders: true,
+            ..clean.clone()
+        };
+        let chain = Chain::new(clean.target_height(), clean.block_size);
+        let flooded = run(clean, Config::default(), seed, Some(&chain));
+        let base = run(quiet.clone(), Config::default(), seed, Some(&chain));
+        let nudged = run(placebo(&quiet), Config::default(), seed, Some(&chain));
+        // The flooder idle and one more lagger on its link:
+        // what an honest newcomer's first pass costs.
+        let flooder = (0..quiet.peers)
+            .find(|&i| quiet.behaviour(i) == Behaviour::Flooder)
+            .expect("flooded");
+        let mut links: Vec<_> = (0..quiet.peers + quiet.laggers)
+            .map(|i| quiet.link(i))
+            .collect();
+        links.push(quiet.link(flooder));
+        let laggers = quiet.laggers;
+        let crowded = Scenario {
+            laggers: laggers + 1,
+            ..quiet.clone()
+        }
+        .with_links(links);
+        let crowded = run(crowded, Config::default(), seed, None);
+        let first = |r: &Report| {
+            r.lagger_catchup[..laggers]
+                .iter()
+                .copied()
+                .collect::<Option<Vec<_>>>()
+                .and_then(|v| v.into_iter().max())
+        };
+        let (Some(a), Some(b), Some(c), Some(d)) = (
+            flooded.catchup,
+            base.catchup,
+            nudged.catchup,
+            first(&crowded),
+        ) else {
+            return None;
+        };
+        let b = b.as_secs_f64().max(1e-9);
+        let timed = !quiet.outages.is_empty() || !quiet.partitions.is_empty();
+        let cut = base
+            .lagger_targets
+            .iter()
+            .any(|&t| t < quiet.target_height());
+        Some((
+            a.as_secs_f64() / b,
+            c.as_secs_f64() / b,
+            d.as_secs_f64() / b,
+            seed,
+            timed,
+            cut,
+        ))
     });
     ratios.sort_by(|a, b| b.0.total_cmp(&a.0));
     println!("flooded: {}", Spread::of(ratios.iter().map(|r| (r.0, r.3))));
