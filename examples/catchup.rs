@@ -220,7 +220,8 @@ struct Cli {
     /// max_in_flight, max_in_flight_per_peer, adaptive_window, hedge_after,
     /// block_buffer, window_blocks, window_bytes, max_message_size,
     /// max_response_bytes, max_requests_per_peer, max_queued_requests,
-    /// max_concurrent_reads, read_timeout.
+    /// max_concurrent_reads, read_timeout, background_repeaters,
+    /// favoured_peers.
     #[arg(long = "set", value_name = "FIELD=VALUE", value_parser = parse_knob)]
     knobs: Vec<(String, String)>,
     /// Seed of every random choice (faults, peers' choices).
@@ -283,6 +284,8 @@ fn set_knob(config: &mut Config, field: &str, value: &str) -> Result<(), String>
         "max_queued_requests" => config.max_queued_requests = size()?,
         "max_concurrent_reads" => config.max_concurrent_reads = size()?,
         "read_timeout" => config.read_timeout = ms()?,
+        "background_repeaters" => config.background_repeaters = flag()?,
+        "favoured_peers" => config.favoured_peers = size()?,
         _ => {
             return Err(format!(
                 "`{field}` is not a field `--set` knows (see --help)"

@@ -155,6 +155,16 @@ pub struct Config {
     ///
     /// [`StateResponder::is_background`]: crate::StateResponder::is_background
     pub background_repeaters: bool,
+    /// When more than twice this many peers are catching up from us at
+    /// once, the first this many (in the order they began asking) are
+    /// served in the foreground and the rest from spare capacity
+    /// ([`StateResponder::is_background`]): a source shared equally by a
+    /// crowd keeps every lagger at the same height, so none has blocks to
+    /// pass on; served first, a few finish early and serve the others.
+    /// Zero: everyone is served alike (the Fabric preset).
+    ///
+    /// [`StateResponder::is_background`]: crate::StateResponder::is_background
+    pub favoured_peers: usize,
 }
 
 /// Bytes a payload costs in a response beyond its own (tags, lengths, the
@@ -230,6 +240,7 @@ impl Config {
             busy_replies_per_second: 0,
             busy_reply_burst: 0,
             background_repeaters: false,
+            favoured_peers: 0,
         }
     }
 
@@ -414,6 +425,7 @@ impl Default for Config {
             busy_replies_per_second: 100,
             busy_reply_burst: 128,
             background_repeaters: true,
+            favoured_peers: 3,
         }
     }
 }

@@ -33,7 +33,7 @@ const CEILINGS: [(&str, f64); 9] = [
     ("hetero", 1.33),
     ("hostile", 1.90),
     ("many-laggers", 2.00),
-    ("crowd", 31.5),
+    ("crowd", 9.4),
 ];
 
 /// Scenarios whose ceiling is on the geometric mean over seeds 1–10, and

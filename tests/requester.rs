@@ -779,6 +779,45 @@ fn unrepresentable_deadlines_never_fire() {
     assert_eq!(ae.stats().timeouts, 0);
 }
 
+// A peer that answers us eight times slower than another (a responder
+// serving us from spare capacity while it favours a crowd's first few) is
+// hedged on the fast peer's round trip, not on twice its own: waiting two
+// of its round trips held a crowd's commit points for seconds.
+#[test]
+fn the_commit_point_at_a_much_slower_peer_is_hedged_on_the_faster_ones_time() {
+    let t0 = epoch();
+    let mut config = Config::default();
+    // Four requests and no more, so that a hedge finds a free window.
+    config.window_blocks = 44;
+    let mut ae = AntiEntropy::new(config, channel(), 1, 5, t0).unwrap();
+    let view = vec![PeerState::new("a", 1_000), PeerState::new("b", 1_000)];
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    let asked = sends(&drain(&mut ae));
+    assert_eq!(asked.len(), 4);
+    let slow = asked.iter().find(|s| s.2 == 1).unwrap().0;
+    let (at_slow, at_fast): (Vec<_>, Vec<_>) = asked.iter().partition(|s| s.0 == slow);
+    assert_eq!((at_slow.len(), at_fast.len()), (2, 2));
+    // The fast peer answers in 50 ms, the slow one its first in 400 ms.
+    answer_in_full(&mut ae, t0 + Duration::from_millis(50), &at_fast);
+    answer_in_full(&mut ae, t0 + Duration::from_millis(400), &at_slow[..1]);
+    let actions = drain(&mut ae);
+    let stalled = at_slow[1];
+    // Everything below the slow peer's other range is delivered, and
+    // nothing is hedged yet (`hedge_after` is 500 ms).
+    assert_eq!(delivered(&actions).last(), Some(&(stalled.2 - 1)));
+    assert!(sends(&actions).is_empty(), "{actions:?}");
+    // At 500 ms that range is hedged to the fast peer, not at twice the
+    // slow peer's round trip (800 ms).
+    assert_eq!(ae.poll_timeout(), Some(t0 + Duration::from_millis(500)));
+    ae.handle(t0 + Duration::from_millis(500), Event::Timeout)
+        .unwrap();
+    let hedge = sends(&drain(&mut ae));
+    assert_eq!(hedge.len(), 1);
+    assert_ne!(hedge[0].0, slow);
+    assert_eq!((hedge[0].2, hedge[0].3), (stalled.2, stalled.3));
+    assert_eq!(ae.stats().hedges, 1);
+}
+
 /// Answers each of `asked` (as [`sends`] gives them) with all its blocks.
 fn answer_in_full(
     ae: &mut AntiEntropy<&'static str>,

@@ -6,6 +6,10 @@ use super::peers::HEDGE_HEADROOM;
 use super::requests::AttemptState;
 use super::{AntiEntropy, Send, MAX_HEDGES};
 
+/// A peer whose round trip is this many times another's (that holds the
+/// range) is hedged on the other's time.
+const SLOWER: u32 = 4;
+
 impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     pub(super) fn expire(&mut self, now: Instant) {
         if self.next_round_at.is_some_and(|at| at <= now) {
@@ -102,6 +106,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     pub(super) fn hedge_due(&self) -> Option<Instant> {
         let hedge_after = self.config.hedge_after?;
         let (_, request) = self.requests.covering(self.buffer.next())?;
+        let end = request.range.end();
         if request.hedges >= MAX_HEDGES {
             return None;
         }
@@ -119,9 +124,20 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             .and_then(|peer| peer.rtt.srtt())
             .or_else(|| self.peers.iter().filter_map(|(_, p)| p.rtt.srtt()).max())
             .unwrap_or(Duration::ZERO);
-        let wait = hedge_after.max(srtt * 2);
+        // A peer that answers us far slower than another one holding the
+        // range (a responder serving us from spare capacity while it
+        // favours others) is hedged on the faster one's time: waiting on
+        // the slow peer's own held a crowd's commit points for seconds.
+        let faster = self
+            .peers
+            .iter()
+            .filter(|(id, peer)| **id != attempt.peer && peer.advertised.is_some_and(|h| h > end))
+            .filter_map(|(_, peer)| peer.rtt.srtt())
+            .min()
+            .filter(|&fastest| fastest.checked_mul(SLOWER).is_some_and(|d| d < srtt));
+        let wait = hedge_after.max(faster.unwrap_or(srtt) * 2);
         let mut due = attempt.sent_at.checked_add(wait)?;
-        if let Some(peer) = asked {
+        if let (Some(peer), None) = (asked, faster) {
             // The peer still answers requests sent before this one: it is
             // working through its queue, this one behind them. Hedge only
             // once it stops answering for as long: with 8 MiB blocks three

@@ -144,7 +144,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         });
         Ok(Self {
             busy,
-            priorities: Priorities::new(config.background_repeaters),
+            priorities: Priorities::new(config.background_repeaters, config.favoured_peers),
             forget_at: None,
             config,
             channel,
@@ -262,7 +262,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     /// would still give a flooder its share of our uplink. Off in the
     /// Fabric preset (`Config::background_repeaters`).
     pub fn is_background(&self, peer: &P) -> bool {
-        self.priorities.is_background(peer)
+        self.priorities.is_background(peer) || self.priorities.is_later(peer)
     }
 
     /// Our ledger height, as last given to [`new`](Self::new) or by

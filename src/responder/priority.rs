@@ -45,7 +45,14 @@ struct History {
     repeat_share: u32,
     background: bool,
     last_seen: Instant,
+    /// When its current run of requests began (a pause longer than
+    /// [`PAUSE`] starts a new one): the earliest runs are favoured.
+    since: Instant,
 }
+
+/// A peer that asked nothing for this long has finished (or paused) its
+/// catch-up: it no longer holds a favoured place.
+const PAUSE: Duration = Duration::from_millis(500);
 
 impl History {
     fn covers(&self, range: SeqRange) -> bool {
@@ -104,13 +111,20 @@ pub(super) struct Priorities<P> {
     peers: BTreeMap<P, History>,
     /// Off in the Fabric preset: Fabric serves everyone alike.
     enabled: bool,
+    /// Peers served in the foreground at once; the rest wait in the
+    /// background (0: everyone is served alike).
+    favoured: usize,
+    /// The latest instant seen.
+    now: Option<Instant>,
 }
 
 impl<P: Clone + Ord> Priorities<P> {
-    pub(super) fn new(enabled: bool) -> Self {
+    pub(super) fn new(enabled: bool, favoured: usize) -> Self {
         Self {
             peers: BTreeMap::new(),
             enabled,
+            favoured,
+            now: None,
         }
     }
 
@@ -129,8 +143,13 @@ impl<P: Clone + Ord> Priorities<P> {
             repeat_share: 0,
             background: false,
             last_seen: now,
+            since: now,
         });
+        if now.saturating_duration_since(history.last_seen) > PAUSE {
+            history.since = now;
+        }
         history.last_seen = now;
+        self.now = Some(now);
         let repeat = history.covers(range);
         let sample = if repeat { ONE } else { 0 };
         history.repeat_share = (history.repeat_share * (SMOOTHING - 1) + sample) / SMOOTHING;
@@ -154,6 +173,30 @@ impl<P: Clone + Ord> Priorities<P> {
 
     pub(super) fn is_background(&self, peer: &P) -> bool {
         self.peers.get(peer).is_some_and(|h| h.background)
+    }
+
+    /// Whether `peer` waits for the favoured ones: more than twice
+    /// `favoured` peers are catching up from us, and `favoured` of them
+    /// began before it (ties by peer, so every responder that several
+    /// laggers reach at once favours the same ones).
+    pub(super) fn is_later(&self, peer: &P) -> bool {
+        let (Some(history), Some(now)) = (self.peers.get(peer), self.now) else {
+            return false;
+        };
+        if self.favoured == 0 || history.background {
+            return false;
+        }
+        let catching_up =
+            |h: &History| !h.background && now.saturating_duration_since(h.last_seen) <= PAUSE;
+        let mut others = 0;
+        let mut ahead = 0;
+        for (other, h) in self.peers.iter().filter(|(_, h)| catching_up(h)) {
+            others += 1;
+            if (h.since, other) < (history.since, peer) {
+                ahead += 1;
+            }
+        }
+        others > 2 * self.favoured && ahead >= self.favoured
     }
 
     /// Peers in the background now.
@@ -189,7 +232,7 @@ mod tests {
     #[test]
     fn served_ranges_merge_and_cover() {
         let now = crate::test_epoch();
-        let mut p = Priorities::new(true);
+        let mut p = Priorities::new(true, 0);
         assert!(!p.on_request(&1, range(1, 11), now));
         assert!(!p.on_request(&1, range(23, 33), now));
         assert!(p.on_request(&1, range(3, 9), now));
@@ -213,7 +256,7 @@ mod tests {
     #[test]
     fn a_peer_asking_mostly_repeats_goes_to_the_background_and_back() {
         let now = crate::test_epoch();
-        let mut p = Priorities::new(true);
+        let mut p = Priorities::new(true, 0);
         p.on_request(&1, range(1, 11), now);
         // An honest peer's lost answer: one repeat among fresh requests.
         for i in 1..40u64 {
@@ -244,9 +287,59 @@ mod tests {
     }
 
     #[test]
+    fn a_crowd_is_served_first_come_first_favoured() {
+        let t0 = crate::test_epoch();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut p = Priorities::new(true, 2);
+        // Four peers catching up: no more than twice two, all alike.
+        for peer in 0..4u64 {
+            p.on_request(&peer, range(peer * 100 + 1, peer * 100 + 11), ms(peer));
+        }
+        assert!((0..4).all(|peer| !p.is_later(&peer)));
+        // A fifth: the two that began first are favoured, ties by peer.
+        p.on_request(&4, range(401, 411), ms(4));
+        let later: Vec<u64> = (0..5).filter(|peer| p.is_later(peer)).collect();
+        assert_eq!(later, [2, 3, 4]);
+        // Peer 0 stops asking (it caught up); the others go on.
+        for peer in 1..5u64 {
+            p.on_request(&peer, range(peer * 100 + 12, peer * 100 + 22), ms(450));
+        }
+        // Past the pause it no longer counts: four peers are no crowd.
+        p.on_request(&1, range(123, 133), ms(520));
+        assert!((1..5).all(|peer| !p.is_later(&peer)));
+        // A newcomer makes a crowd again, and 2 has moved up.
+        p.on_request(&5, range(501, 511), ms(530));
+        let later: Vec<u64> = (1..6).filter(|peer| p.is_later(peer)).collect();
+        assert_eq!(later, [3, 4, 5]);
+        // Coming back after the pause, peer 0 queues behind the others.
+        p.on_request(&0, range(12, 22), ms(540));
+        assert!(p.is_later(&0));
+    }
+
+    #[test]
+    fn repeaters_are_no_crowd_and_favouring_can_be_off() {
+        let now = crate::test_epoch();
+        let mut p = Priorities::new(true, 1);
+        for peer in 0..3u64 {
+            p.on_request(&peer, range(1, 11), now);
+        }
+        // Peer 0 floods: it goes to the background as a repeater and
+        // leaves the two others, no crowd for one favoured place.
+        while !p.is_background(&0) {
+            p.on_request(&0, range(1, 11), now);
+        }
+        assert!(!p.is_later(&0) && !p.is_later(&1) && !p.is_later(&2));
+        let mut off = Priorities::new(true, 0);
+        for peer in 0..10u64 {
+            off.on_request(&peer, range(1, 11), now);
+        }
+        assert!((0..10).all(|peer| !off.is_later(&peer)));
+    }
+
+    #[test]
     fn memory_is_bounded() {
         let now = crate::test_epoch();
-        let mut p = Priorities::new(true);
+        let mut p = Priorities::new(true, 0);
         for i in 0..1_000u64 {
             p.on_request(&1, range(i * 3, i * 3), now);
         }
@@ -260,7 +353,7 @@ mod tests {
     #[test]
     fn off_means_everyone_is_foreground() {
         let now = crate::test_epoch();
-        let mut p = Priorities::new(false);
+        let mut p = Priorities::new(false, 0);
         for _ in 0..100 {
             assert!(!p.on_request(&1, range(1, 11), now));
         }
