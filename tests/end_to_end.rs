@@ -217,7 +217,7 @@ impl Net {
                             .handle(self.now, ResponderEvent::BlocksRead { ticket, payloads })
                             .unwrap();
                     }
-                    ResponderAction::SendResponse { to, message } => {
+                    ResponderAction::SendResponse { to, message, .. } => {
                         assert_eq!(to, REQUESTER);
                         out.push(message);
                     }

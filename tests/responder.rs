@@ -73,7 +73,7 @@ fn the_read(actions: &[Act]) -> (Ticket, &'static str, SeqRange, usize) {
 /// The one `SendResponse` in `actions`.
 fn the_response(actions: &[Act]) -> (&'static str, &GossipMessage) {
     match actions {
-        [ResponderAction::SendResponse { to, message }] => (to, message),
+        [ResponderAction::SendResponse { to, message, .. }] => (to, message),
         other => panic!("expected one response, got {other:?}"),
     }
 }
@@ -193,7 +193,7 @@ impl Host {
                     r.handle(now, ResponderEvent::BlocksRead { ticket, payloads })
                         .unwrap();
                 }
-                ResponderAction::SendResponse { to, message } => sent.push((to, message)),
+                ResponderAction::SendResponse { to, message, .. } => sent.push((to, message)),
                 ResponderAction::Dropped { .. } => {}
             }
         }

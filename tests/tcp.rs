@@ -1,7 +1,8 @@
 //! The TCP transport over loopback: the two-process example's roles
 //! (`examples/tcp_catchup.rs`, compiled in here) catch up, a lost
-//! connection is redialled with the connection events in order, and bad
-//! frames are counted or close the connection.
+//! connection is redialled with the connection events in order, bad
+//! frames are counted or close the connection, and background messages
+//! wait for the foreground ones.
 #![cfg(feature = "tokio-net")]
 
 mod common;
@@ -231,6 +232,63 @@ async fn a_listener_serves_counts_garbage_and_closes_on_an_oversized_frame() {
     while transport.stats().read_errors == 0 || !transport.connected().is_empty() {
         within("closed", tokio::time::sleep(Duration::from_millis(5))).await;
     }
+    handle.shutdown().await.unwrap();
+    driver.await.unwrap();
+}
+
+// A background message (a repeating or favoured-out peer's answer) leaves
+// only once no connection has a foreground message pending: here, while
+// peer 1 does not read and its socket is full, peer 2's waits.
+#[tokio::test]
+async fn a_background_message_waits_for_every_foreground_one() {
+    let (listener_1, listener_2) = (
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    );
+    let (handle, driver) = driver(Recorder::default(), Nothing, 16);
+    let driver = tokio::spawn(driver);
+    let mut transport = TcpTransport::<u32>::new(quick());
+    transport.dial(1, listener_1.local_addr().unwrap(), handle.downgrade());
+    transport.dial(2, listener_2.local_addr().unwrap(), handle.downgrade());
+    let (server_1, _) = within("accept 1", listener_1.accept()).await.unwrap();
+    let (server_2, _) = within("accept 2", listener_2.accept()).await.unwrap();
+    while transport.connected().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // 64 MiB for peer 1, far more than loopback's socket buffers hold.
+    let big = wire::state_response(
+        1,
+        common::channel(),
+        vec![Payload {
+            seq_num: 1,
+            data: Bytes::from(vec![7; 8 << 20]),
+            private_data: Vec::new(),
+        }],
+    );
+    for _ in 0..8 {
+        transport.send(&1, big.clone()).unwrap();
+    }
+    let small = wire::state_response(2, common::channel(), Vec::new());
+    transport.send_background(&2, small.clone()).unwrap();
+    let mut at_2 = FramedRead::new(server_2, MessageCodec::new());
+    let early = tokio::time::timeout(Duration::from_millis(500), at_2.next()).await;
+    assert!(
+        early.is_err(),
+        "sent while peer 1's were pending: {early:?}"
+    );
+    // Peer 1 reads everything: the gate opens.
+    let mut at_1 = FramedRead::new(server_1, MessageCodec::new());
+    for _ in 0..8 {
+        let message = within("a big one", at_1.next()).await.unwrap().unwrap();
+        assert_eq!(message, big);
+    }
+    assert_eq!(
+        within("the background one", at_2.next())
+            .await
+            .unwrap()
+            .unwrap(),
+        small
+    );
     handle.shutdown().await.unwrap();
     driver.await.unwrap();
 }

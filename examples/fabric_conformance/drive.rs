@@ -196,7 +196,7 @@ fn drain_responder(
                     .handle(at, ResponderEvent::BlocksRead { ticket, payloads })
                     .map_err(|e| e.to_string())?;
             }
-            ResponderAction::SendResponse { to, message } => responses.push((to, message)),
+            ResponderAction::SendResponse { to, message, .. } => responses.push((to, message)),
             ResponderAction::Dropped { reason, .. } => dropped = Some(reason),
         }
     }

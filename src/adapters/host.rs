@@ -86,6 +86,16 @@ pub trait Transport<P> {
     /// [`wire::wrap_envelope`]: crate::wire::wrap_envelope
     fn send(&mut self, to: &P, message: GossipMessage) -> Result<(), SendError>;
 
+    /// Queues `message` for `to` to be sent from spare capacity only: after
+    /// every message queued by [`send`](Self::send), on any connection
+    /// (a low-priority send queue). [`ResponderHost`] uses it for a peer
+    /// that repeats what it was served or waits behind a crowd's favoured
+    /// peers (`ResponderAction::SendResponse::background`). Default:
+    /// [`send`](Self::send), serving everyone alike.
+    fn send_background(&mut self, to: &P, message: GossipMessage) -> Result<(), SendError> {
+        self.send(to, message)
+    }
+
     /// The machine refused what `peer` sent ([`RequesterHost`] and
     /// [`ResponderHost`] forward every refusal that names a peer): the
     /// place to count a peer's bad input, or to close its connection and
@@ -254,8 +264,17 @@ where
                     feedback.push(ResponderEvent::BlocksRead { ticket, payloads });
                 }
             }
-            ResponderAction::SendResponse { to, message } => {
-                if self.transport.send(&to, message).is_err() {
+            ResponderAction::SendResponse {
+                to,
+                message,
+                background,
+            } => {
+                let sent = if background {
+                    self.transport.send_background(&to, message)
+                } else {
+                    self.transport.send(&to, message)
+                };
+                if sent.is_err() {
                     self.dropped_sends += 1;
                 }
             }

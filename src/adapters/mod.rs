@@ -183,6 +183,8 @@ mod handle;
 mod host;
 mod machine;
 mod runtime;
+#[cfg(feature = "tokio-net")]
+mod send_gate;
 #[cfg(feature = "smol")]
 #[cfg_attr(docsrs, doc(cfg(feature = "smol")))]
 pub mod smol;

@@ -51,6 +51,7 @@ use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 
 use super::codec::FrameCodec;
+use super::send_gate::{SendGate, Ticket};
 use super::tokio::{Tokio, WeakDriverHandle};
 use super::{Machine, Runtime, SendError, Transport};
 use crate::wire::{self, gossip::GossipMessage};
@@ -133,7 +134,14 @@ fn bump(counter: &AtomicU64) {
 /// same peer from an older one still closing.
 struct Link {
     id: u64,
-    queue: mpsc::Sender<GossipMessage>,
+    queue: mpsc::Sender<Outgoing>,
+}
+
+/// A message for a connection's writer, with its send class: a foreground
+/// message holds the gate shut until it is written or dropped.
+struct Outgoing {
+    message: GossipMessage,
+    foreground: Option<Ticket>,
 }
 
 struct Inner<P> {
@@ -142,6 +150,8 @@ struct Inner<P> {
     tasks: Mutex<JoinSet<()>>,
     next_id: AtomicU64,
     counters: Counters,
+    /// Background messages wait for it (`Transport::send_background`).
+    gate: Arc<SendGate>,
 }
 
 impl<P: Ord> Inner<P> {
@@ -156,8 +166,18 @@ impl<P: Ord> Inner<P> {
         tasks.spawn(task);
     }
 
+    /// Queues a message on `to`'s connection without blocking.
+    fn queue(&self, to: &P, outgoing: Outgoing) -> Result<(), SendError> {
+        let links = self.links();
+        let link = links.get(to).ok_or(SendError::Closed)?;
+        link.queue.try_send(outgoing).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+        })
+    }
+
     /// The connection's queue replaces any older one to the same peer.
-    fn register(&self, peer: P, queue: mpsc::Sender<GossipMessage>) -> u64 {
+    fn register(&self, peer: P, queue: mpsc::Sender<Outgoing>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.links().insert(peer, Link { id, queue });
         id
@@ -218,6 +238,7 @@ where
                 tasks: Mutex::new(JoinSet::new()),
                 next_id: AtomicU64::new(0),
                 counters: Counters::default(),
+                gate: Arc::default(),
             }),
         }
     }
@@ -329,12 +350,27 @@ where
 
 impl<P: Ord> Transport<P> for TcpTransport<P> {
     fn send(&mut self, to: &P, message: GossipMessage) -> Result<(), SendError> {
-        let links = self.inner.links();
-        let link = links.get(to).ok_or(SendError::Closed)?;
-        link.queue.try_send(message).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-        })
+        let foreground = Some(self.inner.gate.foreground());
+        self.inner.queue(
+            to,
+            Outgoing {
+                message,
+                foreground,
+            },
+        )
+    }
+
+    /// Written once no foreground message is pending on any connection.
+    /// Messages to one peer stay in order: anything queued behind a
+    /// background message to it waits with it.
+    fn send_background(&mut self, to: &P, message: GossipMessage) -> Result<(), SendError> {
+        self.inner.queue(
+            to,
+            Outgoing {
+                message,
+                foreground: None,
+            },
+        )
     }
 
     fn refused(&mut self, _: &P, _: &(dyn std::error::Error + 'static)) {
@@ -440,30 +476,59 @@ async fn write_frames<P: Ord>(
     inner: &Weak<Inner<P>>,
     mut write: OwnedWriteHalf,
     codec: FrameCodec,
-    mut outgoing: mpsc::Receiver<GossipMessage>,
+    mut outgoing: mpsc::Receiver<Outgoing>,
 ) {
     /// Past this many bytes the batch is written.
     const BATCH: usize = 1 << 20;
     let mut buf = BytesMut::new();
-    while let Some(message) = outgoing.recv().await {
-        let Some(inner) = inner.upgrade() else { return };
-        let mut next = Some(message);
-        while let Some(message) = next.take() {
+    // Foreground messages in `buf`: the gate stays shut until it is written.
+    let mut tickets = Vec::new();
+    let mut next = None;
+    loop {
+        let Some(first) = (match next.take() {
+            Some(outgoing) => Some(outgoing),
+            None => outgoing.recv().await,
+        }) else {
+            break;
+        };
+        let mut item = Some(first);
+        while let Some(Outgoing {
+            message,
+            foreground,
+        }) = item.take()
+        {
+            if foreground.is_none() {
+                // From spare capacity only: once the rest of the batch is
+                // out and no connection has a foreground message pending.
+                if !buf.is_empty() {
+                    next = Some(Outgoing {
+                        message,
+                        foreground,
+                    });
+                    break;
+                }
+                let Some(gate) = inner.upgrade().map(|inner| Arc::clone(&inner.gate)) else {
+                    return;
+                };
+                gate.idle().await;
+            }
+            let Some(inner) = inner.upgrade() else { return };
             match codec.encode_message(message, &mut buf) {
                 Ok(()) => bump(&inner.counters.frames_out),
                 // Our own message: the responder caps its answers at
                 // `max_response_bytes`, so this is a misconfigured limit.
                 Err(_) => bump(&inner.counters.oversized),
             }
+            tickets.extend(foreground);
             if buf.len() < BATCH {
-                next = outgoing.try_recv().ok();
+                item = outgoing.try_recv().ok();
             }
         }
-        drop(inner);
         if write.write_all(&buf).await.is_err() {
             return;
         }
         buf.clear();
+        tickets.clear();
     }
     let _ = write.shutdown().await;
 }

@@ -91,7 +91,7 @@ pub use types::{RequestError, ResponderAction, ResponderEvent, ResponderStats, T
 ///                 .handle(now, ResponderEvent::BlocksRead { ticket, payloads })
 ///                 .unwrap();
 ///         }
-///         ResponderAction::SendResponse { to, message } => sent.push((to, message)),
+///         ResponderAction::SendResponse { to, message, .. } => sent.push((to, message)),
 ///         ResponderAction::Dropped { .. } => {} // informational
 ///     }
 /// }
@@ -600,8 +600,16 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         self.stats.busy_replies += 1;
         emit!(DEBUG, peer = ?to, nonce, "busy reply");
         let message = wire::state_response(nonce, self.channel.clone(), Vec::new());
-        self.actions
-            .push_back(ResponderAction::SendResponse { to, message });
+        self.send(to, message);
+    }
+
+    fn send(&mut self, to: P, message: GossipMessage) {
+        let background = self.is_background(&to);
+        self.actions.push_back(ResponderAction::SendResponse {
+            to,
+            message,
+            background,
+        });
     }
 
     fn respond(&mut self, to: P, nonce: u64, payloads: Vec<Payload>) {
@@ -613,8 +621,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         let bytes: usize = payloads.iter().map(payload_size).sum();
         self.stats.bytes_served = self.stats.bytes_served.saturating_add(bytes as u64);
         let message = wire::state_response(nonce, self.channel.clone(), payloads);
-        self.actions
-            .push_back(ResponderAction::SendResponse { to, message });
+        self.send(to, message);
     }
 }
 

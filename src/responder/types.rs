@@ -121,7 +121,7 @@ pub enum ResponderEvent<P> {
 ///             responder.handle(now, ResponderEvent::BlocksRead { ticket, payloads })?;
 ///         }
 ///         // Wrap (wire::wrap_envelope), encode and send to `to`.
-///         ResponderAction::SendResponse { to, message } => sent.push((to, message)),
+///         ResponderAction::SendResponse { to, message, .. } => sent.push((to, message)),
 ///         // Informational: a request that ended unanswered, counted.
 ///         ResponderAction::Dropped { .. } => {}
 ///     }
@@ -176,6 +176,14 @@ pub enum ResponderAction<P> {
         to: P,
         /// The response.
         message: GossipMessage,
+        /// Send it from spare capacity only, if the transport can (a
+        /// low-priority send queue, [`Transport::send_background`]): `to`
+        /// repeats what it was served, or waits behind a crowd's favoured
+        /// peers ([`StateResponder::is_background`] when it was made).
+        ///
+        /// [`Transport::send_background`]: crate::adapters::Transport::send_background
+        /// [`StateResponder::is_background`]: crate::StateResponder::is_background
+        background: bool,
     },
     /// Informational, nothing to send: the request `nonce` of `to` was
     /// admitted but will never be answered, because it waited for a read

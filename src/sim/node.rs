@@ -474,11 +474,14 @@ impl Node {
                     }
                 }
             }
-            ResponderAction::SendResponse { to, message } => {
-                if let Some(responder) = &self.responder {
-                    // A flooder's answers go from spare uplink only.
-                    w.set_background(self.id, to, responder.is_background(&to));
-                }
+            ResponderAction::SendResponse {
+                to,
+                message,
+                background,
+            } => {
+                // A flooder's answers, and a crowd's beyond its favoured
+                // few, go from spare uplink only.
+                w.set_background(self.id, to, background);
                 if !w.can_send(self.id, to) {
                     // The send buffer is full: dropped, no need to encode.
                     return;

@@ -1604,7 +1604,7 @@ impl ResponderModel {
                     self.tickets.push(ticket);
                     self.reads.insert(ticket, (job, self.now));
                 }
-                ResponderAction::SendResponse { to, message } => {
+                ResponderAction::SendResponse { to, message, .. } => {
                     if self.expected.is_empty() && self.busy_due == Some((to, message.nonce)) {
                         self.busy_due = None;
                         assert_eq!(
