@@ -861,3 +861,36 @@ fn blocks_after_a_rejected_one_are_delivered_again_not_fetched_again() {
     }
     panic!("no seed sent the first and the last range to different peers");
 }
+
+// A first flight asked before the block size is known gets one response's
+// worth per request (8 MiB blocks: one block each). Counted as 11 blocks
+// each, the three still out (33 × 8 MiB) filled the 64 MiB window, and every
+// other peer idled until they came back.
+#[test]
+fn requests_out_count_for_one_response_each_in_the_byte_window() {
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 5, t0).unwrap();
+    let view = (0..4u8).map(|i| PeerState::new(i, 41)).collect();
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    let first = sends(&drain(&mut ae));
+    let ranges: Vec<(u64, u64)> = first.iter().map(|s| (s.2, s.3)).collect();
+    assert_eq!(ranges.len(), 4, "{ranges:?}");
+    let &(to, nonce, _, _) = first.iter().find(|s| s.2 == 1).unwrap();
+    // The byte cap lets one 8 MiB block through.
+    let big = antientropy::wire::gossip::Payload {
+        seq_num: 1,
+        data: block(1, 8 << 20),
+        private_data: vec![],
+    };
+    let t1 = t0 + Duration::from_millis(800);
+    let message = antientropy::wire::state_response(nonce, channel(), vec![big]);
+    ae.handle(t1, Event::Response { from: to, message })
+        .unwrap();
+    let mut actions = drain(&mut ae);
+    assert_eq!(delivered(&actions), vec![1]);
+    ae.handle(t1, Event::Committed { height: 2 }).unwrap();
+    actions.extend(drain(&mut ae));
+    let next = sends(&actions);
+    assert!(!next.is_empty(), "three 8 MiB answers out leave room");
+    assert!(next.iter().all(|s| s.2 == s.3), "one block each: {next:?}");
+}

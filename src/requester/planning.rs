@@ -290,8 +290,15 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             return true;
         }
         let held = self.held_bytes();
-        let expected =
-            (self.requests.blocks() + range.len()).saturating_mul(self.block_bytes_estimate);
+        // An answer carries at most what one response holds: requests
+        // asked before the block size was known (a first flight of 11-block
+        // ranges, answered with one 8 MiB block each) count for that much,
+        // not for 11 blocks each (they held every other peer idle for an
+        // answer's time: huge blocks at 1.26× the bound).
+        let requests = self.requests.len() as u64 + 1;
+        let blocks = (self.requests.blocks() + range.len())
+            .min(requests.saturating_mul(self.blocks_per_request()));
+        let expected = blocks.saturating_mul(self.block_bytes_estimate);
         if held.saturating_add(expected) <= self.config.window_bytes {
             return true;
         }
