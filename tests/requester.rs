@@ -894,3 +894,79 @@ fn requests_out_count_for_one_response_each_in_the_byte_window() {
     assert!(!next.is_empty(), "three 8 MiB answers out leave room");
     assert!(next.iter().all(|s| s.2 == s.3), "one block each: {next:?}");
 }
+
+/// Runs a catch-up of `blocks` blocks from peers that each serve their
+/// requests in order at their own time per block (no latency, no loss):
+/// returns when the last block was delivered and every send made.
+fn serve_by_rate(
+    blocks: u64,
+    per_block: &[(&'static str, Duration)],
+    seed: u64,
+) -> (Duration, Vec<(&'static str, u64, u64, u64)>) {
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, seed, t0).unwrap();
+    let view = per_block
+        .iter()
+        .map(|&(id, _)| PeerState::new(id, blocks + 1))
+        .collect();
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    let mut busy_until: Vec<Instant> = vec![t0; per_block.len()];
+    // (when, peer, nonce, start, end)
+    let mut pending: Vec<(Instant, &'static str, u64, u64, u64)> = Vec::new();
+    let mut all_sends = Vec::new();
+    let mut now = t0;
+    let mut last_delivery = t0;
+    loop {
+        let actions = drain(&mut ae);
+        if !delivered(&actions).is_empty() {
+            last_delivery = now;
+            ae.handle(
+                now,
+                Event::Committed {
+                    height: ae.height(),
+                },
+            )
+            .unwrap();
+        }
+        for send in sends(&actions) {
+            let (to, nonce, start, end) = send;
+            let index = per_block.iter().position(|p| p.0 == to).unwrap();
+            let begin = busy_until[index].max(now);
+            let done = begin + per_block[index].1 * (end - start + 1) as u32;
+            busy_until[index] = done;
+            pending.push((done, to, nonce, start, end));
+            all_sends.push(send);
+        }
+        if ae.height() > blocks {
+            return (last_delivery - t0, all_sends);
+        }
+        pending.sort_by_key(|p| p.0);
+        let timer = ae.poll_timeout();
+        match pending.first().copied() {
+            Some((at, from, nonce, start, end)) if timer.is_none_or(|t| at <= t) => {
+                pending.remove(0);
+                now = at;
+                let message = wire_response(nonce, start..=end);
+                let _ = ae.handle(now, Event::Response { from, message });
+            }
+            _ => {
+                now = timer.expect("something to wait for");
+                ae.handle(now, Event::Timeout).unwrap();
+            }
+        }
+    }
+}
+
+// Near the end, ranges go to the peer that delivers them first and are cut
+// to what a slow peer delivers before the others are done: given a full
+// range at the end, the slow peer finished long after the fast one.
+#[test]
+fn the_last_ranges_are_shared_by_rate() {
+    let ms = Duration::from_millis;
+    let (took, asked) = serve_by_rate(330, &[("fast", ms(10)), ("slow", ms(50))], 5);
+    // 330 blocks at 100 + 20 blocks/s: 2.75 s if both end together (3.19 s
+    // when each range went whole to the first free peer).
+    assert!(took < ms(2_900), "{took:?}");
+    let last = asked.iter().map(|s| s.3).max();
+    assert_eq!(last, Some(330));
+}

@@ -82,7 +82,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 self.stats.timeouts += 1;
                 emit!(DEBUG, peer = ?peer_id, %range, "request timed out");
                 if let Some(peer) = self.peers.get_mut(peer_id) {
-                    peer.in_flight -= 1;
+                    peer.send_ended(blocks);
                     peer.stats.timeouts += 1;
                     peer.timed_out();
                     if adaptive {
@@ -176,6 +176,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 now,
                 &mut self.rng,
                 Some(headroom),
+                None,
             )
             .filter(|peer| !exclude.contains(peer));
         match choice {
