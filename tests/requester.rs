@@ -970,3 +970,33 @@ fn the_last_ranges_are_shared_by_rate() {
     let last = asked.iter().map(|s| s.3).max();
     assert_eq!(last, Some(330));
 }
+
+// A peer that has not answered yet gets its first deadline once more even
+// after another peer answered: its answers may just take longer (three
+// 2 Mbit/s peers next to a fast one each had their first ranges fetched
+// twice).
+#[test]
+fn an_unproven_peer_gets_its_first_deadline_twice() {
+    let t0 = epoch();
+    let mut config = Config::default();
+    config.hedge_after = None;
+    let mut ae = AntiEntropy::new(config, channel(), 1, 5, t0).unwrap();
+    let view = vec![PeerState::new("a", 23), PeerState::new("b", 23)];
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    let asked = sends(&drain(&mut ae));
+    assert_eq!(asked.len(), 2);
+    assert_ne!(asked[0].0, asked[1].0, "one range each");
+    let first = *asked.iter().find(|s| s.2 == 1).unwrap();
+    let slow = asked.iter().find(|s| s.2 == 12).unwrap().0;
+    answer_in_full(&mut ae, t0 + Duration::from_millis(100), &[first]);
+    drain(&mut ae);
+    // Past the 2 s first deadline; it expires at twice the wait (6.3 s).
+    let t1 = t0 + Duration::from_millis(2_100);
+    ae.handle(t1, Event::Timeout).unwrap();
+    assert_eq!(ae.stats().timeouts, 0);
+    assert!(sends(&drain(&mut ae)).is_empty());
+    assert_eq!(ae.peer_stats(&slow).unwrap().in_flight, 1);
+    let t2 = t0 + Duration::from_millis(6_400);
+    ae.handle(t2, Event::Timeout).unwrap();
+    assert_eq!(ae.stats().timeouts, 1);
+}

@@ -37,8 +37,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             })
             .map(|(id, _)| *id)
             .collect();
-        let first_answer_pending =
-            self.config.adaptive_timeout && self.peers.iter().all(|(_, p)| p.rtt.srtt().is_none());
+        let adaptive_timeout = self.config.adaptive_timeout;
         let max_wait = self.config.max_response_timeout;
         for id in due {
             let Some(request) = self.requests.get_mut(id) else {
@@ -49,14 +48,23 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 if attempt.state == AttemptState::Waiting
                     && attempt.deadline.is_some_and(|d| d <= now)
                 {
-                    if first_answer_pending && !attempt.extended {
-                        // Nothing has come back from anyone yet: no sign
-                        // of loss, only that answers take longer than the
-                        // first deadline (2.9 s for 11 × 64 KiB at
+                    let unproven = self
+                        .peers
+                        .get(&attempt.peer)
+                        .is_some_and(|peer| peer.rtt.srtt().is_none());
+                    if adaptive_timeout && unproven && !attempt.extended {
+                        // Nothing has come back from this peer yet: no sign
+                        // of loss, only that its answers take longer than
+                        // the first deadline (2.9 s for 11 × 64 KiB at
                         // 2 Mbit/s). Waiting once more, twice as long but
                         // never past `max_response_timeout` after the send
                         // (the responder gives up its read then), beats
-                        // sending every range again to peers just as busy.
+                        // sending its ranges again while it is still
+                        // sending them. Per peer, not only while nobody has
+                        // answered: next to a fast peer, three 2 Mbit/s
+                        // peers' first ranges all timed out and were fetched
+                        // twice (hetero 1.17 → 1.15); a silent peer's range
+                        // holding the commit point is hedged meanwhile.
                         attempt.extended = true;
                         let wait = now.saturating_duration_since(attempt.sent_at);
                         let latest = attempt.sent_at.checked_add(max_wait);
