@@ -339,13 +339,18 @@ impl Peer {
     /// `per_request` blocks of `block_bytes`.
     pub(crate) fn drain(&self, now: Instant, block_bytes: u64, per_request: u64) -> Option<f64> {
         let rate = self.rate?;
-        let blocks = self
-            .in_flight_blocks
-            .min((self.in_flight as u64).saturating_mul(per_request));
         let started = self
             .busy_from
             .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64());
-        Some((blocks as f64 * block_bytes as f64 / rate - started).max(0.0))
+        Some((self.backlog(block_bytes, per_request) as f64 / rate - started).max(0.0))
+    }
+
+    /// Bytes its sends in flight are expected to bring, each at most
+    /// `per_request` blocks of `block_bytes`.
+    pub(crate) fn backlog(&self, block_bytes: u64, per_request: u64) -> u64 {
+        self.in_flight_blocks
+            .min((self.in_flight as u64).saturating_mul(per_request))
+            .saturating_mul(block_bytes)
     }
 
     /// How many requests may be in flight to this peer now.
@@ -607,6 +612,13 @@ impl<P: Clone + Ord> Peers<P> {
             .filter_map(|peer| peer.credible_height(now))
             .max()
             .unwrap_or(0)
+    }
+
+    /// Whether every peer has its window full: no range can be sent now.
+    pub(crate) fn all_full(&self, config: &Config) -> bool {
+        self.map
+            .values()
+            .all(|peer| peer.in_flight >= peer.limit(config))
     }
 
     /// Whether any peer, busy or not, credibly holds block `end`.
