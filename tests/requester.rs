@@ -1000,3 +1000,21 @@ fn an_unproven_peer_gets_its_first_deadline_twice() {
     ae.handle(t2, Event::Timeout).unwrap();
     assert_eq!(ae.stats().timeouts, 1);
 }
+
+// Once every block is held or asked, a range deep in a slow peer's queue
+// is copied to a free faster peer that delivers it sooner.
+#[test]
+fn the_end_game_copies_a_slow_peers_last_range_to_a_faster_one() {
+    let ms = Duration::from_millis;
+    let (took, asked) = serve_by_rate(440, &[("fast", ms(10)), ("slow", ms(80))], 5);
+    // 440 blocks at 100 + 12.5 blocks/s: 3.91 s; 4.24 s while the slow
+    // peer's last range waited in its queue.
+    assert!(took < ms(4_100), "{took:?}");
+    let copied = asked.iter().any(|s| {
+        s.0 == "fast"
+            && asked
+                .iter()
+                .any(|t| t.0 == "slow" && (t.2, t.3) == (s.2, s.3))
+    });
+    assert!(copied, "{asked:?}");
+}

@@ -345,6 +345,17 @@ impl Peer {
         Some((self.backlog(block_bytes, per_request) as f64 / rate - started).max(0.0))
     }
 
+    /// Its fastest round trip yet.
+    pub(crate) fn base_rtt(&self) -> Option<Duration> {
+        self.window.base_rtt
+    }
+
+    /// Seconds the answer at the head of its queue has been on its way.
+    pub(crate) fn busy_for(&self, now: Instant) -> Option<f64> {
+        self.busy_from
+            .map(|at| now.saturating_duration_since(at).as_secs_f64())
+    }
+
     /// Bytes its sends in flight are expected to bring, each at most
     /// `per_request` blocks of `block_bytes`.
     pub(crate) fn backlog(&self, block_bytes: u64, per_request: u64) -> u64 {

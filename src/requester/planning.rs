@@ -140,6 +140,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 return;
             }
             let Some(range) = self.next_missing(end, now) else {
+                self.end_game(now);
                 return;
             };
             if !self.window_admits(range) {
@@ -369,6 +370,95 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             }
         }
         None
+    }
+
+    /// Every block is held or asked: a free peer that would deliver a
+    /// range before the peer asked for it is expected to (that one slower,
+    /// or the range deep in its queue) is sent a copy of it, the latest
+    /// such range first. Ranges given to a 2 Mbit/s peer before the tail
+    /// waited behind its queue: the last came 1 s after the 20 Mbit/s peer
+    /// had sent everything else (hetero).
+    fn end_game(&mut self, now: Instant) {
+        if !self.config.adaptive_window || self.peers.all_full(&self.config) {
+            return;
+        }
+        let block_bytes = self.block_bytes_estimate;
+        let per_request = self.blocks_per_request();
+        // Each request with a single send waiting, in its peer's queue
+        // order (a responder answers in order).
+        let mut queued: Vec<(P, Instant, u64, u64)> = Vec::new();
+        for (id, request) in self.requests.iter() {
+            if request.hedges >= super::MAX_HEDGES {
+                continue;
+            }
+            let mut waiting = request.waiting();
+            let (Some(attempt), None) = (waiting.next(), waiting.next()) else {
+                continue;
+            };
+            let blocks = request.range.len().min(per_request);
+            queued.push((attempt.peer.clone(), attempt.sent_at, *id, blocks));
+        }
+        queued.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let mut latest: Option<(f64, u64)> = None;
+        let mut ahead = 0u64;
+        for (i, (peer_id, _, id, blocks)) in queued.iter().enumerate() {
+            if i == 0 || queued[i - 1].0 != *peer_id {
+                ahead = 0;
+            }
+            ahead += blocks;
+            let Some(peer) = self.peers.get(peer_id) else {
+                continue;
+            };
+            let (Some(rate), Some(since)) = (peer.rate(), peer.busy_for(now)) else {
+                continue;
+            };
+            let due = (ahead * block_bytes) as f64 / rate - since;
+            if latest.is_none_or(|(at, _)| due > at) {
+                latest = Some((due, *id));
+            }
+        }
+        let Some((due, id)) = latest else {
+            return;
+        };
+        let Some(request) = self.requests.get(id) else {
+            return;
+        };
+        let range = request.range;
+        let asked: Vec<P> = request.attempts.iter().map(|a| a.peer.clone()).collect();
+        let rejected = self.rejected_in(range);
+        let bytes = (range.len().min(per_request) * block_bytes) as f64;
+        let mut best: Option<(f64, P)> = None;
+        for (id, peer) in self.peers.iter() {
+            if peer.in_flight >= peer.limit(&self.config)
+                || !peer.covers(range.end(), now)
+                || !peer.dependable(now)
+                || asked.contains(id)
+                || rejected.contains(id)
+            {
+                continue;
+            }
+            let (Some(drain), Some(rate), Some(base)) = (
+                peer.drain(now, block_bytes, per_request),
+                peer.rate(),
+                peer.base_rtt(),
+            ) else {
+                continue;
+            };
+            // Its fastest round trip on top, counted whole (it holds an
+            // answer's time on the link too): only a clear gain.
+            let at = drain + bytes / rate + base.as_secs_f64();
+            if at < due && best.as_ref().is_none_or(|(b, _)| at < *b) {
+                best = Some((at, id.clone()));
+            }
+        }
+        if let Some((_, peer)) = best {
+            if let Some(request) = self.requests.get_mut(id) {
+                request.hedges += 1;
+            }
+            self.stats.hedges += 1;
+            emit!(DEBUG, ?peer, %range, "end-game copy");
+            self.send_attempt(now, id, peer, Send::Hedge);
+        }
     }
 
     /// `range` cut to what `peer` can deliver before the others are done
