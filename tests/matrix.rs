@@ -30,7 +30,7 @@ const CEILINGS: [(&str, f64); 9] = [
     ("one-peer", 1.05),
     ("tiny", 1.50),
     ("thin", 1.08),
-    ("hetero", 1.21),
+    ("hetero", 1.13),
     ("hostile", 1.88),
     ("many-laggers", 1.94),
     ("crowd", 31.5),
