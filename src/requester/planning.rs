@@ -399,7 +399,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             queued.push((attempt.peer.clone(), attempt.sent_at, *id, blocks));
         }
         queued.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-        let mut latest: Option<(f64, u64)> = None;
+        let mut latest: Option<(f64, u64, f64)> = None;
         let mut ahead = 0u64;
         for (i, (peer_id, _, id, blocks)) in queued.iter().enumerate() {
             if i == 0 || queued[i - 1].0 != *peer_id {
@@ -413,11 +413,11 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 continue;
             };
             let due = (ahead * block_bytes) as f64 / rate - since;
-            if latest.is_none_or(|(at, _)| due > at) {
-                latest = Some((due, *id));
+            if latest.is_none_or(|(at, _, _)| due > at) {
+                latest = Some((due, *id, rate));
             }
         }
-        let Some((due, id)) = latest else {
+        let Some((due, id, slow)) = latest else {
             return;
         };
         let Some(request) = self.requests.get(id) else {
@@ -447,6 +447,13 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             // Its fastest round trip on top, counted whole (it holds an
             // answer's time on the link too): only a clear gain.
             let at = drain + bytes / rate + base.as_secs_f64();
+            // Only to a clearly faster peer: where the round trip, not the
+            // link, sets the pace (answers with no transfer time at all)
+            // the rates say little, and equal peers copying each other's
+            // queues only add requests.
+            if rate < slow * 2.0 {
+                continue;
+            }
             if at < due && best.as_ref().is_none_or(|(b, _)| at < *b) {
                 best = Some((at, id.clone()));
             }
