@@ -11,7 +11,7 @@
 //! every change of timing, so one seed's ratio says little (keeping the
 //! blocks after a rejected one took seeds 1–40 from a geometric mean of
 //! 2.00 to 1.79 and seed 1 from 1.81 to 2.62). Its ceiling is on the
-//! geometric mean over seeds 1–10 (1.81 when set), with a looser cap on
+//! geometric mean over seeds 1–10 (1.79 when set), with a looser cap on
 //! each seed.
 //!
 //! `huge` (320 MiB of chain) is left to `catchup --scenario huge`: building
@@ -29,11 +29,11 @@ const CEILINGS: [(&str, f64); 9] = [
     ("wan", 1.10),
     ("one-peer", 1.05),
     ("tiny", 1.50),
-    ("thin", 1.17),
-    ("hetero", 1.33),
-    ("hostile", 1.90),
-    ("many-laggers", 2.00),
-    ("crowd", 9.4),
+    ("thin", 1.08),
+    ("hetero", 1.13),
+    ("hostile", 1.88),
+    ("many-laggers", 1.94),
+    ("crowd", 10.0),
 ];
 
 /// Scenarios whose ceiling is on the geometric mean over seeds 1–10, and

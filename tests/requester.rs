@@ -779,45 +779,6 @@ fn unrepresentable_deadlines_never_fire() {
     assert_eq!(ae.stats().timeouts, 0);
 }
 
-// A peer that answers us eight times slower than another (a responder
-// serving us from spare capacity while it favours a crowd's first few) is
-// hedged on the fast peer's round trip, not on twice its own: waiting two
-// of its round trips held a crowd's commit points for seconds.
-#[test]
-fn the_commit_point_at_a_much_slower_peer_is_hedged_on_the_faster_ones_time() {
-    let t0 = epoch();
-    let mut config = Config::default();
-    // Four requests and no more, so that a hedge finds a free window.
-    config.window_blocks = 44;
-    let mut ae = AntiEntropy::new(config, channel(), 1, 5, t0).unwrap();
-    let view = vec![PeerState::new("a", 1_000), PeerState::new("b", 1_000)];
-    ae.handle(t0, Event::Membership(view)).unwrap();
-    let asked = sends(&drain(&mut ae));
-    assert_eq!(asked.len(), 4);
-    let slow = asked.iter().find(|s| s.2 == 1).unwrap().0;
-    let (at_slow, at_fast): (Vec<_>, Vec<_>) = asked.iter().partition(|s| s.0 == slow);
-    assert_eq!((at_slow.len(), at_fast.len()), (2, 2));
-    // The fast peer answers in 50 ms, the slow one its first in 400 ms.
-    answer_in_full(&mut ae, t0 + Duration::from_millis(50), &at_fast);
-    answer_in_full(&mut ae, t0 + Duration::from_millis(400), &at_slow[..1]);
-    let actions = drain(&mut ae);
-    let stalled = at_slow[1];
-    // Everything below the slow peer's other range is delivered, and
-    // nothing is hedged yet (`hedge_after` is 500 ms).
-    assert_eq!(delivered(&actions).last(), Some(&(stalled.2 - 1)));
-    assert!(sends(&actions).is_empty(), "{actions:?}");
-    // At 500 ms that range is hedged to the fast peer, not at twice the
-    // slow peer's round trip (800 ms).
-    assert_eq!(ae.poll_timeout(), Some(t0 + Duration::from_millis(500)));
-    ae.handle(t0 + Duration::from_millis(500), Event::Timeout)
-        .unwrap();
-    let hedge = sends(&drain(&mut ae));
-    assert_eq!(hedge.len(), 1);
-    assert_ne!(hedge[0].0, slow);
-    assert_eq!((hedge[0].2, hedge[0].3), (stalled.2, stalled.3));
-    assert_eq!(ae.stats().hedges, 1);
-}
-
 /// Answers each of `asked` (as [`sends`] gives them) with all its blocks.
 fn answer_in_full(
     ae: &mut AntiEntropy<&'static str>,
@@ -899,4 +860,161 @@ fn blocks_after_a_rejected_one_are_delivered_again_not_fetched_again() {
         return;
     }
     panic!("no seed sent the first and the last range to different peers");
+}
+
+// A first flight asked before the block size is known gets one response's
+// worth per request (8 MiB blocks: one block each). Counted as 11 blocks
+// each, the three still out (33 × 8 MiB) filled the 64 MiB window, and every
+// other peer idled until they came back.
+#[test]
+fn requests_out_count_for_one_response_each_in_the_byte_window() {
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 5, t0).unwrap();
+    let view = (0..4u8).map(|i| PeerState::new(i, 41)).collect();
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    let first = sends(&drain(&mut ae));
+    let ranges: Vec<(u64, u64)> = first.iter().map(|s| (s.2, s.3)).collect();
+    assert_eq!(ranges.len(), 4, "{ranges:?}");
+    let &(to, nonce, _, _) = first.iter().find(|s| s.2 == 1).unwrap();
+    // The byte cap lets one 8 MiB block through.
+    let big = antientropy::wire::gossip::Payload {
+        seq_num: 1,
+        data: block(1, 8 << 20),
+        private_data: vec![],
+    };
+    let t1 = t0 + Duration::from_millis(800);
+    let message = antientropy::wire::state_response(nonce, channel(), vec![big]);
+    ae.handle(t1, Event::Response { from: to, message })
+        .unwrap();
+    let mut actions = drain(&mut ae);
+    assert_eq!(delivered(&actions), vec![1]);
+    ae.handle(t1, Event::Committed { height: 2 }).unwrap();
+    actions.extend(drain(&mut ae));
+    let next = sends(&actions);
+    assert!(!next.is_empty(), "three 8 MiB answers out leave room");
+    assert!(next.iter().all(|s| s.2 == s.3), "one block each: {next:?}");
+}
+
+/// Runs a catch-up of `blocks` blocks from peers that each serve their
+/// requests in order at their own time per block (no latency, no loss):
+/// returns when the last block was delivered and every send made.
+fn serve_by_rate(
+    blocks: u64,
+    per_block: &[(&'static str, Duration)],
+    seed: u64,
+) -> (Duration, Vec<(&'static str, u64, u64, u64)>) {
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, seed, t0).unwrap();
+    let view = per_block
+        .iter()
+        .map(|&(id, _)| PeerState::new(id, blocks + 1))
+        .collect();
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    let mut busy_until: Vec<Instant> = vec![t0; per_block.len()];
+    // (when, peer, nonce, start, end)
+    let mut pending: Vec<(Instant, &'static str, u64, u64, u64)> = Vec::new();
+    let mut all_sends = Vec::new();
+    let mut now = t0;
+    let mut last_delivery = t0;
+    loop {
+        let actions = drain(&mut ae);
+        if !delivered(&actions).is_empty() {
+            last_delivery = now;
+            ae.handle(
+                now,
+                Event::Committed {
+                    height: ae.height(),
+                },
+            )
+            .unwrap();
+        }
+        for send in sends(&actions) {
+            let (to, nonce, start, end) = send;
+            let index = per_block.iter().position(|p| p.0 == to).unwrap();
+            let begin = busy_until[index].max(now);
+            let done = begin + per_block[index].1 * (end - start + 1) as u32;
+            busy_until[index] = done;
+            pending.push((done, to, nonce, start, end));
+            all_sends.push(send);
+        }
+        if ae.height() > blocks {
+            return (last_delivery - t0, all_sends);
+        }
+        pending.sort_by_key(|p| p.0);
+        let timer = ae.poll_timeout();
+        match pending.first().copied() {
+            Some((at, from, nonce, start, end)) if timer.is_none_or(|t| at <= t) => {
+                pending.remove(0);
+                now = at;
+                let message = wire_response(nonce, start..=end);
+                let _ = ae.handle(now, Event::Response { from, message });
+            }
+            _ => {
+                now = timer.expect("something to wait for");
+                ae.handle(now, Event::Timeout).unwrap();
+            }
+        }
+    }
+}
+
+// Near the end, ranges go to the peer that delivers them first and are cut
+// to what a slow peer delivers before the others are done: given a full
+// range at the end, the slow peer finished long after the fast one.
+#[test]
+fn the_last_ranges_are_shared_by_rate() {
+    let ms = Duration::from_millis;
+    let (took, asked) = serve_by_rate(330, &[("fast", ms(10)), ("slow", ms(50))], 5);
+    // 330 blocks at 100 + 20 blocks/s: 2.75 s if both end together (3.19 s
+    // when each range went whole to the first free peer).
+    assert!(took < ms(2_900), "{took:?}");
+    let last = asked.iter().map(|s| s.3).max();
+    assert_eq!(last, Some(330));
+}
+
+// A peer that has not answered yet gets its first deadline once more even
+// after another peer answered: its answers may just take longer (three
+// 2 Mbit/s peers next to a fast one each had their first ranges fetched
+// twice).
+#[test]
+fn an_unproven_peer_gets_its_first_deadline_twice() {
+    let t0 = epoch();
+    let mut config = Config::default();
+    config.hedge_after = None;
+    let mut ae = AntiEntropy::new(config, channel(), 1, 5, t0).unwrap();
+    let view = vec![PeerState::new("a", 23), PeerState::new("b", 23)];
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    let asked = sends(&drain(&mut ae));
+    assert_eq!(asked.len(), 2);
+    assert_ne!(asked[0].0, asked[1].0, "one range each");
+    let first = *asked.iter().find(|s| s.2 == 1).unwrap();
+    let slow = asked.iter().find(|s| s.2 == 12).unwrap().0;
+    answer_in_full(&mut ae, t0 + Duration::from_millis(100), &[first]);
+    drain(&mut ae);
+    // Past the 2 s first deadline; it expires at twice the wait (6.3 s).
+    let t1 = t0 + Duration::from_millis(2_100);
+    ae.handle(t1, Event::Timeout).unwrap();
+    assert_eq!(ae.stats().timeouts, 0);
+    assert!(sends(&drain(&mut ae)).is_empty());
+    assert_eq!(ae.peer_stats(&slow).unwrap().in_flight, 1);
+    let t2 = t0 + Duration::from_millis(6_400);
+    ae.handle(t2, Event::Timeout).unwrap();
+    assert_eq!(ae.stats().timeouts, 1);
+}
+
+// Once every block is held or asked, a range deep in a slow peer's queue
+// is copied to a free faster peer that delivers it sooner.
+#[test]
+fn the_end_game_copies_a_slow_peers_last_range_to_a_faster_one() {
+    let ms = Duration::from_millis;
+    let (took, asked) = serve_by_rate(440, &[("fast", ms(10)), ("slow", ms(80))], 5);
+    // 440 blocks at 100 + 12.5 blocks/s: 3.91 s; 4.24 s while the slow
+    // peer's last range waited in its queue.
+    assert!(took < ms(4_100), "{took:?}");
+    let copied = asked.iter().any(|s| {
+        s.0 == "fast"
+            && asked
+                .iter()
+                .any(|t| t.0 == "slow" && (t.2, t.3) == (s.2, s.3))
+    });
+    assert!(copied, "{asked:?}");
 }

@@ -221,11 +221,40 @@ impl PeerWindow {
     }
 }
 
+/// Near a round's end (see `AntiEntropy::tail_end`), a range goes to the
+/// free peer expected to deliver it first: after its sends in flight, at
+/// its measured rate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Finish {
+    pub(crate) now: Instant,
+    pub(crate) block_bytes: u64,
+    pub(crate) per_request: u64,
+    pub(crate) blocks: u64,
+}
+
+impl Finish {
+    /// Seconds until `peer` would have delivered the range; `None` if its
+    /// rate is unknown.
+    pub(crate) fn of(&self, peer: &Peer) -> Option<f64> {
+        let drain = peer.drain(self.now, self.block_bytes, self.per_request)?;
+        Some(drain + (self.blocks * self.block_bytes) as f64 / peer.rate?)
+    }
+}
+
 /// One member of the channel.
 #[derive(Debug, Clone)]
 pub(crate) struct Peer {
     pub(crate) advertised: Option<u64>,
     pub(crate) in_flight: usize,
+    /// Blocks asked by its sends in flight.
+    in_flight_blocks: u64,
+    /// Its answers' rate to us, bytes per second: a running mean of each
+    /// answer's bytes over its time on the link (the gap since the previous
+    /// answer, or its round trip if shorter). `None` before an answer.
+    rate: Option<f64>,
+    /// Since when the answer at the head of its queue has been on its way:
+    /// the last answer, or the send that ended an idle spell.
+    busy_from: Option<Instant>,
     pub(crate) rtt: RttEstimator,
     window: PeerWindow,
     /// Failures not yet paid back by successes; drives the bench time.
@@ -259,6 +288,9 @@ impl Peer {
         Self {
             advertised,
             in_flight: 0,
+            in_flight_blocks: 0,
+            rate: None,
+            busy_from: None,
             rtt: RttEstimator::default(),
             window: PeerWindow::new(),
             strikes: 0,
@@ -273,6 +305,63 @@ impl Peer {
             bandwidth_seen: false,
             stats: PeerStats::default(),
         }
+    }
+
+    /// A send of `blocks` blocks to it is now in flight.
+    pub(crate) fn sent(&mut self, now: Instant, blocks: u64) {
+        if self.in_flight == 0 {
+            self.busy_from = Some(now);
+        }
+        self.in_flight += 1;
+        self.in_flight_blocks = self.in_flight_blocks.saturating_add(blocks);
+    }
+
+    /// A send of `blocks` blocks to it ended (answered, timed out, failed,
+    /// cancelled): its slot is free.
+    pub(crate) fn send_ended(&mut self, blocks: u64) {
+        self.in_flight -= 1;
+        self.in_flight_blocks = self.in_flight_blocks.saturating_sub(blocks);
+    }
+
+    /// Its measured rate, bytes per second.
+    pub(crate) fn rate(&self) -> Option<f64> {
+        self.rate
+    }
+
+    /// Whether it has no bad answer outstanding and is not benched: its
+    /// rate can be counted on.
+    pub(crate) fn dependable(&self, now: Instant) -> bool {
+        self.doubts == 0 && self.unfixed_rejections == 0 && !self.benched(now)
+    }
+
+    /// Seconds from `now` until the answers to its sends in flight are
+    /// expected in, at its measured rate: each answers at most
+    /// `per_request` blocks of `block_bytes`.
+    pub(crate) fn drain(&self, now: Instant, block_bytes: u64, per_request: u64) -> Option<f64> {
+        let rate = self.rate?;
+        let started = self
+            .busy_from
+            .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64());
+        Some((self.backlog(block_bytes, per_request) as f64 / rate - started).max(0.0))
+    }
+
+    /// Its fastest round trip yet.
+    pub(crate) fn base_rtt(&self) -> Option<Duration> {
+        self.window.base_rtt
+    }
+
+    /// Seconds the answer at the head of its queue has been on its way.
+    pub(crate) fn busy_for(&self, now: Instant) -> Option<f64> {
+        self.busy_from
+            .map(|at| now.saturating_duration_since(at).as_secs_f64())
+    }
+
+    /// Bytes its sends in flight are expected to bring, each at most
+    /// `per_request` blocks of `block_bytes`.
+    pub(crate) fn backlog(&self, block_bytes: u64, per_request: u64) -> u64 {
+        self.in_flight_blocks
+            .min((self.in_flight as u64).saturating_mul(per_request))
+            .saturating_mul(block_bytes)
     }
 
     /// How many requests may be in flight to this peer now.
@@ -316,6 +405,18 @@ impl Peer {
         // three round trips of a transfer that lasts four.
         let previous = self.last_answer_at.replace(now);
         self.last_answered_sent_at = Some(sent_at);
+        // Its time on the link: since the previous answer if it was queued
+        // behind it, else at most its round trip (a lower bound on the
+        // rate when the peer idled in between).
+        let on_link = previous
+            .map(|previous| now.saturating_duration_since(previous))
+            .filter(|gap| !gap.is_zero())
+            .map_or(rtt, |gap| gap.min(rtt));
+        if !on_link.is_zero() && bytes > 0 {
+            let sample = bytes as f64 / on_link.as_secs_f64();
+            self.rate = Some(self.rate.map_or(sample, |rate| rate * 0.75 + sample * 0.25));
+        }
+        self.busy_from = Some(now);
         if let (Some(previous), Some(base), false) =
             (previous, self.window.base_rtt, self.bandwidth_seen)
         {
@@ -524,6 +625,13 @@ impl<P: Clone + Ord> Peers<P> {
             .unwrap_or(0)
     }
 
+    /// Whether every peer has its window full: no range can be sent now.
+    pub(crate) fn all_full(&self, config: &Config) -> bool {
+        self.map
+            .values()
+            .all(|peer| peer.in_flight >= peer.limit(config))
+    }
+
     /// Whether any peer, busy or not, credibly holds block `end`.
     pub(crate) fn any_covers(&self, end: u64, now: Instant) -> bool {
         self.map.values().any(|peer| peer.covers(end, now))
@@ -569,6 +677,7 @@ impl<P: Clone + Ord> Peers<P> {
         now: Instant,
         rng: &mut fastrand::Rng,
         hedge: Option<usize>,
+        finish: Option<Finish>,
     ) -> Option<P> {
         let headroom = hedge.unwrap_or(0);
         // No headroom on probation: a doubted peer gets one request.
@@ -636,10 +745,18 @@ impl<P: Clone + Ord> Peers<P> {
         // The doubt counts until made good, not only while in force: a
         // peer that answered empty once often does again (ordering by the
         // doubt in force only: hostile seeds 1–40 1.876 against 1.791).
+        // Near a round's end, the expected delivery of the range replaces
+        // the load (a peer not measured last).
         let key = |peer: &Peer| {
+            let load = match finish {
+                Some(finish) => finish
+                    .of(peer)
+                    .map_or(u64::MAX, |seconds| (seconds * 1e9) as u64),
+                None => peer.in_flight as u64,
+            };
             (
                 peer.doubts > 0 || peer.unfixed_rejections > 0,
-                peer.in_flight,
+                load,
                 peer.rtt.srtt().unwrap_or(Duration::MAX),
             )
         };
@@ -702,28 +819,28 @@ mod tests {
         peers.replace(vec![PeerState::new("a", 100), PeerState::new("b", 100)]);
         peers.get_mut(&"a").unwrap().in_flight = 1;
         assert_eq!(
-            peers.choose(&config, 50, &[], &[], now, &mut rng, None),
+            peers.choose(&config, 50, &[], &[], now, &mut rng, None, None),
             Some("b")
         );
         assert_eq!(
-            peers.choose(&config, 50, &["b"], &[], now, &mut rng, None),
+            peers.choose(&config, 50, &["b"], &[], now, &mut rng, None, None),
             Some("a")
         );
         // Only "b" can serve: the failed peer is still used rather than stall.
         peers.get_mut(&"a").unwrap().advertised = Some(10);
         assert_eq!(
-            peers.choose(&config, 50, &["b"], &[], now, &mut rng, None),
+            peers.choose(&config, 50, &["b"], &[], now, &mut rng, None, None),
             Some("b")
         );
         // An excluded peer is still asked when nobody else advertises the range.
         assert_eq!(
-            peers.choose(&config, 50, &[], &["b"], now, &mut rng, None),
+            peers.choose(&config, 50, &[], &["b"], now, &mut rng, None, None),
             Some("b")
         );
         peers.get_mut(&"a").unwrap().advertised = Some(100);
         peers.get_mut(&"a").unwrap().in_flight = config.max_in_flight_per_peer;
         assert_eq!(
-            peers.choose(&config, 50, &[], &["b"], now, &mut rng, None),
+            peers.choose(&config, 50, &[], &["b"], now, &mut rng, None, None),
             None,
             "another peer advertises it: wait for it rather than ask the excluded one"
         );
@@ -741,39 +858,39 @@ mod tests {
         ]);
         peers.get_mut(&"honest").unwrap().in_flight = 1;
         assert_eq!(
-            peers.choose(&config, 50, &[], &[], now, &mut rng, None),
+            peers.choose(&config, 50, &[], &[], now, &mut rng, None, None),
             Some("liar"),
             "idle and clean: least loaded first"
         );
         peers.get_mut(&"liar").unwrap().unfixed_rejections = 1;
         assert_eq!(
-            peers.choose(&config, 50, &[], &[], now, &mut rng, None),
+            peers.choose(&config, 50, &[], &[], now, &mut rng, None, None),
             Some("honest")
         );
         peers.get_mut(&"liar").unwrap().unfixed_rejections = 0;
         // Doubted above the range: it still covers 50, on probation.
         peers.get_mut(&"liar").unwrap().doubt(60, now);
         assert_eq!(
-            peers.choose(&config, 50, &[], &[], now, &mut rng, None),
+            peers.choose(&config, 50, &[], &[], now, &mut rng, None, None),
             Some("honest")
         );
         // Until it serves what it was doubted for, even once the doubt
         // itself has run out.
         let later = now + Duration::from_secs(3600);
         assert_eq!(
-            peers.choose(&config, 50, &[], &[], later, &mut rng, None),
+            peers.choose(&config, 50, &[], &[], later, &mut rng, None, None),
             Some("honest")
         );
         peers.get_mut(&"liar").unwrap().served(60);
         assert_eq!(
-            peers.choose(&config, 50, &[], &[], later, &mut rng, None),
+            peers.choose(&config, 50, &[], &[], later, &mut rng, None, None),
             Some("liar")
         );
         peers.get_mut(&"liar").unwrap().doubt(60, later);
         // Still asked when the others are full: an order, not a ban.
         peers.get_mut(&"honest").unwrap().in_flight = config.max_in_flight_per_peer;
         assert_eq!(
-            peers.choose(&config, 50, &[], &[], now, &mut rng, None),
+            peers.choose(&config, 50, &[], &[], now, &mut rng, None, None),
             Some("liar")
         );
     }
@@ -952,12 +1069,12 @@ mod tests {
             .unwrap()
             .failed(now, 1, PeerSelection::Scored);
         assert_eq!(
-            peers.choose(&config, 50, &[], &[], now, &mut rng, None),
+            peers.choose(&config, 50, &[], &[], now, &mut rng, None, None),
             Some("a")
         );
         peers.replace(vec![PeerState::new("a", 100), PeerState::new("b", 100)]);
         assert_eq!(
-            peers.choose(&config, 50, &[], &[], now, &mut rng, None),
+            peers.choose(&config, 50, &[], &[], now, &mut rng, None, None),
             Some("b")
         );
     }
@@ -989,11 +1106,11 @@ mod tests {
         peers.replace(vec![PeerState::new("a", 11)]);
         // Fabric asks a peer with height == end (it lacks block `end`).
         assert_eq!(
-            peers.choose(&config, 11, &[], &[], now, &mut rng, None),
+            peers.choose(&config, 11, &[], &[], now, &mut rng, None, None),
             None
         );
         assert_eq!(
-            peers.choose(&config, 10, &[], &[], now, &mut rng, None),
+            peers.choose(&config, 10, &[], &[], now, &mut rng, None, None),
             Some("a")
         );
     }

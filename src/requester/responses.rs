@@ -110,7 +110,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             self.requests.end_send(id, nonce, AttemptState::Failed);
             if let Some(peer) = peer {
                 if was_waiting {
-                    peer.in_flight -= 1;
+                    peer.send_ended(range.len());
                 }
                 peer.stats.empty_responses += 1;
                 emit!(DEBUG, peer = ?from, nonce, "answer without a usable block");

@@ -6,10 +6,6 @@ use super::peers::HEDGE_HEADROOM;
 use super::requests::AttemptState;
 use super::{AntiEntropy, Send, MAX_HEDGES};
 
-/// A peer whose round trip is this many times another's (that holds the
-/// range) is hedged on the other's time.
-const SLOWER: u32 = 4;
-
 impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     pub(super) fn expire(&mut self, now: Instant) {
         if self.next_round_at.is_some_and(|at| at <= now) {
@@ -41,8 +37,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             })
             .map(|(id, _)| *id)
             .collect();
-        let first_answer_pending =
-            self.config.adaptive_timeout && self.peers.iter().all(|(_, p)| p.rtt.srtt().is_none());
+        let adaptive_timeout = self.config.adaptive_timeout;
         let max_wait = self.config.max_response_timeout;
         for id in due {
             let Some(request) = self.requests.get_mut(id) else {
@@ -53,14 +48,23 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 if attempt.state == AttemptState::Waiting
                     && attempt.deadline.is_some_and(|d| d <= now)
                 {
-                    if first_answer_pending && !attempt.extended {
-                        // Nothing has come back from anyone yet: no sign
-                        // of loss, only that answers take longer than the
-                        // first deadline (2.9 s for 11 × 64 KiB at
+                    let unproven = self
+                        .peers
+                        .get(&attempt.peer)
+                        .is_some_and(|peer| peer.rtt.srtt().is_none());
+                    if adaptive_timeout && unproven && !attempt.extended {
+                        // Nothing has come back from this peer yet: no sign
+                        // of loss, only that its answers take longer than
+                        // the first deadline (2.9 s for 11 × 64 KiB at
                         // 2 Mbit/s). Waiting once more, twice as long but
                         // never past `max_response_timeout` after the send
                         // (the responder gives up its read then), beats
-                        // sending every range again to peers just as busy.
+                        // sending its ranges again while it is still
+                        // sending them. Per peer, not only while nobody has
+                        // answered: next to a fast peer, three 2 Mbit/s
+                        // peers' first ranges all timed out and were fetched
+                        // twice (hetero 1.17 → 1.15); a silent peer's range
+                        // holding the commit point is hedged meanwhile.
                         attempt.extended = true;
                         let wait = now.saturating_duration_since(attempt.sent_at);
                         let latest = attempt.sent_at.checked_add(max_wait);
@@ -86,7 +90,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 self.stats.timeouts += 1;
                 emit!(DEBUG, peer = ?peer_id, %range, "request timed out");
                 if let Some(peer) = self.peers.get_mut(peer_id) {
-                    peer.in_flight -= 1;
+                    peer.send_ended(blocks);
                     peer.stats.timeouts += 1;
                     peer.timed_out();
                     if adaptive {
@@ -106,7 +110,6 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     pub(super) fn hedge_due(&self) -> Option<Instant> {
         let hedge_after = self.config.hedge_after?;
         let (_, request) = self.requests.covering(self.buffer.next())?;
-        let end = request.range.end();
         if request.hedges >= MAX_HEDGES {
             return None;
         }
@@ -124,20 +127,9 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             .and_then(|peer| peer.rtt.srtt())
             .or_else(|| self.peers.iter().filter_map(|(_, p)| p.rtt.srtt()).max())
             .unwrap_or(Duration::ZERO);
-        // A peer that answers us far slower than another one holding the
-        // range (a responder serving us from spare capacity while it
-        // favours others) is hedged on the faster one's time: waiting on
-        // the slow peer's own held a crowd's commit points for seconds.
-        let faster = self
-            .peers
-            .iter()
-            .filter(|(id, peer)| **id != attempt.peer && peer.advertised.is_some_and(|h| h > end))
-            .filter_map(|(_, peer)| peer.rtt.srtt())
-            .min()
-            .filter(|&fastest| fastest.checked_mul(SLOWER).is_some_and(|d| d < srtt));
-        let wait = hedge_after.max(faster.unwrap_or(srtt) * 2);
+        let wait = hedge_after.max(srtt * 2);
         let mut due = attempt.sent_at.checked_add(wait)?;
-        if let (Some(peer), None) = (asked, faster) {
+        if let Some(peer) = asked {
             // The peer still answers requests sent before this one: it is
             // working through its queue, this one behind them. Hedge only
             // once it stops answering for as long: with 8 MiB blocks three
@@ -192,6 +184,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 now,
                 &mut self.rng,
                 Some(headroom),
+                None,
             )
             .filter(|peer| !exclude.contains(peer));
         match choice {
