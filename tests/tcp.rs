@@ -238,7 +238,8 @@ async fn a_listener_serves_counts_garbage_and_closes_on_an_oversized_frame() {
 
 // A background message (a repeating or favoured-out peer's answer) leaves
 // only once no connection has a foreground message pending: here, while
-// peer 1 does not read and its socket is full, peer 2's waits.
+// peer 1 does not read and its socket is full, peer 2's waits, and a
+// foreground one to peer 2 passes it.
 #[tokio::test]
 async fn a_background_message_waits_for_every_foreground_one() {
     let (listener_1, listener_2) = (
@@ -275,6 +276,18 @@ async fn a_background_message_waits_for_every_foreground_one() {
     assert!(
         early.is_err(),
         "sent while peer 1's were pending: {early:?}"
+    );
+    // A foreground message to peer 2 does not wait behind its background
+    // one (whose wait it would otherwise prolong for good: it is pending
+    // foreground itself).
+    let urgent = wire::state_response(3, common::channel(), Vec::new());
+    transport.send(&2, urgent.clone()).unwrap();
+    assert_eq!(
+        within("the urgent one", at_2.next())
+            .await
+            .unwrap()
+            .unwrap(),
+        urgent
     );
     // Peer 1 reads everything: the gate opens.
     let mut at_1 = FramedRead::new(server_1, MessageCodec::new());

@@ -130,18 +130,23 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// One connection's writer queue; `id` tells a newer connection to the
-/// same peer from an older one still closing.
+/// One connection's writer queues, one per send class; `id` tells a newer
+/// connection to the same peer from an older one still closing.
 struct Link {
     id: u64,
-    queue: mpsc::Sender<Outgoing>,
+    queues: Queues,
 }
 
-/// A message for a connection's writer, with its send class: a foreground
-/// message holds the gate shut until it is written or dropped.
-struct Outgoing {
-    message: GossipMessage,
-    foreground: Option<Ticket>,
+/// A connection's two queues. A foreground message holds the transport's
+/// gate shut until it is written or dropped; a background one waits for
+/// the gate. Two queues, so that a foreground message never waits behind a
+/// background one to the same peer (its own ticket would hold the gate
+/// shut for good); answers are matched by nonce, so their order between
+/// classes does not matter.
+#[derive(Clone)]
+struct Queues {
+    foreground: mpsc::Sender<(GossipMessage, Ticket)>,
+    background: mpsc::Sender<GossipMessage>,
 }
 
 struct Inner<P> {
@@ -167,19 +172,24 @@ impl<P: Ord> Inner<P> {
     }
 
     /// Queues a message on `to`'s connection without blocking.
-    fn queue(&self, to: &P, outgoing: Outgoing) -> Result<(), SendError> {
+    fn queue(&self, to: &P, message: GossipMessage, background: bool) -> Result<(), SendError> {
         let links = self.links();
-        let link = links.get(to).ok_or(SendError::Closed)?;
-        link.queue.try_send(outgoing).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-            mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-        })
+        let queues = &links.get(to).ok_or(SendError::Closed)?.queues;
+        if background {
+            queues.background.try_send(message).map_err(refusal)
+        } else {
+            let ticket = self.gate.foreground();
+            queues
+                .foreground
+                .try_send((message, ticket))
+                .map_err(refusal)
+        }
     }
 
-    /// The connection's queue replaces any older one to the same peer.
-    fn register(&self, peer: P, queue: mpsc::Sender<Outgoing>) -> u64 {
+    /// The connection's queues replace any older ones to the same peer.
+    fn register(&self, peer: P, queues: Queues) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.links().insert(peer, Link { id, queue });
+        self.links().insert(peer, Link { id, queues });
         id
     }
 
@@ -348,29 +358,23 @@ where
     }
 }
 
+/// Why a queue refused a message.
+fn refusal<T>(error: mpsc::error::TrySendError<T>) -> SendError {
+    match error {
+        mpsc::error::TrySendError::Full(_) => SendError::Full,
+        mpsc::error::TrySendError::Closed(_) => SendError::Closed,
+    }
+}
+
 impl<P: Ord> Transport<P> for TcpTransport<P> {
     fn send(&mut self, to: &P, message: GossipMessage) -> Result<(), SendError> {
-        let foreground = Some(self.inner.gate.foreground());
-        self.inner.queue(
-            to,
-            Outgoing {
-                message,
-                foreground,
-            },
-        )
+        self.inner.queue(to, message, false)
     }
 
     /// Written once no foreground message is pending on any connection.
-    /// Messages to one peer stay in order: anything queued behind a
-    /// background message to it waits with it.
+    /// Foreground messages to the same peer queued later may go first.
     fn send_background(&mut self, to: &P, message: GossipMessage) -> Result<(), SendError> {
-        self.inner.queue(
-            to,
-            Outgoing {
-                message,
-                foreground: None,
-            },
-        )
+        self.inner.queue(to, message, true)
     }
 
     fn refused(&mut self, _: &P, _: &(dyn std::error::Error + 'static)) {
@@ -401,10 +405,18 @@ async fn connection<P, M>(
     let config = strong.config.clone();
     let _ = stream.set_nodelay(config.nodelay);
     let (read, write) = stream.into_split();
-    let (queue, outgoing) = mpsc::channel(config.queue.max(1));
+    let (foreground, foreground_out) = mpsc::channel(config.queue.max(1));
+    let (background, background_out) = mpsc::channel(config.queue.max(1));
+    let gate = Arc::clone(&strong.gate);
     // Registered before the machine hears of it, so the requests it sends
     // at once find the connection.
-    let id = strong.register(peer.clone(), queue);
+    let id = strong.register(
+        peer.clone(),
+        Queues {
+            foreground,
+            background,
+        },
+    );
     bump(&strong.counters.connected);
     drop(strong);
     emit!(DEBUG, ?peer, "connected");
@@ -417,7 +429,7 @@ async fn connection<P, M>(
         // Either side ending ends the connection.
         futures_lite::future::or(
             read_frames(inner, read, codec, &peer, driver),
-            write_frames(inner, write, codec, outgoing),
+            write_frames(inner, write, codec, foreground_out, background_out, gate),
         )
         .await;
     }
@@ -469,66 +481,85 @@ async fn read_frames<P, M>(
     }
 }
 
-/// Writes what the transport queued, batching what is already waiting
-/// into one write. Ends once the queue is closed (the connection was
-/// replaced or dropped), or on an IO error.
+/// Writes what the transport queued: foreground messages first, batching
+/// what is already waiting into one write; a background message once no
+/// connection has a foreground one pending. Ends once the queues are
+/// closed (the connection was replaced or dropped), or on an IO error.
 async fn write_frames<P: Ord>(
     inner: &Weak<Inner<P>>,
     mut write: OwnedWriteHalf,
     codec: FrameCodec,
-    mut outgoing: mpsc::Receiver<Outgoing>,
+    mut foreground: mpsc::Receiver<(GossipMessage, Ticket)>,
+    mut background: mpsc::Receiver<GossipMessage>,
+    gate: Arc<SendGate>,
 ) {
     /// Past this many bytes the batch is written.
     const BATCH: usize = 1 << 20;
+    /// What the writer does next.
+    enum Next {
+        Foreground(Option<(GossipMessage, Ticket)>),
+        /// A background message taken from its queue, to wait for the gate.
+        Taken(GossipMessage),
+        /// The gate opened for the message taken.
+        Open,
+    }
     let mut buf = BytesMut::new();
-    // Foreground messages in `buf`: the gate stays shut until it is written.
-    let mut tickets = Vec::new();
-    let mut next = None;
+    let mut waiting: Option<GossipMessage> = None;
     loop {
-        let Some(first) = (match next.take() {
-            Some(outgoing) => Some(outgoing),
-            None => outgoing.recv().await,
-        }) else {
-            break;
-        };
-        let mut item = Some(first);
-        while let Some(Outgoing {
-            message,
-            foreground,
-        }) = item.take()
-        {
-            if foreground.is_none() {
-                // From spare capacity only: once the rest of the batch is
-                // out and no connection has a foreground message pending.
-                if !buf.is_empty() {
-                    next = Some(Outgoing {
-                        message,
-                        foreground,
-                    });
-                    break;
-                }
-                let Some(gate) = inner.upgrade().map(|inner| Arc::clone(&inner.gate)) else {
-                    return;
-                };
+        // `or` polls its first future first: foreground before background.
+        let next = if waiting.is_some() {
+            futures_lite::future::or(async { Next::Foreground(foreground.recv().await) }, async {
                 gate.idle().await;
+                Next::Open
+            })
+            .await
+        } else {
+            futures_lite::future::or(async { Next::Foreground(foreground.recv().await) }, async {
+                match background.recv().await {
+                    Some(message) => Next::Taken(message),
+                    // Closed with the foreground queue: wait for it.
+                    None => std::future::pending().await,
+                }
+            })
+            .await
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        let encode = |message, buf: &mut BytesMut| match codec.encode_message(message, buf) {
+            Ok(()) => bump(&inner.counters.frames_out),
+            // Our own message: the responder caps its answers at
+            // `max_response_bytes`, so this is a misconfigured limit.
+            Err(_) => bump(&inner.counters.oversized),
+        };
+        // Foreground messages in `buf`: the gate stays shut until written.
+        let mut tickets = Vec::new();
+        match next {
+            Next::Foreground(None) => break,
+            Next::Foreground(Some(first)) => {
+                let mut item = Some(first);
+                while let Some((message, ticket)) = item.take() {
+                    encode(message, &mut buf);
+                    tickets.push(ticket);
+                    if buf.len() < BATCH {
+                        item = foreground.try_recv().ok();
+                    }
+                }
             }
-            let Some(inner) = inner.upgrade() else { return };
-            match codec.encode_message(message, &mut buf) {
-                Ok(()) => bump(&inner.counters.frames_out),
-                // Our own message: the responder caps its answers at
-                // `max_response_bytes`, so this is a misconfigured limit.
-                Err(_) => bump(&inner.counters.oversized),
+            Next::Taken(message) => {
+                waiting = Some(message);
+                continue;
             }
-            tickets.extend(foreground);
-            if buf.len() < BATCH {
-                item = outgoing.try_recv().ok();
+            Next::Open => {
+                if let Some(message) = waiting.take() {
+                    encode(message, &mut buf);
+                }
             }
         }
+        drop(inner);
         if write.write_all(&buf).await.is_err() {
             return;
         }
         buf.clear();
-        tickets.clear();
+        drop(tickets);
     }
     let _ = write.shutdown().await;
 }

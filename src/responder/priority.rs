@@ -188,15 +188,15 @@ impl<P: Clone + Ord> Priorities<P> {
         }
         let catching_up =
             |h: &History| !h.background && now.saturating_duration_since(h.last_seen) <= PAUSE;
-        let mut others = 0;
+        let mut crowd = 0;
         let mut ahead = 0;
         for (other, h) in self.peers.iter().filter(|(_, h)| catching_up(h)) {
-            others += 1;
+            crowd += 1;
             if (h.since, other) < (history.since, peer) {
                 ahead += 1;
             }
         }
-        others > 2 * self.favoured && ahead >= self.favoured
+        crowd > 2 * self.favoured && ahead >= self.favoured
     }
 
     /// Peers in the background now.
