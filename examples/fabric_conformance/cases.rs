@@ -262,10 +262,10 @@ fn ours_fabric_preset(chain: &Chain, net: &mut Net) -> Result<String, String> {
             report.max_in_flight
         ));
     }
-    if !report.give_ups.is_empty() || !report.refused.is_empty() {
+    if !report.give_ups.is_empty() || !report.refused.is_empty() || report.late != 0 {
         return Err(format!(
-            "give-ups {:?}, refused {:?}",
-            report.give_ups, report.refused
+            "give-ups {:?}, refused {:?}, {} late answers",
+            report.give_ups, report.refused, report.late
         ));
     }
     Ok(format!(
@@ -302,12 +302,23 @@ fn ours_default_preset(chain: &Chain, net: &mut Net) -> Result<String, String> {
     if !report.refused.is_empty() {
         return Err(format!("refused Fabric's answers: {:?}", report.refused));
     }
+    // A late answer is the losing copy of a hedged or retried range: at
+    // most one per hedge or retry.
+    let stats = ae.stats();
+    if report.late > stats.hedges + stats.retries {
+        return Err(format!(
+            "{} late answers, for {} hedges and {} retries",
+            report.late, stats.hedges, stats.retries
+        ));
+    }
     Ok(format!(
-        "committed 1..={} in {:.2} s, up to {} requests in flight, blocks by peer {:?}",
+        "committed 1..={} in {:.2} s, up to {} requests in flight, blocks by peer {:?}, \
+         {} late answers to hedged copies ignored",
         n - 1,
         report.elapsed.as_secs_f64(),
         report.max_in_flight,
-        report.blocks_from
+        report.blocks_from,
+        report.late
     ))
 }
 
@@ -583,7 +594,7 @@ fn refuses_unsolicited(chain: &Chain, net: &mut Net) -> Result<String, String> {
         "{}; then caught up to {} from the honest answers ({} refused on the way)",
         checks.join(", "),
         n - 1,
-        report.refused.len()
+        report.refused.len() as u64 + report.late
     ))
 }
 

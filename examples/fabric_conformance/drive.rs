@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use antientropy::wire::gossip::GossipMessage;
 use antientropy::{
     wire, Action, AntiEntropy, Event, EventError, GiveUpReason, RequestError, ResponderAction,
-    ResponderEvent, SeqRange, StateResponder,
+    ResponderEvent, ResponseError, SeqRange, StateResponder,
 };
 use bytes::Bytes;
 
@@ -27,8 +27,14 @@ pub struct CatchUp {
     /// Blocks delivered with private data.
     pub private_blocks: u64,
     pub give_ups: Vec<(SeqRange, GiveUpReason)>,
-    /// Responses the machine refused, in order.
+    /// Responses the machine refused, in order, but the late ones.
     pub refused: Vec<EventError>,
+    /// Answers to a send of ours that came after its request had ended
+    /// (the other copy of a hedged range won): refused as an unknown
+    /// nonce, by design.
+    pub late: u64,
+    /// Every nonce sent, with the peer it went to.
+    sent: BTreeMap<u64, String>,
     pub elapsed: Duration,
 }
 
@@ -45,6 +51,7 @@ fn drain(
         match action {
             Action::SendRequest { to, message } => {
                 *report.requests.entry(to.clone()).or_default() += 1;
+                report.sent.insert(message.nonce, to.clone());
                 match hold {
                     Some(held) => held.push((to, message)),
                     None => net.deliver(&to, US, &message)?,
@@ -114,8 +121,14 @@ pub fn catch_up(
         let wake = ae.poll_timeout().map_or(deadline, |t| t.min(deadline));
         match net.next(wake)? {
             Some((from, Ev::Respond { to, envelope })) if to == US => {
-                if let Err(refused) = feed(ae, &from, &envelope)? {
-                    report.refused.push(refused);
+                match feed(ae, &from, &envelope)? {
+                    Ok(()) => {}
+                    Err(EventError::Response(ResponseError::UnknownNonce { nonce }))
+                        if report.sent.get(&nonce) == Some(&from) =>
+                    {
+                        report.late += 1;
+                    }
+                    Err(refused) => report.refused.push(refused),
                 }
             }
             Some(_) => {}
