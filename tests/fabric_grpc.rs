@@ -713,3 +713,79 @@ async fn a_lost_peer_is_redialled_and_the_catch_up_completes() {
     assert!(fetching.stats().connected >= 2);
     assert!(fetching.stats().disconnected >= 1);
 }
+
+/// A requester whose driver runs only when the caller spawns it: until
+/// then its inbox (one message) fills and the transport stops reading
+/// that stream, so what is sent to it stays queued at the sender.
+fn stalled_requester(
+    transport: &GrpcTransport,
+) -> (
+    DriverHandle<AntiEntropy<PkiId>>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let requester = AntiEntropy::new(
+        Config::default(),
+        CHANNEL.into(),
+        1,
+        7,
+        tokio::time::Instant::now().into_std(),
+    )
+    .unwrap();
+    let chain = Chain {
+        height: Arc::new(AtomicU64::new(1)),
+    };
+    let (handle, future) = driver(requester, RequesterHost::new(transport.clone(), chain), 1);
+    transport.attach_requester(handle.downgrade());
+    (handle, async move {
+        let _ = future.await;
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_message_waits_for_every_foreground_one() {
+    use antientropy::adapters::Transport;
+    let ca = Ca::new("ca");
+    let (s, c1, c2) = (
+        Crypto::new(&ca, "server"),
+        Crypto::new(&ca, "one"),
+        Crypto::new(&ca, "two"),
+    );
+    let mut serving = transport(&ca, &s, config());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    serving.serve(listener);
+    let (one, two) = (transport(&ca, &c1, config()), transport(&ca, &c2, config()));
+    let (_stalled, run_stalled) = stalled_requester(&one);
+    let (_ready, run_ready) = stalled_requester(&two);
+    tokio::spawn(run_ready);
+    one.dial(address, localhost(), None);
+    two.dial(address, localhost(), None);
+    until("both streams", || serving.connected().len() == 2).await;
+    // 128 MiB for the peer that does not read: more than its inbox, the
+    // streams' decoders and HTTP/2's 16 MiB windows hold.
+    let big = wire::state_response(
+        1,
+        CHANNEL.into(),
+        vec![Payload {
+            seq_num: 1,
+            data: Bytes::from(vec![7; 8 << 20]),
+            private_data: Vec::new(),
+        }],
+    );
+    for _ in 0..16 {
+        serving.send(&one.pki_id(), big.clone()).unwrap();
+    }
+    let received = || two.stats().state_in;
+    let small = wire::state_response(2, CHANNEL.into(), Vec::new());
+    serving.send_background(&two.pki_id(), small).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(received(), 0, "sent while the stalled peer's were pending");
+    // A foreground message to the same peer does not wait behind it.
+    let urgent = wire::state_response(3, CHANNEL.into(), Vec::new());
+    serving.send(&two.pki_id(), urgent).unwrap();
+    until("the urgent one", || received() == 1).await;
+    // The stalled peer reads everything: the gate opens.
+    tokio::spawn(run_stalled);
+    until("the stalled peer's", || one.stats().state_in == 16).await;
+    until("the background one", || received() == 2).await;
+}

@@ -184,7 +184,7 @@ mod host;
 mod machine;
 mod runtime;
 #[cfg(feature = "tokio-net")]
-mod send_gate;
+pub(crate) mod send_gate;
 #[cfg(feature = "smol")]
 #[cfg_attr(docsrs, doc(cfg(feature = "smol")))]
 pub mod smol;

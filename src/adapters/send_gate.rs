@@ -7,7 +7,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
+
+use super::SendError;
 
 /// Counts the foreground messages not yet handed to the socket.
 #[derive(Debug, Default)]
@@ -49,6 +51,14 @@ impl Drop for Ticket {
         if self.0.foreground.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
+    }
+}
+
+/// Why a send queue refused a message.
+pub(crate) fn refusal<T>(error: mpsc::error::TrySendError<T>) -> SendError {
+    match error {
+        mpsc::error::TrySendError::Full(_) => SendError::Full,
+        mpsc::error::TrySendError::Closed(_) => SendError::Closed,
     }
 }
 

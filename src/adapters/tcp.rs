@@ -51,7 +51,7 @@ use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 
 use super::codec::FrameCodec;
-use super::send_gate::{SendGate, Ticket};
+use super::send_gate::{refusal, SendGate, Ticket};
 use super::tokio::{Tokio, WeakDriverHandle};
 use super::{Machine, Runtime, SendError, Transport};
 use crate::wire::{self, gossip::GossipMessage};
@@ -355,14 +355,6 @@ where
             oversized: get(&c.oversized),
             refused: get(&c.refused),
         }
-    }
-}
-
-/// Why a queue refused a message.
-fn refusal<T>(error: mpsc::error::TrySendError<T>) -> SendError {
-    match error {
-        mpsc::error::TrySendError::Full(_) => SendError::Full,
-        mpsc::error::TrySendError::Closed(_) => SendError::Closed,
     }
 }
 

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, Weak};
 
 use futures_lite::{Stream, StreamExt};
 use rustls::pki_types::ServerName;
-use tokio::sync::mpsc;
 use tonic::client::Grpc;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::codegen::GrpcMethod;
@@ -18,7 +17,7 @@ use tonic_prost::ProstCodec;
 use super::codec::{EnvelopeCodec, Frame};
 use super::config::{MAX_FRAME, WINDOW};
 use super::stats::bump;
-use super::stream::{outgoing, remote_handshake, run, Out};
+use super::stream::{outgoing, queues, remote_handshake, run, Out};
 use super::{lock, Direction, GrpcTransport, Inner};
 use crate::adapters::tokio::Tokio;
 use crate::adapters::Runtime;
@@ -147,8 +146,8 @@ async fn dial_once(
             return Some(false);
         }
     };
-    let (queue, outbound) = mpsc::channel(config.queue);
-    let _ = queue.try_send(Out::Envelope(ours));
+    let (queues, outbound) = queues(config.queue, &inner.gate);
+    let _ = queues.push(Out::Envelope(ours));
     // A client stream cannot end with a status: `Refuse` is the server's.
     let stream = outgoing(outbound, weak.clone(), config.max_message_size).filter_map(Result::ok);
     // Fabric's server sends its ConnEstablish at once, so the response
@@ -188,7 +187,15 @@ async fn dial_once(
         }
     }
     drop(inner);
-    run(weak.clone(), info, queue, inbound, Direction::Dialled, addr).await;
+    run(
+        weak.clone(),
+        info,
+        queues,
+        inbound,
+        Direction::Dialled,
+        addr,
+    )
+    .await;
     Some(true)
 }
 

@@ -33,7 +33,7 @@ pub(super) fn announce(inner: &Inner, peer: &PkiId) {
     };
     if let Some(link) = lock(&inner.links).get(peer) {
         for message in messages {
-            let _ = link.queue.try_send(message);
+            let _ = link.queues.push(message);
         }
     }
 }
@@ -55,7 +55,7 @@ pub(super) fn on_membership(
     let us = inner.signer.pki_id();
     let reply = |message: Out| {
         if let Some(link) = lock(&inner.links).get(from) {
-            let _ = link.queue.try_send(message);
+            let _ = link.queues.push(message);
         }
     };
     let mut changed = false;

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 pub use config::{GrpcConfig, GrpcConfigError, MIN_KEEPALIVE_INTERVAL};
@@ -35,13 +35,14 @@ use super::crypto::{PkiId, Signer, Verifier};
 use super::handshake::HandshakeError;
 use super::membership::Membership;
 use super::tls::TlsIdentity;
+use crate::adapters::send_gate::SendGate;
 use crate::adapters::tokio::WeakDriverHandle;
 use crate::adapters::{SendError, Transport};
 use crate::wire::gossip::GossipMessage;
 use crate::{AntiEntropy, PeerState, StateResponder};
 use members::announce;
 use stats::{bump, Counters};
-use stream::Out;
+use stream::{Out, Queues};
 
 /// Which side of a connection we were.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +70,7 @@ const REFUSALS_KEPT: usize = 64;
 /// One live stream to a peer.
 struct Link {
     id: u64,
-    queue: mpsc::Sender<Out>,
+    queues: Queues,
     identity: Bytes,
     /// Dropped with the link: tells the stream's task to end.
     _closer: oneshot::Sender<()>,
@@ -95,6 +96,8 @@ struct Inner {
     gone: watch::Sender<u64>,
     next_id: AtomicU64,
     counters: Counters,
+    /// Background answers wait for it (`Transport::send_background`).
+    gate: Arc<SendGate>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -179,6 +182,7 @@ impl GrpcTransport {
                 gone: watch::channel(0).0,
                 next_id: AtomicU64::new(0),
                 counters: Counters::default(),
+                gate: Arc::default(),
             }),
         })
     }
@@ -275,12 +279,15 @@ impl Transport<PkiId> for GrpcTransport {
     fn send(&mut self, to: &PkiId, message: GossipMessage) -> Result<(), SendError> {
         let links = lock(&self.inner.links);
         let link = links.get(to).ok_or(SendError::Closed)?;
-        link.queue
-            .try_send(Out::Message(message))
-            .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => SendError::Full,
-                mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-            })
+        link.queues.push(Out::Message(message))
+    }
+
+    /// Handed to HTTP/2 once no stream has a foreground message queued.
+    /// Foreground messages to the same peer queued later may go first.
+    fn send_background(&mut self, to: &PkiId, message: GossipMessage) -> Result<(), SendError> {
+        let links = lock(&self.inner.links);
+        let link = links.get(to).ok_or(SendError::Closed)?;
+        link.queues.push_background(message)
     }
 
     fn refused(&mut self, _: &PkiId, _: &(dyn std::error::Error + 'static)) {

@@ -22,7 +22,7 @@ use tonic_prost::ProstCodec;
 use super::codec::{EnvelopeCodec, Frame};
 use super::config::{MAX_FRAME, WINDOW};
 use super::stats::bump;
-use super::stream::{outgoing, remote_handshake, run, Out};
+use super::stream::{outgoing, queues, remote_handshake, run, Out};
 use super::{Direction, GrpcTransport, Inner};
 use crate::adapters::tcp::accept;
 use crate::fabric::handshake::{conn_establish, HandshakeError};
@@ -159,8 +159,8 @@ async fn gossip_stream(
     };
     let ours = conn_establish(inner.signer.as_ref(), inner.tls.server_cert_hash(), false)
         .map_err(|error| Status::internal(error.to_string()))?;
-    let (queue, outbound) = mpsc::channel(inner.config.queue);
-    let _ = queue.try_send(Out::Envelope(ours));
+    let (queues, outbound) = queues(inner.config.queue, &inner.gate);
+    let _ = queues.push(Out::Envelope(ours));
     let mut inbound = request.into_inner();
     let remote = peer.remote;
     let task = weak.clone();
@@ -172,7 +172,7 @@ async fn gossip_stream(
             Err(error) => {
                 // The stream ends with the reason, as Fabric's handler
                 // returning the error does.
-                let _ = queue.try_send(Out::Refuse(Status::unauthenticated(error.to_string())));
+                let _ = queues.push(Out::Refuse(Status::unauthenticated(error.to_string())));
                 inner.refuse(remote, Direction::Accepted, error);
                 return;
             }
@@ -183,7 +183,7 @@ async fn gossip_stream(
             return;
         }
         drop(inner);
-        run(weak, info, queue, inbound, Direction::Accepted, remote).await;
+        run(weak, info, queues, inbound, Direction::Accepted, remote).await;
     });
     let stream = outgoing(outbound, weak, inner.config.max_message_size);
     Ok(Response::new(Box::pin(stream)))

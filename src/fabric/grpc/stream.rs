@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
+use futures_lite::future::or;
 use futures_lite::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Status, Streaming};
@@ -15,6 +16,8 @@ use super::codec::Frame;
 use super::members::{announce, on_membership};
 use super::stats::bump;
 use super::{lock, Direction, Inner, Link};
+use crate::adapters::send_gate::{refusal, SendGate, Ticket};
+use crate::adapters::SendError;
 use crate::fabric::handshake::{verify_conn_establish, ConnInfo, HandshakeError};
 use crate::fabric::membership::Membership;
 use crate::wire::gossip::gossip_message::Content;
@@ -31,15 +34,118 @@ pub(super) enum Out {
     Refuse(Status),
 }
 
-/// The outgoing half of a stream: what the queue holds, NoopSigned or as
+/// A stream's two queues, as `TcpTransport`'s connections have them: a
+/// foreground item holds the transport's gate shut until the stream hands
+/// it to HTTP/2; a background message waits for the gate. HTTP/2 buffers
+/// what it was handed (up to its flow-control windows), so the priority
+/// holds for what is still queued here, not for bytes already framed.
+#[derive(Clone)]
+pub(super) struct Queues {
+    foreground: mpsc::Sender<(Out, Ticket)>,
+    background: mpsc::Sender<GossipMessage>,
+    gate: Arc<SendGate>,
+}
+
+/// The receiving side of [`Queues`], read by [`outgoing`].
+pub(super) struct Outbound {
+    foreground: mpsc::Receiver<(Out, Ticket)>,
+    background: mpsc::Receiver<GossipMessage>,
+    gate: Arc<SendGate>,
+    /// A background message taken from its queue, waiting for the gate.
+    waiting: Option<GossipMessage>,
+}
+
+/// Two queues of `capacity` each for one stream, sharing `gate` with
+/// every other stream of the transport.
+pub(super) fn queues(capacity: usize, gate: &Arc<SendGate>) -> (Queues, Outbound) {
+    let (foreground, foreground_out) = mpsc::channel(capacity);
+    let (background, background_out) = mpsc::channel(capacity);
+    let queues = Queues {
+        foreground,
+        background,
+        gate: Arc::clone(gate),
+    };
+    let outbound = Outbound {
+        foreground: foreground_out,
+        background: background_out,
+        gate: Arc::clone(gate),
+        waiting: None,
+    };
+    (queues, outbound)
+}
+
+impl Queues {
+    /// Queues `out` in the foreground without blocking.
+    pub(super) fn push(&self, out: Out) -> Result<(), SendError> {
+        let ticket = self.gate.foreground();
+        self.foreground.try_send((out, ticket)).map_err(refusal)
+    }
+
+    /// Queues a state message to be sent once no stream has a foreground
+    /// item pending.
+    pub(super) fn push_background(&self, message: GossipMessage) -> Result<(), SendError> {
+        self.background.try_send(message).map_err(refusal)
+    }
+}
+
+impl Outbound {
+    /// The next item to write: foreground first; a background message once
+    /// the gate is open. `None` once the foreground queue is closed (the
+    /// stream was replaced or ended).
+    async fn next(&mut self) -> Option<Out> {
+        /// What came first.
+        enum Next {
+            Foreground(Option<(Out, Ticket)>),
+            Taken(GossipMessage),
+            Open,
+        }
+        loop {
+            let Self {
+                foreground,
+                background,
+                gate,
+                waiting,
+            } = self;
+            // `or` polls its first future first: foreground before background.
+            let next = if waiting.is_some() {
+                or(async { Next::Foreground(foreground.recv().await) }, async {
+                    gate.idle().await;
+                    Next::Open
+                })
+                .await
+            } else {
+                or(async { Next::Foreground(foreground.recv().await) }, async {
+                    match background.recv().await {
+                        Some(message) => Next::Taken(message),
+                        // Closed with the foreground queue: wait for it.
+                        None => std::future::pending().await,
+                    }
+                })
+                .await
+            };
+            match next {
+                // The ticket goes as the item is handed over.
+                Next::Foreground(item) => return item.map(|(out, _ticket)| out),
+                Next::Taken(message) => *waiting = Some(message),
+                Next::Open => return waiting.take().map(Out::Message),
+            }
+        }
+    }
+}
+
+/// The outgoing half of a stream: what the queues hold, NoopSigned or as
 /// signed (the codec writes the envelope), refusing (and counting) what
 /// exceeds the limit.
 pub(super) fn outgoing(
-    queue: mpsc::Receiver<Out>,
+    outbound: Outbound,
     inner: Weak<Inner>,
     max: usize,
 ) -> impl Stream<Item = Result<Frame, Status>> + Send + 'static {
-    tokio_stream::wrappers::ReceiverStream::new(queue).filter_map(move |out| {
+    futures_lite::stream::unfold(outbound, |mut outbound| async move {
+        let out = outbound.next().await?;
+        Some((out, outbound))
+    })
+    .filter_map(move |out| {
         let frame = match out {
             Out::Message(message) => Frame::noop(message),
             Out::Envelope(envelope) => Frame::Signed(envelope),
@@ -81,7 +187,7 @@ pub(super) async fn remote_handshake(
 pub(super) async fn run(
     weak: Weak<Inner>,
     info: ConnInfo,
-    queue: mpsc::Sender<Out>,
+    queues: Queues,
     mut inbound: Streaming<Envelope>,
     direction: Direction,
     remote: SocketAddr,
@@ -101,7 +207,7 @@ pub(super) async fn run(
             peer.clone(),
             Link {
                 id,
-                queue: queue.clone(),
+                queues: queues.clone(),
                 identity: info.identity.clone(),
                 _closer: closer,
             },
@@ -220,7 +326,7 @@ pub(super) async fn run(
             }
         }
     }
-    drop(queue);
+    drop(queues);
     let Some(inner) = weak.upgrade() else { return };
     bump(&inner.counters.disconnected);
     let current = {
