@@ -1018,3 +1018,87 @@ fn the_end_game_copies_a_slow_peers_last_range_to_a_faster_one() {
     });
     assert!(copied, "{asked:?}");
 }
+
+// A responder answers a peer's requests in order: an answer to a later send
+// means the earlier send (or its answer) was lost. The range holding the
+// commit point is hedged a quarter of the peer's round trip after that, not
+// after the 500 ms hedge wait (nor the timeout, inflated by queueing), and
+// nobody is blamed: the lost send still waits, and its answer still counts.
+#[test]
+fn an_overtaken_send_is_hedged_after_a_reordering_allowance() {
+    let ms = Duration::from_millis;
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 5, t0).unwrap();
+    let view = vec![PeerState::new("a", 1000), PeerState::new("b", 1000)];
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    let asked = sends(&drain(&mut ae));
+    let lost = *asked.iter().find(|s| s.2 == 1).unwrap();
+    let other = if lost.0 == "a" { "b" } else { "a" };
+    let rest: Vec<_> = asked.iter().copied().filter(|s| s.1 != lost.1).collect();
+    assert!(
+        rest.iter().any(|s| s.0 == lost.0),
+        "a later send to the same peer: {asked:?}"
+    );
+    let t1 = t0 + ms(100);
+    answer_in_full(&mut ae, t1, &rest);
+    drain(&mut ae);
+    let due = ae.poll_timeout().unwrap();
+    assert!(due <= t1 + ms(30), "hedged at {:?}", due - t0);
+    ae.handle(due, Event::Timeout).unwrap();
+    let hedge = sends(&drain(&mut ae));
+    assert!(
+        hedge
+            .iter()
+            .any(|s| s.0 == other && (s.2, s.3) == (lost.2, lost.3)),
+        "{hedge:?}"
+    );
+    assert_eq!(ae.stats().timeouts, 0);
+    // The lost send's answer, late after all, is still taken.
+    answer_in_full(&mut ae, due + ms(10), &[lost]);
+    assert_eq!(delivered(&drain(&mut ae))[0], 1);
+}
+
+// With nothing left to plan, a range waiting at a peer that never answered
+// is copied to a free peer once it has waited what a hedge of such a peer
+// waits, even when it does not hold the commit point (a silent peer's ranges
+// were fetched one at a time as each reached the commit point: hostile,
+// 1.5 s of tail), before its own deadline.
+#[test]
+fn the_end_game_copies_a_silent_peers_ranges() {
+    let ms = Duration::from_millis;
+    let mut checked = 0;
+    for seed in 0..32 {
+        let t0 = epoch();
+        let mut ae = AntiEntropy::new(Config::default(), channel(), 1, seed, t0).unwrap();
+        let view = vec![PeerState::new("silent", 45), PeerState::new("fast", 45)];
+        ae.handle(t0, Event::Membership(view)).unwrap();
+        let asked = sends(&drain(&mut ae));
+        let stranded: Vec<_> = asked
+            .iter()
+            .copied()
+            .filter(|s| s.0 == "silent" && s.2 != 1)
+            .collect();
+        if stranded.is_empty() {
+            continue; // only the commit point's range is the silent one's
+        }
+        checked += 1;
+        let served: Vec<_> = asked.iter().copied().filter(|s| s.0 == "fast").collect();
+        answer_in_full(&mut ae, t0 + ms(100), &served);
+        let mut copies = sends(&drain(&mut ae));
+        // Until the silent peer's first deadline.
+        while ae.stats().timeouts == 0 {
+            let Some(next) = ae.poll_timeout() else { break };
+            ae.handle(next, Event::Timeout).unwrap();
+            copies.extend(sends(&drain(&mut ae)));
+        }
+        for range in &stranded {
+            assert!(
+                copies
+                    .iter()
+                    .any(|s| s.0 == "fast" && (s.2, s.3) == (range.2, range.3)),
+                "seed {seed}: {range:?} not copied before a deadline: {copies:?}"
+            );
+        }
+    }
+    assert!(checked > 0, "no seed gave the silent peer a later range");
+}

@@ -203,6 +203,9 @@ pub struct AntiEntropy<P> {
     round_end: Option<u64>,
     /// When the next round starts, while none is active.
     next_round_at: Option<Instant>,
+    /// When a send the end game waits on is next taken for lost or
+    /// overdue: planning looks again then (`planning::end_game`).
+    look_again_at: Option<Instant>,
     /// Peers whose copy of a block was rejected, by block number.
     rejected_by: BTreeMap<u64, Vec<P>>,
     /// Back-off of each rejected block not yet committed.
@@ -253,6 +256,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             (config.window_bytes / config.window_blocks).clamp(1, config.max_message_size as u64);
         Ok(Self {
             next_round_at: now.checked_add(config.check_interval),
+            look_again_at: None,
             config,
             channel,
             rng: fastrand::Rng::with_seed(seed),
@@ -384,6 +388,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             .filter(|at| *at > self.now);
         deadlines
             .chain(self.next_round_at)
+            .chain(self.look_again_at)
             .chain(self.hedge_due())
             .chain(backoffs)
             .min()

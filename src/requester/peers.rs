@@ -280,6 +280,10 @@ pub(crate) struct Peer {
     pub(crate) last_answered_sent_at: Option<Instant>,
     /// Whether its link's rate was measured yet.
     bandwidth_seen: bool,
+    /// How long an overtaken send may still be on its way, in quarters of
+    /// the SRTT: doubled each time one declared lost was answered after
+    /// all (RACK's reordering window, RFC 8985 §6.2).
+    reorder_quarters: u32,
     pub(crate) stats: PeerStats,
 }
 
@@ -303,6 +307,7 @@ impl Peer {
             last_answer_at: None,
             last_answered_sent_at: None,
             bandwidth_seen: false,
+            reorder_quarters: 1,
             stats: PeerStats::default(),
         }
     }
@@ -443,6 +448,20 @@ impl Peer {
             return range;
         }
         SeqRange::new(range.start(), range.start() + self.length_cap - 1).unwrap_or(range)
+    }
+
+    /// How long after an answer to a later send an overtaken send to this
+    /// peer is taken for lost; `timeout` until a round trip is measured.
+    pub(crate) fn reorder_allowance(&self, timeout: Duration) -> Duration {
+        self.rtt
+            .srtt()
+            .map_or(timeout, |srtt| srtt * self.reorder_quarters / 4)
+    }
+
+    /// A send it overtook was answered after all: its answers can come out
+    /// of order.
+    pub(crate) fn reordered(&mut self) {
+        self.reorder_quarters = (self.reorder_quarters * 2).min(8);
     }
 
     /// A request to this peer timed out.

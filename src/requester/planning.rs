@@ -1,6 +1,6 @@
 //! Rounds and requests: which blocks to ask for, of whom, and when.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::peers::Finish;
 use super::requests::{Attempt, AttemptState, Request};
@@ -128,6 +128,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     pub(super) fn fill(&mut self, now: Instant) {
         self.drop_obsolete();
         self.resend_idle(now);
+        self.look_again_at = None;
         let Some(end) = self.round_end else {
             return;
         };
@@ -372,21 +373,48 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         None
     }
 
-    /// Every block is held or asked: a free peer that would deliver a
-    /// range before the peer asked for it is expected to (that one slower,
-    /// or the range deep in its queue) is sent a copy of it, the latest
-    /// such range first. Ranges given to a 2 Mbit/s peer before the tail
-    /// waited behind its queue: the last came 1 s after the 20 Mbit/s peer
-    /// had sent everything else (hetero).
+    /// Planning looks again at `at` (see `poll_timeout`).
+    fn look_again(&mut self, at: Instant) {
+        self.look_again_at = Some(self.look_again_at.map_or(at, |next| next.min(at)));
+    }
+
+    /// Every block is held or asked: copies ranges to free peers (see
+    /// `end_game_copy`) until none is worth one, so that the next event at
+    /// the same instant finds nothing more to do.
     fn end_game(&mut self, now: Instant) {
-        if !self.config.adaptive_window || self.peers.all_full(&self.config) {
-            return;
+        // Each copy takes a free slot or a hedge of a request: bounded.
+        for _ in 0..=self.requests.len() {
+            if !self.end_game_copy(now) {
+                return;
+            }
         }
+    }
+
+    /// A free peer that would deliver a range before the peer asked for it
+    /// is expected to (that one slower, or the range deep in its queue) is
+    /// sent a copy of it, the latest such range first; a range whose send
+    /// is taken for lost or overdue goes before any. Ranges given to a
+    /// 2 Mbit/s peer before the tail waited behind its queue: the last came
+    /// 1 s after the 20 Mbit/s peer had sent everything else (hetero).
+    /// Whether a copy was sent.
+    fn end_game_copy(&mut self, now: Instant) -> bool {
+        if !self.config.adaptive_window || self.peers.all_full(&self.config) {
+            return false;
+        }
+        // The earliest time a send below is taken for lost or overdue, so
+        // that it is looked at then, not at some later event.
+        let mut next_look: Option<Instant> = None;
+        let mut look_at = |at: Instant| {
+            if at > now {
+                next_look = Some(next_look.map_or(at, |next: Instant| next.min(at)));
+            }
+        };
         let block_bytes = self.block_bytes_estimate;
         let per_request = self.blocks_per_request();
         // Each request with a single send waiting, in its peer's queue
         // order (a responder answers in order).
         let mut queued: Vec<(P, Instant, u64, u64)> = Vec::new();
+        let mut stranded: Option<u64> = None;
         for (id, request) in self.requests.iter() {
             if request.hedges >= super::MAX_HEDGES {
                 continue;
@@ -395,6 +423,17 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             let (Some(attempt), None) = (waiting.next(), waiting.next()) else {
                 continue;
             };
+            // Taken for lost (a silent peer's ranges, probed mid-run, were
+            // fetched one at a time as each reached the commit point,
+            // hostile: 1.5 s of tail): first, to any free peer.
+            match self.presumed_lost_at(attempt) {
+                Some(at) if at <= now => {
+                    stranded = stranded.or(Some(*id));
+                    continue;
+                }
+                Some(at) => look_at(at),
+                None => {}
+            }
             let blocks = request.range.len().min(per_request);
             queued.push((attempt.peer.clone(), attempt.sent_at, *id, blocks));
         }
@@ -413,15 +452,38 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 continue;
             };
             let due = (ahead * block_bytes) as f64 / rate - since;
+            // Overdue by more than a round trip: probably lost (a lost
+            // request to a byzantine peer held hostile seed 19's commit
+            // point for 2.6 s after everything else was in).
+            let srtt = peer.rtt.srtt().map(|srtt| srtt.as_secs_f64());
+            let overdue = srtt.is_some_and(|srtt| due < -srtt);
+            if let Some(srtt) = srtt.filter(|_| !overdue) {
+                let at = Duration::try_from_secs_f64(due + srtt)
+                    .ok()
+                    .and_then(|wait| now.checked_add(wait));
+                if let Some(at) = at {
+                    look_at(at);
+                }
+            }
+            // Then any free peer is faster.
+            let (due, rate) = if overdue {
+                (f64::INFINITY, 0.0)
+            } else {
+                (due, rate)
+            };
             if latest.is_none_or(|(at, _, _)| due > at) {
                 latest = Some((due, *id, rate));
             }
         }
-        let Some((due, id, slow)) = latest else {
-            return;
+        if let Some(at) = next_look {
+            self.look_again(at);
+        }
+        // A stranded send is due never, and any free peer is faster.
+        let Some((due, id, slow)) = stranded.map(|id| (f64::INFINITY, id, 0.0)).or(latest) else {
+            return false;
         };
         let Some(request) = self.requests.get(id) else {
-            return;
+            return false;
         };
         let range = request.range;
         let asked: Vec<P> = request.attempts.iter().map(|a| a.peer.clone()).collect();
@@ -465,7 +527,9 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             self.stats.hedges += 1;
             emit!(DEBUG, ?peer, %range, "end-game copy");
             self.send_attempt(now, id, peer, Send::Hedge);
+            return true;
         }
+        false
     }
 
     /// `range` cut to what `peer` can deliver before the others are done
@@ -613,6 +677,8 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 deadline,
                 state: AttemptState::Waiting,
                 extended: false,
+                order: self.stats.requests,
+                overtaken_at: None,
             },
         );
         self.actions.push_back(Action::SendRequest { to, message });
@@ -621,12 +687,19 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// A peer that answers is alive and working through its queue: the
     /// requests it holds that were sent after the one it answered (queued
     /// behind it) get at least one more timeout from now, so a deep pipeline
-    /// is not mistaken for a silent peer. Requests sent before the answered
-    /// one were overtaken (a responder serves in order) and keep their
-    /// deadline. Never past `max_response_timeout` after the send, so a peer
-    /// that answers some requests and drops others cannot hold the rest for
-    /// long. Fixed (Fabric) timeouts are left alone.
-    pub(super) fn extend_deadlines(&mut self, now: Instant, from: &P, answered_sent_at: Instant) {
+    /// is not mistaken for a silent peer. Never past `max_response_timeout`
+    /// after the send, so a peer that answers some requests and drops others
+    /// cannot hold the rest for long.
+    ///
+    /// Requests sent to it before the answered one were overtaken: a
+    /// responder answers a peer's requests in order, so the request or its
+    /// answer was probably lost. They keep their deadline, but are marked:
+    /// hedged a reordering allowance later when they hold the commit point
+    /// (`hedge_due`), copied at the round's end (`end_game`). A hedge, not
+    /// a timeout, since responders may reorder (ours sends a repeater's
+    /// answers after everyone else's): a wrong guess costs one copy.
+    /// Fixed (Fabric) timeouts are left alone.
+    pub(super) fn reschedule_after_answer(&mut self, now: Instant, from: &P, answered: u64) {
         if !self.config.adaptive_timeout {
             return;
         }
@@ -637,10 +710,11 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let cap = self.config.max_response_timeout;
         for request in self.requests.iter_mut() {
             for attempt in &mut request.attempts {
-                if attempt.state != AttemptState::Waiting
-                    || &attempt.peer != from
-                    || attempt.sent_at < answered_sent_at
-                {
+                if attempt.state != AttemptState::Waiting || &attempt.peer != from {
+                    continue;
+                }
+                if attempt.order < answered {
+                    attempt.overtaken_at = attempt.overtaken_at.or(Some(now));
                     continue;
                 }
                 let extended = now.checked_add(timeout);

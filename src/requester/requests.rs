@@ -33,6 +33,12 @@ pub(crate) struct Attempt<P> {
     /// Its deadline was pushed back once because no peer had answered
     /// anything yet (see `expire`).
     pub(crate) extended: bool,
+    /// Its place among all our sends (the machine's count of sends when it
+    /// was made): a responder answers a peer's requests in this order.
+    pub(crate) order: u64,
+    /// When an answer to a later send to the same peer came first: the
+    /// request or its answer was probably lost.
+    pub(crate) overtaken_at: Option<Instant>,
 }
 
 /// A range asked for, possibly of several peers in turn (retries) or at

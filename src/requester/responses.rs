@@ -56,7 +56,9 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             return Err(unknown);
         }
         let answered_sent_at = attempt.sent_at;
+        let answered_order = attempt.order;
         let was_waiting = attempt.state == AttemptState::Waiting;
+        let reordered = attempt.overtaken_at.is_some();
 
         let mut usable = 0u64;
         let mut highest = None;
@@ -103,7 +105,12 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let request_bytes = self
             .blocks_per_request()
             .saturating_mul(self.block_bytes_estimate);
-        let peer = self.peers.get_mut(&from);
+        let mut peer = self.peers.get_mut(&from);
+        if reordered {
+            if let Some(peer) = peer.as_mut() {
+                peer.reordered();
+            }
+        }
         if usable == 0 {
             // An empty or useless answer counts against the peer, and the
             // range goes to the next try at once (as Fabric retries).
@@ -141,7 +148,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // Blocks of the range that did not arrive are simply missing again:
         // the planner asks for them in a new request.
         self.drop_request(id);
-        self.extend_deadlines(now, &from, answered_sent_at);
+        self.reschedule_after_answer(now, &from, answered_order);
         Ok(())
     }
 

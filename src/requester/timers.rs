@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::peers::HEDGE_HEADROOM;
-use super::requests::AttemptState;
+use super::requests::{Attempt, AttemptState};
 use super::{AntiEntropy, Send, MAX_HEDGES};
 
 impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
@@ -21,6 +21,10 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         }
         if self.hedge_due().is_some_and(|due| due <= now) {
             self.hedge(now);
+        }
+        // `fill`, after every event, looks again.
+        if self.look_again_at.is_some_and(|at| at <= now) {
+            self.look_again_at = None;
         }
     }
 
@@ -104,20 +108,63 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         self.requests.recompute_earliest();
     }
 
+    /// When a waiting send is taken for lost, if ever: one to a peer that
+    /// never answered, once it has waited what a hedge of such a peer
+    /// waits; one overtaken (see `reschedule_after_answer`), a reordering
+    /// allowance after that.
+    pub(super) fn presumed_lost_at(&self, attempt: &Attempt<P>) -> Option<Instant> {
+        let peer = self.peers.get(&attempt.peer)?;
+        let overtaken = attempt
+            .overtaken_at
+            .and_then(|at| at.checked_add(peer.reorder_allowance(peer.timeout(&self.config))));
+        let unanswered = match peer.rtt.srtt() {
+            Some(_) => None,
+            None => {
+                let slowest = self.peers.iter().filter_map(|(_, p)| p.rtt.srtt()).max();
+                let wait = self
+                    .config
+                    .hedge_after?
+                    .max(slowest.unwrap_or_default() * 2);
+                attempt.sent_at.checked_add(wait)
+            }
+        };
+        match (overtaken, unanswered) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// When the request holding back the commit point should be hedged: once
     /// its only waiting send is older than `max(hedge_after, 2·SRTT)` of the
-    /// peer asked, at most [`MAX_HEDGES`] times per request.
+    /// peer asked, or taken for lost, at most [`MAX_HEDGES`] times per
+    /// request. Sends taken for lost do not count as racing it.
     pub(super) fn hedge_due(&self) -> Option<Instant> {
         let hedge_after = self.config.hedge_after?;
         let (_, request) = self.requests.covering(self.buffer.next())?;
         if request.hedges >= MAX_HEDGES {
             return None;
         }
-        let mut waiting = request.waiting();
-        let attempt = waiting.next()?;
-        if waiting.next().is_some() {
-            return None; // a hedge is already racing it
+        // The send taken for lost last (or never) is the one racing; the
+        // others only delay the hedge until they are taken for lost.
+        let mut others_lost_by: Option<Instant> = None;
+        let mut racing: Option<(&Attempt<P>, Option<Instant>)> = None;
+        for attempt in request.waiting() {
+            let lost_at = self.presumed_lost_at(attempt);
+            let Some((current, current_lost)) = racing else {
+                racing = Some((attempt, lost_at));
+                continue;
+            };
+            let (earlier, later) = match (lost_at, current_lost) {
+                (Some(a), Some(b)) if a <= b => ((attempt, lost_at), (current, current_lost)),
+                (Some(_), None) => ((attempt, lost_at), (current, current_lost)),
+                _ => ((current, current_lost), (attempt, lost_at)),
+            };
+            // Two sends never taken for lost: a hedge is already racing.
+            let earlier_lost = earlier.1?;
+            others_lost_by = Some(others_lost_by.map_or(earlier_lost, |t| t.max(earlier_lost)));
+            racing = Some(later);
         }
+        let (attempt, lost_at) = racing?;
         // A peer not measured yet is expected to take as long as the
         // slowest that answered: with 8 MiB blocks an answer takes 0.77 s,
         // and hedging an unproven peer's first block at 500 ms sent a
@@ -143,6 +190,15 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 }
             }
         }
+        // Taken for lost: no need to wait for its peer's pace (2 % loss,
+        // hostile: each lost message held the commit point for its whole,
+        // queue-inflated timeout).
+        if let Some(lost_at) = lost_at {
+            due = due.min(lost_at);
+        }
+        if let Some(others) = others_lost_by {
+            due = due.max(others);
+        }
         Some(
             request
                 .hedge_not_before
@@ -165,13 +221,14 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let mut exclude: Vec<P> = request.waiting().map(|a| a.peer.clone()).collect();
         exclude.extend(self.rejected_in(range));
         // Past a window only when the peer working on it never answered
-        // (silent, or not yet proven): a slow peer that does answer is
-        // hedged within the windows, since on slow links a hedge is more
-        // load on the same bottleneck.
+        // (silent, or not yet proven) or every send is taken for lost: a
+        // slow peer that does answer is hedged within the windows, since on
+        // slow links a hedge is more load on the same bottleneck.
         let headroom = request.waiting().all(|a| {
             self.peers
                 .get(&a.peer)
                 .is_none_or(|p| p.rtt.srtt().is_none())
+                || self.presumed_lost_at(a).is_some_and(|at| at <= now)
         });
         let headroom = if headroom { HEDGE_HEADROOM } else { 0 };
         let choice = self
