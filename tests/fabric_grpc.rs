@@ -223,6 +223,22 @@ fn requester_node(
     transport: &GrpcTransport,
     machine: Config,
 ) -> (Arc<AtomicU64>, DriverHandle<AntiEntropy<PkiId>>) {
+    let (height, handle, future) = requester_parts(transport, machine, 1024);
+    tokio::spawn(future);
+    (height, handle)
+}
+
+/// A requester at height 1 attached to `transport`, with an inbox of
+/// `capacity`; its driver runs once the caller spawns the future.
+fn requester_parts(
+    transport: &GrpcTransport,
+    machine: Config,
+    capacity: usize,
+) -> (
+    Arc<AtomicU64>,
+    DriverHandle<AntiEntropy<PkiId>>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let height = Arc::new(AtomicU64::new(1));
     let requester = AntiEntropy::new(
         machine,
@@ -238,11 +254,12 @@ fn requester_node(
     let (handle, future) = driver(
         requester,
         RequesterHost::new(transport.clone(), chain),
-        1024,
+        capacity,
     );
-    tokio::spawn(future);
     transport.attach_requester(handle.downgrade());
-    (height, handle)
+    (height, handle, async move {
+        let _ = future.await;
+    })
 }
 
 fn blocks(count: u64, size: usize) -> Vec<Bytes> {
@@ -714,33 +731,6 @@ async fn a_lost_peer_is_redialled_and_the_catch_up_completes() {
     assert!(fetching.stats().disconnected >= 1);
 }
 
-/// A requester whose driver runs only when the caller spawns it: until
-/// then its inbox (one message) fills and the transport stops reading
-/// that stream, so what is sent to it stays queued at the sender.
-fn stalled_requester(
-    transport: &GrpcTransport,
-) -> (
-    DriverHandle<AntiEntropy<PkiId>>,
-    impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    let requester = AntiEntropy::new(
-        Config::default(),
-        CHANNEL.into(),
-        1,
-        7,
-        tokio::time::Instant::now().into_std(),
-    )
-    .unwrap();
-    let chain = Chain {
-        height: Arc::new(AtomicU64::new(1)),
-    };
-    let (handle, future) = driver(requester, RequesterHost::new(transport.clone(), chain), 1);
-    transport.attach_requester(handle.downgrade());
-    (handle, async move {
-        let _ = future.await;
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_background_message_waits_for_every_foreground_one() {
     use antientropy::adapters::Transport;
@@ -755,8 +745,10 @@ async fn a_background_message_waits_for_every_foreground_one() {
     let address = listener.local_addr().unwrap();
     serving.serve(listener);
     let (one, two) = (transport(&ca, &c1, config()), transport(&ca, &c2, config()));
-    let (_stalled, run_stalled) = stalled_requester(&one);
-    let (_ready, run_ready) = stalled_requester(&two);
+    // One message in the stalled peer's inbox: the transport then stops
+    // reading its stream, and what is sent to it stays queued here.
+    let (_, _stalled, run_stalled) = requester_parts(&one, Config::default(), 1);
+    let (_, _ready, run_ready) = requester_parts(&two, Config::default(), 1);
     tokio::spawn(run_ready);
     one.dial(address, localhost(), None);
     two.dial(address, localhost(), None);
