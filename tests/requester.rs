@@ -1102,3 +1102,48 @@ fn the_end_game_copies_a_silent_peers_ranges() {
     }
     assert!(checked > 0, "no seed gave the silent peer a later range");
 }
+
+// Mid-run, when the commit point's range is hedged away from a peer that
+// never answered, that peer's other ranges are hedged with it, not one after
+// the other as each reaches the commit point (hostile without loss: the
+// second waited 0.45 s more; 1.65× → 1.34–1.39× the bound).
+#[test]
+fn a_silent_peers_ranges_are_hedged_together() {
+    let ms = Duration::from_millis;
+    let mut checked = 0;
+    for seed in 0..32 {
+        let t0 = epoch();
+        let mut ae = AntiEntropy::new(Config::default(), channel(), 1, seed, t0).unwrap();
+        let view = vec![
+            PeerState::new("silent", 1000),
+            PeerState::new("a", 1000),
+            PeerState::new("b", 1000),
+        ];
+        ae.handle(t0, Event::Membership(view)).unwrap();
+        let asked = sends(&drain(&mut ae));
+        let at_silent: Vec<_> = asked.iter().copied().filter(|s| s.0 == "silent").collect();
+        if at_silent.len() < 2 || !at_silent.iter().any(|s| s.2 == 1) {
+            continue;
+        }
+        checked += 1;
+        let served: Vec<_> = asked.iter().copied().filter(|s| s.0 != "silent").collect();
+        answer_in_full(&mut ae, t0 + ms(100), &served);
+        let mut hedges = sends(&drain(&mut ae));
+        // Until the first hedge of the commit point's range.
+        while !hedges.iter().any(|s| s.2 == 1) {
+            let next = ae.poll_timeout().unwrap();
+            assert!(next < t0 + ms(1_000), "seed {seed}: no hedge by 1 s");
+            ae.handle(next, Event::Timeout).unwrap();
+            hedges.extend(sends(&drain(&mut ae)));
+        }
+        for range in &at_silent {
+            assert!(
+                hedges
+                    .iter()
+                    .any(|s| s.0 != "silent" && (s.2, s.3) == (range.2, range.3)),
+                "seed {seed}: {range:?} not hedged with the commit point's: {hedges:?}"
+            );
+        }
+    }
+    assert!(checked > 0, "no seed gave the silent peer two ranges");
+}

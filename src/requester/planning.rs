@@ -452,13 +452,15 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 continue;
             };
             let due = (ahead * block_bytes) as f64 / rate - since;
-            // Overdue by more than a round trip: probably lost (a lost
-            // request to a byzantine peer held hostile seed 19's commit
-            // point for 2.6 s after everything else was in).
-            let srtt = peer.rtt.srtt().map(|srtt| srtt.as_secs_f64());
-            let overdue = srtt.is_some_and(|srtt| due < -srtt);
-            if let Some(srtt) = srtt.filter(|_| !overdue) {
-                let at = Duration::try_from_secs_f64(due + srtt)
+            // Overdue by more than its fastest round trip: probably lost
+            // (a lost request to a byzantine peer held hostile seed 19's
+            // commit point for 2.6 s after everything else was in). The
+            // expected time counts its queue already; an SRTT, inflated by
+            // that queue, as the margin put a copy after the timeout.
+            let margin = peer.base_rtt().map(|rtt| rtt.as_secs_f64());
+            let overdue = margin.is_some_and(|margin| due < -margin);
+            if let Some(margin) = margin.filter(|_| !overdue) {
+                let at = Duration::try_from_secs_f64(due + margin)
                     .ok()
                     .and_then(|wait| now.checked_add(wait));
                 if let Some(at) = at {

@@ -206,6 +206,76 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         )
     }
 
+    /// The commit point's range was hedged away from a peer that never
+    /// answered and is taken for lost there: that peer's other ranges taken
+    /// for lost are hedged too, lowest first, instead of one after the
+    /// other as each reaches the commit point.
+    fn hedge_silent_peers_ranges(&mut self, now: Instant, hedged: u64) {
+        let Some(request) = self.requests.get(hedged) else {
+            return;
+        };
+        let silent: Vec<P> = request
+            .attempts
+            .iter()
+            .filter(|a| a.state == AttemptState::Waiting)
+            .filter(|a| {
+                self.peers
+                    .get(&a.peer)
+                    .is_some_and(|p| p.rtt.srtt().is_none())
+                    && self.presumed_lost_at(a).is_some_and(|at| at <= now)
+            })
+            .map(|a| a.peer.clone())
+            .collect();
+        if silent.is_empty() {
+            return;
+        }
+        let stuck: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(id, request)| {
+                **id != hedged
+                    && request.hedges < MAX_HEDGES
+                    && request.waiting().next().is_some()
+                    && request.waiting().all(|a| {
+                        silent.contains(&a.peer)
+                            && self.presumed_lost_at(a).is_some_and(|at| at <= now)
+                    })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stuck {
+            let Some(request) = self.requests.get(id) else {
+                continue;
+            };
+            let range = request.range;
+            let asked: Vec<P> = request.attempts.iter().map(|a| a.peer.clone()).collect();
+            let mut exclude = asked.clone();
+            exclude.extend(self.rejected_in(range));
+            let choice = self
+                .peers
+                .choose(
+                    &self.config,
+                    range.end(),
+                    &asked,
+                    &exclude,
+                    now,
+                    &mut self.rng,
+                    Some(HEDGE_HEADROOM),
+                    None,
+                )
+                .filter(|peer| !exclude.contains(peer));
+            let Some(peer) = choice else {
+                return;
+            };
+            if let Some(request) = self.requests.get_mut(id) {
+                request.hedges += 1;
+            }
+            self.stats.hedges += 1;
+            emit!(DEBUG, ?peer, %range, "hedge of a silent peer's range");
+            self.send_attempt(now, id, peer, Send::Hedge);
+        }
+    }
+
     /// Asks another peer for the range holding back the commit point, so a
     /// slow, silent or lying peer cannot stall the window. If no other peer
     /// is free, tries again `hedge_after` later.
@@ -252,6 +322,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 self.stats.hedges += 1;
                 emit!(DEBUG, ?peer, %range, "hedge");
                 self.send_attempt(now, id, peer, Send::Hedge);
+                self.hedge_silent_peers_ranges(now, id);
             }
             None => {
                 if let (Some(request), Some(hedge_after)) =
