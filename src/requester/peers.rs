@@ -281,8 +281,9 @@ pub(crate) struct Peer {
     /// Whether its link's rate was measured yet.
     bandwidth_seen: bool,
     /// How long an overtaken send may still be on its way, in quarters of
-    /// the SRTT: doubled each time one declared lost was answered after
-    /// all (RACK's reordering window, RFC 8985 §6.2).
+    /// the SRTT: doubled, up to 2 SRTT, each time one already taken for
+    /// lost was answered after all (RACK's reordering window, RFC 8985
+    /// §6.2). It does not shrink back.
     reorder_quarters: u32,
     pub(crate) stats: PeerStats,
 }

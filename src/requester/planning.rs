@@ -460,9 +460,11 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             let margin = peer.base_rtt().map(|rtt| rtt.as_secs_f64());
             let overdue = margin.is_some_and(|margin| due < -margin);
             if let Some(margin) = margin.filter(|_| !overdue) {
+                // A nanosecond past the boundary, so that the wake-up
+                // finds it overdue whichever way the rounding went.
                 let at = Duration::try_from_secs_f64(due + margin)
                     .ok()
-                    .and_then(|wait| now.checked_add(wait));
+                    .and_then(|wait| now.checked_add(wait + Duration::from_nanos(1)));
                 if let Some(at) = at {
                     look_at(at);
                 }
@@ -694,13 +696,15 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// cannot hold the rest for long.
     ///
     /// Requests sent to it before the answered one were overtaken: a
-    /// responder answers a peer's requests in order, so the request or its
-    /// answer was probably lost. They keep their deadline, but are marked:
+    /// responder mostly answers a peer's requests in order (Fabric's one
+    /// goroutine does; ours may finish concurrent reads out of order, and
+    /// sends a repeater's answers later), so the request or its answer was
+    /// probably lost. They keep their deadline, but are marked:
     /// hedged a reordering allowance later when they hold the commit point
     /// (`hedge_due`), copied at the round's end (`end_game`). A hedge, not
     /// a timeout, since responders may reorder (ours sends a repeater's
     /// answers after everyone else's): a wrong guess costs one copy.
-    /// Fixed (Fabric) timeouts are left alone.
+    /// With fixed (Fabric) timeouts none of this is done.
     pub(super) fn reschedule_after_answer(&mut self, now: Instant, from: &P, answered: u64) {
         if !self.config.adaptive_timeout {
             return;

@@ -58,7 +58,9 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let answered_sent_at = attempt.sent_at;
         let answered_order = attempt.order;
         let was_waiting = attempt.state == AttemptState::Waiting;
-        let reordered = attempt.overtaken_at.is_some();
+        // Answered although already taken for lost: the allowance was too
+        // short for this peer (an answer within it widens nothing).
+        let overtaken_at = attempt.overtaken_at;
 
         let mut usable = 0u64;
         let mut highest = None;
@@ -106,8 +108,9 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             .blocks_per_request()
             .saturating_mul(self.block_bytes_estimate);
         let mut peer = self.peers.get_mut(&from);
-        if reordered {
-            if let Some(peer) = peer.as_mut() {
+        if let (Some(at), Some(peer)) = (overtaken_at, peer.as_mut()) {
+            let allowance = peer.reorder_allowance(peer.timeout(&self.config));
+            if at.checked_add(allowance).is_some_and(|lost| lost <= now) {
                 peer.reordered();
             }
         }

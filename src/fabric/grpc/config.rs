@@ -23,7 +23,8 @@ pub struct GrpcConfig {
     /// Largest gRPC message sent or received, each way. Fabric's 100 MiB
     /// ([`wire::DEFAULT_MAX_MESSAGE_SIZE`]).
     pub max_message_size: usize,
-    /// Messages queued for one stream; past it
+    /// Messages queued for one stream, per send class (foreground and
+    /// background each have a queue this long); past it
     /// [`Transport::send`](crate::adapters::Transport::send) refuses with
     /// [`SendError::Full`](crate::adapters::SendError::Full). Default 1024.
     pub queue: usize,
