@@ -74,6 +74,7 @@
 //!   `poll_timeout` is later than now.
 
 mod chain;
+mod events;
 mod faults;
 pub mod matrix;
 pub mod network;
@@ -95,6 +96,7 @@ pub use scenario::{Behaviour, Overclaim, Scenario, ScenarioError};
 
 use crate::wire::gossip::Payload;
 use crate::{Config, ConfigError, SeqRange, Ticket};
+use events::Events;
 use faults::Schedule;
 use node::{Machine, Node};
 
@@ -206,8 +208,7 @@ pub(crate) struct World {
     pub(crate) caught_up: usize,
     /// Carries encoded messages with their connection's generation.
     network: Network<(Wire, u64)>,
-    queue: BTreeMap<(Instant, u64), Pending>,
-    sequence: u64,
+    queue: Events<Pending>,
     slow_delay: Duration,
     violations: u64,
     violation_messages: Vec<String>,
@@ -239,8 +240,7 @@ pub(crate) struct World {
 
 impl World {
     fn schedule(&mut self, at: Instant, pending: Pending) {
-        self.sequence += 1;
-        self.queue.insert((at, self.sequence), pending);
+        self.queue.push(at, pending);
     }
 
     /// Whether `from` may send to `to` now. If not (the connection's send
@@ -582,8 +582,7 @@ impl Simulation {
             bytes_received: 0,
             caught_up: 0,
             network,
-            queue: BTreeMap::new(),
-            sequence: 0,
+            queue: Events::new(),
             slow_delay: scenario.slow_delay,
             violations: 0,
             violation_messages: Vec::new(),
@@ -947,7 +946,7 @@ impl Simulation {
                 best = (at, Next::Transition);
             }
         }
-        if let Some((&(at, _), _)) = self.world.queue.first_key_value() {
+        if let Some(at) = self.world.queue.first_at() {
             if at < best.0 {
                 best = (at, Next::Queue);
             }
@@ -984,7 +983,7 @@ impl Simulation {
                 None
             }
             Next::Queue => {
-                let Some((_, pending)) = self.world.queue.pop_first() else {
+                let Some((_, pending)) = self.world.queue.pop() else {
                     return;
                 };
                 match pending {
