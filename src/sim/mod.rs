@@ -208,6 +208,8 @@ pub(crate) struct World {
     pub(crate) caught_up: usize,
     /// Carries encoded messages with their connection's generation.
     network: Network<(Wire, u64)>,
+    /// What left an uplink, kept between steps for its allocation.
+    deliveries: Vec<Delivery<(Wire, u64)>>,
     queue: Events<Pending>,
     slow_delay: Duration,
     violations: u64,
@@ -337,12 +339,13 @@ impl World {
 
     /// Messages that left an uplink go on their way.
     fn transmit(&mut self, wake: Wake) {
-        let (deliveries, next) = self.network.transmit(self.now, wake);
+        let mut deliveries = std::mem::take(&mut self.deliveries);
+        let next = self.network.transmit_into(self.now, wake, &mut deliveries);
         for Delivery {
             to,
             at,
             message: (bytes, generation),
-        } in deliveries
+        } in deliveries.drain(..)
         {
             if matches!(bytes, Wire::Opaque) {
                 // Nobody reads it: it has taken its share of the links.
@@ -356,6 +359,7 @@ impl World {
             };
             self.schedule(at, pending);
         }
+        self.deliveries = deliveries;
         if let Some(wake) = next {
             self.schedule(wake.at, Pending::Uplink(wake));
         }
@@ -582,6 +586,7 @@ impl Simulation {
             bytes_received: 0,
             caught_up: 0,
             network,
+            deliveries: Vec::new(),
             queue: Events::new(),
             slow_delay: scenario.slow_delay,
             violations: 0,
