@@ -197,6 +197,9 @@ enum Next {
 #[derive(Debug)]
 pub(crate) struct World {
     pub(crate) now: Instant,
+    /// `now - epoch`, kept with `now` (see `set_now`): the schedule of
+    /// outages and partitions is asked at it on every send and delivery.
+    elapsed: Duration,
     pub(crate) config: Config,
     pub(crate) chain: Chain,
     pub(crate) rng: fastrand::Rng,
@@ -219,8 +222,9 @@ pub(crate) struct World {
     /// byzantine peer could overhear.
     overheard: BTreeMap<NodeId, VecDeque<(u64, NodeId, SeqRange)>>,
     schedule: Schedule,
-    /// Per unordered pair, bumped each time its connection breaks.
-    generations: BTreeMap<(usize, usize), u64>,
+    /// Per unordered pair `(a, b)`, `a <= b`, at `a * nodes + b`: bumped
+    /// each time its connection breaks.
+    generations: Vec<u64>,
     /// Per node, bumped at each restart.
     incarnations: Vec<u64>,
     overclaim_by: u64,
@@ -257,8 +261,14 @@ impl World {
         self.network.has_room(from.0, to.0)
     }
 
+    /// `now`, and `elapsed` with it.
+    fn set_now(&mut self, now: Instant) {
+        self.now = now;
+        self.elapsed = now.duration_since(self.epoch);
+    }
+
     fn elapsed(&self) -> Duration {
-        self.now.duration_since(self.epoch)
+        self.elapsed
     }
 
     /// Whether `a` and `b` can reach each other now.
@@ -267,8 +277,9 @@ impl World {
     }
 
     fn generation(&self, a: usize, b: usize) -> u64 {
+        let n = self.incarnations.len();
         self.generations
-            .get(&(a.min(b), a.max(b)))
+            .get(a.min(b) * n + a.max(b))
             .copied()
             .unwrap_or(0)
     }
@@ -578,6 +589,7 @@ impl Simulation {
             .and_then(|d| epoch.checked_add(d));
         let world = World {
             now: epoch,
+            elapsed: Duration::ZERO,
             max_block_bytes: chain.max_block_bytes() as u64,
             config,
             chain,
@@ -594,7 +606,7 @@ impl Simulation {
             epoch,
             overheard: BTreeMap::new(),
             schedule,
-            generations: BTreeMap::new(),
+            generations: vec![0; total * total],
             incarnations: vec![0; total],
             overclaim_by: scenario.overclaim_by,
             last_progress: epoch,
@@ -677,7 +689,7 @@ impl Simulation {
             if self.time_cap.is_some_and(|cap| at > cap) {
                 break Outcome::TimeCap;
             }
-            self.world.now = self.world.now.max(at);
+            self.world.set_now(self.world.now.max(at));
             self.step(next);
             self.steps += 1;
             if self.steps.is_multiple_of(PROGRESS_EVERY) {
@@ -958,14 +970,18 @@ impl Simulation {
         }
         let elapsed = self.world.elapsed();
         for (i, node) in self.nodes.iter().enumerate() {
-            if !self.world.schedule.up(i, elapsed) {
-                // A node that is down does nothing until it returns.
-                continue;
-            }
             let timers = [
                 (node.requester_timer, Machine::Requester),
                 (node.responder_timer, Machine::Responder),
             ];
+            let sooner =
+                |(timer, _): &(Option<Instant>, Machine)| timer.is_some_and(|at| at < best.0);
+            // The schedule is asked only about a node whose timer would be
+            // picked: this runs on every step.
+            if !timers.iter().any(sooner) || !self.world.schedule.up(i, elapsed) {
+                // A node that is down does nothing until it returns.
+                continue;
+            }
             for (timer, machine) in timers {
                 if let Some(at) = timer {
                     if at < best.0 {
@@ -1083,7 +1099,7 @@ impl Simulation {
                     self.connected[a][b] = now;
                     changed.push((a, b, now));
                     if a < b && !now {
-                        *self.world.generations.entry((a, b)).or_default() += 1;
+                        self.world.generations[a * n + b] += 1;
                         let at = self.world.now;
                         for wake in self.world.network.disconnect(at, a, b) {
                             self.world.schedule(wake.at, Pending::Uplink(wake));
