@@ -479,8 +479,10 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         let slots = self.config.max_concurrent_reads;
         let per_peer = (slots - slots / 4).max(1);
         let background_slots = (slots / 4).max(1);
-        if self.queue.is_empty() {
-            return; // the usual case: nothing waits for a slot
+        if self.queue.is_empty() || self.reads.len() >= slots {
+            // The usual cases: nothing waits for a slot, or (a slow host
+            // under a flood) no slot is free.
+            return;
         }
         // Reads in progress by peer, and those of peers in the background.
         let mut reading: BTreeMap<P, usize> = BTreeMap::new();
