@@ -253,6 +253,14 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         }
     }
 
+    /// Requests queued and reads in progress: [`stats`](Self::stats)'s
+    /// `queued` and `reading` without the copy of every counter, for the
+    /// simulator's peaks, read after each of a flood's requests.
+    #[cfg(feature = "sim")]
+    pub(crate) fn load(&self) -> (usize, usize) {
+        (self.queue.len(), self.reads.len())
+    }
+
     /// Whether `peer` is in the background: most of its recent requests
     /// asked for blocks we had just served it, as a flood does (a peer
     /// catching up asks for each block about once). Its reads start only

@@ -336,9 +336,9 @@ impl Node {
                 self.refused_requests += 1;
             }
             // Before the host serves the read: the load as admitted.
-            let stats = responder.stats();
-            self.peak_queued = self.peak_queued.max(stats.queued);
-            self.peak_reading = self.peak_reading.max(stats.reading);
+            let (queued, reading) = responder.load();
+            self.peak_queued = self.peak_queued.max(queued);
+            self.peak_reading = self.peak_reading.max(reading);
         }
     }
 
@@ -802,9 +802,9 @@ impl Node {
     /// Checks the requester's bounds after a step.
     pub(crate) fn check(&mut self, w: &mut World) {
         if let Some(responder) = self.responder.as_ref() {
-            let stats = responder.stats();
-            self.peak_queued = self.peak_queued.max(stats.queued);
-            self.peak_reading = self.peak_reading.max(stats.reading);
+            let (queued, reading) = responder.load();
+            self.peak_queued = self.peak_queued.max(queued);
+            self.peak_reading = self.peak_reading.max(reading);
         }
         let Some(requester) = self.requester.as_ref() else {
             return;
