@@ -200,6 +200,12 @@ pub(crate) struct World {
     /// `now - epoch`, kept with `now` (see `set_now`): the schedule of
     /// outages and partitions is asked at it on every send and delivery.
     elapsed: Duration,
+    /// The schedule's answers as of `elapsed`, per node and per ordered
+    /// pair (`a * nodes + b`), until `reach_until`: it changes only at its
+    /// transitions, and is asked on every send, delivery and step.
+    up: Vec<bool>,
+    reach: Vec<bool>,
+    reach_until: Option<Duration>,
     pub(crate) config: Config,
     pub(crate) chain: Chain,
     pub(crate) rng: fastrand::Rng,
@@ -265,6 +271,29 @@ impl World {
     fn set_now(&mut self, now: Instant) {
         self.now = now;
         self.elapsed = now.duration_since(self.epoch);
+        if self.reach_until.is_some_and(|until| self.elapsed >= until) {
+            self.refresh_reach();
+        }
+    }
+
+    /// Who is up and who reaches whom from now until the schedule's next
+    /// transition, when it is asked again.
+    fn refresh_reach(&mut self) {
+        let t = self.elapsed;
+        let n = self.incarnations.len();
+        self.up = (0..n).map(|i| self.schedule.up(i, t)).collect();
+        self.reach = (0..n * n)
+            .map(|ab| self.schedule.reachable(ab / n, ab % n, t))
+            .collect();
+        self.reach_until = self.schedule.next_after(t);
+    }
+
+    /// Whether `node` is running now.
+    pub(crate) fn up(&self, node: usize) -> bool {
+        match self.up.get(node) {
+            Some(&up) => up,
+            None => self.schedule.up(node, self.elapsed),
+        }
     }
 
     fn elapsed(&self) -> Duration {
@@ -273,7 +302,11 @@ impl World {
 
     /// Whether `a` and `b` can reach each other now.
     pub(crate) fn reachable(&self, a: usize, b: usize) -> bool {
-        self.schedule.reachable(a, b, self.elapsed())
+        let n = self.incarnations.len();
+        match self.reach.get(a * n + b) {
+            Some(&reach) if a < n && b < n => reach,
+            _ => self.schedule.reachable(a, b, self.elapsed),
+        }
     }
 
     fn generation(&self, a: usize, b: usize) -> u64 {
@@ -590,6 +623,9 @@ impl Simulation {
         let world = World {
             now: epoch,
             elapsed: Duration::ZERO,
+            up: Vec::new(),
+            reach: Vec::new(),
+            reach_until: None,
             max_block_bytes: chain.max_block_bytes() as u64,
             config,
             chain,
@@ -619,6 +655,7 @@ impl Simulation {
             trace: None,
         };
         let mut world = world;
+        world.refresh_reach();
         for node in &nodes {
             if node.behaviour == Behaviour::Flooder && !scenario.idle_flooders {
                 world.schedule(epoch, Pending::Flood { node: node.id });
@@ -968,7 +1005,6 @@ impl Simulation {
                 best = (at, Next::Queue);
             }
         }
-        let elapsed = self.world.elapsed();
         for (i, node) in self.nodes.iter().enumerate() {
             let timers = [
                 (node.requester_timer, Machine::Requester),
@@ -978,7 +1014,7 @@ impl Simulation {
                 |(timer, _): &(Option<Instant>, Machine)| timer.is_some_and(|at| at < best.0);
             // The schedule is asked only about a node whose timer would be
             // picked: this runs on every step.
-            if !timers.iter().any(sooner) || !self.world.schedule.up(i, elapsed) {
+            if !timers.iter().any(sooner) || !self.world.up(i) {
                 // A node that is down does nothing until it returns.
                 continue;
             }
@@ -1051,7 +1087,7 @@ impl Simulation {
                         payloads,
                         incarnation,
                     } => {
-                        let up = self.world.schedule.up(node.0, self.world.elapsed());
+                        let up = self.world.up(node.0);
                         if !up || self.world.incarnations[node.0] != incarnation {
                             // The read died with the process.
                             return;
