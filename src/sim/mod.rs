@@ -519,6 +519,8 @@ pub struct Simulation {
     transition_at: Option<Instant>,
     /// Whether every lagger reached its target, as of the last check.
     finished: bool,
+    /// See [`Simulation::flood_request_bytes`].
+    flood_request_bytes: Option<usize>,
 }
 
 impl Simulation {
@@ -671,6 +673,7 @@ impl Simulation {
             steps: 0,
             outcome: None,
             finished: false,
+            flood_request_bytes: None,
             time_cap: epoch.checked_add(scenario_cap),
             channel,
             connected,
@@ -1173,25 +1176,15 @@ impl Simulation {
     /// connection's send buffer has room (so the uplink stays saturated
     /// and the buffers bounded); then the next burst a tick later.
     fn flood(&mut self, node: NodeId) {
-        let t = self.world.elapsed();
         let targets: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|n| {
-                n.id != node
-                    && n.has_responder()
-                    && self.world.schedule.reachable(node.0, n.id.0, t)
-            })
+            .filter(|n| n.id != node && n.has_responder() && self.world.reachable(node.0, n.id.0))
             .map(|n| n.id)
             .collect();
-        if self.world.schedule.up(node.0, t) && !targets.is_empty() {
+        if self.world.up(node.0) && !targets.is_empty() {
             let uplink = self.world.network.uplink_bps(node.0);
-            // The largest a flood request encodes to: a full nonce, the
-            // channel, the chain's last range.
-            let height = self.world.chain.height();
-            let largest =
-                crate::wire::state_request(u64::MAX, self.channel.clone(), height, height + 10);
-            let request_bytes = prost::Message::encoded_len(&largest);
+            let request_bytes = self.flood_request_bytes();
             let per_tick = u128::from(uplink) * FLOOD_TICK.as_nanos()
                 / 8
                 / 1_000_000_000
@@ -1215,6 +1208,18 @@ impl Simulation {
         }
         let next = self.world.now + FLOOD_TICK;
         self.world.schedule(next, Pending::Flood { node });
+    }
+
+    /// The largest a flood request encodes to: a full nonce, the channel,
+    /// the chain's last range. The same for the whole run, so encoded once.
+    fn flood_request_bytes(&mut self) -> usize {
+        let height = self.world.chain.height();
+        let channel = &self.channel;
+        *self.flood_request_bytes.get_or_insert_with(|| {
+            let largest =
+                crate::wire::state_request(u64::MAX, channel.clone(), height, height + 10);
+            prost::Message::encoded_len(&largest)
+        })
     }
 
     /// Every node advertises its height to every node that listens.
