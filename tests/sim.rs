@@ -550,104 +550,86 @@ fn large_fault_sweep() {
     let seeds = sim_seeds(10_000);
     // `SIM_FLOODERS=0` leaves flooders out.
     let flooders = std::env::var("SIM_FLOODERS").map_or(true, |v| v != "0");
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     type Outcome = (
         Vec<(u64, &'static str)>,
         Vec<(f64, f64, f64, u64)>,
         u64,
         Vec<u64>,
     );
-    let results: Vec<Outcome> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|worker| {
-                scope.spawn(move || {
-                    let mut failures = Vec::new();
-                    let mut slowdowns = Vec::new();
-                    let mut starved = Vec::new();
-                    let mut runs = 0;
-                    for seed in (worker..seeds).step_by(threads as usize) {
-                        let (scenario, tuned) = wild(seed, flooders);
-                        let chain = Chain::new(scenario.target_height(), scenario.block_size);
-                        let mut configs: Vec<(&str, Config)> = presets().into();
-                        configs.extend(tuned.map(|c| ("tuned", c)));
-                        for (preset, config) in configs {
-                            let report = run(scenario.clone(), config.clone(), seed, Some(&chain));
-                            runs += 1;
-                            let flooded = scenario.behaviours.contains(&Behaviour::Flooder);
-                            let safe = report.violations == 0 && report.within_bounds();
-                            // Stock Fabric has one FIFO queue for every peer:
-                            // a flood fills it and honest requests are
-                            // dropped. Faithful, so counted, not failed, if
-                            // the flood is the cause: the same cluster with
-                            // the flooder idle passes.
-                            let starved_by_flood = flooded
-                                && preset == "fabric"
-                                && safe
-                                && !report.passed()
-                                && run(
-                                    Scenario {
-                                        idle_flooders: true,
-                                        ..scenario.clone()
-                                    },
-                                    config.clone(),
-                                    seed,
-                                    Some(&chain),
-                                )
-                                .passed();
-                            if starved_by_flood {
-                                starved.push(seed);
-                            } else if !report.passed() {
-                                eprintln!(
-                                    "seed {seed} preset {preset}: {:?} {:?}",
-                                    report.failures(),
-                                    report.violation_messages
-                                );
-                                failures.push((seed, preset));
-                            }
-                            if flooded && preset == "default" {
-                                // Against the same cluster unattacked, and,
-                                // as a placebo, that against itself with its
-                                // machines seeded otherwise: lossy runs are
-                                // chaotic, and the placebo's spread is what
-                                // a flood's ratio is to be read against.
-                                let quiet = Scenario {
-                                    idle_flooders: true,
-                                    ..scenario.clone()
-                                };
-                                let placebo = placebo(&quiet);
-                                let base = run(quiet.clone(), config.clone(), seed, Some(&chain));
-                                let other = run(placebo, config.clone(), seed, Some(&chain));
-                                // Without loss, duplicates and reordering
-                                // the runs are not chaotic: the flood's cost
-                                // is the difference itself.
-                                let clean = |s: &Scenario| lossless(s.clone());
-                                let clean_flooded =
-                                    run(clean(&scenario), config.clone(), seed, Some(&chain));
-                                let clean_quiet = run(clean(&quiet), config, seed, Some(&chain));
-                                let ratio = |a: &Report, b: &Report| {
-                                    Some(
-                                        a.catchup?.as_secs_f64()
-                                            / b.catchup?.as_secs_f64().max(1e-9),
-                                    )
-                                };
-                                if let (Some(flood), Some(chance), Some(clean)) = (
-                                    ratio(&report, &base),
-                                    ratio(&other, &base),
-                                    ratio(&clean_flooded, &clean_quiet),
-                                ) {
-                                    slowdowns.push((flood, chance, clean, seed));
-                                }
-                            }
-                        }
-                    }
-                    (failures, slowdowns, runs, starved)
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("worker"))
-            .collect()
+    // Seed by seed from a shared counter: a few flooded seeds take seconds
+    // each, and a fixed split of the seeds left one core idle behind them.
+    let results: Vec<Outcome> = on_every_core(seeds, |seed| {
+        let mut failures = Vec::new();
+        let mut slowdowns = Vec::new();
+        let mut starved = Vec::new();
+        let mut runs = 0;
+        let (scenario, tuned) = wild(seed, flooders);
+        let chain = Chain::new(scenario.target_height(), scenario.block_size);
+        let mut configs: Vec<(&str, Config)> = presets().into();
+        configs.extend(tuned.map(|c| ("tuned", c)));
+        for (preset, config) in configs {
+            let report = run(scenario.clone(), config.clone(), seed, Some(&chain));
+            runs += 1;
+            let flooded = scenario.behaviours.contains(&Behaviour::Flooder);
+            let safe = report.violations == 0 && report.within_bounds();
+            // Stock Fabric has one FIFO queue for every peer: a flood fills it
+            // and honest requests are dropped. Faithful, so counted, not
+            // failed, if the flood is the cause: the same cluster with the
+            // flooder idle passes.
+            let starved_by_flood = flooded
+                && preset == "fabric"
+                && safe
+                && !report.passed()
+                && run(
+                    Scenario {
+                        idle_flooders: true,
+                        ..scenario.clone()
+                    },
+                    config.clone(),
+                    seed,
+                    Some(&chain),
+                )
+                .passed();
+            if starved_by_flood {
+                starved.push(seed);
+            } else if !report.passed() {
+                eprintln!(
+                    "seed {seed} preset {preset}: {:?} {:?}",
+                    report.failures(),
+                    report.violation_messages
+                );
+                failures.push((seed, preset));
+            }
+            if flooded && preset == "default" {
+                // Against the same cluster unattacked, and, as a placebo, that
+                // against itself with its machines seeded otherwise: lossy runs
+                // are chaotic, and the placebo's spread is what a flood's ratio
+                // is to be read against.
+                let quiet = Scenario {
+                    idle_flooders: true,
+                    ..scenario.clone()
+                };
+                let placebo = placebo(&quiet);
+                let base = run(quiet.clone(), config.clone(), seed, Some(&chain));
+                let other = run(placebo, config.clone(), seed, Some(&chain));
+                // Without loss, duplicates and reordering the runs are not
+                // chaotic: the flood's cost is the difference itself.
+                let clean = |s: &Scenario| lossless(s.clone());
+                let clean_flooded = run(clean(&scenario), config.clone(), seed, Some(&chain));
+                let clean_quiet = run(clean(&quiet), config, seed, Some(&chain));
+                let ratio = |a: &Report, b: &Report| {
+                    Some(a.catchup?.as_secs_f64() / b.catchup?.as_secs_f64().max(1e-9))
+                };
+                if let (Some(flood), Some(chance), Some(clean)) = (
+                    ratio(&report, &base),
+                    ratio(&other, &base),
+                    ratio(&clean_flooded, &clean_quiet),
+                ) {
+                    slowdowns.push((flood, chance, clean, seed));
+                }
+            }
+        }
+        Some((failures, slowdowns, runs, starved))
     });
     let mut failures: Vec<_> = results.iter().flat_map(|r| r.0.clone()).collect();
     failures.sort_unstable();
@@ -705,18 +687,24 @@ fn lossless(scenario: Scenario) -> Scenario {
 }
 
 /// `per_seed` over seeds `0..seeds`, spread over every core; what it
-/// returns, in no particular order.
+/// returns, in seed order. Each core takes the next seed from a shared
+/// counter, so one slow seed does not hold back the seeds after it.
 fn on_every_core<T: Send>(seeds: u64, per_seed: impl Fn(u64) -> Option<T> + Sync) -> Vec<T> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    let per_seed = &per_seed;
-    std::thread::scope(|scope| {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let (per_seed, next) = (&per_seed, &next);
+    let mut results: Vec<(u64, T)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
-            .map(|worker| {
+            .map(|_| {
                 scope.spawn(move || {
-                    (worker..seeds)
-                        .step_by(threads as usize)
-                        .filter_map(per_seed)
-                        .collect::<Vec<_>>()
+                    let mut done = Vec::new();
+                    loop {
+                        let seed = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if seed >= seeds {
+                            break done;
+                        }
+                        done.extend(per_seed(seed).map(|t| (seed, t)));
+                    }
                 })
             })
             .collect();
@@ -724,7 +712,9 @@ fn on_every_core<T: Send>(seeds: u64, per_seed: impl Fn(u64) -> Option<T> + Sync
             .into_iter()
             .flat_map(|w| w.join().expect("worker"))
             .collect()
-    })
+    });
+    results.sort_by_key(|&(seed, _)| seed);
+    results.into_iter().map(|(_, t)| t).collect()
 }
 
 /// What a flood costs without loss, duplicates and reordering (no chaos:

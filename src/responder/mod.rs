@@ -253,6 +253,14 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         }
     }
 
+    /// Requests queued and reads in progress: [`stats`](Self::stats)'s
+    /// `queued` and `reading` without the copy of every counter, for the
+    /// simulator's peaks, read after each of a flood's requests.
+    #[cfg(feature = "sim")]
+    pub(crate) fn load(&self) -> (usize, usize) {
+        (self.queue.len(), self.reads.len())
+    }
+
     /// Whether `peer` is in the background: most of its recent requests
     /// asked for blocks we had just served it, as a flood does (a peer
     /// catching up asks for each block about once). Its reads start only
@@ -479,22 +487,28 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         let slots = self.config.max_concurrent_reads;
         let per_peer = (slots - slots / 4).max(1);
         let background_slots = (slots / 4).max(1);
-        if self.queue.is_empty() {
-            return; // the usual case: nothing waits for a slot
+        if self.queue.is_empty() || self.reads.len() >= slots {
+            // The usual cases: nothing waits for a slot, or (a slow host
+            // under a flood) no slot is free.
+            return;
         }
-        // Reads in progress by peer, and those of peers in the background.
-        let mut reading: BTreeMap<P, usize> = BTreeMap::new();
-        let mut background_reads = 0;
-        for read in self.reads.values().filter(|read| !read.orphaned) {
-            *reading.entry(read.job.from.clone()).or_default() += 1;
-            if self.priorities.is_background(&read.job.from) {
-                background_reads += 1;
-            }
-        }
+        // Reads of peers in the background. A peer's own reads are counted
+        // in `reads` when asked: at most `max_concurrent_reads` of them,
+        // where a map by peer cost an allocation for every read started.
+        let mut background_reads = self
+            .reads
+            .values()
+            .filter(|read| !read.orphaned && self.priorities.is_background(&read.job.from))
+            .count();
         while self.reads.len() < slots {
             let priorities = &self.priorities;
+            let reads = &self.reads;
             let allowed = |peer: &P| {
-                reading.get(peer).copied().unwrap_or(0) < per_peer
+                let reading = reads
+                    .values()
+                    .filter(|read| !read.orphaned && read.job.from.cmp(peer).is_eq())
+                    .count();
+                reading < per_peer
                     && (background_reads < background_slots || !priorities.is_background(peer))
             };
             let Some(job) = self
@@ -503,7 +517,6 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             else {
                 break;
             };
-            *reading.entry(job.from.clone()).or_default() += 1;
             if priorities.is_background(&job.from) {
                 background_reads += 1;
             }

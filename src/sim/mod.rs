@@ -74,6 +74,7 @@
 //!   `poll_timeout` is later than now.
 
 mod chain;
+mod events;
 mod faults;
 pub mod matrix;
 pub mod network;
@@ -95,6 +96,7 @@ pub use scenario::{Behaviour, Overclaim, Scenario, ScenarioError};
 
 use crate::wire::gossip::Payload;
 use crate::{Config, ConfigError, SeqRange, Ticket};
+use events::Events;
 use faults::Schedule;
 use node::{Machine, Node};
 
@@ -195,6 +197,15 @@ enum Next {
 #[derive(Debug)]
 pub(crate) struct World {
     pub(crate) now: Instant,
+    /// `now - epoch`, kept with `now` (see `set_now`): the schedule of
+    /// outages and partitions is asked at it on every send and delivery.
+    elapsed: Duration,
+    /// The schedule's answers as of `elapsed`, per node and per ordered
+    /// pair (`a * nodes + b`), until `reach_until`: it changes only at its
+    /// transitions, and is asked on every send, delivery and step.
+    up: Vec<bool>,
+    reach: Vec<bool>,
+    reach_until: Option<Duration>,
     pub(crate) config: Config,
     pub(crate) chain: Chain,
     pub(crate) rng: fastrand::Rng,
@@ -206,8 +217,9 @@ pub(crate) struct World {
     pub(crate) caught_up: usize,
     /// Carries encoded messages with their connection's generation.
     network: Network<(Wire, u64)>,
-    queue: BTreeMap<(Instant, u64), Pending>,
-    sequence: u64,
+    /// What left an uplink, kept between steps for its allocation.
+    deliveries: Vec<Delivery<(Wire, u64)>>,
+    queue: Events<Pending>,
     slow_delay: Duration,
     violations: u64,
     violation_messages: Vec<String>,
@@ -216,8 +228,9 @@ pub(crate) struct World {
     /// byzantine peer could overhear.
     overheard: BTreeMap<NodeId, VecDeque<(u64, NodeId, SeqRange)>>,
     schedule: Schedule,
-    /// Per unordered pair, bumped each time its connection breaks.
-    generations: BTreeMap<(usize, usize), u64>,
+    /// Per unordered pair `(a, b)`, `a <= b`, at `a * nodes + b`: bumped
+    /// each time its connection breaks.
+    generations: Vec<u64>,
     /// Per node, bumped at each restart.
     incarnations: Vec<u64>,
     overclaim_by: u64,
@@ -239,8 +252,7 @@ pub(crate) struct World {
 
 impl World {
     fn schedule(&mut self, at: Instant, pending: Pending) {
-        self.sequence += 1;
-        self.queue.insert((at, self.sequence), pending);
+        self.queue.push(at, pending);
     }
 
     /// Whether `from` may send to `to` now. If not (the connection's send
@@ -255,18 +267,52 @@ impl World {
         self.network.has_room(from.0, to.0)
     }
 
+    /// `now`, and `elapsed` with it.
+    fn set_now(&mut self, now: Instant) {
+        self.now = now;
+        self.elapsed = now.duration_since(self.epoch);
+        if self.reach_until.is_some_and(|until| self.elapsed >= until) {
+            self.refresh_reach();
+        }
+    }
+
+    /// Who is up and who reaches whom from now until the schedule's next
+    /// transition, when it is asked again.
+    fn refresh_reach(&mut self) {
+        let t = self.elapsed;
+        let n = self.incarnations.len();
+        self.up = (0..n).map(|i| self.schedule.up(i, t)).collect();
+        self.reach = (0..n * n)
+            .map(|ab| self.schedule.reachable(ab / n, ab % n, t))
+            .collect();
+        self.reach_until = self.schedule.next_after(t);
+    }
+
+    /// Whether `node` is running now.
+    pub(crate) fn up(&self, node: usize) -> bool {
+        match self.up.get(node) {
+            Some(&up) => up,
+            None => self.schedule.up(node, self.elapsed),
+        }
+    }
+
     fn elapsed(&self) -> Duration {
-        self.now.duration_since(self.epoch)
+        self.elapsed
     }
 
     /// Whether `a` and `b` can reach each other now.
     pub(crate) fn reachable(&self, a: usize, b: usize) -> bool {
-        self.schedule.reachable(a, b, self.elapsed())
+        let n = self.incarnations.len();
+        match self.reach.get(a * n + b) {
+            Some(&reach) if a < n && b < n => reach,
+            _ => self.schedule.reachable(a, b, self.elapsed),
+        }
     }
 
     fn generation(&self, a: usize, b: usize) -> u64 {
+        let n = self.incarnations.len();
         self.generations
-            .get(&(a.min(b), a.max(b)))
+            .get(a.min(b) * n + a.max(b))
             .copied()
             .unwrap_or(0)
     }
@@ -337,12 +383,13 @@ impl World {
 
     /// Messages that left an uplink go on their way.
     fn transmit(&mut self, wake: Wake) {
-        let (deliveries, next) = self.network.transmit(self.now, wake);
+        let mut deliveries = std::mem::take(&mut self.deliveries);
+        let next = self.network.transmit_into(self.now, wake, &mut deliveries);
         for Delivery {
             to,
             at,
             message: (bytes, generation),
-        } in deliveries
+        } in deliveries.drain(..)
         {
             if matches!(bytes, Wire::Opaque) {
                 // Nobody reads it: it has taken its share of the links.
@@ -356,6 +403,7 @@ impl World {
             };
             self.schedule(at, pending);
         }
+        self.deliveries = deliveries;
         if let Some(wake) = next {
             self.schedule(wake.at, Pending::Uplink(wake));
         }
@@ -471,6 +519,8 @@ pub struct Simulation {
     transition_at: Option<Instant>,
     /// Whether every lagger reached its target, as of the last check.
     finished: bool,
+    /// See [`Simulation::flood_request_bytes`].
+    flood_request_bytes: Option<usize>,
 }
 
 impl Simulation {
@@ -574,6 +624,10 @@ impl Simulation {
             .and_then(|d| epoch.checked_add(d));
         let world = World {
             now: epoch,
+            elapsed: Duration::ZERO,
+            up: Vec::new(),
+            reach: Vec::new(),
+            reach_until: None,
             max_block_bytes: chain.max_block_bytes() as u64,
             config,
             chain,
@@ -582,15 +636,15 @@ impl Simulation {
             bytes_received: 0,
             caught_up: 0,
             network,
-            queue: BTreeMap::new(),
-            sequence: 0,
+            deliveries: Vec::new(),
+            queue: Events::new(),
             slow_delay: scenario.slow_delay,
             violations: 0,
             violation_messages: Vec::new(),
             epoch,
             overheard: BTreeMap::new(),
             schedule,
-            generations: BTreeMap::new(),
+            generations: vec![0; total * total],
             incarnations: vec![0; total],
             overclaim_by: scenario.overclaim_by,
             last_progress: epoch,
@@ -603,6 +657,7 @@ impl Simulation {
             trace: None,
         };
         let mut world = world;
+        world.refresh_reach();
         for node in &nodes {
             if node.behaviour == Behaviour::Flooder && !scenario.idle_flooders {
                 world.schedule(epoch, Pending::Flood { node: node.id });
@@ -618,6 +673,7 @@ impl Simulation {
             steps: 0,
             outcome: None,
             finished: false,
+            flood_request_bytes: None,
             time_cap: epoch.checked_add(scenario_cap),
             channel,
             connected,
@@ -673,7 +729,7 @@ impl Simulation {
             if self.time_cap.is_some_and(|cap| at > cap) {
                 break Outcome::TimeCap;
             }
-            self.world.now = self.world.now.max(at);
+            self.world.set_now(self.world.now.max(at));
             self.step(next);
             self.steps += 1;
             if self.steps.is_multiple_of(PROGRESS_EVERY) {
@@ -947,21 +1003,24 @@ impl Simulation {
                 best = (at, Next::Transition);
             }
         }
-        if let Some((&(at, _), _)) = self.world.queue.first_key_value() {
+        if let Some(at) = self.world.queue.first_at() {
             if at < best.0 {
                 best = (at, Next::Queue);
             }
         }
-        let elapsed = self.world.elapsed();
         for (i, node) in self.nodes.iter().enumerate() {
-            if !self.world.schedule.up(i, elapsed) {
-                // A node that is down does nothing until it returns.
-                continue;
-            }
             let timers = [
                 (node.requester_timer, Machine::Requester),
                 (node.responder_timer, Machine::Responder),
             ];
+            let sooner =
+                |(timer, _): &(Option<Instant>, Machine)| timer.is_some_and(|at| at < best.0);
+            // The schedule is asked only about a node whose timer would be
+            // picked: this runs on every step.
+            if !timers.iter().any(sooner) || !self.world.up(i) {
+                // A node that is down does nothing until it returns.
+                continue;
+            }
             for (timer, machine) in timers {
                 if let Some(at) = timer {
                     if at < best.0 {
@@ -984,7 +1043,7 @@ impl Simulation {
                 None
             }
             Next::Queue => {
-                let Some((_, pending)) = self.world.queue.pop_first() else {
+                let Some((_, pending)) = self.world.queue.pop() else {
                     return;
                 };
                 match pending {
@@ -1031,7 +1090,7 @@ impl Simulation {
                         payloads,
                         incarnation,
                     } => {
-                        let up = self.world.schedule.up(node.0, self.world.elapsed());
+                        let up = self.world.up(node.0);
                         if !up || self.world.incarnations[node.0] != incarnation {
                             // The read died with the process.
                             return;
@@ -1079,7 +1138,7 @@ impl Simulation {
                     self.connected[a][b] = now;
                     changed.push((a, b, now));
                     if a < b && !now {
-                        *self.world.generations.entry((a, b)).or_default() += 1;
+                        self.world.generations[a * n + b] += 1;
                         let at = self.world.now;
                         for wake in self.world.network.disconnect(at, a, b) {
                             self.world.schedule(wake.at, Pending::Uplink(wake));
@@ -1117,25 +1176,15 @@ impl Simulation {
     /// connection's send buffer has room (so the uplink stays saturated
     /// and the buffers bounded); then the next burst a tick later.
     fn flood(&mut self, node: NodeId) {
-        let t = self.world.elapsed();
         let targets: Vec<NodeId> = self
             .nodes
             .iter()
-            .filter(|n| {
-                n.id != node
-                    && n.has_responder()
-                    && self.world.schedule.reachable(node.0, n.id.0, t)
-            })
+            .filter(|n| n.id != node && n.has_responder() && self.world.reachable(node.0, n.id.0))
             .map(|n| n.id)
             .collect();
-        if self.world.schedule.up(node.0, t) && !targets.is_empty() {
+        if self.world.up(node.0) && !targets.is_empty() {
             let uplink = self.world.network.uplink_bps(node.0);
-            // The largest a flood request encodes to: a full nonce, the
-            // channel, the chain's last range.
-            let height = self.world.chain.height();
-            let largest =
-                crate::wire::state_request(u64::MAX, self.channel.clone(), height, height + 10);
-            let request_bytes = prost::Message::encoded_len(&largest);
+            let request_bytes = self.flood_request_bytes();
             let per_tick = u128::from(uplink) * FLOOD_TICK.as_nanos()
                 / 8
                 / 1_000_000_000
@@ -1159,6 +1208,18 @@ impl Simulation {
         }
         let next = self.world.now + FLOOD_TICK;
         self.world.schedule(next, Pending::Flood { node });
+    }
+
+    /// The largest a flood request encodes to: a full nonce, the channel,
+    /// the chain's last range. The same for the whole run, so encoded once.
+    fn flood_request_bytes(&mut self) -> usize {
+        let height = self.world.chain.height();
+        let channel = &self.channel;
+        *self.flood_request_bytes.get_or_insert_with(|| {
+            let largest =
+                crate::wire::state_request(u64::MAX, channel.clone(), height, height + 10);
+            prost::Message::encoded_len(&largest)
+        })
     }
 
     /// Every node advertises its height to every node that listens.

@@ -44,7 +44,7 @@
 //! duplicate takes a second downlink slot; a reordered one gets a uniform
 //! extra delay in `(0, reorder_delay]` after its downlink slot.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Work units per bit: a flow served alone at `r` bit/s for one nanosecond
@@ -106,7 +106,8 @@ struct Downlink {
     free_at: Instant,
 }
 
-/// One connection's messages on an uplink, the first being sent.
+/// One connection's messages on an uplink, the first being sent. It is
+/// active (shares the uplink) while its queue holds a message.
 #[derive(Debug, Clone)]
 struct Flow<M> {
     queue: VecDeque<Queued<M>>,
@@ -117,8 +118,25 @@ struct Flow<M> {
     finish: u128,
     /// When the first message started.
     started: Instant,
-    /// Sent only while no foreground connection has data queued.
+    /// In the background class: sent only while no foreground connection
+    /// has data queued. Kept while the connection is idle.
     background: bool,
+}
+
+impl<M> Flow<M> {
+    fn idle(epoch: Instant) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            messages: 0,
+            finish: 0,
+            started: epoch,
+            background: false,
+        }
+    }
+
+    fn active(&self) -> bool {
+        !self.queue.is_empty()
+    }
 }
 
 /// A message queued on a connection.
@@ -149,26 +167,44 @@ impl<M> Queued<M> {
 #[derive(Debug, Clone)]
 struct Uplink<M> {
     bits_per_second: u64,
-    /// Active connections, by receiver.
-    flows: BTreeMap<usize, Flow<M>>,
+    /// Connections, by receiver (a vector: the receivers are few, and a
+    /// flood puts millions of messages through them).
+    flows: Vec<Flow<M>>,
+    /// Active connections: all, and those in the foreground class.
+    active: usize,
+    foreground: usize,
     /// Work units each active connection of a class has received since
     /// the start: foreground, background.
     virtual_time: [u128; 2],
     updated: Instant,
     epoch: u64,
-    /// Receivers whose connection is in the background class.
-    background: BTreeSet<usize>,
 }
 
 impl<M> Uplink<M> {
     /// The class being served now (background only while no foreground
     /// connection has data) and how many connections share it.
     fn serving(&self) -> (usize, u128) {
-        let foreground = self.flows.values().filter(|f| !f.background).count();
-        if foreground > 0 {
-            (0, foreground as u128)
+        if self.foreground > 0 {
+            (0, self.foreground as u128)
         } else {
-            (1, self.flows.len() as u128)
+            (1, self.active as u128)
+        }
+    }
+
+    /// The active connection to `to`, if any.
+    fn flow_mut(&mut self, to: usize) -> Option<&mut Flow<M>> {
+        self.flows.get_mut(to).filter(|f| f.active())
+    }
+
+    /// Counts a connection of the class `background` in (`joins`) or out
+    /// of the active ones.
+    fn count(&mut self, background: bool, joins: bool) {
+        if joins {
+            self.active += 1;
+            self.foreground += usize::from(!background);
+        } else {
+            self.active -= 1;
+            self.foreground -= usize::from(!background);
         }
     }
 
@@ -194,8 +230,8 @@ impl<M> Uplink<M> {
         let (class, active) = self.serving();
         let finish = self
             .flows
-            .values()
-            .filter(|f| usize::from(f.background) == class)
+            .iter()
+            .filter(|f| f.active() && usize::from(f.background) == class)
             .map(|f| f.finish)
             .min()?;
         if self.bits_per_second == 0 {
@@ -258,11 +294,17 @@ pub struct Network<M> {
     down: Vec<Downlink>,
     faults: Faults,
     seed: u64,
-    /// Per connection, the RNG its faults are drawn from: one connection's
-    /// traffic (a flood, say) does not shift another's faults.
-    rngs: BTreeMap<(usize, usize), fastrand::Rng>,
+    /// Per connection (`from * receivers + to`), the RNG its faults are
+    /// drawn from, made on first use: one connection's traffic (a flood,
+    /// say) does not shift another's faults.
+    rngs: Vec<Option<fastrand::Rng>>,
+    /// The same for connections outside `rngs` (a node without a link).
+    other_rngs: BTreeMap<(usize, usize), fastrand::Rng>,
     stats: NetStats,
     send_buffer: usize,
+    /// Messages that left an uplink, kept between calls of `transmit`
+    /// for their allocation.
+    left: Vec<(usize, usize, Instant, M)>,
 }
 
 impl<M: Clone> Network<M> {
@@ -286,11 +328,12 @@ impl<M: Clone> Network<M> {
                 .iter()
                 .map(|&bits_per_second| Uplink {
                     bits_per_second,
-                    flows: BTreeMap::new(),
+                    flows: (0..downlinks.len()).map(|_| Flow::idle(epoch)).collect(),
+                    active: 0,
+                    foreground: 0,
                     virtual_time: [0; 2],
                     updated: epoch,
                     epoch: 0,
-                    background: BTreeSet::new(),
                 })
                 .collect(),
             down: downlinks
@@ -302,9 +345,11 @@ impl<M: Clone> Network<M> {
                 .collect(),
             faults,
             seed,
-            rngs: BTreeMap::new(),
+            rngs: (0..uplinks.len() * downlinks.len()).map(|_| None).collect(),
+            other_rngs: BTreeMap::new(),
             stats: NetStats::default(),
             send_buffer,
+            left: Vec::new(),
         }
     }
 
@@ -331,8 +376,8 @@ impl<M: Clone> Network<M> {
     pub fn has_room(&self, from: usize, to: usize) -> bool {
         self.up
             .get(from)
-            .and_then(|u| u.flows.get(&to))
-            .is_none_or(|f| f.messages < self.send_buffer)
+            .and_then(|u| u.flows.get(to))
+            .is_none_or(|f| !f.active() || f.messages < self.send_buffer)
     }
 
     /// [`has_room`](Self::has_room), counting a message dropped if not.
@@ -372,7 +417,7 @@ impl<M: Clone> Network<M> {
         bytes: usize,
         message: M,
     ) -> Option<Wake> {
-        if let Some(flow) = self.up.get_mut(from).and_then(|u| u.flows.get_mut(&to)) {
+        if let Some(flow) = self.up.get_mut(from).and_then(|u| u.flow_mut(to)) {
             if flow.queue.len() >= 2 && flow.messages < self.send_buffer {
                 if let Some(last) = flow.queue.back_mut().filter(|q| q.mergeable) {
                     last.bytes += bytes;
@@ -395,26 +440,26 @@ impl<M: Clone> Network<M> {
         self.stats.sent_bytes += queued.bytes as u64;
         let uplink = &mut self.up[from];
         uplink.advance(now);
-        if let Some(flow) = uplink.flows.get_mut(&to) {
+        if let Some(flow) = uplink.flow_mut(to) {
             // Behind the connection's earlier messages: nothing changes
             // until they have left.
             flow.messages += queued.count;
             flow.queue.push_back(queued);
             return None;
         }
-        let background = uplink.background.contains(&to);
-        let finish = uplink.virtual_time[usize::from(background)]
-            + work(queued.bytes, uplink.bits_per_second);
-        uplink.flows.insert(
-            to,
-            Flow {
-                messages: queued.count,
-                queue: VecDeque::from([queued]),
-                finish,
-                started: now,
-                background,
-            },
-        );
+        let [foreground_time, background_time] = uplink.virtual_time;
+        let work = work(queued.bytes, uplink.bits_per_second);
+        let flow = &mut uplink.flows[to];
+        let background = flow.background;
+        flow.finish = if background {
+            background_time
+        } else {
+            foreground_time
+        } + work;
+        flow.messages = queued.count;
+        flow.queue.push_back(queued);
+        flow.started = now;
+        uplink.count(background, true);
         uplink.wake(from, now)
     }
 
@@ -430,17 +475,22 @@ impl<M: Clone> Network<M> {
         background: bool,
     ) -> Option<Wake> {
         let uplink = self.up.get_mut(from)?;
-        let changed = if background {
-            uplink.background.insert(to)
-        } else {
-            uplink.background.remove(&to)
-        };
-        if !changed {
+        let flow = uplink.flows.get_mut(to)?;
+        if flow.background == background {
             return None;
         }
+        let active = flow.active();
+        if !active {
+            flow.background = background;
+        }
         uplink.advance(now);
+        if !active {
+            return None;
+        }
+        uplink.count(!background, false);
+        uplink.count(background, true);
         let [foreground_time, background_time] = uplink.virtual_time;
-        let flow = uplink.flows.get_mut(&to)?;
+        let flow = &mut uplink.flows[to];
         // What is left of its first message carries over to the new class.
         let (old, new) = if background {
             (foreground_time, background_time)
@@ -456,25 +506,34 @@ impl<M: Clone> Network<M> {
     /// their delivery instants (none if lost, two if duplicated), and the
     /// uplink's next schedule. A superseded `wake` does nothing.
     pub fn transmit(&mut self, now: Instant, wake: Wake) -> (Vec<Delivery<M>>, Option<Wake>) {
+        let mut deliveries = Vec::new();
+        let next = self.transmit_into(now, wake, &mut deliveries);
+        (deliveries, next)
+    }
+
+    /// [`transmit`](Self::transmit), appending the deliveries to
+    /// `deliveries` (a host reuses one vector for every call).
+    pub fn transmit_into(
+        &mut self,
+        now: Instant,
+        wake: Wake,
+        deliveries: &mut Vec<Delivery<M>>,
+    ) -> Option<Wake> {
         let from = wake.node;
-        let Some(uplink) = self.up.get_mut(from) else {
-            return (Vec::new(), None);
-        };
+        let uplink = self.up.get_mut(from)?;
         if uplink.epoch != wake.epoch {
-            return (Vec::new(), None);
+            return None;
         }
         uplink.advance(now);
-        let done: Vec<usize> = uplink
-            .flows
-            .iter()
-            .filter(|(_, f)| uplink.done(f))
-            .map(|(&to, _)| to)
-            .collect();
-        let mut left = Vec::with_capacity(done.len());
-        for to in done {
-            let Some(flow) = uplink.flows.get_mut(&to) else {
+        let mut left = std::mem::take(&mut self.left);
+        // By receiver, as they left; one connection's departure changes no
+        // other's.
+        for to in 0..uplink.flows.len() {
+            let flow = &uplink.flows[to];
+            if !flow.active() || !uplink.done(flow) {
                 continue;
-            };
+            }
+            let flow = &mut uplink.flows[to];
             let Some(Queued {
                 bytes,
                 message,
@@ -493,16 +552,17 @@ impl<M: Clone> Network<M> {
                     flow.started = now;
                 }
                 None => {
-                    uplink.flows.remove(&to);
+                    let background = flow.background;
+                    uplink.count(background, false);
                 }
             }
         }
         let next = uplink.wake(from, now);
-        let mut deliveries = Vec::new();
-        for (to, bytes, started, message) in left {
-            self.deliver(now, from, to, bytes, started, message, &mut deliveries);
+        for (to, bytes, started, message) in left.drain(..) {
+            self.deliver(now, from, to, bytes, started, message, deliveries);
         }
-        (deliveries, next)
+        self.left = left;
+        next
     }
 
     /// The connection between `a` and `b` broke: both directions lose what
@@ -514,8 +574,12 @@ impl<M: Clone> Network<M> {
                 continue;
             };
             uplink.advance(now);
-            if let Some(flow) = uplink.flows.remove(&to) {
+            if let Some(flow) = uplink.flow_mut(to) {
                 self.stats.flushed += flow.messages as u64;
+                flow.queue.clear();
+                flow.messages = 0;
+                let background = flow.background;
+                uplink.count(background, false);
                 // Fewer connections share the uplink: the others speed up.
                 wakes.extend(uplink.wake(from, now));
             }
@@ -602,11 +666,17 @@ impl<M: Clone> Network<M> {
 
     fn rng(&mut self, from: usize, to: usize) -> &mut fastrand::Rng {
         let seed = self.seed;
-        self.rngs.entry((from, to)).or_insert_with(|| {
+        let make = || {
             // Distinct, well-mixed streams per connection.
             let stream = ((from as u64) << 32 | to as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
             fastrand::Rng::with_seed(seed ^ stream)
-        })
+        };
+        let receivers = self.down.len();
+        if from < self.up.len() && to < receivers {
+            self.rngs[from * receivers + to].get_or_insert_with(make)
+        } else {
+            self.other_rngs.entry((from, to)).or_insert_with(make)
+        }
     }
 }
 

@@ -18,6 +18,10 @@ use crate::{
     ResponderAction, ResponderEvent, SeqRange, StateResponder, Ticket,
 };
 
+/// What an answer to a sink carries in place of its blocks (see
+/// [`Node::read`]); a longer block is cloned.
+static OPAQUE: [u8; 32 * 1024] = [0; 32 * 1024];
+
 /// A simulated peer's id: its index in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId(pub usize);
@@ -67,6 +71,10 @@ pub(crate) struct Node {
     pub(crate) rejected: u64,
     /// The block this node holds a bad copy of, if any.
     pub(crate) bad_block: Option<u64>,
+    /// That bad copy, once forged.
+    forged: Option<Bytes>,
+    /// A payload vector kept for the next read (see [`Node::read`]).
+    spare_payloads: Vec<Payload>,
     /// Give-ups of this node's requester, by reason.
     pub(crate) give_ups: BTreeMap<&'static str, u64>,
     /// Requests sent by earlier incarnations (a restart loses the stats).
@@ -125,6 +133,8 @@ impl Node {
             refused_requests: 0,
             rejected: 0,
             bad_block: None,
+            forged: None,
+            spare_payloads: Vec::new(),
             give_ups: BTreeMap::new(),
             past_requests: 0,
             bytes_received: 0,
@@ -308,7 +318,10 @@ impl Node {
     /// A state request from `from`, to the responder.
     fn on_request(&mut self, w: &mut World, from: NodeId, message: GossipMessage) {
         let now = w.now;
-        if self.behaviour == Behaviour::Byzantine {
+        // Answers to a sink are never corrupted (they are not encoded), so
+        // a flooder's requests are not remembered: a flood's millions would
+        // only grow the map.
+        if self.behaviour == Behaviour::Byzantine && !w.is_sink(from) {
             if let Some(r) = wire::as_state_request(&message) {
                 if let Some(range) = SeqRange::new(r.start_seq_num, r.end_seq_num) {
                     self.byzantine_ranges.insert(message.nonce, range);
@@ -323,9 +336,9 @@ impl Node {
                 self.refused_requests += 1;
             }
             // Before the host serves the read: the load as admitted.
-            let stats = responder.stats();
-            self.peak_queued = self.peak_queued.max(stats.queued);
-            self.peak_reading = self.peak_reading.max(stats.reading);
+            let (queued, reading) = responder.load();
+            self.peak_queued = self.peak_queued.max(queued);
+            self.peak_reading = self.peak_reading.max(reading);
         }
     }
 
@@ -456,11 +469,11 @@ impl Node {
         match action {
             ResponderAction::ReadBlocks {
                 ticket,
-                to: _,
+                to,
                 range,
                 max_bytes,
             } => {
-                let payloads = self.read(w, range, max_bytes);
+                let payloads = self.read(w, range, max_bytes, w.is_sink(to));
                 if self.behaviour == Behaviour::Slow {
                     w.read_later(self.id, ticket, payloads);
                 } else if let Some(responder) = self.responder.as_mut() {
@@ -488,6 +501,12 @@ impl Node {
                 }
                 if w.is_sink(to) {
                     w.send_unencoded(self.id, to, message.encoded_len(), Wire::Opaque);
+                    // Its payload vector serves the next read.
+                    if let Some(Content::StateResponse(response)) = message.content {
+                        let mut payloads = response.payloads;
+                        payloads.clear();
+                        self.spare_payloads = payloads;
+                    }
                     return;
                 }
                 let bytes = if self.behaviour == Behaviour::Byzantine {
@@ -656,10 +675,17 @@ impl Node {
 
     /// Reads the longest prefix of `range` below our height that fits in
     /// `max_bytes` (at least one block).
-    fn read(&self, w: &World, range: SeqRange, max_bytes: usize) -> Vec<Payload> {
+    ///
+    /// For a read whose answer goes to a sink (`opaque`), the blocks are
+    /// zeros of their length: only an answer's size is ever looked at
+    /// (see [`World::send_unencoded`]), and static bytes are cloned and
+    /// dropped without touching a reference count, on a flood's every
+    /// answer.
+    fn read(&mut self, w: &World, range: SeqRange, max_bytes: usize, opaque: bool) -> Vec<Payload> {
         let end = range.end().min(self.height.saturating_sub(1));
         let blocks = end.saturating_add(1).saturating_sub(range.start());
-        let mut payloads = Vec::with_capacity(usize::try_from(blocks).unwrap_or(0).min(64));
+        let mut payloads = std::mem::take(&mut self.spare_payloads);
+        payloads.reserve(usize::try_from(blocks).unwrap_or(0).min(64));
         let mut total = 0usize;
         for seq in range.start()..=end {
             if seq >= self.height {
@@ -668,12 +694,13 @@ impl Node {
             let Some(block) = w.chain.block(seq) else {
                 break;
             };
-            let bad;
             let block = if self.bad_block == Some(seq) {
-                // Seeded by the block: the same bad copy on every read.
-                let mut rng = fastrand::Rng::with_seed(seq);
-                bad = forged_block(seq, w.chain.block_size(), &mut rng);
-                &bad
+                // Seeded by the block: the same bad copy on every read, so
+                // it is forged once.
+                self.forged.get_or_insert_with(|| {
+                    let mut rng = fastrand::Rng::with_seed(seq);
+                    forged_block(seq, w.chain.block_size(), &mut rng)
+                })
             } else {
                 block
             };
@@ -681,9 +708,13 @@ impl Node {
                 break;
             }
             total += block.len();
+            let data = match OPAQUE.get(..block.len()) {
+                Some(zeros) if opaque => Bytes::from_static(zeros),
+                _ => block.clone(),
+            };
             payloads.push(Payload {
                 seq_num: seq,
-                data: block.clone(),
+                data,
                 private_data: Vec::new(),
             });
         }
@@ -771,9 +802,9 @@ impl Node {
     /// Checks the requester's bounds after a step.
     pub(crate) fn check(&mut self, w: &mut World) {
         if let Some(responder) = self.responder.as_ref() {
-            let stats = responder.stats();
-            self.peak_queued = self.peak_queued.max(stats.queued);
-            self.peak_reading = self.peak_reading.max(stats.reading);
+            let (queued, reading) = responder.load();
+            self.peak_queued = self.peak_queued.max(queued);
+            self.peak_reading = self.peak_reading.max(reading);
         }
         let Some(requester) = self.requester.as_ref() else {
             return;
