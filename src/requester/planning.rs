@@ -525,12 +525,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             }
         }
         if let Some((_, peer)) = best {
-            if let Some(request) = self.requests.get_mut(id) {
-                request.hedges += 1;
-            }
-            self.stats.hedges += 1;
-            emit!(DEBUG, ?peer, %range, "end-game copy");
-            self.send_attempt(now, id, peer, Send::Hedge);
+            self.send_hedge(now, id, peer, "end-game copy");
             return true;
         }
         false
@@ -647,6 +642,18 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 return nonce;
             }
         }
+    }
+
+    /// Sends request `id` to `peer` as a hedge (`why`: which kind, for the
+    /// trace), counted against the request's [`MAX_HEDGES`](super::MAX_HEDGES).
+    pub(super) fn send_hedge(&mut self, now: Instant, id: u64, peer: P, why: &'static str) {
+        if let Some(request) = self.requests.get_mut(id) {
+            request.hedges += 1;
+        }
+        self.stats.hedges += 1;
+        emit!(DEBUG, ?peer, id, why, "hedge");
+        let _ = why; // read by `emit!` only with the `tracing` feature
+        self.send_attempt(now, id, peer, Send::Hedge);
     }
 
     /// Sends request `id` to `to` under a fresh nonce of its own.

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::peers::HEDGE_HEADROOM;
 use super::requests::{Attempt, AttemptState};
-use super::{AntiEntropy, Send, MAX_HEDGES};
+use super::{AntiEntropy, MAX_HEDGES};
 
 impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     pub(super) fn expire(&mut self, now: Instant) {
@@ -267,12 +267,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             let Some(peer) = choice else {
                 return;
             };
-            if let Some(request) = self.requests.get_mut(id) {
-                request.hedges += 1;
-            }
-            self.stats.hedges += 1;
-            emit!(DEBUG, ?peer, %range, "hedge of a silent peer's range");
-            self.send_attempt(now, id, peer, Send::Hedge);
+            self.send_hedge(now, id, peer, "a silent peer's range");
         }
     }
 
@@ -316,12 +311,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             .filter(|peer| !exclude.contains(peer));
         match choice {
             Some(peer) => {
-                if let Some(request) = self.requests.get_mut(id) {
-                    request.hedges += 1;
-                }
-                self.stats.hedges += 1;
-                emit!(DEBUG, ?peer, %range, "hedge");
-                self.send_attempt(now, id, peer, Send::Hedge);
+                self.send_hedge(now, id, peer, "the commit point's range");
                 self.hedge_silent_peers_ranges(now, id);
             }
             None => {
