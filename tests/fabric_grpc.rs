@@ -781,3 +781,64 @@ async fn a_background_message_waits_for_every_foreground_one() {
     until("the stalled peer's", || one.stats().state_in == 16).await;
     until("the background one", || received() == 2).await;
 }
+
+// A peer that stops reading holds the gate only until its stream has
+// taken nothing for 2 s, and its stream is closed after the write timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_holds_neither_the_gate_nor_its_stream() {
+    use antientropy::adapters::Transport;
+    let ca = Ca::new("ca");
+    let (s, c1, c2) = (
+        Crypto::new(&ca, "server"),
+        Crypto::new(&ca, "one"),
+        Crypto::new(&ca, "two"),
+    );
+    let mut serving_config = config();
+    serving_config.write_timeout = Duration::from_secs(6);
+    let mut serving = transport(&ca, &s, serving_config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    serving.serve(listener);
+    let (one, two) = (transport(&ca, &c1, config()), transport(&ca, &c2, config()));
+    // Its driver never runs: after one message the stream is not read.
+    let (_, _wedged, _never_run) = requester_parts(&one, Config::default(), 1);
+    let (_, _ready, run_ready) = requester_parts(&two, Config::default(), 1);
+    tokio::spawn(run_ready);
+    one.dial(address, localhost(), None);
+    two.dial(address, localhost(), None);
+    until("both streams", || serving.connected().len() == 2).await;
+    let big = wire::state_response(
+        1,
+        CHANNEL.into(),
+        vec![Payload {
+            seq_num: 1,
+            data: Bytes::from(vec![7; 8 << 20]),
+            private_data: Vec::new(),
+        }],
+    );
+    for _ in 0..16 {
+        serving.send(&one.pki_id(), big.clone()).unwrap();
+    }
+    let small = wire::state_response(2, CHANNEL.into(), Vec::new());
+    serving.send_background(&two.pki_id(), small).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        two.stats().state_in,
+        0,
+        "sent while the stream could progress"
+    );
+    until("the background one, the wedged stream stalled", || {
+        two.stats().state_in == 1
+    })
+    .await;
+    assert_eq!(
+        serving.stats().write_timeouts,
+        0,
+        "the background one waited for the write timeout"
+    );
+    until("the wedged stream closed", || {
+        serving.stats().write_timeouts == 1
+    })
+    .await;
+    assert_eq!(serving.stats().disconnected, 1, "{:?}", serving.stats());
+}

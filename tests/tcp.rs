@@ -305,3 +305,70 @@ async fn a_background_message_waits_for_every_foreground_one() {
     handle.shutdown().await.unwrap();
     driver.await.unwrap();
 }
+
+// A peer that stops reading holds the gate only until its connection has
+// made no progress for 2 s, and loses its connection after the write
+// timeout: the machine hears it is down and its queue is freed.
+#[tokio::test]
+async fn a_peer_that_stops_reading_holds_neither_the_gate_nor_its_connection() {
+    let (listener_1, listener_2) = (
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    );
+    let (handle, driver) = driver(Recorder::default(), Nothing, 16);
+    let driver = tokio::spawn(driver);
+    let mut config = quick();
+    config.write_timeout = Duration::from_secs(6);
+    let mut transport = TcpTransport::<u32>::new(config);
+    transport.dial(1, listener_1.local_addr().unwrap(), handle.downgrade());
+    transport.dial(2, listener_2.local_addr().unwrap(), handle.downgrade());
+    let (_wedged, _) = within("accept 1", listener_1.accept()).await.unwrap();
+    let (server_2, _) = within("accept 2", listener_2.accept()).await.unwrap();
+    while transport.connected().len() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let big = wire::state_response(
+        1,
+        common::channel(),
+        vec![Payload {
+            seq_num: 1,
+            data: Bytes::from(vec![7; 8 << 20]),
+            private_data: Vec::new(),
+        }],
+    );
+    for _ in 0..8 {
+        transport.send(&1, big.clone()).unwrap();
+    }
+    let small = wire::state_response(2, common::channel(), Vec::new());
+    transport.send_background(&2, small.clone()).unwrap();
+    let mut at_2 = FramedRead::new(server_2, MessageCodec::new());
+    let early = tokio::time::timeout(Duration::from_millis(500), at_2.next()).await;
+    assert!(early.is_err(), "sent while peer 1 could still progress");
+    assert_eq!(
+        within("the background one, peer 1 stalled", at_2.next())
+            .await
+            .unwrap()
+            .unwrap(),
+        small
+    );
+    let seen = handle.with_machine(|m| m.0.clone()).unwrap();
+    assert!(
+        !seen.contains(&Seen::Down(1)),
+        "the background one waited until the write timeout closed peer 1: {seen:?}"
+    );
+    // Peer 1 never reads: its connection is closed and the machine told.
+    let down = async {
+        loop {
+            let seen = handle.with_machine(|m| m.0.clone()).unwrap();
+            if seen.contains(&Seen::Down(1)) {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let seen = within("peer 1 down", down).await;
+    assert!(!seen.contains(&Seen::Down(2)), "{seen:?}");
+    assert_eq!(transport.stats().write_timeouts, 1);
+    handle.shutdown().await.unwrap();
+    driver.await.unwrap();
+}

@@ -3,54 +3,191 @@
 //! on any connection of the transport (strict priority, as the simulator's
 //! uplinks give it), so a repeating or favoured-out peer's answers take
 //! only the uplink that the others leave.
+//!
+//! A connection whose foreground messages make no progress for
+//! [`STALL_AFTER`] does not hold the gate: its peer is not reading (or its
+//! path is dead), so it takes none of our uplink, and a single wedged peer
+//! must not hold every other peer's background answers for good.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 
 use super::SendError;
 
-/// Counts the foreground messages not yet handed to the socket.
-#[derive(Debug, Default)]
+/// How long a connection may hold foreground messages without handing any
+/// to its socket (or HTTP/2) before the gate stops waiting for it. Long
+/// enough that a live link always progresses within it (the kernel takes
+/// bytes as acknowledgements come, every round trip), short enough that a
+/// wedged peer costs the others' background answers seconds, not forever.
+pub(crate) const STALL_AFTER: Duration = Duration::from_secs(2);
+
+/// Counts each connection's foreground messages not yet handed over.
+#[derive(Debug)]
 pub(crate) struct SendGate {
-    foreground: AtomicUsize,
-    idle: Notify,
+    lanes: Mutex<Lanes>,
+    changed: Notify,
+    stall_after: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Lanes {
+    by_id: BTreeMap<u64, LaneState>,
+    next_id: u64,
+}
+
+#[derive(Debug, Default)]
+struct LaneState {
+    /// Foreground messages queued or being written.
+    pending: usize,
+    /// Since when `pending` has been above zero with nothing handed over.
+    waiting_since: Option<Instant>,
+}
+
+impl Default for SendGate {
+    fn default() -> Self {
+        Self::new(STALL_AFTER)
+    }
 }
 
 impl SendGate {
-    /// A foreground message is queued: the gate stays shut until its
-    /// ticket is dropped (written, or discarded with its queue).
-    pub(crate) fn foreground(self: &Arc<Self>) -> Ticket {
-        self.foreground.fetch_add(1, Ordering::AcqRel);
-        Ticket(Arc::clone(self))
+    /// A gate that stops waiting for a connection stalled `stall_after`.
+    pub(crate) fn new(stall_after: Duration) -> Self {
+        Self {
+            lanes: Mutex::default(),
+            changed: Notify::new(),
+            stall_after,
+        }
     }
 
-    /// Waits until no foreground message is pending.
+    fn lanes(&self) -> MutexGuard<'_, Lanes> {
+        self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers one connection's foreground queue.
+    pub(crate) fn lane(self: &Arc<Self>) -> Lane {
+        let mut lanes = self.lanes();
+        let id = lanes.next_id;
+        lanes.next_id += 1;
+        lanes.by_id.insert(id, LaneState::default());
+        Lane {
+            gate: Arc::clone(self),
+            id,
+        }
+    }
+
+    /// Waits until no connection has a foreground message pending, except
+    /// connections stalled for `stall_after`.
     pub(crate) async fn idle(&self) {
         loop {
-            // Registered before the check, so a ticket dropped in between
-            // still wakes us.
-            let notified = self.idle.notified();
+            // Registered before the check, so a change in between still
+            // wakes us.
+            let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.foreground.load(Ordering::Acquire) == 0 {
+            let now = Instant::now();
+            // The earliest time a lane that holds the gate now would count
+            // as stalled.
+            let holding = self
+                .lanes()
+                .by_id
+                .values()
+                .filter(|lane| lane.pending > 0)
+                .filter_map(|lane| lane.waiting_since.map(|since| since + self.stall_after))
+                .filter(|stalled_at| *stalled_at > now)
+                .min();
+            let Some(stalled_at) = holding else {
                 return;
+            };
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(stalled_at) => {}
             }
-            notified.await;
         }
+    }
+
+    /// Lane `id` has one more foreground message pending (`queued`), or
+    /// handed one over.
+    fn update(&self, id: u64, queued: bool) {
+        let now = Instant::now();
+        let mut lanes = self.lanes();
+        let Some(lane) = lanes.by_id.get_mut(&id) else {
+            return;
+        };
+        if queued {
+            lane.pending += 1;
+            lane.waiting_since.get_or_insert(now);
+            return;
+        }
+        lane.pending = lane.pending.saturating_sub(1);
+        lane.waiting_since = (lane.pending > 0).then_some(now);
+        let opened = lane.pending == 0;
+        drop(lanes);
+        if opened {
+            self.changed.notify_waiters();
+        }
+    }
+}
+
+/// One connection's place in the gate; dropped with the connection.
+#[derive(Debug)]
+pub(crate) struct Lane {
+    gate: Arc<SendGate>,
+    id: u64,
+}
+
+impl Lane {
+    /// A foreground message is queued: the gate stays shut until its
+    /// ticket is dropped (handed over, or discarded with its queue) or the
+    /// lane stalls.
+    pub(crate) fn foreground(&self) -> Ticket {
+        self.gate.update(self.id, true);
+        Ticket {
+            gate: Arc::clone(&self.gate),
+            lane: self.id,
+        }
+    }
+
+    /// Some of what the connection holds was handed over (bytes written):
+    /// it is not stalled, though the message is not all out yet.
+    pub(crate) fn progressed(&self) {
+        let now = Instant::now();
+        if let Some(lane) = self.gate.lanes().by_id.get_mut(&self.id) {
+            if lane.pending > 0 {
+                lane.waiting_since = Some(now);
+            }
+        }
+    }
+
+    /// Since when the connection has held foreground messages without
+    /// handing any over, if it holds any.
+    pub(crate) fn waiting_since(&self) -> Option<Instant> {
+        let lanes = self.gate.lanes();
+        let lane = lanes.by_id.get(&self.id)?;
+        lane.waiting_since.filter(|_| lane.pending > 0)
+    }
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        self.gate.lanes().by_id.remove(&self.id);
+        self.gate.changed.notify_waiters();
     }
 }
 
 /// A pending foreground message; dropping it may open the gate.
 #[derive(Debug)]
-pub(crate) struct Ticket(Arc<SendGate>);
+pub(crate) struct Ticket {
+    gate: Arc<SendGate>,
+    lane: u64,
+}
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if self.0.foreground.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
+        self.gate.update(self.lane, false);
     }
 }
 
@@ -65,13 +202,18 @@ pub(crate) fn refusal<T>(error: mpsc::error::TrySendError<T>) -> SendError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    /// Whether `idle` returns within `wait` (paused time: instant).
+    async fn opens_within(gate: &Arc<SendGate>, wait: Duration) -> bool {
+        tokio::time::timeout(wait, gate.idle()).await.is_ok()
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_background_waits_for_every_foreground_ticket() {
-        let gate = Arc::new(SendGate::default());
-        gate.idle().await; // open when nothing is pending
-        let (first, second) = (gate.foreground(), gate.foreground());
+        let gate = Arc::new(SendGate::new(Duration::from_secs(60)));
+        let (one, two) = (gate.lane(), gate.lane());
+        assert!(opens_within(&gate, Duration::from_millis(1)).await);
+        let (first, second) = (one.foreground(), two.foreground());
         let waiter = tokio::spawn({
             let gate = Arc::clone(&gate);
             async move { gate.idle().await }
@@ -85,5 +227,33 @@ mod tests {
             .await
             .expect("opened when the last ticket dropped")
             .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_lane_stops_holding_the_gate() {
+        let gate = Arc::new(SendGate::new(Duration::from_secs(2)));
+        let (wedged, live) = (gate.lane(), gate.lane());
+        let _stuck = wedged.foreground();
+        assert!(
+            !opens_within(&gate, Duration::from_millis(1900)).await,
+            "held while the lane may still progress"
+        );
+        assert!(
+            opens_within(&gate, Duration::from_millis(200)).await,
+            "open once the lane made no progress for 2 s"
+        );
+        // A live lane still holds it, and progress keeps the wedged one
+        // from counting as stalled until it stalls again.
+        let busy = live.foreground();
+        wedged.progressed();
+        assert!(!opens_within(&gate, Duration::from_millis(1500)).await);
+        drop(busy);
+        assert!(!opens_within(&gate, Duration::from_millis(400)).await);
+        assert!(opens_within(&gate, Duration::from_millis(200)).await);
+        // A closed connection's lane goes with its pending count.
+        let _again = live.foreground();
+        drop(live);
+        drop(wedged);
+        assert!(opens_within(&gate, Duration::from_millis(1)).await);
     }
 }

@@ -51,7 +51,7 @@ use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 
 use super::codec::FrameCodec;
-use super::send_gate::{refusal, SendGate, Ticket};
+use super::send_gate::{refusal, Lane, SendGate, Ticket};
 use super::tokio::{Tokio, WeakDriverHandle};
 use super::{Machine, Runtime, SendError, Transport};
 use crate::wire::{self, gossip::GossipMessage};
@@ -76,6 +76,11 @@ pub struct TcpConfig {
     pub connect_timeout: Duration,
     /// Sets `TCP_NODELAY`: requests are small and latency-bound. Default on.
     pub nodelay: bool,
+    /// A connection whose socket takes no byte of a pending write for this
+    /// long is closed (the machine hears it is down): its peer stopped
+    /// reading. Default 30 s. Before that, after 2 s without progress, it
+    /// stops holding back background answers to other peers.
+    pub write_timeout: Duration,
 }
 
 impl Default for TcpConfig {
@@ -87,6 +92,7 @@ impl Default for TcpConfig {
             max_backoff: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             nodelay: true,
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -112,6 +118,9 @@ pub struct TcpStats {
     pub oversized: u64,
     /// Inputs from a peer the machine refused ([`Transport::refused`]).
     pub refused: u64,
+    /// Connections closed because the socket took no byte for
+    /// [`TcpConfig::write_timeout`].
+    pub write_timeouts: u64,
 }
 
 #[derive(Default)]
@@ -124,6 +133,7 @@ struct Counters {
     read_errors: AtomicU64,
     oversized: AtomicU64,
     refused: AtomicU64,
+    write_timeouts: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -147,6 +157,7 @@ struct Link {
 struct Queues {
     foreground: mpsc::Sender<(GossipMessage, Ticket)>,
     background: mpsc::Sender<GossipMessage>,
+    lane: Arc<Lane>,
 }
 
 struct Inner<P> {
@@ -178,7 +189,7 @@ impl<P: Ord> Inner<P> {
         if background {
             queues.background.try_send(message).map_err(refusal)
         } else {
-            let ticket = self.gate.foreground();
+            let ticket = queues.lane.foreground();
             queues
                 .foreground
                 .try_send((message, ticket))
@@ -354,6 +365,7 @@ where
             read_errors: get(&c.read_errors),
             oversized: get(&c.oversized),
             refused: get(&c.refused),
+            write_timeouts: get(&c.write_timeouts),
         }
     }
 }
@@ -400,6 +412,7 @@ async fn connection<P, M>(
     let (foreground, foreground_out) = mpsc::channel(config.queue.max(1));
     let (background, background_out) = mpsc::channel(config.queue.max(1));
     let gate = Arc::clone(&strong.gate);
+    let lane = Arc::new(gate.lane());
     // Registered before the machine hears of it, so the requests it sends
     // at once find the connection.
     let id = strong.register(
@@ -407,6 +420,7 @@ async fn connection<P, M>(
         Queues {
             foreground,
             background,
+            lane: Arc::clone(&lane),
         },
     );
     bump(&strong.counters.connected);
@@ -421,7 +435,18 @@ async fn connection<P, M>(
         // Either side ending ends the connection.
         futures_lite::future::or(
             read_frames(inner, read, codec, &peer, driver),
-            write_frames(inner, write, codec, foreground_out, background_out, gate),
+            write_frames(
+                inner,
+                Writer {
+                    write,
+                    lane,
+                    timeout: config.write_timeout,
+                },
+                codec,
+                foreground_out,
+                background_out,
+                gate,
+            ),
         )
         .await;
     }
@@ -479,7 +504,7 @@ async fn read_frames<P, M>(
 /// closed (the connection was replaced or dropped), or on an IO error.
 async fn write_frames<P: Ord>(
     inner: &Weak<Inner<P>>,
-    mut write: OwnedWriteHalf,
+    mut write: Writer,
     codec: FrameCodec,
     mut foreground: mpsc::Receiver<(GossipMessage, Ticket)>,
     mut background: mpsc::Receiver<GossipMessage>,
@@ -495,6 +520,7 @@ async fn write_frames<P: Ord>(
         /// The gate opened for the message taken.
         Open,
     }
+    let weak = inner;
     let mut buf = BytesMut::new();
     let mut waiting: Option<GossipMessage> = None;
     loop {
@@ -547,13 +573,45 @@ async fn write_frames<P: Ord>(
             }
         }
         drop(inner);
-        if write.write_all(&buf).await.is_err() {
+        if let Err(error) = write.write_all(&buf).await {
+            if error.kind() == std::io::ErrorKind::TimedOut {
+                if let Some(inner) = weak.upgrade() {
+                    bump(&inner.counters.write_timeouts);
+                }
+            }
             return;
         }
         buf.clear();
         drop(tickets);
     }
-    let _ = write.shutdown().await;
+    let _ = write.write.shutdown().await;
+}
+
+/// A connection's write half, telling its gate lane of each write's
+/// progress.
+struct Writer {
+    write: OwnedWriteHalf,
+    lane: Arc<Lane>,
+    timeout: Duration,
+}
+
+impl Writer {
+    /// Writes all of `buf`; fails on an IO error, or when the socket takes
+    /// no byte for `timeout` (the peer stopped reading: the connection is
+    /// dropped so that its queue and the machine's requests to it go).
+    async fn write_all(&mut self, mut buf: &[u8]) -> std::io::Result<()> {
+        while !buf.is_empty() {
+            let written = tokio::time::timeout(self.timeout, self.write.write(buf))
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            buf = &buf[written..];
+            self.lane.progressed();
+        }
+        Ok(())
+    }
 }
 
 /// The next connection on `listener`. An error (out of file descriptors,

@@ -44,6 +44,14 @@ pub struct GrpcConfig {
     pub keepalive_interval: Duration,
     /// A ping unanswered this long closes the connection: Fabric's 20 s.
     pub keepalive_timeout: Duration,
+    /// A stream whose queued messages HTTP/2 takes none of for this long
+    /// (its peer stopped reading: flow control is shut) is closed, and the
+    /// machines hear it is down. Fabric has no such limit (a blocked
+    /// stream holds its send buffer until the connection dies); pings do
+    /// not catch it, since the peer's HTTP/2 still answers them. Default
+    /// 30 s. After 2 s without progress the stream already stops holding
+    /// back background answers to other peers.
+    pub write_timeout: Duration,
 }
 
 impl GrpcConfig {
@@ -60,6 +68,7 @@ impl GrpcConfig {
             max_backoff: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(20),
+            write_timeout: Duration::from_secs(30),
         }
     }
 

@@ -41,6 +41,9 @@ pub struct GrpcStats {
     pub state_infos_refused: u64,
     /// Inputs the machines refused ([`Transport::refused`](crate::adapters::Transport::refused)).
     pub refused: u64,
+    /// Streams closed because HTTP/2 took nothing we queued for
+    /// [`GrpcConfig::write_timeout`](super::GrpcConfig::write_timeout).
+    pub write_timeouts: u64,
 }
 
 #[derive(Default)]
@@ -59,6 +62,7 @@ pub(super) struct Counters {
     pub(super) state_infos: AtomicU64,
     pub(super) state_infos_refused: AtomicU64,
     pub(super) refused: AtomicU64,
+    pub(super) write_timeouts: AtomicU64,
 }
 
 pub(super) fn bump(counter: &AtomicU64) {
@@ -85,6 +89,7 @@ impl GrpcTransport {
             state_infos: get(&c.state_infos),
             state_infos_refused: get(&c.state_infos_refused),
             refused: get(&c.refused),
+            write_timeouts: get(&c.write_timeouts),
         }
     }
 }

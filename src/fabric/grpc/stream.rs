@@ -16,7 +16,7 @@ use super::codec::Frame;
 use super::members::{announce, on_membership};
 use super::stats::bump;
 use super::{lock, Direction, Inner, Link};
-use crate::adapters::send_gate::{refusal, SendGate, Ticket};
+use crate::adapters::send_gate::{refusal, Lane, SendGate, Ticket};
 use crate::adapters::SendError;
 use crate::fabric::handshake::{verify_conn_establish, ConnInfo, HandshakeError};
 use crate::fabric::membership::Membership;
@@ -43,7 +43,7 @@ pub(super) enum Out {
 pub(super) struct Queues {
     foreground: mpsc::Sender<(Out, Ticket)>,
     background: mpsc::Sender<GossipMessage>,
-    gate: Arc<SendGate>,
+    lane: Arc<Lane>,
 }
 
 /// The receiving side of [`Queues`], read by [`outgoing`].
@@ -63,7 +63,7 @@ pub(super) fn queues(capacity: usize, gate: &Arc<SendGate>) -> (Queues, Outbound
     let queues = Queues {
         foreground,
         background,
-        gate: Arc::clone(gate),
+        lane: Arc::new(gate.lane()),
     };
     let outbound = Outbound {
         foreground: foreground_out,
@@ -77,7 +77,7 @@ pub(super) fn queues(capacity: usize, gate: &Arc<SendGate>) -> (Queues, Outbound
 impl Queues {
     /// Queues `out` in the foreground without blocking.
     pub(super) fn push(&self, out: Out) -> Result<(), SendError> {
-        let ticket = self.gate.foreground();
+        let ticket = self.lane.foreground();
         self.foreground.try_send((out, ticket)).map_err(refusal)
     }
 
@@ -85,6 +85,13 @@ impl Queues {
     /// item pending.
     pub(super) fn push_background(&self, message: GossipMessage) -> Result<(), SendError> {
         self.background.try_send(message).map_err(refusal)
+    }
+
+    /// When the stream will have held foreground items without handing
+    /// any to HTTP/2 for `timeout`, if it holds any: its peer stopped
+    /// reading (HTTP/2 flow control stops taking them).
+    fn wedged_at(&self, timeout: std::time::Duration) -> Option<tokio::time::Instant> {
+        self.lane.waiting_since().map(|since| since + timeout)
     }
 }
 
@@ -163,6 +170,15 @@ pub(super) fn outgoing(
     })
 }
 
+/// Sleeps until `at`; for ever if `None`, or checks again in a second
+/// (nothing pending now: a later item starts its own wait).
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+    }
+}
+
 /// Reads the remote's `ConnEstablish` within `conn_timeout` and checks it.
 pub(super) async fn remote_handshake(
     inner: &Inner,
@@ -228,9 +244,23 @@ pub(super) async fn run(
     // evaluates it per message; the answer cannot change on a stream).
     let mut readers: BTreeMap<Bytes, bool> = BTreeMap::new();
     let mut received = false;
+    let write_timeout = weak
+        .upgrade()
+        .map_or(std::time::Duration::MAX, |inner| inner.config.write_timeout);
     loop {
+        let wedged_at = queues.wedged_at(write_timeout);
         let next = tokio::select! {
             _ = &mut closed => break,
+            () = sleep_until(wedged_at) => {
+                if queues.wedged_at(write_timeout).is_some_and(|at| at <= tokio::time::Instant::now()) {
+                    if let Some(inner) = weak.upgrade() {
+                        bump(&inner.counters.write_timeouts);
+                    }
+                    emit!(DEBUG, ?peer, "stream closed: the peer takes nothing we send");
+                    break;
+                }
+                continue;
+            }
             next = inbound.message() => next,
         };
         let envelope = match next {
