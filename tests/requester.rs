@@ -1058,6 +1058,51 @@ fn an_overtaken_send_is_hedged_after_a_reordering_allowance() {
     assert_eq!(delivered(&drain(&mut ae))[0], 1);
 }
 
+// A lost request at the only peer: no other peer can take a hedge, so the
+// commit point's range is asked of the same peer again once its send has
+// waited three round trips (a tail loss probe), not at the send's timeout.
+// Once per request.
+#[test]
+fn a_lost_send_to_the_only_peer_is_probed_before_its_timeout() {
+    let ms = Duration::from_millis;
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 5, t0).unwrap();
+    // Two requests cover the chain: [1, 11] is lost, [12, 22] answered.
+    ae.handle(t0, Event::Membership(vec![PeerState::new("a", 23)]))
+        .unwrap();
+    let asked = sends(&drain(&mut ae));
+    let lost = *asked.iter().find(|s| s.2 == 1).unwrap();
+    let rest: Vec<_> = asked.iter().copied().filter(|s| s.1 != lost.1).collect();
+    assert_eq!(rest.len(), 1, "{asked:?}");
+    let t1 = t0 + ms(100);
+    answer_in_full(&mut ae, t1, &rest);
+    drain(&mut ae);
+    let mut probes = Vec::new();
+    while let Some(next) = ae.poll_timeout() {
+        if ae.stats().timeouts > 0 || next > t0 + Duration::from_secs(20) {
+            break;
+        }
+        ae.handle(next, Event::Timeout).unwrap();
+        let sent = sends(&drain(&mut ae));
+        probes.extend(
+            sent.iter()
+                .filter(|s| (s.2, s.3) == (lost.2, lost.3))
+                .map(|s| (next, *s)),
+        );
+    }
+    assert_eq!(probes.len(), 1, "{probes:?}");
+    let (at, probe) = probes[0];
+    assert_eq!(probe.0, "a");
+    assert!(
+        at >= t0 + ms(300),
+        "not before three round trips: {:?}",
+        at - t0
+    );
+    assert!(at < t0 + ms(1000), "{:?}", at - t0);
+    answer_in_full(&mut ae, at + ms(100), &[probe]);
+    assert_eq!(delivered(&drain(&mut ae))[0], 1);
+}
+
 // With nothing left to plan, a range waiting at a peer that never answered
 // is copied to a free peer once it has waited what a hedge of such a peer
 // waits, even when it does not hold the commit point (a silent peer's ranges

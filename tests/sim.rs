@@ -719,6 +719,49 @@ fn on_every_core<T: Send>(seeds: u64, per_seed: impl Fn(u64) -> Option<T> + Sync
 
 /// What a flood costs without loss, duplicates and reordering (no chaos:
 /// the difference is the flood's), over the flooded clusters among
+/// The default preset's catch-up over `SIM_SEEDS` wild clusters without
+/// flooders, against each cluster's bound: the tail is where a lossy link
+/// to the only honest source, or a bad choice of peer, shows. A quick loop
+/// for work on robustness:
+/// `SIM_SEEDS=2000 cargo test --release --all-features --test sim wild_tail_probe -- --ignored --nocapture`.
+#[test]
+#[ignore = "slow: a probe for work on the sweep's tail"]
+fn wild_tail_probe() {
+    let seeds = sim_seeds(2_000);
+    let rows: Vec<(f64, f64, u64)> = on_every_core(seeds, |seed| {
+        let (scenario, _) = wild(seed, false);
+        let report = run(scenario, Config::default(), seed, None);
+        let catchup = report.catchup?.as_secs_f64();
+        Some((
+            catchup / report.bound.value().as_secs_f64().max(1e-9),
+            catchup,
+            seed,
+        ))
+    });
+    println!(
+        "catch-up / bound: {}",
+        Spread::of(rows.iter().map(|r| (r.0, r.2)))
+    );
+    // `SIM_PROBE_OUT=<file>`: each seed's catch-up, to compare two builds.
+    if let Some(path) = std::env::var_os("SIM_PROBE_OUT") {
+        let mut by_seed: Vec<_> = rows.iter().map(|r| (r.2, r.1)).collect();
+        by_seed.sort_by_key(|r| r.0);
+        let lines: String = by_seed
+            .iter()
+            .map(|(s, c)| format!("{s} {c:.6}\n"))
+            .collect();
+        std::fs::write(path, lines).expect("SIM_PROBE_OUT is writable");
+    }
+    let total: f64 = rows.iter().map(|r| r.1).sum();
+    let mut slowest: Vec<(f64, u64)> = rows.iter().map(|r| (r.1, r.2)).collect();
+    slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+    slowest.truncate(8);
+    println!(
+        "{} runs, catch-up summed {total:.1} s; slowest (s, seed): {slowest:.2?}",
+        rows.len()
+    );
+}
+
 /// `SIM_SEEDS` wild seeds, worst first. A quick loop for work on floods:
 /// `SIM_SEEDS=3000 cargo test --release --all-features --test sim flood_cost_probe -- --ignored --nocapture`.
 #[test]

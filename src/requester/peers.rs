@@ -329,6 +329,16 @@ impl Peer {
         self.in_flight_blocks = self.in_flight_blocks.saturating_sub(blocks);
     }
 
+    /// Whether it has answered, with no bad answer outstanding.
+    pub(crate) fn trusted(&self) -> bool {
+        self.rtt.srtt().is_some() && self.doubts == 0 && self.unfixed_rejections == 0
+    }
+
+    /// Whether it never answered though some of its sends timed out.
+    pub(crate) fn silent_so_far(&self) -> bool {
+        self.rtt.srtt().is_none() && self.stats.timeouts > 0
+    }
+
     /// Its measured rate, bytes per second.
     pub(crate) fn rate(&self) -> Option<f64> {
         self.rate
@@ -726,7 +736,7 @@ impl<P: Clone + Ord> Peers<P> {
                 .map
                 .iter()
                 .any(|(id, peer)| usable(id, peer) && !peer.benched(now));
-        let mut candidates: Vec<(&P, &Peer)> = self
+        let candidates: Vec<(&P, &Peer)> = self
             .map
             .iter()
             .filter(|(id, peer)| {
@@ -748,10 +758,6 @@ impl<P: Clone + Ord> Peers<P> {
             }
             return Some(candidates[rng.usize(..candidates.len())].0.clone());
         }
-        // Peers that failed the range only if no other one is free.
-        if candidates.iter().any(|(id, _)| !prefer_not.contains(id)) {
-            candidates.retain(|(id, _)| !prefer_not.contains(id));
-        }
         // A peer with a bad answer not yet made good (doubted, for an empty
         // or short answer or a range it failed to the end, until it serves
         // what it was doubted for; or a block of its rejected and not
@@ -767,7 +773,16 @@ impl<P: Clone + Ord> Peers<P> {
         // doubt in force only: hostile seeds 1–40 1.876 against 1.791).
         // Near a round's end, the expected delivery of the range replaces
         // the load (a peer not measured last).
-        let key = |peer: &Peer| {
+        //
+        // A peer that failed the range comes after the others of its kind
+        // only: a good peer whose send timed out (lost, most likely) before
+        // a bad one, and a peer that never answered but timed out is a bad
+        // one. Failed peers after every other peer sent a range whose only
+        // honest source had lost one answer to a silent, a lying and a
+        // byzantine peer in turn. Over 4 000 wild clusters (`wild_tail_probe`)
+        // the geometric mean of each cluster's catch-up fell 1.3 % alone,
+        // 8.6 % → 9.8 % with the tail loss probe (`timers::hedge`).
+        let key = |id: &P, peer: &Peer| {
             let load = match finish {
                 Some(finish) => finish
                     .of(peer)
@@ -775,13 +790,14 @@ impl<P: Clone + Ord> Peers<P> {
                 None => peer.in_flight as u64,
             };
             (
-                peer.doubts > 0 || peer.unfixed_rejections > 0,
+                peer.doubts > 0 || peer.unfixed_rejections > 0 || peer.silent_so_far(),
+                prefer_not.contains(id),
                 load,
                 peer.rtt.srtt().unwrap_or(Duration::MAX),
             )
         };
-        let best = candidates.iter().map(|(_, peer)| key(peer)).min()?;
-        let tied = || candidates.iter().filter(|(_, peer)| key(peer) == best);
+        let best = candidates.iter().map(|(id, peer)| key(id, peer)).min()?;
+        let tied = || candidates.iter().filter(|(id, peer)| key(id, peer) == best);
         let chosen = rng.usize(..tied().count());
         tied().nth(chosen).map(|(id, _)| (*id).clone())
     }
@@ -912,6 +928,44 @@ mod tests {
         assert_eq!(
             peers.choose(&config, 50, &[], &[], now, &mut rng, None, None),
             Some("liar")
+        );
+    }
+
+    #[test]
+    fn a_good_peer_that_failed_the_range_comes_before_a_bad_one() {
+        let config = Config::default();
+        let now = crate::test_epoch();
+        let mut rng = fastrand::Rng::with_seed(1);
+        let mut peers = Peers::default();
+        peers.replace(vec![
+            PeerState::new("honest", 100),
+            PeerState::new("silent", 100),
+            PeerState::new("liar", 100),
+        ]);
+        peers
+            .get_mut(&"honest")
+            .unwrap()
+            .rtt
+            .sample(Duration::from_millis(80));
+        // Never answered, and timed out: silent so far.
+        peers.get_mut(&"silent").unwrap().stats.timeouts = 1;
+        peers.get_mut(&"liar").unwrap().unfixed_rejections = 1;
+        // The honest peer's send of the range timed out (lost): still the
+        // one asked, rather than a silent or a rejected one.
+        assert_eq!(
+            peers.choose(&config, 50, &["honest"], &[], now, &mut rng, None, None),
+            Some("honest")
+        );
+        // Among good peers, one that did not fail the range comes first.
+        peers.get_mut(&"silent").unwrap().stats.timeouts = 0;
+        peers
+            .get_mut(&"silent")
+            .unwrap()
+            .rtt
+            .sample(Duration::from_millis(80));
+        assert_eq!(
+            peers.choose(&config, 50, &["honest"], &[], now, &mut rng, None, None),
+            Some("silent")
         );
     }
 

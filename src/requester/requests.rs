@@ -52,6 +52,9 @@ pub(crate) struct Request<P> {
     pub(crate) hedges: u32,
     /// No hedge before this (none was possible at the last try).
     pub(crate) hedge_not_before: Option<Instant>,
+    /// A hedge went to a peer already working on it (a tail loss probe,
+    /// see `hedge`): at most one per request.
+    pub(crate) probed: bool,
 }
 
 impl<P: PartialEq> Request<P> {
@@ -129,6 +132,7 @@ impl<P> Requests<P> {
                 attempts: Vec::new(),
                 hedges: 0,
                 hedge_not_before: None,
+                probed: false,
             },
         );
         id

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use super::peers::HEDGE_HEADROOM;
 use super::requests::{Attempt, AttemptState};
 use super::{AntiEntropy, MAX_HEDGES};
+use crate::range::SeqRange;
 
 impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     pub(super) fn expire(&mut self, now: Instant) {
@@ -271,6 +272,46 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         }
     }
 
+    /// The trusted peer that a tail loss probe of request `id` goes to: one
+    /// with a single send of it waiting, the oldest send waiting there
+    /// (behind others it is queued, not lost), unanswered for three of its
+    /// round trips, with room for one more; none if the request was probed
+    /// already. Three round trips, not the hedge's two: where four laggers
+    /// share the peers' queues (many-laggers) a send waits two of them
+    /// without being lost, and probing then cost 1.82 → 1.87.
+    fn probe_target(&self, now: Instant, id: u64, range: SeqRange) -> Option<P> {
+        let request = self.requests.get(id).filter(|request| !request.probed)?;
+        let rejected = self.rejected_in(range);
+        let waiting: Vec<&Attempt<P>> = request.waiting().collect();
+        let oldest_order_at = |peer: &P| {
+            self.requests
+                .iter()
+                .flat_map(|(_, r)| r.waiting())
+                .filter(|a| &a.peer == peer)
+                .map(|a| a.order)
+                .min()
+        };
+        let probe = waiting.iter().find(|attempt| {
+            let Some(peer) = self.peers.get(&attempt.peer) else {
+                return false;
+            };
+            let overdue = peer
+                .rtt
+                .srtt()
+                .is_some_and(|srtt| now.saturating_duration_since(attempt.sent_at) >= srtt * 3);
+            peer.trusted()
+                && peer.covers(range.end(), now)
+                && overdue
+                && peer.in_flight
+                    < (peer.limit(&self.config) + HEDGE_HEADROOM)
+                        .min(self.config.max_in_flight_per_peer)
+                && !rejected.contains(&attempt.peer)
+                && waiting.iter().filter(|a| a.peer == attempt.peer).count() == 1
+                && oldest_order_at(&attempt.peer) == Some(attempt.order)
+        })?;
+        Some(probe.peer.clone())
+    }
+
     /// Asks another peer for the range holding back the commit point, so a
     /// slow, silent or lying peer cannot stall the window. If no other peer
     /// is free, tries again `hedge_after` later.
@@ -309,8 +350,28 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 None,
             )
             .filter(|peer| !exclude.contains(peer));
+        // No trusted peer is free (only one with a bad answer outstanding,
+        // or with never an answer, or nobody): a trusted peer working on
+        // the range is asked again instead, once per request, as TCP's
+        // tail loss probe does (RFC 8985). Without it a lost request or
+        // answer at the only good source held the commit point for the
+        // send's whole, backed-off timeout: one honest peer at 18 % loss
+        // (wild seed 4) 26.4 s → 0.54 s; 4 000 wild clusters 9.8 % faster
+        // (geometric mean of each cluster's ratio). Once only: probing again
+        // spent every hedge on a peer that answers some requests with the
+        // wrong blocks (hostile, seed 20: 1.85 → 4.65).
+        let trusted = |peer: &P| self.peers.get(peer).is_some_and(|p| p.trusted());
+        let choice = match choice {
+            Some(peer) if trusted(&peer) => Some(peer),
+            other => self.probe_target(now, id, range).or(other),
+        };
         match choice {
             Some(peer) => {
+                if exclude.contains(&peer) {
+                    if let Some(request) = self.requests.get_mut(id) {
+                        request.probed = true;
+                    }
+                }
                 self.send_hedge(now, id, peer, "the commit point's range");
                 self.hedge_silent_peers_ranges(now, id);
             }
