@@ -755,15 +755,7 @@ async fn a_background_message_waits_for_every_foreground_one() {
     until("both streams", || serving.connected().len() == 2).await;
     // 128 MiB for the peer that does not read: more than its inbox, the
     // streams' decoders and HTTP/2's 16 MiB windows hold.
-    let big = wire::state_response(
-        1,
-        CHANNEL.into(),
-        vec![Payload {
-            seq_num: 1,
-            data: Bytes::from(vec![7; 8 << 20]),
-            private_data: Vec::new(),
-        }],
-    );
+    let big = big_response();
     for _ in 0..16 {
         serving.send(&one.pki_id(), big.clone()).unwrap();
     }
@@ -807,15 +799,7 @@ async fn a_peer_that_stops_reading_holds_neither_the_gate_nor_its_stream() {
     one.dial(address, localhost(), None);
     two.dial(address, localhost(), None);
     until("both streams", || serving.connected().len() == 2).await;
-    let big = wire::state_response(
-        1,
-        CHANNEL.into(),
-        vec![Payload {
-            seq_num: 1,
-            data: Bytes::from(vec![7; 8 << 20]),
-            private_data: Vec::new(),
-        }],
-    );
+    let big = big_response();
     for _ in 0..16 {
         serving.send(&one.pki_id(), big.clone()).unwrap();
     }
@@ -841,4 +825,17 @@ async fn a_peer_that_stops_reading_holds_neither_the_gate_nor_its_stream() {
     })
     .await;
     assert_eq!(serving.stats().disconnected, 1, "{:?}", serving.stats());
+}
+
+/// One 8 MiB block in a response: a few of them fill any socket buffer.
+fn big_response() -> antientropy::wire::gossip::GossipMessage {
+    wire::state_response(
+        1,
+        CHANNEL.into(),
+        vec![Payload {
+            seq_num: 1,
+            data: Bytes::from(vec![7; 8 << 20]),
+            private_data: Vec::new(),
+        }],
+    )
 }

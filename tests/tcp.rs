@@ -257,15 +257,7 @@ async fn a_background_message_waits_for_every_foreground_one() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // 64 MiB for peer 1, far more than loopback's socket buffers hold.
-    let big = wire::state_response(
-        1,
-        common::channel(),
-        vec![Payload {
-            seq_num: 1,
-            data: Bytes::from(vec![7; 8 << 20]),
-            private_data: Vec::new(),
-        }],
-    );
+    let big = big_response();
     for _ in 0..8 {
         transport.send(&1, big.clone()).unwrap();
     }
@@ -327,15 +319,7 @@ async fn a_peer_that_stops_reading_holds_neither_the_gate_nor_its_connection() {
     while transport.connected().len() < 2 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let big = wire::state_response(
-        1,
-        common::channel(),
-        vec![Payload {
-            seq_num: 1,
-            data: Bytes::from(vec![7; 8 << 20]),
-            private_data: Vec::new(),
-        }],
-    );
+    let big = big_response();
     for _ in 0..8 {
         transport.send(&1, big.clone()).unwrap();
     }
@@ -371,4 +355,17 @@ async fn a_peer_that_stops_reading_holds_neither_the_gate_nor_its_connection() {
     assert_eq!(transport.stats().write_timeouts, 1);
     handle.shutdown().await.unwrap();
     driver.await.unwrap();
+}
+
+/// One 8 MiB block in a response: a few of them fill any socket buffer.
+fn big_response() -> antientropy::wire::gossip::GossipMessage {
+    wire::state_response(
+        1,
+        common::channel(),
+        vec![Payload {
+            seq_num: 1,
+            data: Bytes::from(vec![7; 8 << 20]),
+            private_data: Vec::new(),
+        }],
+    )
 }
