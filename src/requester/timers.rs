@@ -361,13 +361,16 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // spent every hedge on a peer that answers some requests with the
         // wrong blocks (hostile, seed 20: 1.85 → 4.65).
         let trusted = |peer: &P| self.peers.get(peer).is_some_and(|p| p.trusted());
-        let choice = match choice {
-            Some(peer) if trusted(&peer) => Some(peer),
-            other => self.probe_target(now, id, range).or(other),
+        let (choice, probe) = match choice {
+            Some(peer) if trusted(&peer) => (Some(peer), false),
+            other => match self.probe_target(now, id, range) {
+                Some(peer) => (Some(peer), true),
+                None => (other, false),
+            },
         };
         match choice {
             Some(peer) => {
-                if exclude.contains(&peer) {
+                if probe {
                     if let Some(request) = self.requests.get_mut(id) {
                         request.probed = true;
                     }

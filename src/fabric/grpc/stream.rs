@@ -170,8 +170,8 @@ pub(super) fn outgoing(
     })
 }
 
-/// Sleeps until `at`; for ever if `None`, or checks again in a second
-/// (nothing pending now: a later item starts its own wait).
+/// Sleeps until `at`, or for a second if `None` (nothing pending now: an
+/// item queued later starts its own wait, looked at within that second).
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
