@@ -6,7 +6,9 @@
 //! Any failure names its seed and preset: replay it with
 //! `SIM_SEED=<seed> cargo test --all-features --test sim replay -- --nocapture`
 //! (add `SIM_WILD=1` for a seed of the large sweep, `SIM_TRACE=<node>` for
-//! a trace of that node's requester).
+//! a trace of that node's requester). `SIM_FINGERPRINT=<file>` writes a
+//! hash of each of the large sweep's reports, by seed: two builds that
+//! should agree (a speed-up) can be compared run by run.
 #![cfg(feature = "sim")]
 
 use std::time::Duration;
@@ -276,7 +278,44 @@ fn run(scenario: Scenario, config: Config, seed: u64, chain: Option<&Chain>) -> 
             println!("{line}");
         }
     }
+    fingerprint(&report);
     report
+}
+
+/// Each report's hash as `(seed, hash)`, in the order the runs ended; kept
+/// only with `SIM_FINGERPRINT=<file>`.
+static FINGERPRINTS: std::sync::Mutex<Vec<(u64, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// With `SIM_FINGERPRINT=<file>`, remembers a hash of `report` (all of it:
+/// outcome, times, counters, violations), so that a change meant to leave
+/// results alone (a speed-up) can be checked against the build before it
+/// run by run ([`write_fingerprints`]).
+fn fingerprint(report: &Report) {
+    use std::hash::{Hash, Hasher};
+    if std::env::var_os("SIM_FINGERPRINT").is_none() {
+        return;
+    }
+    // `DefaultHasher::new()` has fixed keys: the same report, the same hash.
+    let mut hasher = std::hash::DefaultHasher::new();
+    format!("{report:?}").hash(&mut hasher);
+    let mut prints = FINGERPRINTS.lock().expect("fingerprints");
+    prints.push((report.seed, hasher.finish()));
+}
+
+/// Writes the fingerprints to `SIM_FINGERPRINT`, one line per run, by seed
+/// (a seed's runs are made in order on one thread, so a stable sort keeps
+/// their order).
+fn write_fingerprints() {
+    let Some(path) = std::env::var_os("SIM_FINGERPRINT") else {
+        return;
+    };
+    let mut prints = std::mem::take(&mut *FINGERPRINTS.lock().expect("fingerprints"));
+    prints.sort_by_key(|&(seed, _)| seed);
+    let lines: String = prints
+        .iter()
+        .map(|(seed, hash)| format!("{seed} {hash:016x}\n"))
+        .collect();
+    std::fs::write(path, lines).expect("write SIM_FINGERPRINT");
 }
 
 fn assert_passed(report: &Report, preset: &str, scenario: &Scenario) {
@@ -660,6 +699,7 @@ fn large_fault_sweep() {
         );
     }
     println!("{runs} runs over {seeds} seeds, {} failing", failures.len());
+    write_fingerprints();
     assert!(
         failures.is_empty(),
         "{} failing runs: {failures:?}",
