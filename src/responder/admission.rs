@@ -62,6 +62,13 @@ impl<P: Clone + Ord> Queue<P> {
         self.jobs.insert(number, job);
     }
 
+    /// What [`push`](Self::push) and then [`pop_next`](Self::pop_next) do
+    /// to an empty queue with a job of `peer`, when the job goes at once.
+    pub(super) fn pass(&mut self, peer: &P) {
+        self.next += 1;
+        self.last = Some(peer.clone());
+    }
+
     /// The job admitted first.
     pub(super) fn oldest(&self) -> Option<&Job<P>> {
         self.jobs.values().next()

@@ -434,13 +434,32 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         if self.priorities.on_request(&from, range, now) {
             self.stats.repeat_requests += 1;
         }
-        self.queue.push(Job {
+        let job = Job {
             from,
             nonce: message.nonce,
             range,
             admitted: now,
-        });
-        self.start_reads(now);
+        };
+        let slots = self.config.max_concurrent_reads;
+        if self.queue.is_empty()
+            && self.reads.len() < slots
+            && may_read(
+                slots,
+                &self.reads,
+                &self.priorities,
+                &job.from,
+                self.background_reads(),
+            )
+        {
+            // What `start_reads` would do with the job alone in the queue,
+            // without the queue's bookkeeping: the usual case, on every
+            // request of a flood.
+            self.queue.pass(&job.from);
+            self.start_read(now, job);
+        } else {
+            self.queue.push(job);
+            self.start_reads(now);
+        }
         Ok(())
     }
 
@@ -485,32 +504,15 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     /// long, and a flood that came first would hold them all.
     fn start_reads(&mut self, now: Instant) {
         let slots = self.config.max_concurrent_reads;
-        let per_peer = (slots - slots / 4).max(1);
-        let background_slots = (slots / 4).max(1);
         if self.queue.is_empty() || self.reads.len() >= slots {
             // The usual cases: nothing waits for a slot, or (a slow host
             // under a flood) no slot is free.
             return;
         }
-        // Reads of peers in the background. A peer's own reads are counted
-        // in `reads` when asked: at most `max_concurrent_reads` of them,
-        // where a map by peer cost an allocation for every read started.
-        let mut background_reads = self
-            .reads
-            .values()
-            .filter(|read| !read.orphaned && self.priorities.is_background(&read.job.from))
-            .count();
+        let mut background_reads = self.background_reads();
         while self.reads.len() < slots {
-            let priorities = &self.priorities;
-            let reads = &self.reads;
-            let allowed = |peer: &P| {
-                let reading = reads
-                    .values()
-                    .filter(|read| !read.orphaned && read.job.from.cmp(peer).is_eq())
-                    .count();
-                reading < per_peer
-                    && (background_reads < background_slots || !priorities.is_background(peer))
-            };
+            let (reads, priorities) = (&self.reads, &self.priorities);
+            let allowed = |peer: &P| may_read(slots, reads, priorities, peer, background_reads);
             let Some(job) = self
                 .queue
                 .pop_next(|peer| priorities.is_background(peer), allowed)
@@ -520,24 +522,39 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             if priorities.is_background(&job.from) {
                 background_reads += 1;
             }
-            let ticket = Ticket(self.next_ticket);
-            self.next_ticket = self.next_ticket.wrapping_add(1);
-            self.actions.push_back(ResponderAction::ReadBlocks {
-                ticket,
-                to: job.from.clone(),
-                range: job.range,
-                max_bytes: self.config.max_response_bytes,
-            });
-            let deadline = now.checked_add(self.config.read_timeout);
-            self.reads.insert(
-                ticket,
-                Read {
-                    job,
-                    deadline,
-                    orphaned: false,
-                },
-            );
+            self.start_read(now, job);
         }
+    }
+
+    /// Reads of peers in the background. A peer's own reads are counted in
+    /// `reads` when asked: at most `max_concurrent_reads` of them, where a
+    /// map by peer cost an allocation for every read started.
+    fn background_reads(&self) -> usize {
+        self.reads
+            .values()
+            .filter(|read| !read.orphaned && self.priorities.is_background(&read.job.from))
+            .count()
+    }
+
+    /// Hands `job` to the host as a read.
+    fn start_read(&mut self, now: Instant, job: Job<P>) {
+        let ticket = Ticket(self.next_ticket);
+        self.next_ticket = self.next_ticket.wrapping_add(1);
+        self.actions.push_back(ResponderAction::ReadBlocks {
+            ticket,
+            to: job.from.clone(),
+            range: job.range,
+            max_bytes: self.config.max_response_bytes,
+        });
+        let deadline = now.checked_add(self.config.read_timeout);
+        self.reads.insert(
+            ticket,
+            Read {
+                job,
+                deadline,
+                orphaned: false,
+            },
+        );
     }
 
     fn on_blocks_read(
@@ -636,6 +653,25 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         let message = wire::state_response(nonce, self.channel.clone(), payloads);
         self.send(to, message);
     }
+}
+
+/// Whether `peer` may have one more of `slots` reads, `reads` being under
+/// way, `background_reads` of them for peers in the background (see
+/// [`StateResponder::start_reads`]).
+fn may_read<P: Clone + Ord>(
+    slots: usize,
+    reads: &BTreeMap<Ticket, Read<P>>,
+    priorities: &Priorities<P>,
+    peer: &P,
+    background_reads: usize,
+) -> bool {
+    let per_peer = (slots - slots / 4).max(1);
+    let background_slots = (slots / 4).max(1);
+    let reading = reads
+        .values()
+        .filter(|read| !read.orphaned && read.job.from.cmp(peer).is_eq())
+        .count();
+    reading < per_peer && (background_reads < background_slots || !priorities.is_background(peer))
 }
 
 #[cfg(test)]
