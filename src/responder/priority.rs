@@ -64,14 +64,13 @@ impl History {
 
     /// Removes `first..=last`, splitting the range it falls in.
     fn remove(&mut self, first: u64, last: u64) {
-        let overlapping: Vec<(u64, u64)> = self
-            .served
-            .range(..=last)
-            .rev()
-            .take_while(|(_, &end)| end >= first)
-            .map(|(&start, &end)| (start, end))
-            .collect();
-        for (start, end) in overlapping {
+        // Overlapping ranges from the highest down, looked up one at a time
+        // (no vector on every call): the ranges are disjoint, so the lowest
+        // one may leave a part below `first`, which ends the loop.
+        while let Some((&start, &end)) = self.served.range(..=last).next_back() {
+            if end < first {
+                break;
+            }
             self.served.remove(&start);
             if start < first {
                 self.served.insert(start, first - 1);
@@ -85,18 +84,16 @@ impl History {
     /// Adds `first..=last`, merging with the ranges it touches.
     fn add(&mut self, first: u64, last: u64) {
         let (mut first, mut last) = (first, last);
-        let touching: Vec<u64> = self
-            .served
-            .range(..=last.saturating_add(1))
-            .rev()
-            .take_while(|(_, &end)| end.saturating_add(1) >= first)
-            .map(|(&start, _)| start)
-            .collect();
-        for start in touching {
-            if let Some(end) = self.served.remove(&start) {
-                first = first.min(start);
-                last = last.max(end);
+        // Touching ranges from the highest down, one at a time, as in
+        // `remove`; the bounds are those of the range added.
+        let (below, above) = (first, last.saturating_add(1));
+        while let Some((&start, &end)) = self.served.range(..=above).next_back() {
+            if end.saturating_add(1) < below {
+                break;
             }
+            self.served.remove(&start);
+            first = first.min(start);
+            last = last.max(end);
         }
         self.served.insert(first, last);
         while self.served.len() > MAX_RANGES {
