@@ -682,43 +682,60 @@ impl Node {
     /// dropped without touching a reference count, on a flood's every
     /// answer.
     fn read(&mut self, w: &World, range: SeqRange, max_bytes: usize, opaque: bool) -> Vec<Payload> {
+        let start = range.start();
         let end = range.end().min(self.height.saturating_sub(1));
-        let blocks = end.saturating_add(1).saturating_sub(range.start());
-        let mut payloads = std::mem::take(&mut self.spare_payloads);
-        payloads.reserve(usize::try_from(blocks).unwrap_or(0).min(64));
+        // How many blocks fit, then the payloads in one `extend`: pushed one
+        // by one, each payload went through the stack (a stall on a
+        // flood's every block).
+        let mut fitting = 0;
         let mut total = 0usize;
-        for seq in range.start()..=end {
-            if seq >= self.height {
-                break;
-            }
-            let Some(block) = w.chain.block(seq) else {
+        for seq in start..=end {
+            let Some(len) = self.stored(w, seq).map(Bytes::len) else {
                 break;
             };
-            let block = if self.bad_block == Some(seq) {
-                // Seeded by the block: the same bad copy on every read, so
-                // it is forged once.
-                self.forged.get_or_insert_with(|| {
-                    let mut rng = fastrand::Rng::with_seed(seq);
-                    forged_block(seq, w.chain.block_size(), &mut rng)
-                })
-            } else {
-                block
-            };
-            if !payloads.is_empty() && total.saturating_add(block.len()) > max_bytes {
+            if fitting > 0 && total.saturating_add(len) > max_bytes {
                 break;
             }
-            total += block.len();
+            total += len;
+            fitting += 1;
+        }
+        let mut payloads = std::mem::take(&mut self.spare_payloads);
+        // Every block below `start + fitting` was found above.
+        let none = Bytes::new();
+        payloads.extend((start..start + fitting).map(|seq| {
+            let block = match self.forged.as_ref() {
+                Some(forged) if self.bad_block == Some(seq) => forged,
+                _ => w.chain.block(seq).unwrap_or(&none),
+            };
             let data = match OPAQUE.get(..block.len()) {
                 Some(zeros) if opaque => Bytes::from_static(zeros),
                 _ => block.clone(),
             };
-            payloads.push(Payload {
+            Payload {
                 seq_num: seq,
                 data,
                 private_data: Vec::new(),
-            });
-        }
+            }
+        }));
         payloads
+    }
+
+    /// Block `seq` as this node stores it, if it holds it: the chain's, or
+    /// its bad copy.
+    fn stored<'a>(&'a mut self, w: &'a World, seq: u64) -> Option<&'a Bytes> {
+        if seq >= self.height {
+            return None;
+        }
+        let block = w.chain.block(seq)?;
+        if self.bad_block != Some(seq) {
+            return Some(block);
+        }
+        // Seeded by the block: the same bad copy on every read, so it is
+        // forged once.
+        Some(self.forged.get_or_insert_with(|| {
+            let mut rng = fastrand::Rng::with_seed(seq);
+            forged_block(seq, w.chain.block_size(), &mut rng)
+        }))
     }
 
     /// A byzantine answer to `to`, chosen by the seed: forged blocks, a
