@@ -64,6 +64,12 @@ pub(crate) struct Node {
     /// Ranges of requests a byzantine node is answering, by nonce.
     byzantine_ranges: BTreeMap<u64, SeqRange>,
     pub(crate) requester_timer: Option<Instant>,
+    /// `requester_timer` is the requester's `poll_timeout`: the requester
+    /// took no input since. Most steps (a flood's) touch the responder only.
+    timer_fresh: bool,
+    /// The requester took no input since a check found it within bounds:
+    /// checking it again would find the same.
+    checked: bool,
     pub(crate) responder_timer: Option<Instant>,
     pub(crate) caught_up_at: Option<Instant>,
     pub(crate) peak_held_bytes: u64,
@@ -127,6 +133,8 @@ impl Node {
             longest_ask: 0,
             byzantine_ranges: BTreeMap::new(),
             requester_timer: None,
+            timer_fresh: false,
+            checked: false,
             responder_timer: None,
             caught_up_at: None,
             peak_held_bytes: 0,
@@ -187,6 +195,7 @@ impl Node {
         {
             self.requester = requester;
             self.responder = responder;
+            self.touch_requester();
         }
         self.view.clear();
         self.fed.clear();
@@ -206,6 +215,7 @@ impl Node {
         if !self.view.contains_key(&peer) {
             return;
         }
+        self.touch_requester();
         if let Some(requester) = self.requester.as_mut() {
             let event = if up {
                 Event::PeerConnected { peer }
@@ -283,6 +293,7 @@ impl Node {
                         )
                     });
                 }
+                self.touch_requester();
                 if let Some(requester) = self.requester.as_mut() {
                     let result = requester.handle(now, Event::Response { from, message });
                     if let Err(error) = result {
@@ -291,6 +302,7 @@ impl Node {
                 }
             }
             Err(_) => {
+                self.touch_requester();
                 if let Some(requester) = self.requester.as_mut() {
                     let _ = requester.handle_response_bytes(now, from, bytes);
                 }
@@ -359,6 +371,7 @@ impl Node {
             return;
         }
         self.view.insert(from, Heard { published, height });
+        self.touch_requester();
         let Some(requester) = self.requester.as_mut() else {
             return;
         };
@@ -399,6 +412,7 @@ impl Node {
         let now = w.now;
         match machine {
             Machine::Requester => {
+                self.touch_requester();
                 if let Some(requester) = self.requester.as_mut() {
                     let tracing = w.tracing(self.id);
                     let before = tracing.then(|| requester.stats().timeouts);
@@ -436,6 +450,7 @@ impl Node {
     fn drain(&mut self, w: &mut World) {
         loop {
             if let Some(action) = self.requester.as_mut().and_then(|r| r.poll_action()) {
+                self.touch_requester();
                 self.on_requester_action(w, action);
                 continue;
             }
@@ -449,8 +464,18 @@ impl Node {
     }
 
     fn refresh_timers(&mut self) {
-        self.requester_timer = self.requester.as_ref().and_then(|r| r.poll_timeout());
+        if !self.timer_fresh {
+            self.requester_timer = self.requester.as_ref().and_then(|r| r.poll_timeout());
+            self.timer_fresh = true;
+        }
         self.responder_timer = self.responder.as_ref().and_then(|r| r.poll_timeout());
+    }
+
+    /// The requester is about to take an input: its timer and its check
+    /// are to be made again.
+    fn touch_requester(&mut self) {
+        self.timer_fresh = false;
+        self.checked = false;
     }
 
     fn on_requester_action(&mut self, w: &mut World, action: Action<NodeId>) {
@@ -631,6 +656,7 @@ impl Node {
             }
         }
         let now = w.now;
+        self.touch_requester();
         let Some(requester) = self.requester.as_mut() else {
             return;
         };
@@ -823,6 +849,9 @@ impl Node {
             self.peak_queued = self.peak_queued.max(queued);
             self.peak_reading = self.peak_reading.max(reading);
         }
+        if self.checked {
+            return;
+        }
         let Some(requester) = self.requester.as_ref() else {
             return;
         };
@@ -865,6 +894,8 @@ impl Node {
             ));
         }
         self.peak_held_bytes = self.peak_held_bytes.max(held_bytes);
+        // Found again at each check until the requester moves on.
+        self.checked = found.is_empty();
         for message in found {
             w.violation(self.id, message);
         }
