@@ -660,9 +660,17 @@ impl Node {
         let Some(requester) = self.requester.as_mut() else {
             return;
         };
-        match chain::verify(seq, &payload.data) {
+        // The chain's blocks verify (`chain`'s tests check it): a copy equal
+        // to the chain's needs no decoding and hashing.
+        let genuine = w.chain.block(seq) == Some(&payload.data);
+        let verdict = if genuine {
+            Ok(())
+        } else {
+            chain::verify(seq, &payload.data)
+        };
+        match verdict {
             Ok(()) => {
-                if w.chain.block(seq) != Some(&payload.data) {
+                if !genuine {
                     w.violation(
                         self.id,
                         format!("block {seq} verified but is not the chain's"),
