@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Events by `(instant, sequence)`, the sequence numbering them as they
 /// are scheduled, so equal instants keep their scheduling order.
@@ -11,20 +11,52 @@ use std::time::Instant;
 /// A binary heap of small keys over a slab of the events: a flood puts
 /// millions of events through the queue, and a heap (or a B-tree) of the
 /// events themselves moves them around on every insertion and removal.
+/// A key is the instant in nanoseconds after an epoch and the sequence,
+/// packed in one integer: one comparison instead of an `Instant`'s two
+/// fields and the sequence's.
 #[derive(Debug)]
 pub(crate) struct Events<T> {
-    /// `(at, sequence, slot)`: sequences are unique, so the slot never
-    /// decides the order.
-    heap: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    epoch: Instant,
+    heap: BinaryHeap<Reverse<Key>>,
     slots: Vec<Option<T>>,
     /// Slots free for reuse.
     free: Vec<usize>,
     sequence: u64,
 }
 
+/// `nanoseconds << 64 | sequence`, and the event's slot. Keys are unique
+/// (the sequence is), so the slot never decides the order.
+#[derive(Debug, Clone, Copy)]
+struct Key {
+    key: u128,
+    slot: usize,
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Key {}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
+    }
+}
+
 impl<T> Events<T> {
-    pub(crate) fn new() -> Self {
+    /// A queue of events at or after `epoch`.
+    pub(crate) fn new(epoch: Instant) -> Self {
         Self {
+            epoch,
             heap: BinaryHeap::new(),
             slots: Vec::new(),
             free: Vec::new(),
@@ -33,6 +65,8 @@ impl<T> Events<T> {
     }
 
     /// Schedules `event` at `at`, after everything already scheduled then.
+    /// An instant before the epoch counts as the epoch (the simulator
+    /// schedules none).
     pub(crate) fn push(&mut self, at: Instant, event: T) {
         self.sequence += 1;
         let slot = match self.free.pop() {
@@ -45,34 +79,43 @@ impl<T> Events<T> {
                 self.slots.len() - 1
             }
         };
-        self.heap.push(Reverse((at, self.sequence, slot)));
+        // 2^64 ns is 584 years: beyond any run's time cap.
+        let nanos = at.saturating_duration_since(self.epoch).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
+        let key = u128::from(nanos) << 64 | u128::from(self.sequence);
+        self.heap.push(Reverse(Key { key, slot }));
     }
 
     /// When the first event is due.
     pub(crate) fn first_at(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse((at, _, _))| *at)
+        self.heap.peek().map(|Reverse(key)| self.instant(key))
     }
 
     /// Removes the first event.
     pub(crate) fn pop(&mut self) -> Option<(Instant, T)> {
-        let Reverse((at, _, slot)) = self.heap.pop()?;
-        let event = self.slots.get_mut(slot)?.take()?;
-        self.free.push(slot);
-        Some((at, event))
+        let Reverse(key) = self.heap.pop()?;
+        let event = self.slots.get_mut(key.slot)?.take()?;
+        self.free.push(key.slot);
+        Some((self.instant(&key), event))
+    }
+
+    /// The instant of `key`.
+    fn instant(&self, key: &Key) -> Instant {
+        let nanos = u64::try_from(key.key >> 64).unwrap_or(u64::MAX);
+        self.epoch + Duration::from_nanos(nanos)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn earliest_first_ties_in_scheduling_order() {
         #[allow(clippy::disallowed_methods)]
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
-        let mut events = Events::new();
+        let mut events = Events::new(t0);
         for (at, id) in [(5, 'a'), (1, 'b'), (5, 'c'), (3, 'd'), (1, 'e')] {
             events.push(ms(at), id);
         }

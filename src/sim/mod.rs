@@ -637,7 +637,7 @@ impl Simulation {
             caught_up: 0,
             network,
             deliveries: Vec::new(),
-            queue: Events::new(),
+            queue: Events::new(epoch),
             slow_delay: scenario.slow_delay,
             violations: 0,
             violation_messages: Vec::new(),
