@@ -197,61 +197,71 @@ impl<P: Clone + Ord> Buckets<P> {
     /// The peer's tokens at `now`; a peer not remembered has a full bucket.
     pub(super) fn tokens(&self, peer: &P, now: Instant) -> u128 {
         self.peers.get(peer).map_or(self.capacity, |state| {
-            let elapsed = now.saturating_duration_since(state.updated).as_nanos();
-            let refill = elapsed.saturating_mul(self.rate);
-            state.tokens.saturating_add(refill).min(self.capacity)
+            refilled(state, now, self.capacity, self.rate)
         })
     }
 
     /// Takes `cost` tokens (the caller checked they are there) and, with
     /// `work`, counts a request being served until [`finish`](Self::finish).
     pub(super) fn charge(&mut self, peer: &P, now: Instant, cost: u128, work: bool) {
-        let tokens = self.tokens(peer, now).saturating_sub(cost);
+        let (capacity, rate) = (self.capacity, self.rate);
         let state = self.peers.entry(peer.clone()).or_insert(PeerBucket {
-            tokens,
+            tokens: capacity,
             updated: now,
             active: 0,
             full_at: None,
         });
-        state.tokens = tokens;
+        // A new peer's bucket is full, as `tokens` has it.
+        state.tokens = refilled(state, now, capacity, rate).saturating_sub(cost);
         state.updated = now;
         if work {
             state.active += 1;
         }
-        self.reindex(peer);
+        reindex(&mut self.idle, capacity, rate, peer, state);
     }
 
     /// A request of `peer` is no longer being served.
     pub(super) fn finish(&mut self, peer: &P) {
         if let Some(state) = self.peers.get_mut(peer) {
             state.active = state.active.saturating_sub(1);
+            reindex(&mut self.idle, self.capacity, self.rate, peer, state);
         }
-        self.reindex(peer);
     }
+}
 
-    /// Files the peer in `idle` exactly when it has no work, keyed by the
-    /// instant its bucket is full again.
-    pub(super) fn reindex(&mut self, peer: &P) {
-        let Some(state) = self.peers.get_mut(peer) else {
-            return;
-        };
-        if let Some(full_at) = state.full_at.take() {
-            self.idle.remove(&(full_at, peer.clone()));
-        }
-        if state.active > 0 {
-            return;
-        }
-        let missing = self.capacity.saturating_sub(state.tokens);
-        let nanos = missing.div_ceil(self.rate);
-        // `None` only if the bucket fills after `Instant`'s range ends
-        // (a burst of centuries): such a peer is kept.
-        let full_at = u64::try_from(nanos)
-            .ok()
-            .and_then(|nanos| state.updated.checked_add(Duration::from_nanos(nanos)));
-        if let Some(full_at) = full_at {
-            state.full_at = Some(full_at);
-            self.idle.insert((full_at, peer.clone()));
-        }
+/// `state`'s tokens at `now`, refilled at `rate` up to `capacity`.
+fn refilled(state: &PeerBucket, now: Instant, capacity: u128, rate: u128) -> u128 {
+    let elapsed = now.saturating_duration_since(state.updated).as_nanos();
+    let refill = elapsed.saturating_mul(rate);
+    state.tokens.saturating_add(refill).min(capacity)
+}
+
+/// Files `peer` (whose bucket is `state`) in `idle` exactly when it has no
+/// work, keyed by the instant its bucket is full again. Given the peer's
+/// bucket, so that the callers look it up once.
+fn reindex<P: Clone + Ord>(
+    idle: &mut BTreeSet<(Instant, P)>,
+    capacity: u128,
+    rate: u128,
+    peer: &P,
+    state: &mut PeerBucket,
+) {
+    if let Some(full_at) = state.full_at.take() {
+        idle.remove(&(full_at, peer.clone()));
+    }
+    if state.active > 0 {
+        return;
+    }
+    let missing = capacity.saturating_sub(state.tokens);
+    let nanos = missing.div_ceil(rate);
+    // `None` only if the bucket fills after `Instant`'s range ends
+    // (a burst of centuries): such a peer is kept.
+    let full_at = u64::try_from(nanos)
+        .ok()
+        .and_then(|nanos| state.updated.checked_add(Duration::from_nanos(nanos)));
+    if let Some(full_at) = full_at {
+        state.full_at = Some(full_at);
+        idle.insert((full_at, peer.clone()));
     }
 }
 
