@@ -73,10 +73,18 @@ pub(super) fn select(
     max_bytes: usize,
 ) -> Selection {
     let received = payloads.len();
-    payloads.retain(|payload| range.contains(payload.seq_num));
-    // Stable, so among equal numbers the host's first copy stays first.
-    payloads.sort_by_key(|payload| payload.seq_num);
-    payloads.dedup_by_key(|payload| payload.seq_num);
+    // A host reads a range in order: strictly ascending numbers, the first
+    // and last inside the range, leave nothing to filter, sort or
+    // deduplicate, and one look at the numbers says so.
+    let in_order = payloads.first().is_none_or(|p| range.contains(p.seq_num))
+        && payloads.last().is_none_or(|p| range.contains(p.seq_num))
+        && payloads.windows(2).all(|w| w[0].seq_num < w[1].seq_num);
+    if !in_order {
+        payloads.retain(|payload| range.contains(payload.seq_num));
+        // Stable, so among equal numbers the host's first copy stays first.
+        payloads.sort_by_key(|payload| payload.seq_num);
+        payloads.dedup_by_key(|payload| payload.seq_num);
+    }
     let dropped = (received - payloads.len()) as u64;
 
     let unreadable = match payloads.last() {
