@@ -105,6 +105,9 @@ pub use types::{RequestError, ResponderAction, ResponderEvent, ResponderStats, T
 pub struct StateResponder<P> {
     config: Config,
     channel: Bytes,
+    /// The encoded length of a response's fields but its nonce and content
+    /// (channel, tag): the same for every response.
+    header_len: usize,
     height: u64,
     /// The latest `now` seen: an earlier one is clamped to it.
     now: Option<Instant>,
@@ -147,6 +150,11 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             priorities: Priorities::new(config.background_repeaters, config.favoured_peers),
             forget_at: None,
             config,
+            header_len: GossipMessage {
+                content: None,
+                ..wire::state_response(0, channel.clone(), Vec::new())
+            }
+            .encoded_len(),
             channel,
             height,
             now: None,
@@ -166,7 +174,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     pub fn handle(&mut self, now: Instant, event: ResponderEvent<P>) -> Result<(), RequestError> {
         let now = self.advance(now);
         match event {
-            ResponderEvent::Request { from, message } => self.on_request(now, from, Ok(message)),
+            ResponderEvent::Request { from, message } => self.on_request(now, from, Ok(&message)),
             ResponderEvent::BlocksRead { ticket, payloads } => {
                 self.on_blocks_read(now, ticket, payloads)
             }
@@ -194,7 +202,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     ) -> Result<(), RequestError> {
         let now = self.advance(now);
         let message = wire::decode_gossip_message(bytes, self.config.max_message_size);
-        self.on_request(now, from, message)
+        self.on_request(now, from, message.as_ref().map_err(Clone::clone))
     }
 
     /// Decodes an `Envelope` (what Fabric's gossip stream carries; at most
@@ -212,7 +220,21 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         let max = self.config.max_message_size;
         let message =
             wire::decode_envelope(bytes, max).and_then(|e| wire::unwrap_envelope(&e, max));
-        self.on_request(now, from, message)
+        self.on_request(now, from, message.as_ref().map_err(Clone::clone))
+    }
+
+    /// [`handle`](Self::handle) of a [`ResponderEvent::Request`], the message
+    /// borrowed: the simulator feeds a flood's requests from one message
+    /// it rewrites, instead of building and moving one per request.
+    #[cfg(feature = "sim")]
+    pub(crate) fn handle_request(
+        &mut self,
+        now: Instant,
+        from: P,
+        message: &GossipMessage,
+    ) -> Result<(), RequestError> {
+        let now = self.advance(now);
+        self.on_request(now, from, Ok(message))
     }
 
     /// The next action to carry out; call until `None` after every input.
@@ -341,13 +363,13 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         &mut self,
         now: Instant,
         from: P,
-        message: Result<GossipMessage, WireError>,
+        message: Result<&GossipMessage, WireError>,
     ) -> Result<(), RequestError> {
         self.stats.requests += 1;
         let nonce = message.as_ref().map_or(0, |message| message.nonce);
         let result = message
             .map_err(RequestError::from)
-            .and_then(|message| self.admit(now, from.clone(), &message));
+            .and_then(|message| self.admit(now, from.clone(), message));
         if let Err(error) = &result {
             emit!(DEBUG, peer = ?from, nonce, %error, "request refused");
             let counter = match error {
@@ -574,13 +596,8 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             return Ok(());
         }
         self.buckets.finish(&read.job.from);
-        let header = wire::state_response(read.job.nonce, self.channel.clone(), Vec::new());
         // Without its content: `response_len` adds the oneof field back.
-        let header = GossipMessage {
-            content: None,
-            ..header
-        }
-        .encoded_len();
+        let header = self.header_len + nonce_len(read.job.nonce);
         let selection = select(
             read.job.range,
             payloads,
@@ -655,6 +672,16 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     }
 }
 
+/// The encoded length of a message's nonce field: none if zero (proto3
+/// leaves a default out), else its key and varint.
+fn nonce_len(nonce: u64) -> usize {
+    if nonce == 0 {
+        0
+    } else {
+        prost::encoding::key_len(1) + prost::encoding::encoded_len_varint(nonce)
+    }
+}
+
 /// Whether `peer` may have one more of `slots` reads, `reads` being under
 /// way, `background_reads` of them for peers in the background (see
 /// [`StateResponder::start_reads`]).
@@ -683,6 +710,18 @@ mod tests {
     #[allow(clippy::disallowed_methods)]
     fn epoch() -> Instant {
         Instant::now()
+    }
+
+    #[test]
+    fn header_len_is_a_response_without_its_content() {
+        let r: StateResponder<u8> = StateResponder::new(Config::default(), "ch".into(), 1).unwrap();
+        for nonce in [0, 1, 127, 128, 1 << 35, u64::MAX] {
+            let header = GossipMessage {
+                content: None,
+                ..wire::state_response(nonce, "ch".into(), Vec::new())
+            };
+            assert_eq!(r.header_len + nonce_len(nonce), header.encoded_len());
+        }
     }
 
     #[test]

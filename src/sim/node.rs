@@ -273,7 +273,7 @@ impl Node {
         }
         match decoded {
             Ok(message) if wire::as_state_request(&message).is_some() => {
-                self.on_request(w, from, message);
+                self.on_request(w, from, &message);
             }
             Ok(message) => {
                 if w.tracing(self.id) {
@@ -314,37 +314,39 @@ impl Node {
     /// A flooder's burst of `count` valid requests for random ranges.
     pub(crate) fn on_flood(&mut self, w: &mut World, from: NodeId, count: u32, channel: &Bytes) {
         let chain_height = w.chain.height();
+        // One message, rewritten for each request.
+        let mut message = wire::state_request(0, channel.clone(), 0, 0);
         for _ in 0..count {
             let start = w.flood_rng.u64(1..chain_height.max(2));
             let end = start
                 .saturating_add(w.config.batch_size)
                 .min(chain_height.saturating_sub(1))
                 .max(start);
-            let nonce = w.flood_rng.u64(..);
-            let message = wire::state_request(nonce, channel.clone(), start, end);
-            self.on_request(w, from, message);
+            message.nonce = w.flood_rng.u64(..);
+            if let Some(Content::StateRequest(request)) = &mut message.content {
+                request.start_seq_num = start;
+                request.end_seq_num = end;
+            }
+            self.on_request(w, from, &message);
         }
         self.drain(w);
     }
 
     /// A state request from `from`, to the responder.
-    fn on_request(&mut self, w: &mut World, from: NodeId, message: GossipMessage) {
+    fn on_request(&mut self, w: &mut World, from: NodeId, message: &GossipMessage) {
         let now = w.now;
         // Answers to a sink are never corrupted (they are not encoded), so
         // a flooder's requests are not remembered: a flood's millions would
         // only grow the map.
         if self.behaviour == Behaviour::Byzantine && !w.is_sink(from) {
-            if let Some(r) = wire::as_state_request(&message) {
+            if let Some(r) = wire::as_state_request(message) {
                 if let Some(range) = SeqRange::new(r.start_seq_num, r.end_seq_num) {
                     self.byzantine_ranges.insert(message.nonce, range);
                 }
             }
         }
         if let Some(responder) = self.responder.as_mut() {
-            if responder
-                .handle(now, ResponderEvent::Request { from, message })
-                .is_err()
-            {
+            if responder.handle_request(now, from, message).is_err() {
                 self.refused_requests += 1;
             }
             // Before the host serves the read: the load as admitted.
