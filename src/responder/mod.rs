@@ -7,7 +7,7 @@ mod priority;
 mod reads;
 mod types;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::Instant;
 
@@ -22,7 +22,7 @@ use crate::wire::{self, WireError};
 
 use admission::{Buckets, Job, Queue, EMPTY_RESPONSE_COST, NANO};
 use priority::Priorities;
-use reads::{select, Read};
+use reads::{select, Read, Reads};
 pub use types::{RequestError, ResponderAction, ResponderEvent, ResponderStats, Ticket};
 
 /// The serving side of Fabric's state transfer.
@@ -115,7 +115,7 @@ pub struct StateResponder<P> {
     /// Reads handed to the host. Tickets are issued when a read starts,
     /// `now` never goes back and `read_timeout` is fixed, so ticket order is
     /// deadline order: the first entry expires first.
-    reads: BTreeMap<Ticket, Read<P>>,
+    reads: Reads<P>,
     /// Admitted requests waiting for a read slot. Non-empty only while
     /// every slot is taken.
     queue: Queue<P>,
@@ -159,7 +159,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             height,
             now: None,
             next_ticket: 0,
-            reads: BTreeMap::new(),
+            reads: Reads::new(),
             queue: Queue::new(),
             buckets,
             actions: VecDeque::new(),
@@ -248,7 +248,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     /// any.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let read = self.reads.values().next().and_then(|read| read.deadline);
+        let read = self.reads.first().and_then(|read| read.deadline);
         let wait = self.queue.oldest().and_then(|job| self.stale_at(job));
         match (read, wait) {
             (Some(read), Some(wait)) => Some(read.min(wait)),
@@ -308,11 +308,13 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     fn advance(&mut self, now: Instant) -> Instant {
         let now = self.now.map_or(now, |latest| latest.max(now));
         self.now = Some(now);
-        while let Some(entry) = self.reads.first_entry() {
-            if entry.get().deadline.is_none_or(|deadline| deadline > now) {
+        while let Some(read) = self.reads.first() {
+            if read.deadline.is_none_or(|deadline| deadline > now) {
                 break;
             }
-            let read = entry.remove();
+            let Some(read) = self.reads.pop_first() else {
+                break;
+            };
             self.stats.expired_reads += 1;
             emit!(DEBUG, peer = ?read.job.from, nonce = read.job.nonce, "read abandoned after read_timeout");
             if !read.orphaned {
@@ -687,7 +689,7 @@ fn nonce_len(nonce: u64) -> usize {
 /// [`StateResponder::start_reads`]).
 fn may_read<P: Clone + Ord>(
     slots: usize,
-    reads: &BTreeMap<Ticket, Read<P>>,
+    reads: &Reads<P>,
     priorities: &Priorities<P>,
     peer: &P,
     background_reads: usize,

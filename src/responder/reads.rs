@@ -1,12 +1,14 @@
 //! Reads handed to the host, and what of the host's answer a response
 //! carries: the exact byte cap.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use prost::encoding::{encoded_len_varint, key_len};
 use prost::Message;
 
 use super::admission::Job;
+use super::Ticket;
 use crate::range::SeqRange;
 use crate::wire::gossip::Payload;
 
@@ -24,6 +26,58 @@ pub(super) struct Read<P> {
 }
 
 /// The payloads a response carries, and what was left out.
+/// Reads handed to the host, by ticket: a vector in ticket order. Tickets
+/// are issued in increasing order and reads end mostly in that order, so
+/// an insertion goes at the back and a removal is at or near the front;
+/// there are at most `max_concurrent_reads` of them. A map cost a node
+/// insertion and removal on a flood's every request.
+#[derive(Debug, Clone)]
+pub(super) struct Reads<P> {
+    reads: VecDeque<(Ticket, Read<P>)>,
+}
+
+impl<P> Reads<P> {
+    pub(super) fn new() -> Self {
+        Self {
+            reads: VecDeque::new(),
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.reads.len()
+    }
+
+    /// The read of the lowest ticket.
+    pub(super) fn first(&self) -> Option<&Read<P>> {
+        self.reads.front().map(|(_, read)| read)
+    }
+
+    pub(super) fn pop_first(&mut self) -> Option<Read<P>> {
+        self.reads.pop_front().map(|(_, read)| read)
+    }
+
+    pub(super) fn insert(&mut self, ticket: Ticket, read: Read<P>) {
+        // At the back unless the ticket counter wrapped (after 2^64 reads),
+        // where the order stays the tickets'.
+        let at = self.reads.partition_point(|(t, _)| *t < ticket);
+        self.reads.insert(at, (ticket, read));
+    }
+
+    pub(super) fn remove(&mut self, ticket: &Ticket) -> Option<Read<P>> {
+        let at = self.reads.binary_search_by_key(ticket, |(t, _)| *t).ok()?;
+        self.reads.remove(at).map(|(_, read)| read)
+    }
+
+    /// The reads in ticket order.
+    pub(super) fn values(&self) -> impl Iterator<Item = &Read<P>> {
+        self.reads.iter().map(|(_, read)| read)
+    }
+
+    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut Read<P>> {
+        self.reads.iter_mut().map(|(_, read)| read)
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct Selection {
     pub(super) payloads: Vec<Payload>,
@@ -96,16 +150,24 @@ pub(super) fn select(
     };
 
     // The encoded length grows with the body, so the first prefix that
-    // does not fit ends the search.
-    let mut body = 0usize;
-    let fitting = payloads
-        .iter()
-        .enumerate()
-        .take_while(|(index, payload)| {
-            body = body.saturating_add(payload_field_len(payload));
-            *index == 0 || response_len(header, body) <= max_bytes
-        })
-        .count();
+    // does not fit ends the search; if the whole answer fits, every prefix
+    // does, and one sum says so.
+    let whole = payloads.iter().fold(0usize, |body, payload| {
+        body.saturating_add(payload_field_len(payload))
+    });
+    let fitting = if response_len(header, whole) <= max_bytes {
+        payloads.len()
+    } else {
+        let mut body = 0usize;
+        payloads
+            .iter()
+            .enumerate()
+            .take_while(|(index, payload)| {
+                body = body.saturating_add(payload_field_len(payload));
+                *index == 0 || response_len(header, body) <= max_bytes
+            })
+            .count()
+    };
     let truncated = fitting < payloads.len();
     payloads.truncate(fitting);
     Selection {
