@@ -231,6 +231,11 @@ impl<P: Clone + Ord> Buckets<P> {
 
 /// `state`'s tokens at `now`, refilled at `rate` up to `capacity`.
 fn refilled(state: &PeerBucket, now: Instant, capacity: u128, rate: u128) -> u128 {
+    if now <= state.updated {
+        // Nothing to add (a burst of requests at one instant): the same
+        // as the arithmetic below, without it.
+        return state.tokens.min(capacity);
+    }
     let elapsed = now.saturating_duration_since(state.updated).as_nanos();
     let refill = elapsed.saturating_mul(rate);
     state.tokens.saturating_add(refill).min(capacity)
