@@ -126,8 +126,31 @@ pub struct StateResponder<P> {
     priorities: Priorities<P>,
     /// When idle peers' histories are next forgotten.
     forget_at: Option<Instant>,
-    actions: VecDeque<ResponderAction<P>>,
+    actions: VecDeque<Queued<P>>,
     stats: ResponderStats,
+}
+
+/// An action as queued: a response's message is made when it is polled.
+/// A `GossipMessage` is 200 bytes, moved on every push and pop of the
+/// queue; a flood pushes two actions per request.
+#[derive(Debug, Clone)]
+enum Queued<P> {
+    Read {
+        ticket: Ticket,
+        to: P,
+        range: SeqRange,
+    },
+    Send {
+        to: P,
+        nonce: u64,
+        payloads: Vec<Payload>,
+        background: bool,
+    },
+    Dropped {
+        to: P,
+        nonce: u64,
+        reason: RequestError,
+    },
 }
 
 impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
@@ -240,7 +263,25 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     /// The next action to carry out; call until `None` after every input.
     #[must_use]
     pub fn poll_action(&mut self) -> Option<ResponderAction<P>> {
-        self.actions.pop_front()
+        Some(match self.actions.pop_front()? {
+            Queued::Read { ticket, to, range } => ResponderAction::ReadBlocks {
+                ticket,
+                to,
+                range,
+                max_bytes: self.config.max_response_bytes,
+            },
+            Queued::Send {
+                to,
+                nonce,
+                payloads,
+                background,
+            } => ResponderAction::SendResponse {
+                to,
+                message: wire::state_response(nonce, self.channel.clone(), payloads),
+                background,
+            },
+            Queued::Dropped { to, nonce, reason } => ResponderAction::Dropped { to, nonce, reason },
+        })
     }
 
     /// When to handle a [`ResponderEvent::Timeout`]: the earliest deadline
@@ -320,7 +361,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             if !read.orphaned {
                 self.buckets.finish(&read.job.from);
             }
-            self.actions.push_back(ResponderAction::Dropped {
+            self.actions.push_back(Queued::Dropped {
                 to: read.job.from,
                 nonce: read.job.nonce,
                 reason: RequestError::ReadTimedOut,
@@ -340,7 +381,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             self.stats.stale += 1;
             emit!(DEBUG, peer = ?job.from, nonce = job.nonce, "queued request dropped as stale");
             self.buckets.finish(&job.from);
-            self.actions.push_back(ResponderAction::Dropped {
+            self.actions.push_back(Queued::Dropped {
                 to: job.from,
                 nonce: job.nonce,
                 reason: RequestError::Stale {
@@ -564,11 +605,10 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     fn start_read(&mut self, now: Instant, job: Job<P>) {
         let ticket = Ticket(self.next_ticket);
         self.next_ticket = self.next_ticket.wrapping_add(1);
-        self.actions.push_back(ResponderAction::ReadBlocks {
+        self.actions.push_back(Queued::Read {
             ticket,
             to: job.from.clone(),
             range: job.range,
-            max_bytes: self.config.max_response_bytes,
         });
         let deadline = now.checked_add(self.config.read_timeout);
         self.reads.insert(
@@ -648,15 +688,16 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         busy.charge(&to, now, NANO, false);
         self.stats.busy_replies += 1;
         emit!(DEBUG, peer = ?to, nonce, "busy reply");
-        let message = wire::state_response(nonce, self.channel.clone(), Vec::new());
-        self.send(to, message);
+        self.send(to, nonce, Vec::new());
     }
 
-    fn send(&mut self, to: P, message: GossipMessage) {
+    /// Queues a response with `payloads` to `to`'s request `nonce`.
+    fn send(&mut self, to: P, nonce: u64, payloads: Vec<Payload>) {
         let background = self.is_background(&to);
-        self.actions.push_back(ResponderAction::SendResponse {
+        self.actions.push_back(Queued::Send {
             to,
-            message,
+            nonce,
+            payloads,
             background,
         });
     }
@@ -669,8 +710,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         self.stats.blocks_served += payloads.len() as u64;
         let bytes: usize = payloads.iter().map(payload_size).sum();
         self.stats.bytes_served = self.stats.bytes_served.saturating_add(bytes as u64);
-        let message = wire::state_response(nonce, self.channel.clone(), payloads);
-        self.send(to, message);
+        self.send(to, nonce, payloads);
     }
 }
 
