@@ -94,7 +94,7 @@ pub use node::NodeId;
 pub use report::{Amplification, Bound, Outcome, Progress, Report};
 pub use scenario::{Behaviour, Overclaim, Scenario, ScenarioError};
 
-use crate::wire::gossip::Payload;
+use crate::wire::gossip::{GossipMessage, Payload};
 use crate::{Config, ConfigError, SeqRange, Ticket};
 use events::Events;
 use faults::Schedule;
@@ -170,6 +170,12 @@ enum Pending {
 pub(crate) enum Wire {
     /// An encoded message.
     Encoded(Bytes),
+    /// A message that is decoded on arrival, as it is, and its encoded
+    /// length (see [`World::send_message`]).
+    Decoded {
+        message: Box<GossipMessage>,
+        len: usize,
+    },
     /// A flooder's burst of that many valid state requests, back to back
     /// (made on arrival: one network event for many requests).
     Requests(u32),
@@ -326,20 +332,51 @@ impl World {
 
     /// Puts `bytes` on the network from `from` to `to`.
     pub(crate) fn send(&mut self, from: NodeId, to: NodeId, bytes: Bytes) {
+        self.put(from, to, bytes.len(), Wire::Encoded(bytes));
+    }
+
+    /// Puts `message` on the network from `from` to `to`, its encoding's
+    /// length taking the links. One the receiver decodes (not over
+    /// `max_message_size`) goes as it is: decoding its encoding gives it
+    /// back, so encoding it (a copy of every block) and decoding it again
+    /// would change nothing.
+    pub(crate) fn send_message(&mut self, from: NodeId, to: NodeId, message: GossipMessage) {
+        let len = prost::Message::encoded_len(&message);
+        if len > self.config.max_message_size {
+            // Refused undecoded: the receiver needs its bytes.
+            self.send(
+                from,
+                to,
+                Bytes::from(prost::Message::encode_to_vec(&message)),
+            );
+            return;
+        }
+        debug_assert_eq!(
+            crate::wire::decode_gossip_message(
+                prost::Message::encode_to_vec(&message).into(),
+                self.config.max_message_size
+            )
+            .as_ref(),
+            Ok(&message),
+            "a message sent decoded must survive encoding"
+        );
+        let message = Box::new(message);
+        self.put(from, to, len, Wire::Decoded { message, len });
+    }
+
+    /// Puts `wire`, `len` bytes on the links, on the network from `from` to
+    /// `to`.
+    fn put(&mut self, from: NodeId, to: NodeId, len: usize, wire: Wire) {
         if !self.reachable(from.0, to.0) {
             // No connection: the transport refuses it (no uplink used).
             self.unreachable_lost += 1;
             return;
         }
         let generation = self.generation(from.0, to.0);
-        let len = bytes.len();
-        if let Some(wake) = self.network.send(
-            self.now,
-            from.0,
-            to.0,
-            len,
-            (Wire::Encoded(bytes), generation),
-        ) {
+        if let Some(wake) = self
+            .network
+            .send(self.now, from.0, to.0, len, (wire, generation))
+        {
             self.schedule(wake.at, Pending::Uplink(wake));
         }
     }
@@ -1060,6 +1097,9 @@ impl Simulation {
                         match bytes {
                             Wire::Encoded(bytes) => {
                                 self.nodes[to.0].on_message(&mut self.world, from, bytes);
+                            }
+                            Wire::Decoded { message, len } => {
+                                self.nodes[to.0].on_decoded(&mut self.world, from, len, *message);
                             }
                             Wire::Requests(count) => {
                                 let channel = self.channel.clone();

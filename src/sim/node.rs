@@ -261,50 +261,67 @@ impl Node {
 
     /// A message arrived over the network, as bytes.
     pub(crate) fn on_message(&mut self, w: &mut World, from: NodeId, bytes: Bytes) {
-        if self.lagger {
-            w.bytes_received += bytes.len() as u64;
+        match wire::decode_gossip_message(bytes.clone(), w.config.max_message_size) {
+            Ok(message) => self.on_decoded(w, from, bytes.len(), message),
+            Err(_) => {
+                // Garbage: an answer, as far as the amplification bound goes.
+                self.count_received(w, bytes.len(), true);
+                self.touch_requester();
+                if let Some(requester) = self.requester.as_mut() {
+                    let _ = requester.handle_response_bytes(w.now, from, bytes);
+                }
+                self.drain(w);
+            }
         }
-        let now = w.now;
-        let decoded = wire::decode_gossip_message(bytes.clone(), w.config.max_message_size);
-        if !matches!(&decoded, Ok(m) if wire::as_state_request(m).is_some()) {
+    }
+
+    /// Counts `len` bytes delivered; `answer`: not a state request.
+    fn count_received(&mut self, w: &mut World, len: usize, answer: bool) {
+        if self.lagger {
+            w.bytes_received += len as u64;
+        }
+        if answer {
             // Answers (and garbage) only: what the requester's amplification
             // bound is about; requests from others are not its doing.
-            self.bytes_received += bytes.len() as u64;
+            self.bytes_received += len as u64;
         }
-        match decoded {
-            Ok(message) if wire::as_state_request(&message).is_some() => {
-                self.on_request(w, from, &message);
-            }
-            Ok(message) => {
-                if w.tracing(self.id) {
-                    let nonce = message.nonce;
-                    let seqs: Vec<u64> = match &message.content {
-                        Some(Content::StateResponse(r)) => {
-                            r.payloads.iter().map(|p| p.seq_num).collect()
-                        }
-                        _ => Vec::new(),
-                    };
-                    w.trace(self.id, || {
-                        format!(
-                            "answer from {from} nonce {nonce:x}: {} blocks {:?}..{:?}",
-                            seqs.len(),
-                            seqs.first(),
-                            seqs.last()
-                        )
-                    });
-                }
-                self.touch_requester();
-                if let Some(requester) = self.requester.as_mut() {
-                    let result = requester.handle(now, Event::Response { from, message });
-                    if let Err(error) = result {
-                        w.trace(self.id, || format!("  refused: {error}"));
+    }
+
+    /// A message arrived over the network, decoded; `len` bytes encoded.
+    pub(crate) fn on_decoded(
+        &mut self,
+        w: &mut World,
+        from: NodeId,
+        len: usize,
+        message: GossipMessage,
+    ) {
+        let request = wire::as_state_request(&message).is_some();
+        self.count_received(w, len, !request);
+        if request {
+            self.on_request(w, from, &message);
+        } else {
+            if w.tracing(self.id) {
+                let nonce = message.nonce;
+                let seqs: Vec<u64> = match &message.content {
+                    Some(Content::StateResponse(r)) => {
+                        r.payloads.iter().map(|p| p.seq_num).collect()
                     }
-                }
+                    _ => Vec::new(),
+                };
+                w.trace(self.id, || {
+                    format!(
+                        "answer from {from} nonce {nonce:x}: {} blocks {:?}..{:?}",
+                        seqs.len(),
+                        seqs.first(),
+                        seqs.last()
+                    )
+                });
             }
-            Err(_) => {
-                self.touch_requester();
-                if let Some(requester) = self.requester.as_mut() {
-                    let _ = requester.handle_response_bytes(now, from, bytes);
+            self.touch_requester();
+            if let Some(requester) = self.requester.as_mut() {
+                let result = requester.handle(w.now, Event::Response { from, message });
+                if let Err(error) = result {
+                    w.trace(self.id, || format!("  refused: {error}"));
                 }
             }
         }
@@ -536,18 +553,18 @@ impl Node {
                     }
                     return;
                 }
-                let bytes = if self.behaviour == Behaviour::Byzantine {
-                    self.corrupt(w, to, message)
+                if self.behaviour == Behaviour::Byzantine {
+                    let bytes = self.corrupt(w, to, message);
+                    w.send(self.id, to, bytes);
                 } else if self.behaviour == Behaviour::Overclaiming(Overclaim::Empty) {
                     let mut message = message;
                     if let Some(Content::StateResponse(response)) = &mut message.content {
                         response.payloads.clear();
                     }
-                    Bytes::from(message.encode_to_vec())
+                    w.send_message(self.id, to, message);
                 } else {
-                    Bytes::from(message.encode_to_vec())
-                };
-                w.send(self.id, to, bytes);
+                    w.send_message(self.id, to, message);
+                }
             }
             // Informational: nothing is sent.
             ResponderAction::Dropped { .. } => {}
@@ -615,7 +632,7 @@ impl Node {
                 self.longest_ask = self.longest_ask.max(range.len());
             }
         }
-        w.send(self.id, to, Bytes::from(message.encode_to_vec()));
+        w.send_message(self.id, to, message);
     }
 
     fn was_asked(&self, peer: &NodeId, seq: u64) -> bool {
