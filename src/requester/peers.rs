@@ -606,6 +606,26 @@ impl<P: Clone + Ord> Peers<P> {
     /// the peers that may no longer be asked: departed, left the channel, or
     /// advertising nothing.
     pub(crate) fn replace(&mut self, view: Vec<PeerState<P>>) -> Vec<P> {
+        // The usual view: the same peers, listed once each in order. Their
+        // records are updated in place, which is what moving each into a
+        // new map comes to (no peer departs), without moving them.
+        let same_peers = view.len() == self.map.len()
+            && view.windows(2).all(|w| w[0].id < w[1].id)
+            && view
+                .iter()
+                .zip(self.map.keys())
+                .all(|(state, id)| state.id == *id);
+        if same_peers {
+            for (state, peer) in view.iter().zip(self.map.values_mut()) {
+                peer.advertised = state.usable_height();
+            }
+            return self
+                .map
+                .iter()
+                .filter(|(_, peer)| peer.advertised.is_none())
+                .map(|(id, _)| id.clone())
+                .collect();
+        }
         let mut next: BTreeMap<P, Peer> = BTreeMap::new();
         for state in view {
             let advertised = state.usable_height();
