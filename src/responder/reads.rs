@@ -59,6 +59,10 @@ impl<P> Reads<P> {
     pub(super) fn insert(&mut self, ticket: Ticket, read: Read<P>) {
         // At the back unless the ticket counter wrapped (after 2^64 reads),
         // where the order stays the tickets'.
+        if self.reads.back().is_none_or(|(last, _)| *last < ticket) {
+            self.reads.push_back((ticket, read));
+            return;
+        }
         let at = self.reads.partition_point(|(t, _)| *t < ticket);
         self.reads.insert(at, (ticket, read));
     }
