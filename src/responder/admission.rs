@@ -1,7 +1,7 @@
 //! Admission control: per-peer token buckets and request counts, and the
 //! queue of admitted requests waiting for a read slot.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::time::{Duration, Instant};
 
@@ -151,7 +151,7 @@ pub(super) struct Buckets<P> {
     pub(super) peers: BTreeMap<P, PeerBucket>,
     /// Peers without work, by the instant their bucket is full again: they
     /// are forgotten then.
-    pub(super) idle: BTreeSet<(Instant, P)>,
+    pub(super) idle: Sorted<(Instant, P)>,
 }
 
 #[derive(Debug, Clone)]
@@ -173,7 +173,7 @@ impl<P: Clone + Ord> Buckets<P> {
             // division below safe regardless.
             rate: rate.max(1),
             peers: BTreeMap::new(),
-            idle: BTreeSet::new(),
+            idle: Sorted::default(),
         }
     }
 
@@ -229,6 +229,49 @@ impl<P: Clone + Ord> Buckets<P> {
     }
 }
 
+/// A set as a sorted deque: the idle peers are the few that asked lately,
+/// one enters and leaves on every request served, and a B-tree's node
+/// insertion and removal cost more than moving a few entries.
+#[derive(Debug, Clone)]
+pub(super) struct Sorted<T> {
+    items: VecDeque<T>,
+}
+
+impl<T> Default for Sorted<T> {
+    fn default() -> Self {
+        Self {
+            items: VecDeque::new(),
+        }
+    }
+}
+
+impl<T: Ord> Sorted<T> {
+    pub(super) fn first(&self) -> Option<&T> {
+        self.items.front()
+    }
+
+    pub(super) fn pop_first(&mut self) -> Option<T> {
+        self.items.pop_front()
+    }
+
+    pub(super) fn insert(&mut self, item: T) {
+        if let Err(at) = self.items.binary_search(&item) {
+            self.items.insert(at, item);
+        }
+    }
+
+    pub(super) fn remove(&mut self, item: &T) {
+        if let Ok(at) = self.items.binary_search(item) {
+            self.items.remove(at);
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
 /// `state`'s tokens at `now`, refilled at `rate` up to `capacity`.
 fn refilled(state: &PeerBucket, now: Instant, capacity: u128, rate: u128) -> u128 {
     if now <= state.updated {
@@ -245,7 +288,7 @@ fn refilled(state: &PeerBucket, now: Instant, capacity: u128, rate: u128) -> u12
 /// work, keyed by the instant its bucket is full again. Given the peer's
 /// bucket, so that the callers look it up once.
 fn reindex<P: Clone + Ord>(
-    idle: &mut BTreeSet<(Instant, P)>,
+    idle: &mut Sorted<(Instant, P)>,
     capacity: u128,
     rate: u128,
     peer: &P,
@@ -258,7 +301,12 @@ fn reindex<P: Clone + Ord>(
         return;
     }
     let missing = capacity.saturating_sub(state.tokens);
-    let nanos = missing.div_ceil(rate);
+    // In 64 bits when both fit (a bucket of up to 18 billion blocks): a
+    // 128-bit division is a library call, made on every request served.
+    let nanos = match (u64::try_from(missing), u64::try_from(rate)) {
+        (Ok(missing), Ok(rate)) => u128::from(missing.div_ceil(rate)),
+        _ => missing.div_ceil(rate),
+    };
     // `None` only if the bucket fills after `Instant`'s range ends
     // (a burst of centuries): such a peer is kept.
     let full_at = u64::try_from(nanos)
