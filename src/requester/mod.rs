@@ -321,6 +321,9 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // never lies in the past, hedge it now.
         if self.hedge_due().is_some_and(|due| due <= now) {
             self.hedge(now);
+            // The hedge loaded a peer: a range waiting on it may now be worth
+            // a copy, which the next event would make otherwise.
+            self.fill(now);
         }
         result
     }
