@@ -289,6 +289,9 @@ struct Undecided {
 struct Sent {
     nonce: u64,
     to: u8,
+    /// The range it asked for: its request's, unless a split has since
+    /// narrowed that (its answer may still hold any of these blocks).
+    asked: (u64, u64),
     at: Instant,
     state: SendState,
 }
@@ -360,6 +363,9 @@ struct Harness {
     /// a running mean seeded with `window_bytes / window_blocks` and fed
     /// each usable payload, so never below the smallest of those.
     estimate_floor: u64,
+    /// A response with a usable block was taken: the block size is known,
+    /// and ranges are no longer split.
+    block_seen: bool,
     /// Every response handed in, for replays.
     responses: Vec<(u8, GossipMessage)>,
     /// The largest genuine payload handed in.
@@ -377,6 +383,7 @@ impl Harness {
         Self {
             ae,
             estimate_floor: (config.window_bytes / config.window_blocks).max(1),
+            block_seen: false,
             config,
             now,
             view: BTreeMap::new(),
@@ -832,9 +839,19 @@ impl Harness {
         let send = Sent {
             nonce,
             to,
+            asked: (start, end),
             at: self.now,
             state: SendState::Waiting,
         };
+        // Before any block came, the upper part of an outstanding range
+        // waiting on one peer may be split off for another: the request
+        // keeps the lower part.
+        let split_of = self
+            .outstanding
+            .range(..start)
+            .next_back()
+            .filter(|(_, known)| known.end == end)
+            .map(|(&first, _)| first);
         // Outstanding ranges are disjoint: a send of exactly an outstanding
         // range is a re-send of that request (counted as a retry or a hedge,
         // checked against the counters), any other must not overlap one.
@@ -846,6 +863,34 @@ impl Harness {
             Some(known) => {
                 known.sends.push(send);
                 self.resends += 1;
+            }
+            None if split_of.is_some() => {
+                check!(!self.block_seen, "{what}: split off after a block came");
+                let first = split_of.expect("checked");
+                let known = self.outstanding.get_mut(&first).expect("found above");
+                // The machine splits a request waiting on exactly one send,
+                // for another peer than that send's. Sends may have timed
+                // out in this very event (the model learns which only once
+                // it is drained), so only "waits on another peer" is sure.
+                let waiting_elsewhere = known.sends.iter().any(|sent| {
+                    matches!(sent.state, SendState::Waiting | SendState::Pending) && sent.to != to
+                });
+                check!(
+                    waiting_elsewhere,
+                    "{what}: split off [{first}, {end}], not waiting on another peer: {:?}",
+                    known.sends
+                );
+                // Blocks move from one request to another: as many in
+                // flight as before, so the byte window is unchanged.
+                known.end = start - 1;
+                self.outstanding.insert(
+                    start,
+                    Outstanding {
+                        start,
+                        end,
+                        sends: vec![send],
+                    },
+                );
             }
             None => {
                 check!(
@@ -1289,7 +1334,7 @@ impl Harness {
                     known
                         .sends
                         .iter()
-                        .map(move |sent| (sent.to, sent.nonce, known.start, known.end))
+                        .map(|sent| (sent.to, sent.nonce, sent.asked.0, sent.asked.1))
                 })
                 .collect()
         } else {
@@ -1414,10 +1459,10 @@ impl Harness {
         // The payloads the machine uses if it takes the answer, in order: in
         // the range, genuine.
         let usable: Vec<u64> = match (&known, wire::as_state_response(&message)) {
-            (Some((known, _)), Some(response)) if expected.is_ok() => response
+            (Some((_, sent)), Some(response)) if expected.is_ok() => response
                 .payloads
                 .iter()
-                .filter(|p| known.start <= p.seq_num && p.seq_num <= known.end)
+                .filter(|p| sent.asked.0 <= p.seq_num && p.seq_num <= sent.asked.1)
                 .filter(|p| wire::block_number(&p.data) == Ok(p.seq_num))
                 .map(|p| p.seq_num)
                 .collect(),
@@ -1514,6 +1559,7 @@ impl Harness {
                     );
                 }
             }
+            h.block_seen |= !usable.is_empty();
             for &seq in &usable {
                 h.estimate_floor = h.estimate_floor.min(size_of(seq));
                 h.accept(seq, Origin::Peer(from));
@@ -1526,6 +1572,19 @@ impl Harness {
                 // window) is missing again; all its sends' nonces are
                 // unknown from now on.
                 h.end_request(known.start);
+                // So is a part split off its range whose blocks came in it.
+                for &seq in &usable {
+                    let split_off = h
+                        .outstanding
+                        .range(..=seq)
+                        .next_back()
+                        .filter(|(_, other)| seq <= other.end)
+                        .map(|(&start, _)| start);
+                    if let Some(start) = split_off {
+                        h.end_request(start);
+                        h.log.push(format!("  (split off: [{start}, ..] dropped)"));
+                    }
+                }
                 h.drop_obsolete();
             }
             Ok(())
@@ -1918,7 +1977,8 @@ fn regression_request_for_delivered_blocks_is_resent() {
 // one send) on top; every re-send after a failure is a retry.
 #[test]
 fn regression_retries_after_a_hedge_are_counted() {
-    let view = vec![PeerState::new("a", 5), PeerState::new("b", 5)];
+    // One block: a longer range would be split for the idle peer at once.
+    let view = vec![PeerState::new("a", 2), PeerState::new("b", 2)];
     let config = Config::default();
     let (mut ae, _) = machine(config.clone(), view);
     let mut sent = sends(&drain(&mut ae)).len() as u64;

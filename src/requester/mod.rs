@@ -196,8 +196,9 @@ pub struct AntiEntropy<P> {
     covered_below: u64,
     /// Blocks offered by the gossip path since the last `drop_obsolete`:
     /// only they can complete another request's range (a response's blocks
-    /// lie in its own request's range, which the answer ends), so only
-    /// their requests are checked, not every request on every event.
+    /// lie in its own request's range, which the answer ends, or in the
+    /// part split off it, which the answer drops), so only their requests
+    /// are checked, not every request on every event.
     gossiped: Vec<u64>,
     /// The inclusive end of the active round's range.
     round_end: Option<u64>,

@@ -26,6 +26,10 @@ pub(crate) enum AttemptState {
 pub(crate) struct Attempt<P> {
     pub(crate) nonce: u64,
     pub(crate) peer: P,
+    /// The blocks this send asked for: its request's range when sent,
+    /// which a split may since have narrowed (see `split_first_flight`).
+    /// Its answer may hold any of them, and its peer's slot counts them.
+    pub(crate) asked: SeqRange,
     pub(crate) sent_at: Instant,
     /// `None` if the timeout is too long to represent: never expires.
     pub(crate) deadline: Option<Instant>,
@@ -136,6 +140,27 @@ impl<P> Requests<P> {
             },
         );
         id
+    }
+
+    /// Narrows request `id` to the blocks below `at` and makes the rest a
+    /// request of its own (with no send yet), whose id it returns. Its
+    /// sends keep what they asked (`Attempt::asked`).
+    pub(crate) fn split(&mut self, id: u64, at: u64) -> Option<u64> {
+        let request = self.by_id.get_mut(&id)?;
+        let (start, end) = (request.range.start(), request.range.end());
+        let (Some(kept), Some(rest)) = (
+            SeqRange::new(start, at.checked_sub(1)?),
+            SeqRange::new(at, end),
+        ) else {
+            return None;
+        };
+        if at <= start {
+            return None;
+        }
+        request.range = kept;
+        self.by_start.insert(start, (kept.end(), id));
+        self.blocks -= rest.len();
+        Some(self.insert(rest))
     }
 
     /// Records a send of request `id`.

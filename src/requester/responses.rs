@@ -55,6 +55,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             ignored.unknown_nonce += 1;
             return Err(unknown);
         }
+        let asked = attempt.asked;
         let answered_sent_at = attempt.sent_at;
         let answered_order = attempt.order;
         let was_waiting = attempt.state == AttemptState::Waiting;
@@ -63,11 +64,12 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let overtaken_at = attempt.overtaken_at;
 
         let mut usable = 0u64;
+        let mut split_off = Vec::new();
         let mut highest = None;
         let mut malformed = false;
         let mut bytes = 0u64;
         for payload in response.payloads {
-            if !range.contains(payload.seq_num) {
+            if !asked.contains(payload.seq_num) {
                 // Padding costs the peer like a wrong block number: else a
                 // peer could fill every answer to the message limit and
                 // stay preferred.
@@ -82,6 +84,10 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             }
             usable += 1;
             highest = highest.max(Some(payload.seq_num));
+            if !range.contains(payload.seq_num) {
+                // Asked before a split gave it to another request.
+                split_off.push(payload.seq_num);
+            }
             let size = payload_size(&payload) as u64;
             bytes += size;
             // Up fast to a larger block, down slowly (an eighth per
@@ -120,7 +126,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             self.requests.end_send(id, nonce, AttemptState::Failed);
             if let Some(peer) = peer {
                 if was_waiting {
-                    peer.send_ended(range.len());
+                    peer.send_ended(asked.len());
                 }
                 peer.stats.empty_responses += 1;
                 emit!(DEBUG, peer = ?from, nonce, "answer without a usable block");
@@ -151,6 +157,14 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // Blocks of the range that did not arrive are simply missing again:
         // the planner asks for them in a new request.
         self.drop_request(id);
+        // So are those of a part split off the range whose blocks came in
+        // part: asked again from its start, it would ask for blocks held
+        // (the sweep saw one asked below the committed height).
+        for seq in split_off {
+            if let Some((other, _)) = self.requests.covering(seq) {
+                self.drop_request(other);
+            }
+        }
         self.reschedule_after_answer(now, &from, answered_order);
         Ok(())
     }

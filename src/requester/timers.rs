@@ -81,17 +81,16 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                             }
                         }
                     }
-                    expired.push((attempt.nonce, attempt.peer.clone()));
+                    expired.push((attempt.nonce, attempt.peer.clone(), attempt.asked.len()));
                 }
             }
             if expired.is_empty() {
                 continue;
             }
             let range = request.range;
-            let blocks = range.len();
             let adaptive = self.config.adaptive_window;
-            for (nonce, peer_id) in &expired {
-                self.requests.end_send(id, *nonce, AttemptState::TimedOut);
+            for &(nonce, ref peer_id, blocks) in &expired {
+                self.requests.end_send(id, nonce, AttemptState::TimedOut);
                 self.stats.timeouts += 1;
                 emit!(DEBUG, peer = ?peer_id, %range, "request timed out");
                 if let Some(peer) = self.peers.get_mut(peer_id) {

@@ -383,7 +383,9 @@ fn requester_config(selector: u8) -> Config {
 }
 
 /// A request the requester has outstanding, as seen from outside: a
-/// range, sent to one peer or more (retries, hedges).
+/// range, sent to one peer or more (retries, hedges). Before any block is
+/// seen, its upper part may be split off as a request of its own: then
+/// its range shrinks, and its earlier sends keep what they asked.
 #[derive(Debug)]
 struct Outstanding {
     range: SeqRange,
@@ -398,6 +400,8 @@ struct Sent {
     /// are allowed; a nonce never names two requests).
     nonce: u64,
     peer: u8,
+    /// The blocks it asked for: its answer may hold any of them.
+    asked: SeqRange,
     state: SentState,
 }
 
@@ -447,6 +451,9 @@ struct RequesterModel {
     previous_view: Vec<PeerState<u8>>,
     /// The largest payload made.
     max_payload: u64,
+    /// A response with a usable block was taken: the block size is known,
+    /// and ranges are no longer split.
+    block_seen: bool,
 }
 
 /// The height `id` advertises in `view` (the last entry for it wins), if
@@ -492,6 +499,7 @@ pub fn requester_events(data: &[u8]) {
         next: height,
         committed: height,
         outstanding: BTreeMap::new(),
+        block_seen: false,
         asked: BTreeMap::new(),
         offered: BTreeSet::new(),
         view: Vec::new(),
@@ -694,8 +702,8 @@ impl RequesterModel {
             .values()
             .nth(index)
             .expect("index is in bounds");
-        let range = request.range;
         let sent = request.sends[cursor.below(request.sends.len())];
+        let range = sent.asked;
         let (nonce, mut from) = (sent.nonce, sent.peer);
         let size = BLOCK_SIZES[cursor.below(BLOCK_SIZES.len())];
         let private = cursor.u8().is_multiple_of(4);
@@ -776,9 +784,16 @@ impl RequesterModel {
                 Vec::new()
             }
         };
-        // Usable: inside the range of the request the nonce names.
+        // Usable: inside the range that send asked for.
         let named = self.with_nonce(message_nonce);
-        let usable_range = named.map_or(range, |start| self.outstanding[&start].range);
+        let usable_range = named
+            .and_then(|start| {
+                self.outstanding[&start]
+                    .sends
+                    .iter()
+                    .find(|sent| sent.nonce == message_nonce && sent.peer == from)
+            })
+            .map_or(range, |sent| sent.asked);
         let usable: Vec<u64> = payloads
             .iter()
             .filter(|p| {
@@ -845,9 +860,22 @@ impl RequesterModel {
                 }
             } else {
                 // A response with a usable block ends its request: what did
-                // not come is planned again.
+                // not come is planned again. So does it a part split off
+                // the range whose blocks came in it.
                 self.outstanding.remove(&start);
+                for &seq in &usable {
+                    let split_off = self
+                        .outstanding
+                        .range(..=seq)
+                        .next_back()
+                        .filter(|(_, other)| other.range.contains(seq))
+                        .map(|(&start, _)| start);
+                    if let Some(start) = split_off {
+                        self.outstanding.remove(&start);
+                    }
+                }
                 self.offered.extend(usable);
+                self.block_seen = true;
             }
         }
         self.drain();
@@ -941,12 +969,41 @@ impl RequesterModel {
         let sent = Sent {
             nonce,
             peer: to,
+            asked: range,
             state: SentState::Open,
         };
+        // A split: the upper part of a waiting range, before any block.
+        let split_of = self
+            .outstanding
+            .range(..range.start())
+            .next_back()
+            .filter(|(_, request)| request.range.end() == range.end())
+            .map(|(start, _)| *start);
         match self.outstanding.get_mut(&range.start()) {
             Some(request) if request.range == range => {
                 // A retry or a hedge of the same range.
                 request.sends.push(sent);
+            }
+            None if split_of.is_some() => {
+                assert!(!self.block_seen, "{range} split off after a block came");
+                let start = split_of.expect("checked");
+                let request = self.outstanding.get_mut(&start).expect("found above");
+                assert!(
+                    request
+                        .sends
+                        .iter()
+                        .any(|sent| sent.state == SentState::Open && sent.peer != to),
+                    "{range} split off {} for its own peer, or a range not waiting",
+                    request.range
+                );
+                request.range = SeqRange::new(start, range.start() - 1).expect("start < range");
+                self.outstanding.insert(
+                    range.start(),
+                    Outstanding {
+                        range,
+                        sends: vec![sent],
+                    },
+                );
             }
             _ => {
                 for request in self.outstanding.values() {
