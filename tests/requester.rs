@@ -1299,3 +1299,53 @@ fn a_full_answer_to_a_range_split_off_is_taken_and_ends_the_split() {
         );
     }
 }
+
+// If the first peer's answer holds part of the range it was asked, the part
+// split off it loses the blocks that came: it is dropped without blame and
+// what is still missing is asked again from the first block missing, never
+// from the part's old start (asked again whole, it asked for blocks
+// already delivered: the sweep saw a request below the committed height).
+#[test]
+fn a_part_split_off_whose_blocks_came_in_part_is_asked_again_from_what_is_missing() {
+    let ms = Duration::from_millis;
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 3, t0).unwrap();
+    ae.handle(t0, Event::Membership(vec![PeerState::new("a", 23)]))
+        .unwrap();
+    let first = sends(&drain(&mut ae));
+    let view = vec![PeerState::new("a", 23), PeerState::new("b", 23)];
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    let split = sends(&drain(&mut ae));
+    assert!(split.iter().any(|s| s.2 == 2 && s.3 == 11), "{split:?}");
+    let &(to, nonce, _, _) = first.iter().find(|s| s.2 == 1).unwrap();
+    ae.handle(
+        t0 + ms(100),
+        Event::Response {
+            from: to,
+            message: wire_response(nonce, 1..=5),
+        },
+    )
+    .unwrap();
+    let actions = drain(&mut ae);
+    assert_eq!(delivered(&actions), (1..=5).collect::<Vec<_>>());
+    let again = sends(&actions);
+    assert!(again.iter().all(|s| s.2 >= 6), "{again:?}");
+    assert!(
+        again.iter().any(|s| s.2 == 6),
+        "the rest is asked: {again:?}"
+    );
+    let b = ae.peer_stats(&"b").unwrap();
+    assert_eq!(b.timeouts + b.empty_responses, 0, "no blame");
+    // The split-off send's late answer is a stray.
+    let &(from, nonce, start, end) = split.iter().find(|s| s.2 == 2).unwrap();
+    assert_eq!(
+        ae.handle(
+            t0 + ms(150),
+            Event::Response {
+                from,
+                message: wire_response(nonce, start..=end),
+            },
+        ),
+        Err(EventError::Response(ResponseError::UnknownNonce { nonce }))
+    );
+}
