@@ -473,8 +473,9 @@ impl Node {
                 self.on_requester_action(w, action);
                 continue;
             }
-            if let Some(action) = self.responder.as_mut().and_then(|r| r.poll_action()) {
-                self.on_responder_action(w, action);
+            if let Some((action, len)) = self.responder.as_mut().and_then(|r| r.poll_action_sized())
+            {
+                self.on_responder_action(w, action, len);
                 continue;
             }
             break;
@@ -509,7 +510,8 @@ impl Node {
         }
     }
 
-    fn on_responder_action(&mut self, w: &mut World, action: ResponderAction<NodeId>) {
+    /// Carries out `action`; `len`: a response's encoded length.
+    fn on_responder_action(&mut self, w: &mut World, action: ResponderAction<NodeId>, len: usize) {
         match action {
             ResponderAction::ReadBlocks {
                 ticket,
@@ -539,18 +541,19 @@ impl Node {
                 // A flooder's answers, and a crowd's beyond its favoured
                 // few, go from spare uplink only.
                 w.set_background(self.id, to, background);
-                if !w.can_send(self.id, to) {
-                    // The send buffer is full: dropped, no need to encode.
+                if w.is_sink(to) {
+                    if w.can_send(self.id, to) {
+                        w.send_unencoded(self.id, to, len, Wire::Opaque);
+                    }
+                    // Its payloads serve the next read, sent or not (see
+                    // `read`).
+                    if let Some(Content::StateResponse(response)) = message.content {
+                        self.spare_payloads = response.payloads;
+                    }
                     return;
                 }
-                if w.is_sink(to) {
-                    w.send_unencoded(self.id, to, message.encoded_len(), Wire::Opaque);
-                    // Its payload vector serves the next read.
-                    if let Some(Content::StateResponse(response)) = message.content {
-                        let mut payloads = response.payloads;
-                        payloads.clear();
-                        self.spare_payloads = payloads;
-                    }
+                if !w.can_send(self.id, to) {
+                    // The send buffer is full: dropped, no need to encode.
                     return;
                 }
                 if self.behaviour == Behaviour::Byzantine {
@@ -755,20 +758,40 @@ impl Node {
         let mut payloads = std::mem::take(&mut self.spare_payloads);
         // Every block below `start + fitting` was found above.
         let none = Bytes::new();
-        payloads.extend((start..start + fitting).map(|seq| {
-            let block = match self.forged.as_ref() {
-                Some(forged) if self.bad_block == Some(seq) => forged,
-                _ => w.chain.block(seq).unwrap_or(&none),
-            };
-            let data = match OPAQUE.get(..block.len()) {
-                Some(zeros) if opaque => Bytes::from_static(zeros),
-                _ => block.clone(),
-            };
-            Payload {
-                seq_num: seq,
-                data,
-                private_data: Vec::new(),
+        let block = |seq| match self.forged.as_ref() {
+            Some(forged) if self.bad_block == Some(seq) => forged,
+            _ => w.chain.block(seq).unwrap_or(&none),
+        };
+        let data = |block: &Bytes| match OPAQUE.get(..block.len()) {
+            Some(zeros) if opaque => Bytes::from_static(zeros),
+            _ => block.clone(),
+        };
+        if opaque {
+            // The last answer to a sink's payloads, rewritten: a payload
+            // whose data has the block's length already is as good as new
+            // (only lengths are looked at), and none is dropped and made
+            // again (a flood's every block).
+            payloads.truncate(fitting as usize);
+            for (payload, seq) in payloads.iter_mut().zip(start..) {
+                payload.seq_num = seq;
+                let block = block(seq);
+                if payload.data.len() != block.len() {
+                    payload.data = data(block);
+                }
             }
+            let made = payloads.len() as u64;
+            payloads.extend((start + made..start + fitting).map(|seq| Payload {
+                seq_num: seq,
+                data: data(block(seq)),
+                private_data: Vec::new(),
+            }));
+            return payloads;
+        }
+        payloads.clear();
+        payloads.extend((start..start + fitting).map(|seq| Payload {
+            seq_num: seq,
+            data: data(block(seq)),
+            private_data: Vec::new(),
         }));
         payloads
     }
