@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 pub(crate) struct Events<T> {
     epoch: Instant,
     heap: BinaryHeap<Reverse<Key>>,
-    slots: Vec<Option<T>>,
+    /// Each event with the instant its key stands for: kept, so that the
+    /// key need not be turned back into an `Instant` (a `Timespec`'s
+    /// arithmetic) on every step.
+    slots: Vec<Option<(Instant, T)>>,
     /// Slots free for reuse.
     free: Vec<usize>,
     sequence: u64,
@@ -69,26 +72,34 @@ impl<T> Events<T> {
     /// schedules none).
     pub(crate) fn push(&mut self, at: Instant, event: T) {
         self.sequence += 1;
+        // 2^64 ns is 584 years: beyond any run's time cap.
+        let nanos = at.saturating_duration_since(self.epoch).as_nanos();
+        let (nanos, at) = match u64::try_from(nanos) {
+            // `at` itself, unless it is before the epoch.
+            Ok(nanos) if at >= self.epoch => (nanos, at),
+            // The instant the key stands for, as `instant` makes it.
+            Ok(nanos) => (nanos, self.instant_of(nanos)),
+            Err(_) => (u64::MAX, self.instant_of(u64::MAX)),
+        };
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.slots[slot] = Some(event);
+                self.slots[slot] = Some((at, event));
                 slot
             }
             None => {
-                self.slots.push(Some(event));
+                self.slots.push(Some((at, event)));
                 self.slots.len() - 1
             }
         };
-        // 2^64 ns is 584 years: beyond any run's time cap.
-        let nanos = at.saturating_duration_since(self.epoch).as_nanos();
-        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
         let key = u128::from(nanos) << 64 | u128::from(self.sequence);
         self.heap.push(Reverse(Key { key, slot }));
     }
 
     /// When the first event is due.
     pub(crate) fn first_at(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse(key)| self.instant(key))
+        let Reverse(key) = self.heap.peek()?;
+        let (at, _) = self.slots.get(key.slot)?.as_ref()?;
+        Some(*at)
     }
 
     /// Removes the first event.
@@ -96,12 +107,11 @@ impl<T> Events<T> {
         let Reverse(key) = self.heap.pop()?;
         let event = self.slots.get_mut(key.slot)?.take()?;
         self.free.push(key.slot);
-        Some((self.instant(&key), event))
+        Some(event)
     }
 
-    /// The instant of `key`.
-    fn instant(&self, key: &Key) -> Instant {
-        let nanos = u64::try_from(key.key >> 64).unwrap_or(u64::MAX);
+    /// The instant `nanos` after the epoch.
+    fn instant_of(&self, nanos: u64) -> Instant {
         self.epoch + Duration::from_nanos(nanos)
     }
 }
