@@ -1046,24 +1046,16 @@ impl Simulation {
             }
         }
         for (i, node) in self.nodes.iter().enumerate() {
-            let timers = [
-                (node.requester_timer, Machine::Requester),
-                (node.responder_timer, Machine::Responder),
-            ];
-            let sooner =
-                |(timer, _): &(Option<Instant>, Machine)| timer.is_some_and(|at| at < best.0);
-            // The schedule is asked only about a node whose timer would be
-            // picked: this runs on every step.
-            if !timers.iter().any(sooner) || !self.world.up(i) {
-                // A node that is down does nothing until it returns.
+            // The earlier of the node's two timers, the requester's on a tie,
+            // as comparing both in turn picks. The schedule is asked only
+            // about a node whose timer would be picked: this runs on every
+            // step.
+            let Some((at, machine)) = node.next_timer else {
                 continue;
-            }
-            for (timer, machine) in timers {
-                if let Some(at) = timer {
-                    if at < best.0 {
-                        best = (at, Next::Timer(i, machine));
-                    }
-                }
+            };
+            // A node that is down does nothing until it returns.
+            if at < best.0 && self.world.up(i) {
+                best = (at, Next::Timer(i, machine));
             }
         }
         best

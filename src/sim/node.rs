@@ -71,6 +71,9 @@ pub(crate) struct Node {
     /// checking it again would find the same.
     checked: bool,
     pub(crate) responder_timer: Option<Instant>,
+    /// The earlier of the two timers (the requester's on a tie): what the
+    /// simulator compares on every step.
+    pub(crate) next_timer: Option<(Instant, Machine)>,
     pub(crate) caught_up_at: Option<Instant>,
     pub(crate) peak_held_bytes: u64,
     pub(crate) refused_requests: u64,
@@ -136,6 +139,7 @@ impl Node {
             timer_fresh: false,
             checked: false,
             responder_timer: None,
+            next_timer: None,
             caught_up_at: None,
             peak_held_bytes: 0,
             refused_requests: 0,
@@ -489,6 +493,12 @@ impl Node {
             self.timer_fresh = true;
         }
         self.responder_timer = self.responder.as_ref().and_then(|r| r.poll_timeout());
+        let requester = self.requester_timer.map(|at| (at, Machine::Requester));
+        let responder = self.responder_timer.map(|at| (at, Machine::Responder));
+        self.next_timer = match (requester, responder) {
+            (Some(r), Some(s)) => Some(if s.0 < r.0 { s } else { r }),
+            (r, s) => r.or(s),
+        };
     }
 
     /// The requester is about to take an input: its timer and its check
