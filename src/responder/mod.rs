@@ -134,7 +134,7 @@ pub struct StateResponder<P> {
 /// A `GossipMessage` is 200 bytes, moved on every push and pop of the
 /// queue; a flood pushes two actions per request.
 #[derive(Debug, Clone)]
-enum Queued<P> {
+pub(crate) enum Queued<P> {
     Read {
         ticket: Ticket,
         to: P,
@@ -266,43 +266,40 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     /// The next action to carry out; call until `None` after every input.
     #[must_use]
     pub fn poll_action(&mut self) -> Option<ResponderAction<P>> {
-        self.poll_action_sized().map(|(action, _)| action)
+        let queued = self.actions.pop_front()?;
+        Some(self.action(queued))
     }
 
-    /// [`poll_action`](Self::poll_action), with a response's encoded
-    /// length (0 for other actions): the simulator sends a flooder's
-    /// answers as their length alone, and the responder summed it already.
-    pub(crate) fn poll_action_sized(&mut self) -> Option<(ResponderAction<P>, usize)> {
-        Some(match self.actions.pop_front()? {
-            Queued::Read { ticket, to, range } => (
-                ResponderAction::ReadBlocks {
-                    ticket,
-                    to,
-                    range,
-                    max_bytes: self.config.max_response_bytes,
-                },
-                0,
-            ),
+    /// The next action as queued, a response still its nonce and
+    /// payloads: the simulator makes a message only of the responses it
+    /// sends as one (a flooder's go as their length alone).
+    #[cfg(feature = "sim")]
+    pub(crate) fn poll_queued(&mut self) -> Option<Queued<P>> {
+        self.actions.pop_front()
+    }
+
+    /// The action `queued` stands for.
+    pub(crate) fn action(&self, queued: Queued<P>) -> ResponderAction<P> {
+        match queued {
+            Queued::Read { ticket, to, range } => ResponderAction::ReadBlocks {
+                ticket,
+                to,
+                range,
+                max_bytes: self.config.max_response_bytes,
+            },
             Queued::Send {
                 to,
                 nonce,
                 payloads,
                 background,
-                len,
-            } => {
-                let message = wire::state_response(nonce, self.channel.clone(), payloads);
-                debug_assert_eq!(len, message.encoded_len(), "a response's summed length");
-                let action = ResponderAction::SendResponse {
-                    to,
-                    message,
-                    background,
-                };
-                (action, len)
-            }
-            Queued::Dropped { to, nonce, reason } => {
-                (ResponderAction::Dropped { to, nonce, reason }, 0)
-            }
-        })
+                ..
+            } => ResponderAction::SendResponse {
+                to,
+                message: wire::state_response(nonce, self.channel.clone(), payloads),
+                background,
+            },
+            Queued::Dropped { to, nonce, reason } => ResponderAction::Dropped { to, nonce, reason },
+        }
     }
 
     /// When to handle a [`ResponderEvent::Timeout`]: the earliest deadline
@@ -722,6 +719,11 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     fn send(&mut self, to: P, nonce: u64, payloads: Vec<Payload>, body: usize) {
         let background = self.is_background(&to);
         let len = response_len(self.header_len + nonce_len(nonce), body);
+        debug_assert_eq!(
+            len,
+            wire::state_response(nonce, self.channel.clone(), payloads.clone()).encoded_len(),
+            "a response's summed length"
+        );
         self.actions.push_back(Queued::Send {
             to,
             nonce,

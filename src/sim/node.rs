@@ -11,6 +11,7 @@ use prost::Message;
 use super::chain::{self, forged_block};
 use super::scenario::{Behaviour, Overclaim};
 use super::{Wire, World};
+use crate::responder::Queued;
 use crate::wire::gossip::{GossipMessage, Payload, Properties, StateInfo};
 use crate::wire::{self, gossip::gossip_message::Content};
 use crate::{
@@ -477,9 +478,21 @@ impl Node {
                 self.on_requester_action(w, action);
                 continue;
             }
-            if let Some((action, len)) = self.responder.as_mut().and_then(|r| r.poll_action_sized())
-            {
-                self.on_responder_action(w, action, len);
+            if let Some(queued) = self.responder.as_mut().and_then(|r| r.poll_queued()) {
+                match queued {
+                    Queued::Send {
+                        to,
+                        payloads,
+                        background,
+                        len,
+                        ..
+                    } if w.is_sink(to) => self.answer_sink(w, to, payloads, background, len),
+                    queued => {
+                        if let Some(action) = self.responder.as_ref().map(|r| r.action(queued)) {
+                            self.on_responder_action(w, action);
+                        }
+                    }
+                }
                 continue;
             }
             break;
@@ -520,8 +533,25 @@ impl Node {
         }
     }
 
-    /// Carries out `action`; `len`: a response's encoded length.
-    fn on_responder_action(&mut self, w: &mut World, action: ResponderAction<NodeId>, len: usize) {
+    /// Sends a sink (a flooder) an answer of `len` bytes: only its size
+    /// counts (see [`World::send_unencoded`]), so no message is made of it.
+    fn answer_sink(
+        &mut self,
+        w: &mut World,
+        to: NodeId,
+        payloads: Vec<Payload>,
+        background: bool,
+        len: usize,
+    ) {
+        w.set_background(self.id, to, background);
+        if w.can_send(self.id, to) {
+            w.send_unencoded(self.id, to, len, Wire::Opaque);
+        }
+        // Its payloads serve the next read, sent or not (see `read`).
+        self.spare_payloads = payloads;
+    }
+
+    fn on_responder_action(&mut self, w: &mut World, action: ResponderAction<NodeId>) {
         match action {
             ResponderAction::ReadBlocks {
                 ticket,
@@ -551,17 +581,6 @@ impl Node {
                 // A flooder's answers, and a crowd's beyond its favoured
                 // few, go from spare uplink only.
                 w.set_background(self.id, to, background);
-                if w.is_sink(to) {
-                    if w.can_send(self.id, to) {
-                        w.send_unencoded(self.id, to, len, Wire::Opaque);
-                    }
-                    // Its payloads serve the next read, sent or not (see
-                    // `read`).
-                    if let Some(Content::StateResponse(response)) = message.content {
-                        self.spare_payloads = response.payloads;
-                    }
-                    return;
-                }
                 if !w.can_send(self.id, to) {
                     // The send buffer is full: dropped, no need to encode.
                     return;
