@@ -27,33 +27,17 @@ pub(crate) struct Events<T> {
     sequence: u64,
 }
 
-/// `nanoseconds << 64 | sequence`, and the event's slot. Keys are unique
-/// (the sequence is), so the slot never decides the order.
-#[derive(Debug, Clone, Copy)]
-struct Key {
-    key: u128,
-    slot: usize,
-}
+/// Bits of a key below the sequence: the event's slot. A slab of 2^24
+/// events pending at once (gigabytes) is far beyond any run.
+const SLOT_BITS: u32 = 24;
+/// Bits of the sequence: 2^40 events scheduled in one run, far beyond its
+/// step cap.
+const SEQUENCE_BITS: u32 = 64 - SLOT_BITS;
 
-impl PartialEq for Key {
-    fn eq(&self, other: &Self) -> bool {
-        self.key == other.key
-    }
-}
-
-impl Eq for Key {}
-
-impl PartialOrd for Key {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Key {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.key.cmp(&other.key)
-    }
-}
+/// `nanoseconds << 64 | sequence << 24 | slot`: one 16-byte integer, half
+/// of a key and a separate slot, for the heap to move around. Keys are
+/// unique (the sequence is), so the slot never decides the order.
+type Key = u128;
 
 impl<T> Events<T> {
     /// A queue of events at or after `epoch`.
@@ -91,22 +75,28 @@ impl<T> Events<T> {
                 self.slots.len() - 1
             }
         };
-        let key = u128::from(nanos) << 64 | u128::from(self.sequence);
-        self.heap.push(Reverse(Key { key, slot }));
+        assert!(
+            self.sequence < 1 << SEQUENCE_BITS && slot < 1 << SLOT_BITS,
+            "event queue beyond its key's bits"
+        );
+        let low = self.sequence << SLOT_BITS | slot as u64;
+        self.heap
+            .push(Reverse(u128::from(nanos) << 64 | u128::from(low)));
     }
 
     /// When the first event is due.
     pub(crate) fn first_at(&self) -> Option<Instant> {
-        let Reverse(key) = self.heap.peek()?;
-        let (at, _) = self.slots.get(key.slot)?.as_ref()?;
+        let &Reverse(key) = self.heap.peek()?;
+        let (at, _) = self.slots.get(slot(key))?.as_ref()?;
         Some(*at)
     }
 
     /// Removes the first event.
     pub(crate) fn pop(&mut self) -> Option<(Instant, T)> {
         let Reverse(key) = self.heap.pop()?;
-        let event = self.slots.get_mut(key.slot)?.take()?;
-        self.free.push(key.slot);
+        let slot = slot(key);
+        let event = self.slots.get_mut(slot)?.take()?;
+        self.free.push(slot);
         Some(event)
     }
 
@@ -114,6 +104,11 @@ impl<T> Events<T> {
     fn instant_of(&self, nanos: u64) -> Instant {
         self.epoch + Duration::from_nanos(nanos)
     }
+}
+
+/// The slot of `key`.
+fn slot(key: Key) -> usize {
+    (key as u64 & ((1 << SLOT_BITS) - 1)) as usize
 }
 
 #[cfg(test)]
