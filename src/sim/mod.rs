@@ -203,15 +203,14 @@ enum Next {
 #[derive(Debug)]
 pub(crate) struct World {
     pub(crate) now: Instant,
-    /// `now - epoch`, kept with `now` (see `set_now`): the schedule of
-    /// outages and partitions is asked at it on every send and delivery.
-    elapsed: Duration,
-    /// The schedule's answers as of `elapsed`, per node and per ordered
-    /// pair (`a * nodes + b`), until `reach_until`: it changes only at its
-    /// transitions, and is asked on every send, delivery and step.
+    /// The schedule's answers as of `now`, per node and per ordered pair
+    /// (`a * nodes + b`), until the instant `reach_until`: it changes only
+    /// at its transitions, and is asked on every send, delivery and step.
+    /// An instant, so that a step compares `now` with it without
+    /// subtracting the epoch.
     up: Vec<bool>,
     reach: Vec<bool>,
-    reach_until: Option<Duration>,
+    reach_until: Option<Instant>,
     pub(crate) config: Config,
     pub(crate) chain: Chain,
     pub(crate) rng: fastrand::Rng,
@@ -273,11 +272,10 @@ impl World {
         self.network.has_room(from.0, to.0)
     }
 
-    /// `now`, and `elapsed` with it.
+    /// `now`, and the schedule's answers if it passed a transition.
     fn set_now(&mut self, now: Instant) {
         self.now = now;
-        self.elapsed = now.duration_since(self.epoch);
-        if self.reach_until.is_some_and(|until| self.elapsed >= until) {
+        if self.reach_until.is_some_and(|until| now >= until) {
             self.refresh_reach();
         }
     }
@@ -285,25 +283,30 @@ impl World {
     /// Who is up and who reaches whom from now until the schedule's next
     /// transition, when it is asked again.
     fn refresh_reach(&mut self) {
-        let t = self.elapsed;
+        let t = self.elapsed();
         let n = self.incarnations.len();
         self.up = (0..n).map(|i| self.schedule.up(i, t)).collect();
         self.reach = (0..n * n)
             .map(|ab| self.schedule.reachable(ab / n, ab % n, t))
             .collect();
-        self.reach_until = self.schedule.next_after(t);
+        // Beyond what an `Instant` holds, `now` never gets there.
+        self.reach_until = self
+            .schedule
+            .next_after(t)
+            .and_then(|until| self.epoch.checked_add(until));
     }
 
     /// Whether `node` is running now.
     pub(crate) fn up(&self, node: usize) -> bool {
         match self.up.get(node) {
             Some(&up) => up,
-            None => self.schedule.up(node, self.elapsed),
+            None => self.schedule.up(node, self.elapsed()),
         }
     }
 
+    /// `now - epoch`.
     fn elapsed(&self) -> Duration {
-        self.elapsed
+        self.now.duration_since(self.epoch)
     }
 
     /// Whether `a` and `b` can reach each other now.
@@ -311,7 +314,7 @@ impl World {
         let n = self.incarnations.len();
         match self.reach.get(a * n + b) {
             Some(&reach) if a < n && b < n => reach,
-            _ => self.schedule.reachable(a, b, self.elapsed),
+            _ => self.schedule.reachable(a, b, self.elapsed()),
         }
     }
 
@@ -661,7 +664,6 @@ impl Simulation {
             .and_then(|d| epoch.checked_add(d));
         let world = World {
             now: epoch,
-            elapsed: Duration::ZERO,
             up: Vec::new(),
             reach: Vec::new(),
             reach_until: None,
