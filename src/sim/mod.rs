@@ -239,8 +239,11 @@ pub(crate) struct World {
     /// Per node, bumped at each restart.
     incarnations: Vec<u64>,
     overclaim_by: u64,
-    /// The last lagger commit, give-up or connection change.
-    last_progress: Instant,
+    /// `stall_after` past the last lagger commit, give-up or connection
+    /// change (`None` beyond what an `Instant` holds): made when one
+    /// happens, not on every step.
+    stall_at: Option<Instant>,
+    stall_after: Duration,
     /// One happened since the laggers' targets were last checked: a target
     /// is a scan of every node, and flooded runs take millions of steps
     /// that change none.
@@ -329,7 +332,7 @@ impl World {
     /// Something moved a lagger on (or may let it move): resets the stall
     /// clock.
     pub(crate) fn progressed(&mut self) {
-        self.last_progress = self.now;
+        self.stall_at = self.now.checked_add(self.stall_after);
         self.targets_stale = true;
     }
 
@@ -686,7 +689,8 @@ impl Simulation {
             generations: vec![0; total * total],
             incarnations: vec![0; total],
             overclaim_by: scenario.overclaim_by,
-            last_progress: epoch,
+            stall_at: epoch.checked_add(scenario.stall_after),
+            stall_after: scenario.stall_after,
             targets_stale: true,
             unreachable_lost: 0,
             sinks: nodes
@@ -755,10 +759,7 @@ impl Simulation {
                 break Outcome::StepCap;
             }
             let (at, next) = self.next_event();
-            let stall_at = self
-                .world
-                .last_progress
-                .checked_add(self.scenario.stall_after);
+            let stall_at = self.world.stall_at;
             if !finished
                 && self.transition_at.is_none_or(|t| Some(t) > stall_at)
                 && stall_at.is_some_and(|s| at > s)
