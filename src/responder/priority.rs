@@ -155,7 +155,13 @@ impl<P: Clone + Ord> Priorities<P> {
         } else if history.repeat_share < LEAVE {
             history.background = false;
         }
-        history.add(range.start(), range.end());
+        if !repeat {
+            // A repeat adds nothing: the ranges are disjoint and never
+            // touch (`add` merges touching ones, `remove` leaves a gap), so
+            // the one covering `range` is all it touches, and merging gives
+            // it back. A flood's every request in the background is one.
+            history.add(range.start(), range.end());
+        }
         repeat
     }
 
