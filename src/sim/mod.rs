@@ -654,6 +654,8 @@ impl Simulation {
         if !scenario.links.is_empty() {
             network.set_latencies(links.iter().map(|l| l.latency).collect());
         }
+        // Only answers to sinks go merged, and nothing else goes to a sink.
+        network.discard_merged();
         let schedule = Schedule::new(&scenario.outages, &scenario.partitions);
         let connected = (0..total)
             .map(|a| {
