@@ -186,7 +186,13 @@ impl<P: Clone + Ord> Priorities<P> {
         let (Some(history), Some(now)) = (self.peers.get(peer), self.now) else {
             return false;
         };
-        if self.favoured == 0 || history.background {
+        // No crowd can be larger than the peers remembered: the usual case
+        // (a few laggers and a flooder), told without a scan on every
+        // response.
+        if self.favoured == 0
+            || history.background
+            || self.peers.len() <= self.favoured.saturating_mul(2)
+        {
             return false;
         }
         let catching_up =
