@@ -1099,8 +1099,8 @@ impl Simulation {
                                 self.nodes[to.0].on_decoded(&mut self.world, from, len, *message);
                             }
                             Wire::Requests(count) => {
-                                let channel = self.channel.clone();
-                                self.nodes[to.0].on_flood(&mut self.world, from, count, &channel);
+                                let channel = &self.channel;
+                                self.nodes[to.0].on_flood(&mut self.world, from, count, channel);
                             }
                             // Dropped when it left the uplink (`transmit`).
                             Wire::Opaque => return,
