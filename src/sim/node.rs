@@ -547,8 +547,13 @@ impl Node {
         if w.can_send(self.id, to) {
             w.send_unencoded(self.id, to, len, Wire::Opaque);
         }
-        // Its payloads serve the next read, sent or not (see `read`).
-        self.spare_payloads = payloads;
+        // Its payloads serve the next read, sent or not (see `read`),
+        // unless the spare holds more: an empty answer (a busy reply)
+        // would leave the next read to allocate and make every payload.
+        let spare = &self.spare_payloads;
+        if (payloads.len(), payloads.capacity()) > (spare.len(), spare.capacity()) {
+            self.spare_payloads = payloads;
+        }
     }
 
     fn on_responder_action(&mut self, w: &mut World, action: ResponderAction<NodeId>) {
