@@ -146,7 +146,8 @@ pub(crate) enum Queued<P> {
         payloads: Vec<Payload>,
         background: bool,
         /// The response's encoded length, summed when its payloads were
-        /// selected.
+        /// selected. Read by the simulator only.
+        #[cfg_attr(not(feature = "sim"), allow(dead_code))]
         len: usize,
     },
     Dropped {
