@@ -57,8 +57,28 @@ pub fn transmission_time(bytes: usize, bits_per_second: u64) -> Duration {
     if bits_per_second == 0 {
         return Duration::ZERO;
     }
-    let nanos = (bytes as u128 * 8 * 1_000_000_000).div_ceil(u128::from(bits_per_second));
+    let nanos = div_ceil(
+        bytes as u128 * 8 * 1_000_000_000,
+        u128::from(bits_per_second),
+    );
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+/// `a / b`, in 64 bits when both fit (the usual case): a 128-bit division
+/// is a library call, made on every departure and arrival.
+fn div(a: u128, b: u128) -> u128 {
+    match (u64::try_from(a), u64::try_from(b)) {
+        (Ok(a), Ok(b)) => u128::from(a / b),
+        _ => a / b,
+    }
+}
+
+/// `a.div_ceil(b)`, in 64 bits when both fit (see [`div`]).
+fn div_ceil(a: u128, b: u128) -> u128 {
+    match (u64::try_from(a), u64::try_from(b)) {
+        (Ok(a), Ok(b)) => u128::from(a.div_ceil(b)),
+        _ => a.div_ceil(b),
+    }
 }
 
 /// Fault probabilities of every link.
@@ -213,7 +233,7 @@ impl<M> Uplink<M> {
         let (class, active) = self.serving();
         if active > 0 && now > self.updated {
             let nanos = now.duration_since(self.updated).as_nanos();
-            self.virtual_time[class] += nanos * u128::from(self.bits_per_second) / active;
+            self.virtual_time[class] += div(nanos * u128::from(self.bits_per_second), active);
         }
         self.updated = now;
     }
@@ -238,7 +258,7 @@ impl<M> Uplink<M> {
             return Some(now);
         }
         let left = finish.saturating_sub(self.virtual_time[class]);
-        let nanos = (left * active).div_ceil(u128::from(self.bits_per_second));
+        let nanos = div_ceil(left * active, u128::from(self.bits_per_second));
         Some(now + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX)))
     }
 
