@@ -22,7 +22,7 @@ use crate::wire::{self, WireError};
 
 use admission::{Buckets, Job, Queue, EMPTY_RESPONSE_COST, NANO};
 use priority::Priorities;
-use reads::{select, Read, Reads};
+use reads::{response_len, select, Read, Reads};
 pub use types::{RequestError, ResponderAction, ResponderEvent, ResponderStats, Ticket};
 
 /// The serving side of Fabric's state transfer.
@@ -134,7 +134,7 @@ pub struct StateResponder<P> {
 /// A `GossipMessage` is 200 bytes, moved on every push and pop of the
 /// queue; a flood pushes two actions per request.
 #[derive(Debug, Clone)]
-enum Queued<P> {
+pub(crate) enum Queued<P> {
     Read {
         ticket: Ticket,
         to: P,
@@ -145,6 +145,10 @@ enum Queued<P> {
         nonce: u64,
         payloads: Vec<Payload>,
         background: bool,
+        /// The response's encoded length, summed when its payloads were
+        /// selected. Read by the simulator only.
+        #[cfg_attr(not(feature = "sim"), allow(dead_code))]
+        len: usize,
     },
     Dropped {
         to: P,
@@ -263,7 +267,21 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     /// The next action to carry out; call until `None` after every input.
     #[must_use]
     pub fn poll_action(&mut self) -> Option<ResponderAction<P>> {
-        Some(match self.actions.pop_front()? {
+        let queued = self.actions.pop_front()?;
+        Some(self.action(queued))
+    }
+
+    /// The next action as queued, a response still its nonce and
+    /// payloads: the simulator makes a message only of the responses it
+    /// sends as one (a flooder's go as their length alone).
+    #[cfg(feature = "sim")]
+    pub(crate) fn poll_queued(&mut self) -> Option<Queued<P>> {
+        self.actions.pop_front()
+    }
+
+    /// The action `queued` stands for.
+    pub(crate) fn action(&self, queued: Queued<P>) -> ResponderAction<P> {
+        match queued {
             Queued::Read { ticket, to, range } => ResponderAction::ReadBlocks {
                 ticket,
                 to,
@@ -275,13 +293,14 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
                 nonce,
                 payloads,
                 background,
+                ..
             } => ResponderAction::SendResponse {
                 to,
                 message: wire::state_response(nonce, self.channel.clone(), payloads),
                 background,
             },
             Queued::Dropped { to, nonce, reason } => ResponderAction::Dropped { to, nonce, reason },
-        })
+        }
     }
 
     /// When to handle a [`ResponderEvent::Timeout`]: the earliest deadline
@@ -477,7 +496,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
                 return Err(RequestError::RateLimited);
             }
             self.buckets.charge(&from, now, EMPTY_RESPONSE_COST, false);
-            self.respond(from, message.nonce, Vec::new());
+            self.respond(from, message.nonce, Vec::new(), 0);
             return Ok(());
         }
         // Our last block is height - 1; Fabric clamps to `height` and then
@@ -664,7 +683,12 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             }
             next = seq.saturating_add(1);
         }
-        self.respond(read.job.from, read.job.nonce, selection.payloads);
+        self.respond(
+            read.job.from,
+            read.job.nonce,
+            selection.payloads,
+            selection.body,
+        );
         self.start_reads(now);
         Ok(())
     }
@@ -688,21 +712,29 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         busy.charge(&to, now, NANO, false);
         self.stats.busy_replies += 1;
         emit!(DEBUG, peer = ?to, nonce, "busy reply");
-        self.send(to, nonce, Vec::new());
+        self.send(to, nonce, Vec::new(), 0);
     }
 
-    /// Queues a response with `payloads` to `to`'s request `nonce`.
-    fn send(&mut self, to: P, nonce: u64, payloads: Vec<Payload>) {
+    /// Queues a response with `payloads` to `to`'s request `nonce`;
+    /// `body`: their `RemoteStateResponse`'s encoded length.
+    fn send(&mut self, to: P, nonce: u64, payloads: Vec<Payload>, body: usize) {
         let background = self.is_background(&to);
+        let len = response_len(self.header_len + nonce_len(nonce), body);
+        debug_assert_eq!(
+            len,
+            wire::state_response(nonce, self.channel.clone(), payloads.clone()).encoded_len(),
+            "a response's summed length"
+        );
         self.actions.push_back(Queued::Send {
             to,
             nonce,
             payloads,
             background,
+            len,
         });
     }
 
-    fn respond(&mut self, to: P, nonce: u64, payloads: Vec<Payload>) {
+    fn respond(&mut self, to: P, nonce: u64, payloads: Vec<Payload>, body: usize) {
         self.stats.responses += 1;
         if payloads.is_empty() {
             self.stats.empty_responses += 1;
@@ -710,7 +742,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         self.stats.blocks_served += payloads.len() as u64;
         let bytes: usize = payloads.iter().map(payload_size).sum();
         self.stats.bytes_served = self.stats.bytes_served.saturating_add(bytes as u64);
-        self.send(to, nonce, payloads);
+        self.send(to, nonce, payloads, body);
     }
 }
 

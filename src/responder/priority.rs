@@ -155,7 +155,13 @@ impl<P: Clone + Ord> Priorities<P> {
         } else if history.repeat_share < LEAVE {
             history.background = false;
         }
-        history.add(range.start(), range.end());
+        if !repeat {
+            // A repeat adds nothing: the ranges are disjoint and never
+            // touch (`add` merges touching ones, `remove` leaves a gap), so
+            // the one covering `range` is all it touches, and merging gives
+            // it back. A flood's every request in the background is one.
+            history.add(range.start(), range.end());
+        }
         repeat
     }
 
@@ -180,7 +186,13 @@ impl<P: Clone + Ord> Priorities<P> {
         let (Some(history), Some(now)) = (self.peers.get(peer), self.now) else {
             return false;
         };
-        if self.favoured == 0 || history.background {
+        // No crowd can be larger than the peers remembered: the usual case
+        // (a few laggers and a flooder), told without a scan on every
+        // response.
+        if self.favoured == 0
+            || history.background
+            || self.peers.len() <= self.favoured.saturating_mul(2)
+        {
             return false;
         }
         let catching_up =

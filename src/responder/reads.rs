@@ -68,6 +68,10 @@ impl<P> Reads<P> {
     }
 
     pub(super) fn remove(&mut self, ticket: &Ticket) -> Option<Read<P>> {
+        // Reads end mostly in ticket order: the first, without a search.
+        if self.reads.front().is_some_and(|(first, _)| first == ticket) {
+            return self.reads.pop_front().map(|(_, read)| read);
+        }
         let at = self.reads.binary_search_by_key(ticket, |(t, _)| *t).ok()?;
         self.reads.remove(at).map(|(_, read)| read)
     }
@@ -85,6 +89,8 @@ impl<P> Reads<P> {
 #[derive(Debug)]
 pub(super) struct Selection {
     pub(super) payloads: Vec<Payload>,
+    /// The encoded length of a `RemoteStateResponse` of `payloads`.
+    pub(super) body: usize,
     pub(super) dropped: u64,
     pub(super) unreadable: u64,
     pub(super) truncated: bool,
@@ -159,23 +165,26 @@ pub(super) fn select(
     let whole = payloads.iter().fold(0usize, |body, payload| {
         body.saturating_add(payload_field_len(payload))
     });
-    let fitting = if response_len(header, whole) <= max_bytes {
-        payloads.len()
+    let (fitting, body) = if response_len(header, whole) <= max_bytes {
+        (payloads.len(), whole)
     } else {
         let mut body = 0usize;
-        payloads
-            .iter()
-            .enumerate()
-            .take_while(|(index, payload)| {
-                body = body.saturating_add(payload_field_len(payload));
-                *index == 0 || response_len(header, body) <= max_bytes
-            })
-            .count()
+        let mut fitting = 0;
+        for (index, payload) in payloads.iter().enumerate() {
+            let longer = body.saturating_add(payload_field_len(payload));
+            if index > 0 && response_len(header, longer) > max_bytes {
+                break;
+            }
+            body = longer;
+            fitting += 1;
+        }
+        (fitting, body)
     };
     let truncated = fitting < payloads.len();
     payloads.truncate(fitting);
     Selection {
         payloads,
+        body,
         dropped,
         unreadable,
         truncated,
@@ -247,6 +256,9 @@ mod tests {
         let s = select(range, answer(), HEADER, encoded(&answer()));
         assert_eq!(seqs(&s.payloads), [0, 1, 2, 3]);
         assert!(!s.truncated);
+        assert_eq!(response_len(HEADER, s.body), encoded(&answer()));
+        let s = select(range, answer(), HEADER, two);
+        assert_eq!(response_len(HEADER, s.body), two, "the prefix's length");
         let s = select(range, answer(), HEADER, 1);
         assert_eq!(seqs(&s.payloads), [0], "a block above the cap still goes");
         assert!(s.truncated);

@@ -18,39 +18,26 @@ use std::time::{Duration, Instant};
 pub(crate) struct Events<T> {
     epoch: Instant,
     heap: BinaryHeap<Reverse<Key>>,
-    slots: Vec<Option<T>>,
+    /// Each event with the instant its key stands for: kept, so that the
+    /// key need not be turned back into an `Instant` (a `Timespec`'s
+    /// arithmetic) on every step.
+    slots: Vec<Option<(Instant, T)>>,
     /// Slots free for reuse.
     free: Vec<usize>,
     sequence: u64,
 }
 
-/// `nanoseconds << 64 | sequence`, and the event's slot. Keys are unique
-/// (the sequence is), so the slot never decides the order.
-#[derive(Debug, Clone, Copy)]
-struct Key {
-    key: u128,
-    slot: usize,
-}
+/// Bits of a key below the sequence: the event's slot. A slab of 2^24
+/// events pending at once (gigabytes) is far beyond any run.
+const SLOT_BITS: u32 = 24;
+/// Bits of the sequence: 2^40 events scheduled in one run, far beyond its
+/// step cap.
+const SEQUENCE_BITS: u32 = 64 - SLOT_BITS;
 
-impl PartialEq for Key {
-    fn eq(&self, other: &Self) -> bool {
-        self.key == other.key
-    }
-}
-
-impl Eq for Key {}
-
-impl PartialOrd for Key {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Key {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.key.cmp(&other.key)
-    }
-}
+/// `nanoseconds << 64 | sequence << 24 | slot`: one 16-byte integer, half
+/// of a key and a separate slot, for the heap to move around. Keys are
+/// unique (the sequence is), so the slot never decides the order.
+type Key = u128;
 
 impl<T> Events<T> {
     /// A queue of events at or after `epoch`.
@@ -69,41 +56,59 @@ impl<T> Events<T> {
     /// schedules none).
     pub(crate) fn push(&mut self, at: Instant, event: T) {
         self.sequence += 1;
+        // 2^64 ns is 584 years: beyond any run's time cap.
+        let nanos = at.saturating_duration_since(self.epoch).as_nanos();
+        let (nanos, at) = match u64::try_from(nanos) {
+            // `at` itself, unless it is before the epoch.
+            Ok(nanos) if at >= self.epoch => (nanos, at),
+            // The instant the key stands for, as `instant` makes it.
+            Ok(nanos) => (nanos, self.instant_of(nanos)),
+            Err(_) => (u64::MAX, self.instant_of(u64::MAX)),
+        };
         let slot = match self.free.pop() {
             Some(slot) => {
-                self.slots[slot] = Some(event);
+                self.slots[slot] = Some((at, event));
                 slot
             }
             None => {
-                self.slots.push(Some(event));
+                self.slots.push(Some((at, event)));
                 self.slots.len() - 1
             }
         };
-        // 2^64 ns is 584 years: beyond any run's time cap.
-        let nanos = at.saturating_duration_since(self.epoch).as_nanos();
-        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX);
-        let key = u128::from(nanos) << 64 | u128::from(self.sequence);
-        self.heap.push(Reverse(Key { key, slot }));
+        assert!(
+            self.sequence < 1 << SEQUENCE_BITS && slot < 1 << SLOT_BITS,
+            "event queue beyond its key's bits"
+        );
+        let low = self.sequence << SLOT_BITS | slot as u64;
+        self.heap
+            .push(Reverse(u128::from(nanos) << 64 | u128::from(low)));
     }
 
     /// When the first event is due.
     pub(crate) fn first_at(&self) -> Option<Instant> {
-        self.heap.peek().map(|Reverse(key)| self.instant(key))
+        let &Reverse(key) = self.heap.peek()?;
+        let (at, _) = self.slots.get(slot(key))?.as_ref()?;
+        Some(*at)
     }
 
     /// Removes the first event.
     pub(crate) fn pop(&mut self) -> Option<(Instant, T)> {
         let Reverse(key) = self.heap.pop()?;
-        let event = self.slots.get_mut(key.slot)?.take()?;
-        self.free.push(key.slot);
-        Some((self.instant(&key), event))
+        let slot = slot(key);
+        let event = self.slots.get_mut(slot)?.take()?;
+        self.free.push(slot);
+        Some(event)
     }
 
-    /// The instant of `key`.
-    fn instant(&self, key: &Key) -> Instant {
-        let nanos = u64::try_from(key.key >> 64).unwrap_or(u64::MAX);
+    /// The instant `nanos` after the epoch.
+    fn instant_of(&self, nanos: u64) -> Instant {
         self.epoch + Duration::from_nanos(nanos)
     }
+}
+
+/// The slot of `key`.
+fn slot(key: Key) -> usize {
+    (key as u64 & ((1 << SLOT_BITS) - 1)) as usize
 }
 
 #[cfg(test)]

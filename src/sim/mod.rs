@@ -203,15 +203,14 @@ enum Next {
 #[derive(Debug)]
 pub(crate) struct World {
     pub(crate) now: Instant,
-    /// `now - epoch`, kept with `now` (see `set_now`): the schedule of
-    /// outages and partitions is asked at it on every send and delivery.
-    elapsed: Duration,
-    /// The schedule's answers as of `elapsed`, per node and per ordered
-    /// pair (`a * nodes + b`), until `reach_until`: it changes only at its
-    /// transitions, and is asked on every send, delivery and step.
+    /// The schedule's answers as of `now`, per node and per ordered pair
+    /// (`a * nodes + b`), until the instant `reach_until`: it changes only
+    /// at its transitions, and is asked on every send, delivery and step.
+    /// An instant, so that a step compares `now` with it without
+    /// subtracting the epoch.
     up: Vec<bool>,
     reach: Vec<bool>,
-    reach_until: Option<Duration>,
+    reach_until: Option<Instant>,
     pub(crate) config: Config,
     pub(crate) chain: Chain,
     pub(crate) rng: fastrand::Rng,
@@ -240,8 +239,11 @@ pub(crate) struct World {
     /// Per node, bumped at each restart.
     incarnations: Vec<u64>,
     overclaim_by: u64,
-    /// The last lagger commit, give-up or connection change.
-    last_progress: Instant,
+    /// `stall_after` past the last lagger commit, give-up or connection
+    /// change (`None` beyond what an `Instant` holds): made when one
+    /// happens, not on every step.
+    stall_at: Option<Instant>,
+    stall_after: Duration,
     /// One happened since the laggers' targets were last checked: a target
     /// is a scan of every node, and flooded runs take millions of steps
     /// that change none.
@@ -273,11 +275,10 @@ impl World {
         self.network.has_room(from.0, to.0)
     }
 
-    /// `now`, and `elapsed` with it.
+    /// `now`, and the schedule's answers if it passed a transition.
     fn set_now(&mut self, now: Instant) {
         self.now = now;
-        self.elapsed = now.duration_since(self.epoch);
-        if self.reach_until.is_some_and(|until| self.elapsed >= until) {
+        if self.reach_until.is_some_and(|until| now >= until) {
             self.refresh_reach();
         }
     }
@@ -285,25 +286,30 @@ impl World {
     /// Who is up and who reaches whom from now until the schedule's next
     /// transition, when it is asked again.
     fn refresh_reach(&mut self) {
-        let t = self.elapsed;
+        let t = self.elapsed();
         let n = self.incarnations.len();
         self.up = (0..n).map(|i| self.schedule.up(i, t)).collect();
         self.reach = (0..n * n)
             .map(|ab| self.schedule.reachable(ab / n, ab % n, t))
             .collect();
-        self.reach_until = self.schedule.next_after(t);
+        // Beyond what an `Instant` holds, `now` never gets there.
+        self.reach_until = self
+            .schedule
+            .next_after(t)
+            .and_then(|until| self.epoch.checked_add(until));
     }
 
     /// Whether `node` is running now.
     pub(crate) fn up(&self, node: usize) -> bool {
         match self.up.get(node) {
             Some(&up) => up,
-            None => self.schedule.up(node, self.elapsed),
+            None => self.schedule.up(node, self.elapsed()),
         }
     }
 
+    /// `now - epoch`.
     fn elapsed(&self) -> Duration {
-        self.elapsed
+        self.now.duration_since(self.epoch)
     }
 
     /// Whether `a` and `b` can reach each other now.
@@ -311,7 +317,7 @@ impl World {
         let n = self.incarnations.len();
         match self.reach.get(a * n + b) {
             Some(&reach) if a < n && b < n => reach,
-            _ => self.schedule.reachable(a, b, self.elapsed),
+            _ => self.schedule.reachable(a, b, self.elapsed()),
         }
     }
 
@@ -326,7 +332,7 @@ impl World {
     /// Something moved a lagger on (or may let it move): resets the stall
     /// clock.
     pub(crate) fn progressed(&mut self) {
-        self.last_progress = self.now;
+        self.stall_at = self.now.checked_add(self.stall_after);
         self.targets_stale = true;
     }
 
@@ -648,6 +654,8 @@ impl Simulation {
         if !scenario.links.is_empty() {
             network.set_latencies(links.iter().map(|l| l.latency).collect());
         }
+        // Only answers to sinks go merged, and nothing else goes to a sink.
+        network.discard_merged();
         let schedule = Schedule::new(&scenario.outages, &scenario.partitions);
         let connected = (0..total)
             .map(|a| {
@@ -661,7 +669,6 @@ impl Simulation {
             .and_then(|d| epoch.checked_add(d));
         let world = World {
             now: epoch,
-            elapsed: Duration::ZERO,
             up: Vec::new(),
             reach: Vec::new(),
             reach_until: None,
@@ -684,7 +691,8 @@ impl Simulation {
             generations: vec![0; total * total],
             incarnations: vec![0; total],
             overclaim_by: scenario.overclaim_by,
-            last_progress: epoch,
+            stall_at: epoch.checked_add(scenario.stall_after),
+            stall_after: scenario.stall_after,
             targets_stale: true,
             unreachable_lost: 0,
             sinks: nodes
@@ -753,10 +761,7 @@ impl Simulation {
                 break Outcome::StepCap;
             }
             let (at, next) = self.next_event();
-            let stall_at = self
-                .world
-                .last_progress
-                .checked_add(self.scenario.stall_after);
+            let stall_at = self.world.stall_at;
             if !finished
                 && self.transition_at.is_none_or(|t| Some(t) > stall_at)
                 && stall_at.is_some_and(|s| at > s)
@@ -1046,24 +1051,16 @@ impl Simulation {
             }
         }
         for (i, node) in self.nodes.iter().enumerate() {
-            let timers = [
-                (node.requester_timer, Machine::Requester),
-                (node.responder_timer, Machine::Responder),
-            ];
-            let sooner =
-                |(timer, _): &(Option<Instant>, Machine)| timer.is_some_and(|at| at < best.0);
-            // The schedule is asked only about a node whose timer would be
-            // picked: this runs on every step.
-            if !timers.iter().any(sooner) || !self.world.up(i) {
-                // A node that is down does nothing until it returns.
+            // The earlier of the node's two timers, the requester's on a tie,
+            // as comparing both in turn picks. The schedule is asked only
+            // about a node whose timer would be picked: this runs on every
+            // step.
+            let Some((at, machine)) = node.next_timer else {
                 continue;
-            }
-            for (timer, machine) in timers {
-                if let Some(at) = timer {
-                    if at < best.0 {
-                        best = (at, Next::Timer(i, machine));
-                    }
-                }
+            };
+            // A node that is down does nothing until it returns.
+            if at < best.0 && self.world.up(i) {
+                best = (at, Next::Timer(i, machine));
             }
         }
         best
@@ -1102,8 +1099,8 @@ impl Simulation {
                                 self.nodes[to.0].on_decoded(&mut self.world, from, len, *message);
                             }
                             Wire::Requests(count) => {
-                                let channel = self.channel.clone();
-                                self.nodes[to.0].on_flood(&mut self.world, from, count, &channel);
+                                let channel = &self.channel;
+                                self.nodes[to.0].on_flood(&mut self.world, from, count, channel);
                             }
                             // Dropped when it left the uplink (`transmit`).
                             Wire::Opaque => return,

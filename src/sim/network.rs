@@ -57,8 +57,28 @@ pub fn transmission_time(bytes: usize, bits_per_second: u64) -> Duration {
     if bits_per_second == 0 {
         return Duration::ZERO;
     }
-    let nanos = (bytes as u128 * 8 * 1_000_000_000).div_ceil(u128::from(bits_per_second));
+    let nanos = div_ceil(
+        bytes as u128 * 8 * 1_000_000_000,
+        u128::from(bits_per_second),
+    );
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+/// `a / b`, in 64 bits when both fit (the usual case): a 128-bit division
+/// is a library call, made on every departure and arrival.
+fn div(a: u128, b: u128) -> u128 {
+    match (u64::try_from(a), u64::try_from(b)) {
+        (Ok(a), Ok(b)) => u128::from(a / b),
+        _ => a / b,
+    }
+}
+
+/// `a.div_ceil(b)`, in 64 bits when both fit (see [`div`]).
+fn div_ceil(a: u128, b: u128) -> u128 {
+    match (u64::try_from(a), u64::try_from(b)) {
+        (Ok(a), Ok(b)) => u128::from(a.div_ceil(b)),
+        _ => a.div_ceil(b),
+    }
 }
 
 /// Fault probabilities of every link.
@@ -213,7 +233,7 @@ impl<M> Uplink<M> {
         let (class, active) = self.serving();
         if active > 0 && now > self.updated {
             let nanos = now.duration_since(self.updated).as_nanos();
-            self.virtual_time[class] += nanos * u128::from(self.bits_per_second) / active;
+            self.virtual_time[class] += div(nanos * u128::from(self.bits_per_second), active);
         }
         self.updated = now;
     }
@@ -238,7 +258,7 @@ impl<M> Uplink<M> {
             return Some(now);
         }
         let left = finish.saturating_sub(self.virtual_time[class]);
-        let nanos = (left * active).div_ceil(u128::from(self.bits_per_second));
+        let nanos = div_ceil(left * active, u128::from(self.bits_per_second));
         Some(now + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX)))
     }
 
@@ -303,8 +323,11 @@ pub struct Network<M> {
     stats: NetStats,
     send_buffer: usize,
     /// Messages that left an uplink, kept between calls of `transmit`
-    /// for their allocation.
-    left: Vec<(usize, usize, Instant, M)>,
+    /// for their allocation; whether each was sent merged.
+    left: Vec<(usize, usize, Instant, M, bool)>,
+    /// Whether merged messages (see [`Network::send_merged`]) leave no
+    /// delivery (see [`Network::discard_merged`]).
+    discard_merged: bool,
 }
 
 impl<M: Clone> Network<M> {
@@ -350,6 +373,7 @@ impl<M: Clone> Network<M> {
             stats: NetStats::default(),
             send_buffer,
             left: Vec::new(),
+            discard_merged: false,
         }
     }
 
@@ -538,13 +562,13 @@ impl<M: Clone> Network<M> {
                 bytes,
                 message,
                 count,
-                ..
+                mergeable,
             }) = flow.queue.pop_front()
             else {
                 continue;
             };
             flow.messages -= count;
-            left.push((to, bytes, flow.started, message));
+            left.push((to, bytes, flow.started, message, mergeable));
             match flow.queue.front().map(|q| q.bytes) {
                 Some(next) => {
                     let class = usize::from(flow.background);
@@ -558,7 +582,11 @@ impl<M: Clone> Network<M> {
             }
         }
         let next = uplink.wake(from, now);
-        for (to, bytes, started, message) in left.drain(..) {
+        for (to, bytes, started, message, merged) in left.drain(..) {
+            if merged && self.discard_merged {
+                self.discard(from, to);
+                continue;
+            }
             self.deliver(now, from, to, bytes, started, message, deliveries);
         }
         self.left = left;
@@ -610,17 +638,55 @@ impl<M: Clone> Network<M> {
             1
         };
         let latency = self.path_latency(from, to);
-        for _ in 0..copies {
+        let mut arrivals = [now; 2];
+        for arrival in &mut arrivals[..copies] {
             let down = &mut self.down[to];
             let slot = transmission_time(bytes, down.bits_per_second);
             let down_start = (started + latency).max(down.free_at);
             down.free_at = down_start + slot;
-            let at = (down_start + slot).max(now + latency) + self.reorder_delay(from, to);
+            *arrival = (down_start + slot).max(now + latency) + self.reorder_delay(from, to);
+        }
+        // The message itself goes with the last copy: a decoded message is
+        // cloned only for a duplicate.
+        if copies == 2 {
             deliveries.push(Delivery {
                 to,
-                at,
+                at: arrivals[0],
                 message: message.clone(),
             });
+        }
+        deliveries.push(Delivery {
+            to,
+            at: arrivals[copies - 1],
+            message,
+        });
+    }
+
+    /// Merged messages leave no delivery from now on: the host drops them
+    /// unread, and a receiver of merged messages receives nothing else
+    /// (the simulator's sinks), so its downlink's timing is never looked
+    /// at. Their faults are still drawn, as [`deliver`](Self::deliver)
+    /// draws them, so that losses are counted and the connection's faults
+    /// stay the same.
+    pub(crate) fn discard_merged(&mut self) {
+        self.discard_merged = true;
+    }
+
+    /// A merged message's faults, drawn as [`deliver`](Self::deliver)
+    /// draws them, with no delivery.
+    fn discard(&mut self, from: usize, to: usize) {
+        if self.chance(from, to, self.faults.loss) {
+            self.stats.lost += 1;
+            return;
+        }
+        let copies = if self.chance(from, to, self.faults.duplicate) {
+            self.stats.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            self.reorder_delay(from, to);
         }
     }
 

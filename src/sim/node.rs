@@ -11,6 +11,7 @@ use prost::Message;
 use super::chain::{self, forged_block};
 use super::scenario::{Behaviour, Overclaim};
 use super::{Wire, World};
+use crate::responder::Queued;
 use crate::wire::gossip::{GossipMessage, Payload, Properties, StateInfo};
 use crate::wire::{self, gossip::gossip_message::Content};
 use crate::{
@@ -71,6 +72,9 @@ pub(crate) struct Node {
     /// checking it again would find the same.
     checked: bool,
     pub(crate) responder_timer: Option<Instant>,
+    /// The earlier of the two timers (the requester's on a tie): what the
+    /// simulator compares on every step.
+    pub(crate) next_timer: Option<(Instant, Machine)>,
     pub(crate) caught_up_at: Option<Instant>,
     pub(crate) peak_held_bytes: u64,
     pub(crate) refused_requests: u64,
@@ -136,6 +140,7 @@ impl Node {
             timer_fresh: false,
             checked: false,
             responder_timer: None,
+            next_timer: None,
             caught_up_at: None,
             peak_held_bytes: 0,
             refused_requests: 0,
@@ -473,8 +478,21 @@ impl Node {
                 self.on_requester_action(w, action);
                 continue;
             }
-            if let Some(action) = self.responder.as_mut().and_then(|r| r.poll_action()) {
-                self.on_responder_action(w, action);
+            if let Some(queued) = self.responder.as_mut().and_then(|r| r.poll_queued()) {
+                match queued {
+                    Queued::Send {
+                        to,
+                        payloads,
+                        background,
+                        len,
+                        ..
+                    } if w.is_sink(to) => self.answer_sink(w, to, payloads, background, len),
+                    queued => {
+                        if let Some(action) = self.responder.as_ref().map(|r| r.action(queued)) {
+                            self.on_responder_action(w, action);
+                        }
+                    }
+                }
                 continue;
             }
             break;
@@ -488,6 +506,12 @@ impl Node {
             self.timer_fresh = true;
         }
         self.responder_timer = self.responder.as_ref().and_then(|r| r.poll_timeout());
+        let requester = self.requester_timer.map(|at| (at, Machine::Requester));
+        let responder = self.responder_timer.map(|at| (at, Machine::Responder));
+        self.next_timer = match (requester, responder) {
+            (Some(r), Some(s)) => Some(if s.0 < r.0 { s } else { r }),
+            (r, s) => r.or(s),
+        };
     }
 
     /// The requester is about to take an input: its timer and its check
@@ -506,6 +530,29 @@ impl Node {
                 *self.give_ups.entry(reason_name(&reason)).or_default() += 1;
                 w.progressed();
             }
+        }
+    }
+
+    /// Sends a sink (a flooder) an answer of `len` bytes: only its size
+    /// counts (see [`World::send_unencoded`]), so no message is made of it.
+    fn answer_sink(
+        &mut self,
+        w: &mut World,
+        to: NodeId,
+        payloads: Vec<Payload>,
+        background: bool,
+        len: usize,
+    ) {
+        w.set_background(self.id, to, background);
+        if w.can_send(self.id, to) {
+            w.send_unencoded(self.id, to, len, Wire::Opaque);
+        }
+        // Its payloads serve the next read, sent or not (see `read`),
+        // unless the spare holds more: an empty answer (a busy reply)
+        // would leave the next read to allocate and make every payload.
+        let spare = &self.spare_payloads;
+        if (payloads.len(), payloads.capacity()) > (spare.len(), spare.capacity()) {
+            self.spare_payloads = payloads;
         }
     }
 
@@ -541,16 +588,6 @@ impl Node {
                 w.set_background(self.id, to, background);
                 if !w.can_send(self.id, to) {
                     // The send buffer is full: dropped, no need to encode.
-                    return;
-                }
-                if w.is_sink(to) {
-                    w.send_unencoded(self.id, to, message.encoded_len(), Wire::Opaque);
-                    // Its payload vector serves the next read.
-                    if let Some(Content::StateResponse(response)) = message.content {
-                        let mut payloads = response.payloads;
-                        payloads.clear();
-                        self.spare_payloads = payloads;
-                    }
                     return;
                 }
                 if self.behaviour == Behaviour::Byzantine {
@@ -755,20 +792,40 @@ impl Node {
         let mut payloads = std::mem::take(&mut self.spare_payloads);
         // Every block below `start + fitting` was found above.
         let none = Bytes::new();
-        payloads.extend((start..start + fitting).map(|seq| {
-            let block = match self.forged.as_ref() {
-                Some(forged) if self.bad_block == Some(seq) => forged,
-                _ => w.chain.block(seq).unwrap_or(&none),
-            };
-            let data = match OPAQUE.get(..block.len()) {
-                Some(zeros) if opaque => Bytes::from_static(zeros),
-                _ => block.clone(),
-            };
-            Payload {
-                seq_num: seq,
-                data,
-                private_data: Vec::new(),
+        let block = |seq| match self.forged.as_ref() {
+            Some(forged) if self.bad_block == Some(seq) => forged,
+            _ => w.chain.block(seq).unwrap_or(&none),
+        };
+        let data = |block: &Bytes| match OPAQUE.get(..block.len()) {
+            Some(zeros) if opaque => Bytes::from_static(zeros),
+            _ => block.clone(),
+        };
+        if opaque {
+            // The last answer to a sink's payloads, rewritten: a payload
+            // whose data has the block's length already is as good as new
+            // (only lengths are looked at), and none is dropped and made
+            // again (a flood's every block).
+            payloads.truncate(fitting as usize);
+            for (payload, seq) in payloads.iter_mut().zip(start..) {
+                payload.seq_num = seq;
+                let block = block(seq);
+                if payload.data.len() != block.len() {
+                    payload.data = data(block);
+                }
             }
+            let made = payloads.len() as u64;
+            payloads.extend((start + made..start + fitting).map(|seq| Payload {
+                seq_num: seq,
+                data: data(block(seq)),
+                private_data: Vec::new(),
+            }));
+            return payloads;
+        }
+        payloads.clear();
+        payloads.extend((start..start + fitting).map(|seq| Payload {
+            seq_num: seq,
+            data: data(block(seq)),
+            private_data: Vec::new(),
         }));
         payloads
     }
