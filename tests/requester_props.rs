@@ -866,6 +866,13 @@ impl Harness {
             }
             None if split_of.is_some() => {
                 check!(!self.block_seen, "{what}: split off after a block came");
+                check!(
+                    start > self.frontier,
+                    "{what}: split off at or below the delivered frontier {}",
+                    self.frontier
+                );
+                let held: Vec<u64> = self.buffer.range(start..=end).map(|(s, _)| *s).collect();
+                check!(held.is_empty(), "{what}: splits off blocks held {held:?}");
                 let first = split_of.expect("checked");
                 let known = self.outstanding.get_mut(&first).expect("found above");
                 // The machine splits a request waiting on exactly one send,

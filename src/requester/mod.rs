@@ -196,9 +196,10 @@ pub struct AntiEntropy<P> {
     covered_below: u64,
     /// Blocks offered by the gossip path since the last `drop_obsolete`:
     /// only they can complete another request's range (a response's blocks
-    /// lie in its own request's range, which the answer ends, or in the
-    /// part split off it, which the answer drops), so only their requests
-    /// are checked, not every request on every event.
+    /// lie in the range its send asked: its own request's, which the answer
+    /// ends, or a request holding a part split off it, which the answer
+    /// drops), so only their requests are checked, not every request on
+    /// every event.
     gossiped: Vec<u64>,
     /// The inclusive end of the active round's range.
     round_end: Option<u64>,
@@ -326,7 +327,28 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             // a copy, which the next event would make otherwise.
             self.fill(now);
         }
+        #[cfg(debug_assertions)]
+        self.check_in_flight();
         result
+    }
+
+    /// Each peer's count of sends in flight, and of the blocks they asked,
+    /// is what its waiting sends add up to (a send's slot is freed by the
+    /// range it asked, which a split may leave wider than its request's).
+    #[cfg(debug_assertions)]
+    fn check_in_flight(&self) {
+        let mut waiting: BTreeMap<&P, (usize, u64)> = BTreeMap::new();
+        for (_, request) in self.requests.iter() {
+            for attempt in request.waiting() {
+                let entry = waiting.entry(&attempt.peer).or_default();
+                entry.0 += 1;
+                entry.1 += attempt.asked.len();
+            }
+        }
+        for (id, peer) in self.peers.iter() {
+            let expected = waiting.get(id).copied().unwrap_or_default();
+            debug_assert_eq!(peer.in_flight_counts(), expected, "peer {id:?}");
+        }
     }
 
     /// Decodes a message received from `from` (refusing more than

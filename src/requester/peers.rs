@@ -372,6 +372,12 @@ impl Peer {
             .map(|at| now.saturating_duration_since(at).as_secs_f64())
     }
 
+    /// Its sends in flight and the blocks they asked, as counted.
+    #[cfg(debug_assertions)]
+    pub(crate) fn in_flight_counts(&self) -> (usize, u64) {
+        (self.in_flight, self.in_flight_blocks)
+    }
+
     /// Bytes its sends in flight are expected to bring, each at most
     /// `per_request` blocks of `block_bytes`.
     pub(crate) fn backlog(&self, block_bytes: u64, per_request: u64) -> u64 {

@@ -380,7 +380,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
 
     /// Every block of the round is asked before any block is seen: splits
     /// the rest of a waiting range off for another peer with a free slot,
-    /// from the block after the range's first, lowest range first: the
+    /// from the block after its first one not held, lowest range first: the
     /// part split off is the lowest range next, so blocks 1, 2, 3, … of the
     /// commit point go to as many peers at once.
     ///
@@ -394,7 +394,8 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// blocks right after those instead. If blocks turn out small, the
     /// first answer holds the whole range and a split-off copy is a
     /// duplicate: at most `batch_size` blocks per free slot, and only before
-    /// the first block is seen (while a peer has two slots). Giving the
+    /// the first block is seen (while a peer's window is its first one, two
+    /// requests). Giving the
     /// splits to idle peers only left huge at 1.14 of the bound on some
     /// seeds, against 1.07 on every seed this way.
     fn split_first_flight(&mut self, now: Instant) {

@@ -28,7 +28,8 @@ pub(crate) struct Attempt<P> {
     pub(crate) peer: P,
     /// The blocks this send asked for: its request's range when sent,
     /// which a split may since have narrowed (see `split_first_flight`).
-    /// Its answer may hold any of them, and its peer's slot counts them.
+    /// Its answer may hold any of them, and its peer's count of blocks in
+    /// flight counts them.
     pub(crate) asked: SeqRange,
     pub(crate) sent_at: Instant,
     /// `None` if the timeout is too long to represent: never expires.
@@ -154,9 +155,6 @@ impl<P> Requests<P> {
         ) else {
             return None;
         };
-        if at <= start {
-            return None;
-        }
         request.range = kept;
         self.by_start.insert(start, (kept.end(), id));
         self.blocks -= rest.len();

@@ -157,9 +157,11 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // Blocks of the range that did not arrive are simply missing again:
         // the planner asks for them in a new request.
         self.drop_request(id);
-        // So are those of a part split off the range whose blocks came in
-        // part: asked again from its start, it would ask for blocks held
-        // (the sweep saw one asked below the committed height).
+        // So are those of any request holding a block that came although
+        // outside the range (a part split off it, or one planned again from
+        // such a part): asked again from its start, it would ask for blocks
+        // held (the sweep saw one asked below the committed height). Its
+        // sends' answers, if they come, are strays.
         for seq in split_off {
             if let Some((other, _)) = self.requests.covering(seq) {
                 self.drop_request(other);

@@ -986,6 +986,11 @@ impl RequesterModel {
             }
             None if split_of.is_some() => {
                 assert!(!self.block_seen, "{range} split off after a block came");
+                assert!(
+                    range.start() > self.next,
+                    "{range} split off at or below the delivery point {}",
+                    self.next
+                );
                 let start = split_of.expect("checked");
                 let request = self.outstanding.get_mut(&start).expect("found above");
                 assert!(
