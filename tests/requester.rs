@@ -1210,6 +1210,26 @@ fn a_silent_peers_ranges_are_hedged_together() {
     assert!(checked > 0, "no seed gave the silent peer two ranges");
 }
 
+/// Sends as `sends` lists them: peer, nonce, first and last block.
+type Sends = Vec<(&'static str, u64, u64, u64)>;
+
+/// A round of 22 blocks (height 23) asked of `peers[0]`, the only peer
+/// heard, then every peer heard: the first sends, and those made when the
+/// others were heard.
+fn heard_one_at_a_time(
+    peers: &[&'static str],
+) -> (AntiEntropy<&'static str>, Instant, Sends, Sends) {
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 3, t0).unwrap();
+    ae.handle(t0, Event::Membership(vec![PeerState::new(peers[0], 23)]))
+        .unwrap();
+    let first = sends(&drain(&mut ae));
+    let view = peers.iter().map(|&p| PeerState::new(p, 23)).collect();
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    let later = sends(&drain(&mut ae));
+    (ae, t0, first, later)
+}
+
 // A short round is all asked of the peers heard first (StateInfos come one
 // at a time) before the block size is known: a peer heard next takes the
 // rest of the lowest waiting range from its second block, rather than idling
@@ -1219,23 +1239,12 @@ fn a_silent_peers_ranges_are_hedged_together() {
 #[test]
 fn a_peer_heard_after_a_short_round_was_asked_takes_part_of_it() {
     let ms = Duration::from_millis;
-    let t0 = epoch();
-    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 3, t0).unwrap();
-    ae.handle(t0, Event::Membership(vec![PeerState::new("a", 23)]))
-        .unwrap();
-    let first = sends(&drain(&mut ae));
+    let (mut ae, t0, first, split) = heard_one_at_a_time(&["a", "b", "c"]);
     assert_eq!(
         first.iter().map(|s| (s.2, s.3)).collect::<Vec<_>>(),
         [(1, 11), (12, 22)],
         "the whole round, of the only peer heard"
     );
-    let view = vec![
-        PeerState::new("a", 23),
-        PeerState::new("b", 23),
-        PeerState::new("c", 23),
-    ];
-    ae.handle(t0, Event::Membership(view)).unwrap();
-    let split = sends(&drain(&mut ae));
     let starts: Vec<u64> = split.iter().map(|s| s.2).collect();
     assert!(
         starts.contains(&2) && starts.contains(&3),
@@ -1267,14 +1276,7 @@ fn a_peer_heard_after_a_short_round_was_asked_takes_part_of_it() {
 #[test]
 fn a_full_answer_to_a_range_split_off_is_taken_and_ends_the_split() {
     let ms = Duration::from_millis;
-    let t0 = epoch();
-    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 3, t0).unwrap();
-    ae.handle(t0, Event::Membership(vec![PeerState::new("a", 23)]))
-        .unwrap();
-    let first = sends(&drain(&mut ae));
-    let view = vec![PeerState::new("a", 23), PeerState::new("b", 23)];
-    ae.handle(t0, Event::Membership(view)).unwrap();
-    let split = sends(&drain(&mut ae));
+    let (mut ae, t0, first, split) = heard_one_at_a_time(&["a", "b"]);
     assert!(
         !split.is_empty() && split.iter().all(|s| s.0 == "b"),
         "{split:?}"
@@ -1308,14 +1310,7 @@ fn a_full_answer_to_a_range_split_off_is_taken_and_ends_the_split() {
 #[test]
 fn a_part_split_off_whose_blocks_came_in_part_is_asked_again_from_what_is_missing() {
     let ms = Duration::from_millis;
-    let t0 = epoch();
-    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 3, t0).unwrap();
-    ae.handle(t0, Event::Membership(vec![PeerState::new("a", 23)]))
-        .unwrap();
-    let first = sends(&drain(&mut ae));
-    let view = vec![PeerState::new("a", 23), PeerState::new("b", 23)];
-    ae.handle(t0, Event::Membership(view)).unwrap();
-    let split = sends(&drain(&mut ae));
+    let (mut ae, t0, first, split) = heard_one_at_a_time(&["a", "b"]);
     assert!(split.iter().any(|s| s.2 == 2 && s.3 == 11), "{split:?}");
     let &(to, nonce, _, _) = first.iter().find(|s| s.2 == 1).unwrap();
     ae.handle(

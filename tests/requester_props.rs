@@ -890,14 +890,7 @@ impl Harness {
                 // Blocks move from one request to another: as many in
                 // flight as before, so the byte window is unchanged.
                 known.end = start - 1;
-                self.outstanding.insert(
-                    start,
-                    Outstanding {
-                        start,
-                        end,
-                        sends: vec![send],
-                    },
-                );
+                self.open(start, end, send);
             }
             None => {
                 check!(
@@ -939,19 +932,24 @@ impl Harness {
                         self.host.len()
                     );
                 }
-                self.outstanding.insert(
-                    start,
-                    Outstanding {
-                        start,
-                        end,
-                        sends: vec![send],
-                    },
-                );
+                self.open(start, end, send);
             }
         }
         self.sent.push((to, nonce, start, end));
         self.asked.entry(to).or_default().push((start, end));
         Ok(())
+    }
+
+    /// A new outstanding request of `[start, end]`, with its first send.
+    fn open(&mut self, start: u64, end: u64, send: Sent) {
+        self.outstanding.insert(
+            start,
+            Outstanding {
+                start,
+                end,
+                sends: vec![send],
+            },
+        );
     }
 
     fn on_deliver(&mut self, payload: &Payload, from: &Origin<u8>) -> Result<(), String> {

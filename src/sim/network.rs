@@ -627,15 +627,8 @@ impl<M: Clone> Network<M> {
         message: M,
         deliveries: &mut Vec<Delivery<M>>,
     ) {
-        if self.chance(from, to, self.faults.loss) {
-            self.stats.lost += 1;
+        let Some(copies) = self.draw_copies(from, to) else {
             return;
-        }
-        let copies = if self.chance(from, to, self.faults.duplicate) {
-            self.stats.duplicated += 1;
-            2
-        } else {
-            1
         };
         let latency = self.path_latency(from, to);
         let mut arrivals = [now; 2];
@@ -672,18 +665,27 @@ impl<M: Clone> Network<M> {
         self.discard_merged = true;
     }
 
+    /// Whether a message from `from` to `to` is lost (`None`, counted) or
+    /// arrives once or twice (a duplicate, counted): the draws every
+    /// message makes, in this order.
+    fn draw_copies(&mut self, from: usize, to: usize) -> Option<usize> {
+        if self.chance(from, to, self.faults.loss) {
+            self.stats.lost += 1;
+            return None;
+        }
+        if self.chance(from, to, self.faults.duplicate) {
+            self.stats.duplicated += 1;
+            Some(2)
+        } else {
+            Some(1)
+        }
+    }
+
     /// A merged message's faults, drawn as [`deliver`](Self::deliver)
     /// draws them, with no delivery.
     fn discard(&mut self, from: usize, to: usize) {
-        if self.chance(from, to, self.faults.loss) {
-            self.stats.lost += 1;
+        let Some(copies) = self.draw_copies(from, to) else {
             return;
-        }
-        let copies = if self.chance(from, to, self.faults.duplicate) {
-            self.stats.duplicated += 1;
-            2
-        } else {
-            1
         };
         for _ in 0..copies {
             self.reorder_delay(from, to);
