@@ -87,11 +87,14 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             if expired.is_empty() {
                 continue;
             }
+            // Only traced.
+            #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+            let range = request.range;
             let adaptive = self.config.adaptive_window;
             for &(nonce, ref peer_id, blocks) in &expired {
                 self.requests.end_send(id, nonce, AttemptState::TimedOut);
                 self.stats.timeouts += 1;
-                emit!(DEBUG, peer = ?peer_id, nonce, blocks, "request timed out");
+                emit!(DEBUG, peer = ?peer_id, %range, "request timed out");
                 if let Some(peer) = self.peers.get_mut(peer_id) {
                     peer.send_ended(blocks);
                     peer.stats.timeouts += 1;
