@@ -87,6 +87,7 @@ mod trace;
 #[cfg(any(feature = "tokio", feature = "smol"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "tokio", feature = "smol"))))]
 pub mod adapters;
+mod arith;
 mod buffer;
 mod config;
 #[cfg(feature = "fabric-grpc")]

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 use std::time::{Duration, Instant};
 
+use crate::arith::div_ceil;
 use crate::range::SeqRange;
 
 /// Tokens are counted in nano-blocks, so that a bucket refilling at `r`
@@ -301,12 +302,8 @@ fn reindex<P: Clone + Ord>(
         return;
     }
     let missing = capacity.saturating_sub(state.tokens);
-    // In 64 bits when both fit (a bucket of up to 18 billion blocks): a
-    // 128-bit division is a library call, made on every request served.
-    let nanos = match (u64::try_from(missing), u64::try_from(rate)) {
-        (Ok(missing), Ok(rate)) => u128::from(missing.div_ceil(rate)),
-        _ => missing.div_ceil(rate),
-    };
+    // Made on every request served.
+    let nanos = div_ceil(missing, rate);
     // `None` only if the bucket fills after `Instant`'s range ends
     // (a burst of centuries): such a peer is kept.
     let full_at = u64::try_from(nanos)

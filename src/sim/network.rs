@@ -47,6 +47,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::arith::{div, div_ceil};
+
 /// Work units per bit: a flow served alone at `r` bit/s for one nanosecond
 /// receives `r` units, so a bit is 10^9 units.
 const UNITS_PER_BIT: u128 = 1_000_000_000;
@@ -62,23 +64,6 @@ pub fn transmission_time(bytes: usize, bits_per_second: u64) -> Duration {
         u128::from(bits_per_second),
     );
     Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
-}
-
-/// `a / b`, in 64 bits when both fit (the usual case): a 128-bit division
-/// is a library call, made on every departure and arrival.
-fn div(a: u128, b: u128) -> u128 {
-    match (u64::try_from(a), u64::try_from(b)) {
-        (Ok(a), Ok(b)) => u128::from(a / b),
-        _ => a / b,
-    }
-}
-
-/// `a.div_ceil(b)`, in 64 bits when both fit (see [`div`]).
-fn div_ceil(a: u128, b: u128) -> u128 {
-    match (u64::try_from(a), u64::try_from(b)) {
-        (Ok(a), Ok(b)) => u128::from(a.div_ceil(b)),
-        _ => a.div_ceil(b),
-    }
 }
 
 /// Fault probabilities of every link.

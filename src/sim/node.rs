@@ -813,16 +813,11 @@ impl Node {
                     payload.data = data(block);
                 }
             }
-            let made = payloads.len() as u64;
-            payloads.extend((start + made..start + fitting).map(|seq| Payload {
-                seq_num: seq,
-                data: data(block(seq)),
-                private_data: Vec::new(),
-            }));
-            return payloads;
+        } else {
+            payloads.clear();
         }
-        payloads.clear();
-        payloads.extend((start..start + fitting).map(|seq| Payload {
+        let made = payloads.len() as u64;
+        payloads.extend((start + made..start + fitting).map(|seq| Payload {
             seq_num: seq,
             data: data(block(seq)),
             private_data: Vec::new(),
