@@ -2142,3 +2142,51 @@ fn regression_hedge_asks_the_peer_whose_block_was_rejected() {
         }
     }
 }
+
+// A range that spanned two rejected blocks, each sent by another peer,
+// avoided neither peer; cut to the part below the second, it went to the
+// peer whose copy of its first block was bad while the other was free
+// (property test, seed 17); uncut, it waited for the back-off though one
+// peer's copy of its first blocks was never rejected. Now a rejected block
+// starts a range of its own: the peer to avoid is that of its first block.
+#[test]
+fn regression_a_range_spanning_two_peers_rejections_avoids_its_first_blocks_sender() {
+    let (mut ae, t0) = machine(Config::default(), vec![PeerState::new("a", 12)]);
+    let answer = |ae: &mut AntiEntropy<&'static str>, (to, nonce, start, end)| {
+        let message = wire::state_response(nonce, channel(), (start..=end).map(sized).collect());
+        ae.handle(t0, Event::Response { from: to, message }).unwrap();
+    };
+    // Blocks 1–11 come from "a", then 12–22 from "b" (the only holder).
+    for send in sends(&drain(&mut ae)) {
+        answer(&mut ae, send);
+    }
+    let mut got = delivered(&drain(&mut ae));
+    let view = vec![PeerState::new("a", 12), PeerState::new("b", 23)];
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    for send in sends(&drain(&mut ae)) {
+        assert_eq!(send.0, "b");
+        answer(&mut ae, send);
+    }
+    got.extend(delivered(&drain(&mut ae)));
+    assert_eq!(got, (1..=22).collect::<Vec<_>>());
+    let view = vec![PeerState::new("a", 23), PeerState::new("b", 23)];
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    ae.handle(t0, Event::Committed { height: 6 }).unwrap();
+    // "b"'s block 12 is bad: 12–22 are asked of "a", which keeps them.
+    ae.handle(t0, Event::Rejected { seq: 12 }).unwrap();
+    let refetch = sends(&drain(&mut ae));
+    assert!(refetch.iter().all(|send| send.0 == "a"), "{refetch:?}");
+    for send in refetch {
+        answer(&mut ae, send);
+    }
+    assert_eq!(delivered(&drain(&mut ae)), (12..=22).collect::<Vec<_>>());
+    // Then "a"'s block 6 is bad: 6–22 are missing again.
+    ae.handle(t0, Event::Rejected { seq: 6 }).unwrap();
+    let again = sends(&drain(&mut ae));
+    let six = again
+        .iter()
+        .find(|&&(_, _, start, end)| start <= 6 && 6 <= end)
+        .unwrap_or_else(|| panic!("block 6 not asked again: {again:?}"));
+    assert_eq!(six.0, "b", "{again:?}");
+    assert!(six.3 < 12, "{again:?}");
+}

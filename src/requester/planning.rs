@@ -242,6 +242,15 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         if let Some(boundary) = self.peers.next_boundary(seq, now) {
             last = last.min(boundary - 1);
         }
+        // A rejected block starts a range of its own: the peers to avoid
+        // for a range are then those of its first block, and stay so when
+        // the chosen peer's share cuts it shorter. (Spanning two rejected
+        // blocks of two peers, a range avoided neither and went, cut to
+        // the first block's part, to the peer whose copy of it was bad
+        // while the other was free: property test seed 17.)
+        if let Some((&rejected, _)) = self.rejected_by.range(seq.saturating_add(1)..).next() {
+            last = last.min(rejected - 1);
+        }
         SeqRange::new(seq, last)
     }
 
