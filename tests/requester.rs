@@ -675,8 +675,8 @@ fn default_retries_on_a_different_peer() {
     let asked = sends(&drain(&mut ae));
     assert_eq!(asked.len(), 1);
     let deadline = ae.poll_timeout().unwrap();
-    // The hedge (500 ms) comes before the first deadline (2 s).
-    assert_eq!(deadline, t0 + Duration::from_millis(500));
+    // The hedge (`hedge_after`) comes before the first deadline (2 s).
+    assert_eq!(deadline, t0 + Config::default().hedge_after.unwrap());
     // First the hedge (the range holds back the commit point), then the timeout.
     ae.handle(deadline, Event::Timeout).unwrap();
     let hedge = sends(&drain(&mut ae));
@@ -1035,7 +1035,7 @@ fn the_end_game_copies_a_slow_peers_last_range_to_a_faster_one() {
 // A responder answers a peer's requests in order: an answer to a later send
 // means the earlier send (or its answer) was lost. The range holding the
 // commit point is hedged a quarter of the peer's round trip after that, not
-// after the 500 ms hedge wait (nor the timeout, inflated by queueing), and
+// after the hedge wait, `hedge_after` (nor the timeout, inflated by queueing), and
 // nobody is blamed: the lost send still waits, and its answer still counts.
 #[test]
 fn an_overtaken_send_is_hedged_after_a_reordering_allowance() {

@@ -1927,7 +1927,7 @@ fn regression_poll_timeout_in_the_past_after_a_delivery() {
     // A fast answer: SRTT 0.
     ae.handle(t0, answer(asked[2].1, 23..=23)).unwrap();
     let _ = drain(&mut ae);
-    // 600 ms later [1, 11] arrives (its own hedge, due at 500 ms, found no
+    // 600 ms later [1, 11] arrives (its own hedge, due at 250 ms, found no
     // other peer); [12, 22] now holds back the commit point, sent 600 ms ago.
     let now = t0 + Duration::from_millis(600);
     ae.handle(now, answer(asked[0].1, 1..=11)).unwrap();
