@@ -1344,3 +1344,56 @@ fn a_part_split_off_whose_blocks_came_in_part_is_asked_again_from_what_is_missin
         Err(EventError::Response(ResponseError::UnknownNonce { nonce }))
     );
 }
+
+// A peer whose requests were shortened (it timed out) takes only the top
+// of the rest of a range split for it, as many blocks as it is trusted
+// with, like any range planned for it.
+#[test]
+fn a_part_split_off_for_a_peer_with_shortened_requests_is_no_longer_than_it_takes() {
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 3, t0).unwrap();
+    // Block 1 is asked of "b" and "c" (a hedge), and neither answers: their
+    // requests are shortened to one block.
+    let heights = |bc| {
+        vec![
+            PeerState::new("a", 23),
+            PeerState::new("b", bc),
+            PeerState::new("c", bc),
+        ]
+    };
+    ae.handle(t0, Event::Membership(heights(2)[1..].to_vec()))
+        .unwrap();
+    let mut now = t0;
+    let timed_out = |ae: &AntiEntropy<&str>, peer| ae.peer_stats(&peer).unwrap().timeouts > 0;
+    while !(timed_out(&ae, "b") && timed_out(&ae, "c")) {
+        now = ae.poll_timeout().unwrap();
+        ae.handle(now, Event::Timeout).unwrap();
+    }
+    // Their connections drop, which frees their slots, and come back
+    // (block 1 is asked again of one of them).
+    for peer in ["b", "c"] {
+        ae.handle(now, Event::PeerDisconnected { peer }).unwrap();
+        ae.handle(now, Event::PeerConnected { peer }).unwrap();
+    }
+    drain(&mut ae);
+    // Then "a" is heard with a short round, all asked of it while the
+    // others advertise too little; then they advertise the round.
+    ae.handle(now, Event::Membership(heights(2))).unwrap();
+    let round = sends(&drain(&mut ae));
+    assert_eq!(
+        round.iter().map(|s| (s.0, s.2, s.3)).collect::<Vec<_>>(),
+        [("a", 2, 12), ("a", 13, 22)]
+    );
+    ae.handle(now, Event::Membership(heights(23))).unwrap();
+    let split = sends(&drain(&mut ae));
+    // The rest of [2, 12] from block 3 is [3, 12], of [13, 22] from block
+    // 14 is [14, 22]: a peer free takes the last block of either.
+    assert!(!split.is_empty(), "no split");
+    for &(to, _, start, end) in &split {
+        assert_ne!(to, "a");
+        assert!(
+            (start, end) == (12, 12) || (start, end) == (22, 22),
+            "{split:?}"
+        );
+    }
+}

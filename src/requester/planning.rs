@@ -441,7 +441,14 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                     None,
                     None,
                 )?;
-                (peer != busy).then_some((id, at, peer))
+                // A peer whose requests were shortened (it timed out) takes
+                // only the top of the rest, as long as it is trusted with.
+                let rest = SeqRange::new(at, end)?;
+                let len = self
+                    .peers
+                    .get(&peer)
+                    .map_or(rest.len(), |p| p.trim(rest).len());
+                (peer != busy).then_some((id, end + 1 - len, peer))
             });
             let Some((id, at, peer)) = split else {
                 return;
@@ -524,7 +531,9 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 Some(at) => look_at(at),
                 None => {}
             }
-            let blocks = request.range.len().min(per_request);
+            // What the send asked (a first flight's part split off asks
+            // less than its request), as `Peer::backlog` counts it.
+            let blocks = attempt.asked.len().min(per_request);
             queued.push((attempt.peer.clone(), attempt.sent_at, *id, blocks));
         }
         queued.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
