@@ -169,10 +169,13 @@ struct Cli {
     /// How far above the chain overclaimers advertise, in blocks.
     #[arg(long, default_value_t = 1000)]
     overclaim_by: u64,
-    /// A block that is corrupt at `--corrupt-sources` of its sources.
+    /// A block that is corrupt at `--corrupt-sources` of its sources
+    /// (repeatable: each further block is bad from the next source on, so
+    /// with one source each, different peers hold the bad copies).
     #[arg(long)]
-    corrupt_block: Option<u64>,
-    /// How many sources of `--corrupt-block` hold a bad copy (default: all).
+    corrupt_block: Vec<u64>,
+    /// How many sources of each `--corrupt-block` hold a bad copy (default:
+    /// all).
     #[arg(long)]
     corrupt_sources: Option<usize>,
     /// A crash and restart, `NODE:AT_S:DOWN_S` (repeatable; nodes are the
@@ -405,7 +408,7 @@ impl Cli {
         let mut s = base
             .with_overclaimers(as_usize(self.overclaim), mode, self.overclaim_by)
             .with_flooders(as_usize(self.flooders));
-        if let Some(seq) = self.corrupt_block {
+        for &seq in &self.corrupt_block {
             s = s.with_corrupt_block(seq, self.corrupt_sources.unwrap_or(usize::MAX));
         }
         for &(node, at, down) in &self.crash {

@@ -43,11 +43,13 @@ pub struct Partition {
     pub until: Duration,
 }
 
-/// Block `seq` is corrupt at the first `sources` up-to-date peers that
-/// serve it (index order): the host rejects those copies
-/// (`Event::Rejected`). `sources: usize::MAX` (or any count at least the
-/// serving peers') makes every copy bad: the block is bad at its only
-/// source, and no lagger can pass it.
+/// Block `seq` is corrupt at `sources` of the up-to-date peers that serve
+/// it: the host rejects those copies (`Event::Rejected`). `sources:
+/// usize::MAX` (or any count at least the serving peers') makes every copy
+/// bad: the block is bad at its only source, and no lagger can pass it.
+/// The `k`-th corrupt block of a scenario (from 0, in the order added) is
+/// bad at the serving peers from the `k`-th on in index order, wrapping
+/// around: two blocks bad at one source each are bad at two peers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CorruptBlock {
     /// The block.

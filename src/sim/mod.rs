@@ -627,12 +627,17 @@ impl Simulation {
                 epoch,
             )?);
         }
-        if let Some(corrupt) = scenario.corrupt {
-            let sources = nodes
+        for (k, corrupt) in scenario.corrupt.iter().enumerate() {
+            let mut sources: Vec<&mut Node> = nodes
                 .iter_mut()
-                .filter(|n| !n.lagger && n.serving_height() > corrupt.seq);
-            for node in sources.take(corrupt.sources) {
-                node.bad_block = Some(corrupt.seq);
+                .filter(|n| !n.lagger && n.serving_height() > corrupt.seq)
+                .collect();
+            if !sources.is_empty() {
+                let first = k % sources.len();
+                sources.rotate_left(first);
+            }
+            for node in sources.into_iter().take(corrupt.sources) {
+                node.corrupt_block(corrupt.seq, scenario.block_size);
             }
         }
         let links: Vec<_> = (0..total).map(|i| scenario.link(i)).collect();
@@ -813,15 +818,22 @@ impl Simulation {
             .max()
             .unwrap_or(0)
             .max(lagger.height);
-        if let Some(corrupt) = self.scenario.corrupt {
-            let good = lagger.height > corrupt.seq
-                || sources()
-                    .any(|n| n.serving_height() > corrupt.seq && n.bad_block != Some(corrupt.seq));
-            if best > corrupt.seq && !good {
-                return (corrupt.seq, true);
-            }
+        // The lowest block below `best` that the lagger lacks and no source
+        // it reaches holds a good copy of.
+        let cut = self
+            .scenario
+            .corrupt
+            .iter()
+            .map(|corrupt| corrupt.seq)
+            .filter(|&seq| lagger.height <= seq && seq < best)
+            .filter(|&seq| {
+                !sources().any(|n| n.serving_height() > seq && !n.bad_blocks.contains_key(&seq))
+            })
+            .min();
+        match cut {
+            Some(seq) => (seq, true),
+            None => (best, false),
         }
-        (best, false)
     }
 
     fn target_of(&self, lagger: &Node) -> u64 {

@@ -79,10 +79,9 @@ pub(crate) struct Node {
     pub(crate) peak_held_bytes: u64,
     pub(crate) refused_requests: u64,
     pub(crate) rejected: u64,
-    /// The block this node holds a bad copy of, if any.
-    pub(crate) bad_block: Option<u64>,
-    /// That bad copy, once forged.
-    forged: Option<Bytes>,
+    /// The blocks this node holds a bad copy of, and those copies (forged
+    /// once, seeded by the block: the same bad copy on every read).
+    pub(crate) bad_blocks: BTreeMap<u64, Bytes>,
     /// A payload vector kept for the next read (see [`Node::read`]).
     spare_payloads: Vec<Payload>,
     /// Give-ups of this node's requester, by reason.
@@ -145,8 +144,7 @@ impl Node {
             peak_held_bytes: 0,
             refused_requests: 0,
             rejected: 0,
-            bad_block: None,
-            forged: None,
+            bad_blocks: BTreeMap::new(),
             spare_payloads: Vec::new(),
             give_ups: BTreeMap::new(),
             past_requests: 0,
@@ -792,9 +790,9 @@ impl Node {
         let mut payloads = std::mem::take(&mut self.spare_payloads);
         // Every block below `start + fitting` was found above.
         let none = Bytes::new();
-        let block = |seq| match self.forged.as_ref() {
-            Some(forged) if self.bad_block == Some(seq) => forged,
-            _ => w.chain.block(seq).unwrap_or(&none),
+        let block = |seq| match self.bad_blocks.get(&seq) {
+            Some(forged) => forged,
+            None => w.chain.block(seq).unwrap_or(&none),
         };
         let data = |block: &Bytes| match OPAQUE.get(..block.len()) {
             Some(zeros) if opaque => Bytes::from_static(zeros),
@@ -827,20 +825,19 @@ impl Node {
 
     /// Block `seq` as this node stores it, if it holds it: the chain's, or
     /// its bad copy.
-    fn stored<'a>(&'a mut self, w: &'a World, seq: u64) -> Option<&'a Bytes> {
+    fn stored<'a>(&'a self, w: &'a World, seq: u64) -> Option<&'a Bytes> {
         if seq >= self.height {
             return None;
         }
         let block = w.chain.block(seq)?;
-        if self.bad_block != Some(seq) {
-            return Some(block);
-        }
-        // Seeded by the block: the same bad copy on every read, so it is
-        // forged once.
-        Some(self.forged.get_or_insert_with(|| {
-            let mut rng = fastrand::Rng::with_seed(seq);
-            forged_block(seq, w.chain.block_size(), &mut rng)
-        }))
+        Some(self.bad_blocks.get(&seq).unwrap_or(block))
+    }
+
+    /// Makes this node's copy of block `seq` bad.
+    pub(crate) fn corrupt_block(&mut self, seq: u64, block_size: usize) {
+        let mut rng = fastrand::Rng::with_seed(seq);
+        self.bad_blocks
+            .insert(seq, forged_block(seq, block_size, &mut rng));
     }
 
     /// A byzantine answer to `to`, chosen by the seed: forged blocks, a

@@ -119,8 +119,8 @@ pub struct Scenario {
     /// How far above the chain an [`Behaviour::Overclaiming`] peer
     /// advertises, in blocks.
     pub overclaim_by: u64,
-    /// A block corrupt at some or all of its sources.
-    pub corrupt: Option<CorruptBlock>,
+    /// Blocks corrupt at some or all of their sources.
+    pub corrupt: Vec<CorruptBlock>,
     /// Crashes, restarts, joins and leaves.
     pub outages: Vec<Outage>,
     /// Partitions that heal.
@@ -162,7 +162,7 @@ impl Default for Scenario {
             max_steps: 5_000_000,
             max_virtual_time: Duration::from_secs(24 * 3600),
             overclaim_by: 1000,
-            corrupt: None,
+            corrupt: Vec::new(),
             outages: Vec::new(),
             partitions: Vec::new(),
             links: Vec::new(),
@@ -233,10 +233,12 @@ impl Scenario {
         self
     }
 
-    /// Makes block `seq` bad at its first `sources` sources
-    /// (`usize::MAX`: at all of them).
+    /// Makes block `seq` bad at `sources` of its sources (`usize::MAX`: at
+    /// all of them). Called again, adds another bad block, whose bad copies
+    /// start one source later (see [`CorruptBlock`]): two peers each with
+    /// a bad copy of another block.
     pub fn with_corrupt_block(mut self, seq: u64, sources: usize) -> Self {
-        self.corrupt = Some(CorruptBlock { seq, sources });
+        self.corrupt.push(CorruptBlock { seq, sources });
         self
     }
 
@@ -367,9 +369,15 @@ impl Scenario {
         }
         if self
             .corrupt
-            .is_some_and(|c| c.seq == 0 || c.seq > self.blocks)
+            .iter()
+            .any(|c| c.seq == 0 || c.seq > self.blocks)
         {
-            return Err(Invalid("the corrupt block must be in 1..=blocks"));
+            return Err(Invalid("a corrupt block must be in 1..=blocks"));
+        }
+        let mut seqs: Vec<u64> = self.corrupt.iter().map(|c| c.seq).collect();
+        seqs.sort_unstable();
+        if seqs.windows(2).any(|w| w[0] == w[1]) {
+            return Err(Invalid("a block may be made corrupt only once"));
         }
         if self.stall_after.is_zero() {
             return Err(Invalid("stall_after must not be zero"));
@@ -455,5 +463,25 @@ mod tests {
         };
         assert_eq!(s.validate(), Err(ScenarioError::Probability("loss")));
         Scenario::default().validate().unwrap();
+    }
+
+    #[test]
+    fn validate_checks_corrupt_blocks() {
+        let s = Scenario::default().with_corrupt_block(10, 1);
+        s.clone().with_corrupt_block(20, 1).validate().unwrap();
+        let twice = s.clone().with_corrupt_block(10, 2).validate();
+        assert_eq!(
+            twice,
+            Err(ScenarioError::Invalid(
+                "a block may be made corrupt only once"
+            ))
+        );
+        let beyond = s.with_corrupt_block(10_001, 1).validate();
+        assert_eq!(
+            beyond,
+            Err(ScenarioError::Invalid(
+                "a corrupt block must be in 1..=blocks"
+            ))
+        );
     }
 }
