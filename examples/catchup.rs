@@ -170,8 +170,8 @@ struct Cli {
     #[arg(long, default_value_t = 1000)]
     overclaim_by: u64,
     /// A block that is corrupt at `--corrupt-sources` of its sources
-    /// (repeatable: each further block is bad from the next source on, so
-    /// with one source each, different peers hold the bad copies).
+    /// (repeatable: each further block is bad from the next up-to-date peer
+    /// on, so with one source each, different peers hold the bad copies).
     #[arg(long)]
     corrupt_block: Vec<u64>,
     /// How many sources of each `--corrupt-block` hold a bad copy (default:

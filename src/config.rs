@@ -362,8 +362,9 @@ impl Default for Config {
     ///   slow, silent or lying peer cannot stall the window. A floor under
     ///   twice the asked peer's SRTT, so it matters where round trips are
     ///   short or unmeasured: a silent peer's first ranges (hostile, seed
-    ///   1: 1.90× the bound at 500 ms, 1.42× at 250 ms). Lower cost more
-    ///   than it saved on the crowd of laggers (200 ms: 9.09× → 9.55×).
+    ///   1: 1.90× the bound at 500 ms, 1.42× at 250 ms). Lower values cost
+    ///   more than they saved on the crowd of laggers (200 ms: 9.09× →
+    ///   9.55×).
     /// - `block_buffer` 64: more room than Fabric's 20 for gossip blocks that
     ///   overtake the catch-up.
     /// - Responder: 16 MiB per encoded response, 1 024 queued requests,

@@ -212,9 +212,10 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     }
 
     /// The first run of blocks from `next` that is neither held nor
-    /// requested, at most `batch_size + 1` long, within `..=end`, and below
-    /// the next credible height above its start (so every peer holding its
-    /// first block can serve all of it).
+    /// requested, at most `batch_size + 1` long, within `..=end`, below the
+    /// next credible height above its start (so every peer holding its
+    /// first block can serve all of it) and below the next rejected block
+    /// above its start.
     pub(super) fn next_missing(&mut self, end: u64, now: Instant) -> Option<SeqRange> {
         let mut seq = self.buffer.next().max(self.covered_below);
         loop {
@@ -448,7 +449,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                     .peers
                     .get(&peer)
                     .map_or(rest.len(), |p| p.trim(rest).len());
-                (peer != busy).then_some((id, end + 1 - len, peer))
+                (peer != busy).then_some((id, end - (len - 1), peer))
             });
             let Some((id, at, peer)) = split else {
                 return;
@@ -531,8 +532,8 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 Some(at) => look_at(at),
                 None => {}
             }
-            // What the send asked (a first flight's part split off asks
-            // less than its request), as `Peer::backlog` counts it.
+            // What the send asked, as `Peer::backlog` counts it: a first
+            // flight's split narrows a request, not what its send asked.
             let blocks = attempt.asked.len().min(per_request);
             queued.push((attempt.peer.clone(), attempt.sent_at, *id, blocks));
         }

@@ -48,8 +48,10 @@ pub struct Partition {
 /// usize::MAX` (or any count at least the serving peers') makes every copy
 /// bad: the block is bad at its only source, and no lagger can pass it.
 /// The `k`-th corrupt block of a scenario (from 0, in the order added) is
-/// bad at the serving peers from the `k`-th on in index order, wrapping
-/// around: two blocks bad at one source each are bad at two peers.
+/// bad at the peers that serve it from the `k`-th up-to-date peer on (in
+/// index order, wrapping around): two blocks bad at one source each are
+/// bad at two peers when both peers serve both blocks (a liar, serving
+/// half the chain, may be skipped for one and not the other).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CorruptBlock {
     /// The block.

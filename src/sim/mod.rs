@@ -627,17 +627,19 @@ impl Simulation {
                 epoch,
             )?);
         }
+        // The k-th corrupt block's bad copies: from the k-th up-to-date
+        // node on (one fixed order, wrapping), those that serve the block.
+        let up_to_date: Vec<usize> = (0..nodes.len()).filter(|&i| !nodes[i].lagger).collect();
         for (k, corrupt) in scenario.corrupt.iter().enumerate() {
-            let mut sources: Vec<&mut Node> = nodes
-                .iter_mut()
-                .filter(|n| !n.lagger && n.serving_height() > corrupt.seq)
+            let first = k % up_to_date.len().max(1);
+            let order = up_to_date[first..].iter().chain(&up_to_date[..first]);
+            let sources: Vec<usize> = order
+                .copied()
+                .filter(|&i| nodes[i].serving_height() > corrupt.seq)
+                .take(corrupt.sources)
                 .collect();
-            if !sources.is_empty() {
-                let first = k % sources.len();
-                sources.rotate_left(first);
-            }
-            for node in sources.into_iter().take(corrupt.sources) {
-                node.corrupt_block(corrupt.seq, scenario.block_size);
+            for i in sources {
+                nodes[i].corrupt_block(corrupt.seq, scenario.block_size);
             }
         }
         let links: Vec<_> = (0..total).map(|i| scenario.link(i)).collect();
@@ -854,7 +856,9 @@ impl Simulation {
             // preset mostly exhausts its tries on timeouts before a bad copy
             // is rejected `max_retries + 1` times (`tests/adversity.rs`
             // checks `BlockRejected` itself where the bad block is all
-            // there is).
+            // there is). With several corrupt blocks, a give-up of one that
+            // was got past later counts too: give-ups are kept by reason,
+            // not by block.
             let gave_up = node.give_ups.values().sum::<u64>() > 0;
             let done = node.height >= target && (!cut || gave_up);
             let node = &mut self.nodes[i];
@@ -1320,5 +1324,49 @@ mod tests {
         assert_ne!(derive(1, 1), derive(1, 2));
         assert_ne!(derive(1, 1), derive(2, 1));
         assert_eq!(derive(7, 3), derive(7, 3));
+    }
+
+    fn bad_blocks(sim: &Simulation) -> Vec<Vec<u64>> {
+        let bad = |n: &Node| n.bad_blocks.keys().copied().collect();
+        sim.nodes.iter().map(bad).collect()
+    }
+
+    /// Each further corrupt block is bad from the next up-to-date node on,
+    /// skipping those that do not serve it; laggers hold none.
+    #[test]
+    fn corrupt_blocks_start_one_up_to_date_node_later() {
+        let small = Scenario {
+            peers: 3,
+            blocks: 100,
+            block_size: 64,
+            ..Scenario::default()
+        };
+        let scenario = small
+            .clone()
+            .with_corrupt_block(30, 1)
+            .with_corrupt_block(60, 2);
+        let sim = Simulation::new(scenario, Config::default(), 1).unwrap();
+        assert_eq!(bad_blocks(&sim), [vec![30], vec![60], vec![60], vec![]]);
+        // A liar (node 1) serves the first half only: it is skipped for 60.
+        let with_liar = Scenario {
+            behaviours: vec![Behaviour::Honest, Behaviour::Lying, Behaviour::Honest],
+            ..small
+        };
+        let scenario = with_liar
+            .with_corrupt_block(10, 1)
+            .with_corrupt_block(60, 1);
+        let sim = Simulation::new(scenario, Config::default(), 1).unwrap();
+        assert_eq!(bad_blocks(&sim), [vec![10], vec![], vec![60], vec![]]);
+        // The liveness target stops at the lowest block without a good copy.
+        let none_good = Scenario {
+            peers: 3,
+            blocks: 100,
+            block_size: 64,
+            ..Scenario::default()
+        }
+        .with_corrupt_block(60, usize::MAX)
+        .with_corrupt_block(30, usize::MAX);
+        let sim = Simulation::new(none_good, Config::default(), 1).unwrap();
+        assert_eq!(sim.liveness_targets(), [30]);
     }
 }

@@ -235,8 +235,8 @@ impl Scenario {
 
     /// Makes block `seq` bad at `sources` of its sources (`usize::MAX`: at
     /// all of them). Called again, adds another bad block, whose bad copies
-    /// start one source later (see [`CorruptBlock`]): two peers each with
-    /// a bad copy of another block.
+    /// start one peer later (see [`CorruptBlock`]), so that different
+    /// peers hold bad copies of different blocks.
     pub fn with_corrupt_block(mut self, seq: u64, sources: usize) -> Self {
         self.corrupt.push(CorruptBlock { seq, sources });
         self
