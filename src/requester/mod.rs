@@ -8,6 +8,7 @@ mod requests;
 mod responses;
 mod timers;
 mod types;
+mod window;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
