@@ -2191,3 +2191,21 @@ fn regression_a_range_spanning_two_peers_rejections_avoids_its_first_blocks_send
     assert_eq!(six.0, "b", "{again:?}");
     assert!(six.3 < 12, "{again:?}");
 }
+
+// The first flight's splits stopped after as many as there were requests,
+// before every free slot was used; the next event, even a response refused
+// for its unknown nonce, split again: a refused input changed the state
+// (property test, seed 9). Now one event splits as far as it goes.
+#[test]
+fn regression_first_flight_splits_finish_within_their_event() {
+    let view = vec![PeerState::new(0u8, 8), PeerState::new(1u8, 8)];
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 0, t0).unwrap();
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    let first = sends(&drain(&mut ae));
+    assert!(first.len() > 1, "{first:?}");
+    let message = wire::state_response(1, channel(), (1..=7).map(sized).collect());
+    let refused = ae.handle(t0, Event::Response { from: 1, message });
+    assert!(refused.is_err());
+    assert_eq!(sends(&drain(&mut ae)), [], "after {first:?}");
+}

@@ -412,8 +412,11 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         if self.block_size_seen || !self.config.adaptive_window {
             return;
         }
-        // Each split takes a free slot: bounded.
-        for _ in 0..=self.requests.len() {
+        // Each split adds a request: at most `max_in_flight` of them. (Bounded
+        // by the requests there were, the splits stopped before every free
+        // slot was used, and the next event, even a refused one, went on
+        // splitting: property test seed 9.)
+        for _ in 0..self.config.max_in_flight {
             if self.requests.len() >= self.config.max_in_flight {
                 return;
             }
