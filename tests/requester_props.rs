@@ -2154,7 +2154,8 @@ fn regression_a_range_spanning_two_peers_rejections_avoids_its_first_blocks_send
     let (mut ae, t0) = machine(Config::default(), vec![PeerState::new("a", 12)]);
     let answer = |ae: &mut AntiEntropy<&'static str>, (to, nonce, start, end)| {
         let message = wire::state_response(nonce, channel(), (start..=end).map(sized).collect());
-        ae.handle(t0, Event::Response { from: to, message }).unwrap();
+        ae.handle(t0, Event::Response { from: to, message })
+            .unwrap();
     };
     // Blocks 1–11 come from "a", then 12–22 from "b" (the only holder).
     for send in sends(&drain(&mut ae)) {
