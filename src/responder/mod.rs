@@ -264,6 +264,27 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         self.on_request(now, from, Ok(message))
     }
 
+    /// [`handle`](Self::handle) of a [`ResponderEvent::BlocksRead`]: the
+    /// simulator answers a flood's every read, and an event is a 200-byte
+    /// enum (a request's message) to build and move for each.
+    #[cfg(feature = "sim")]
+    pub(crate) fn handle_blocks_read(
+        &mut self,
+        now: Instant,
+        ticket: Ticket,
+        payloads: Vec<Payload>,
+    ) -> Result<(), RequestError> {
+        let now = self.advance(now);
+        self.on_blocks_read(now, ticket, payloads)
+    }
+
+    /// The byte cap of a read's answer, as [`ResponderAction::ReadBlocks`]
+    /// gives it.
+    #[cfg(feature = "sim")]
+    pub(crate) fn max_read_bytes(&self) -> usize {
+        self.config.max_response_bytes
+    }
+
     /// The next action to carry out; call until `None` after every input.
     #[must_use]
     pub fn poll_action(&mut self) -> Option<ResponderAction<P>> {
