@@ -264,6 +264,27 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         self.on_request(now, from, Ok(message))
     }
 
+    /// [`handle`](Self::handle) of a [`ResponderEvent::BlocksRead`]: the
+    /// simulator answers a flood's every read, and an event is a 200-byte
+    /// enum (a request's message) to build and move for each.
+    #[cfg(feature = "sim")]
+    pub(crate) fn handle_blocks_read(
+        &mut self,
+        now: Instant,
+        ticket: Ticket,
+        payloads: Vec<Payload>,
+    ) -> Result<(), RequestError> {
+        let now = self.advance(now);
+        self.on_blocks_read(now, ticket, payloads)
+    }
+
+    /// The byte cap of a read's answer, as [`ResponderAction::ReadBlocks`]
+    /// gives it.
+    #[cfg(feature = "sim")]
+    pub(crate) fn max_read_bytes(&self) -> usize {
+        self.config.max_response_bytes
+    }
+
     /// The next action to carry out; call until `None` after every input.
     #[must_use]
     pub fn poll_action(&mut self) -> Option<ResponderAction<P>> {
@@ -496,7 +517,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
                 return Err(RequestError::RateLimited);
             }
             self.buckets.charge(&from, now, EMPTY_RESPONSE_COST, false);
-            self.respond(from, message.nonce, Vec::new(), 0);
+            self.respond(from, message.nonce, Vec::new(), 0, 0);
             return Ok(());
         }
         // Our last block is height - 1; Fabric clamps to `height` and then
@@ -670,24 +691,34 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         self.stats.truncated_by_bytes += u64::from(selection.truncated);
         // Blocks of the range not sent (holes the host could not read, the
         // tail cut by the byte cap) were not served.
-        let mut next = read.job.range.start();
-        for seq in selection
-            .payloads
-            .iter()
-            .map(|p| p.seq_num)
-            .chain(read.job.range.end().checked_add(1))
-        {
-            if seq > next {
-                let last = seq - 1;
-                self.priorities.on_not_served(&read.job.from, next, last);
+        let (start, end) = (read.job.range.start(), read.job.range.end());
+        let payloads = &selection.payloads;
+        let mut next = start;
+        match payloads.last() {
+            // Selected payloads are distinct and ascending inside the range:
+            // as many as the numbers from its start to the last are all of
+            // them, with no hole but the tail (a flood's every read).
+            Some(last) if last.seq_num - start == payloads.len() as u64 - 1 => {
+                next = last.seq_num.saturating_add(1);
             }
-            next = seq.saturating_add(1);
+            _ => {
+                for seq in payloads.iter().map(|p| p.seq_num) {
+                    if seq > next {
+                        self.priorities.on_not_served(&read.job.from, next, seq - 1);
+                    }
+                    next = seq.saturating_add(1);
+                }
+            }
+        }
+        if end.checked_add(1).is_some_and(|after| after > next) {
+            self.priorities.on_not_served(&read.job.from, next, end);
         }
         self.respond(
             read.job.from,
             read.job.nonce,
             selection.payloads,
             selection.body,
+            selection.bytes,
         );
         self.start_reads(now);
         Ok(())
@@ -734,13 +765,15 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         });
     }
 
-    fn respond(&mut self, to: P, nonce: u64, payloads: Vec<Payload>, body: usize) {
+    /// Queues a response with `payloads`, `body` as in [`send`](Self::send),
+    /// `bytes` their blocks and private data (summed when selected).
+    fn respond(&mut self, to: P, nonce: u64, payloads: Vec<Payload>, body: usize, bytes: usize) {
+        debug_assert_eq!(bytes, payloads.iter().map(payload_size).sum::<usize>());
         self.stats.responses += 1;
         if payloads.is_empty() {
             self.stats.empty_responses += 1;
         }
         self.stats.blocks_served += payloads.len() as u64;
-        let bytes: usize = payloads.iter().map(payload_size).sum();
         self.stats.bytes_served = self.stats.bytes_served.saturating_add(bytes as u64);
         self.send(to, nonce, payloads, body);
     }

@@ -9,6 +9,7 @@ use prost::Message;
 
 use super::admission::Job;
 use super::Ticket;
+use crate::buffer::payload_size;
 use crate::range::SeqRange;
 use crate::wire::gossip::Payload;
 
@@ -91,6 +92,8 @@ pub(super) struct Selection {
     pub(super) payloads: Vec<Payload>,
     /// The encoded length of a `RemoteStateResponse` of `payloads`.
     pub(super) body: usize,
+    /// Their blocks' and private data's bytes (`payload_size`'s sum).
+    pub(super) bytes: usize,
     pub(super) dropped: u64,
     pub(super) unreadable: u64,
     pub(super) truncated: bool,
@@ -139,16 +142,30 @@ pub(super) fn select(
     let received = payloads.len();
     // A host reads a range in order: strictly ascending numbers, the first
     // and last inside the range, leave nothing to filter, sort or
-    // deduplicate, and one look at the numbers says so.
-    let in_order = payloads.first().is_none_or(|p| range.contains(p.seq_num))
-        && payloads.last().is_none_or(|p| range.contains(p.seq_num))
-        && payloads.windows(2).all(|w| w[0].seq_num < w[1].seq_num);
-    if !in_order {
-        payloads.retain(|payload| range.contains(payload.seq_num));
-        // Stable, so among equal numbers the host's first copy stays first.
-        payloads.sort_by_key(|payload| payload.seq_num);
-        payloads.dedup_by_key(|payload| payload.seq_num);
+    // deduplicate. One pass over them says so and sums the whole answer
+    // (a flood's every read goes through here).
+    let mut whole = Some(Sums::default());
+    let mut previous = None;
+    for payload in &payloads {
+        let seq = payload.seq_num;
+        if previous.is_some_and(|previous| previous >= seq) || !range.contains(seq) {
+            whole = None;
+            break;
+        }
+        previous = Some(seq);
+        whole = whole.map(|sums| sums.add(payload));
     }
+    let whole = match whole {
+        Some(whole) => whole,
+        None => {
+            payloads.retain(|payload| range.contains(payload.seq_num));
+            // Stable, so among equal numbers the host's first copy stays
+            // first.
+            payloads.sort_by_key(|payload| payload.seq_num);
+            payloads.dedup_by_key(|payload| payload.seq_num);
+            payloads.iter().fold(Sums::default(), Sums::add)
+        }
+    };
     let dropped = (received - payloads.len()) as u64;
 
     let unreadable = match payloads.last() {
@@ -161,33 +178,48 @@ pub(super) fn select(
 
     // The encoded length grows with the body, so the first prefix that
     // does not fit ends the search; if the whole answer fits, every prefix
-    // does, and one sum says so.
-    let whole = payloads.iter().fold(0usize, |body, payload| {
-        body.saturating_add(payload_field_len(payload))
-    });
-    let (fitting, body) = if response_len(header, whole) <= max_bytes {
+    // does, and the one sum says so.
+    let (fitting, sums) = if response_len(header, whole.body) <= max_bytes {
         (payloads.len(), whole)
     } else {
-        let mut body = 0usize;
+        let mut sums = Sums::default();
         let mut fitting = 0;
         for (index, payload) in payloads.iter().enumerate() {
-            let longer = body.saturating_add(payload_field_len(payload));
-            if index > 0 && response_len(header, longer) > max_bytes {
+            let longer = sums.add(payload);
+            if index > 0 && response_len(header, longer.body) > max_bytes {
                 break;
             }
-            body = longer;
+            sums = longer;
             fitting += 1;
         }
-        (fitting, body)
+        (fitting, sums)
     };
     let truncated = fitting < payloads.len();
     payloads.truncate(fitting);
     Selection {
         payloads,
-        body,
+        body: sums.body,
+        bytes: sums.bytes,
         dropped,
         unreadable,
         truncated,
+    }
+}
+
+/// Running sums over a response's payloads: the `RemoteStateResponse`'s
+/// encoded length and the bytes served.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sums {
+    body: usize,
+    bytes: usize,
+}
+
+impl Sums {
+    fn add(self, payload: &Payload) -> Self {
+        Self {
+            body: self.body.saturating_add(payload_field_len(payload)),
+            bytes: self.bytes.saturating_add(payload_size(payload)),
+        }
     }
 }
 

@@ -275,12 +275,15 @@ impl World {
         self.network.has_room(from.0, to.0)
     }
 
-    /// `now`, and the schedule's answers if it passed a transition.
-    fn set_now(&mut self, now: Instant) {
+    /// `now`, and the schedule's answers if it passed a transition;
+    /// whether it did (who is up may have changed).
+    fn set_now(&mut self, now: Instant) -> bool {
         self.now = now;
-        if self.reach_until.is_some_and(|until| now >= until) {
+        let passed = self.reach_until.is_some_and(|until| now >= until);
+        if passed {
             self.refresh_reach();
         }
+        passed
     }
 
     /// Who is up and who reaches whom from now until the schedule's next
@@ -564,6 +567,12 @@ pub struct Simulation {
     finished: bool,
     /// See [`Simulation::flood_request_bytes`].
     flood_request_bytes: Option<usize>,
+    /// The earliest timer of a running node, lowest node first on a tie,
+    /// as of the last scan; `None` inside when no running node has one.
+    /// Scanned again only after a step that may have moved a timer (one
+    /// that touched a node, a transition, a change of who is up): most
+    /// steps (an uplink's departures, a flood's ticks) touch no node.
+    earliest_timer: Option<Option<(Instant, usize, Machine)>>,
 }
 
 impl Simulation {
@@ -726,6 +735,7 @@ impl Simulation {
             outcome: None,
             finished: false,
             flood_request_bytes: None,
+            earliest_timer: None,
             time_cap: epoch.checked_add(scenario_cap),
             channel,
             connected,
@@ -778,7 +788,9 @@ impl Simulation {
             if self.time_cap.is_some_and(|cap| at > cap) {
                 break Outcome::TimeCap;
             }
-            self.world.set_now(self.world.now.max(at));
+            if self.world.set_now(self.world.now.max(at)) {
+                self.earliest_timer = None;
+            }
             self.step(next);
             self.steps += 1;
             if self.steps.is_multiple_of(PROGRESS_EVERY) {
@@ -1054,7 +1066,7 @@ impl Simulation {
 
     /// The earliest thing due; ties go to the `StateInfo` round, then the
     /// queue, then timers by node.
-    fn next_event(&self) -> (Instant, Next) {
+    fn next_event(&mut self) -> (Instant, Next) {
         let mut best = (self.publish_at, Next::Publish);
         if let Some(at) = self.transition_at {
             if at < best.0 {
@@ -1066,16 +1078,25 @@ impl Simulation {
                 best = (at, Next::Queue);
             }
         }
-        for (i, node) in self.nodes.iter().enumerate() {
-            // The earlier of the node's two timers, the requester's on a tie,
-            // as comparing both in turn picks. The schedule is asked only
-            // about a node whose timer would be picked: this runs on every
-            // step.
-            let Some((at, machine)) = node.next_timer else {
-                continue;
-            };
-            // A node that is down does nothing until it returns.
-            if at < best.0 && self.world.up(i) {
+        let (nodes, world) = (&self.nodes, &self.world);
+        let earliest = *self.earliest_timer.get_or_insert_with(|| {
+            let mut earliest: Option<(Instant, usize, Machine)> = None;
+            for (i, node) in nodes.iter().enumerate() {
+                // The earlier of the node's two timers, the requester's on a
+                // tie, as comparing both in turn picks. The schedule is asked
+                // only about a node whose timer would be picked.
+                let Some((at, machine)) = node.next_timer else {
+                    continue;
+                };
+                // A node that is down does nothing until it returns.
+                if earliest.is_none_or(|(first, ..)| at < first) && world.up(i) {
+                    earliest = Some((at, i, machine));
+                }
+            }
+            earliest
+        });
+        if let Some((at, i, machine)) = earliest {
+            if at < best.0 {
                 best = (at, Next::Timer(i, machine));
             }
         }
@@ -1090,6 +1111,8 @@ impl Simulation {
             }
             Next::Transition => {
                 self.transition();
+                // Restarts and connection events moved timers.
+                self.earliest_timer = None;
                 None
             }
             Next::Queue => {
@@ -1168,6 +1191,7 @@ impl Simulation {
         };
         if let Some(i) = touched {
             self.nodes[i].check(&mut self.world);
+            self.earliest_timer = None;
         }
     }
 

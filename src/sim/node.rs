@@ -485,6 +485,15 @@ impl Node {
                         len,
                         ..
                     } if w.is_sink(to) => self.answer_sink(w, to, payloads, background, len),
+                    // Carried out as queued: a `ResponderAction` is a
+                    // 200-byte enum (a response's message) to build and move
+                    // on a flood's every read.
+                    Queued::Read { ticket, to, range } => {
+                        let max_bytes = self.responder.as_ref().map_or(0, |r| r.max_read_bytes());
+                        self.read_blocks(w, ticket, to, range, max_bytes);
+                    }
+                    // Informational: nothing is sent.
+                    Queued::Dropped { .. } => {}
                     queued => {
                         if let Some(action) = self.responder.as_ref().map(|r| r.action(queued)) {
                             self.on_responder_action(w, action);
@@ -561,21 +570,7 @@ impl Node {
                 to,
                 range,
                 max_bytes,
-            } => {
-                let payloads = self.read(w, range, max_bytes, w.is_sink(to));
-                if self.behaviour == Behaviour::Slow {
-                    w.read_later(self.id, ticket, payloads);
-                } else if let Some(responder) = self.responder.as_mut() {
-                    if let Err(error) =
-                        responder.handle(w.now, ResponderEvent::BlocksRead { ticket, payloads })
-                    {
-                        w.violation(
-                            self.id,
-                            format!("responder refused its own read {ticket:?}: {error}"),
-                        );
-                    }
-                }
-            }
+            } => self.read_blocks(w, ticket, to, range, max_bytes),
             ResponderAction::SendResponse {
                 to,
                 message,
@@ -603,6 +598,29 @@ impl Node {
             }
             // Informational: nothing is sent.
             ResponderAction::Dropped { .. } => {}
+        }
+    }
+
+    /// The host's side of `ReadBlocks`: reads the blocks and hands them to
+    /// the responder, at once or, on a slow node, later.
+    fn read_blocks(
+        &mut self,
+        w: &mut World,
+        ticket: Ticket,
+        to: NodeId,
+        range: SeqRange,
+        max_bytes: usize,
+    ) {
+        let payloads = self.read(w, range, max_bytes, w.is_sink(to));
+        if self.behaviour == Behaviour::Slow {
+            w.read_later(self.id, ticket, payloads);
+        } else if let Some(responder) = self.responder.as_mut() {
+            if let Err(error) = responder.handle_blocks_read(w.now, ticket, payloads) {
+                w.violation(
+                    self.id,
+                    format!("responder refused its own read {ticket:?}: {error}"),
+                );
+            }
         }
     }
 
