@@ -1374,7 +1374,7 @@ mod tests {
         // A liar (node 1) serves the first half only: it is skipped for 60.
         let with_liar = Scenario {
             behaviours: vec![Behaviour::Honest, Behaviour::Lying, Behaviour::Honest],
-            ..small
+            ..small.clone()
         };
         let scenario = with_liar
             .with_corrupt_block(10, 1)
@@ -1382,14 +1382,9 @@ mod tests {
         let sim = Simulation::new(scenario, Config::default(), 1).unwrap();
         assert_eq!(bad_blocks(&sim), [vec![10], vec![], vec![60], vec![]]);
         // The liveness target stops at the lowest block without a good copy.
-        let none_good = Scenario {
-            peers: 3,
-            blocks: 100,
-            block_size: 64,
-            ..Scenario::default()
-        }
-        .with_corrupt_block(60, usize::MAX)
-        .with_corrupt_block(30, usize::MAX);
+        let none_good = small
+            .with_corrupt_block(60, usize::MAX)
+            .with_corrupt_block(30, usize::MAX);
         let sim = Simulation::new(none_good, Config::default(), 1).unwrap();
         assert_eq!(sim.liveness_targets(), [30]);
     }
