@@ -798,6 +798,26 @@ fn answer_in_full(
     }
 }
 
+/// A full answer to `send` at `at` is refused as a stray: its request is
+/// gone.
+fn assert_stray(
+    ae: &mut AntiEntropy<&'static str>,
+    at: Instant,
+    send: (&'static str, u64, u64, u64),
+) {
+    let (from, nonce, start, end) = send;
+    assert_eq!(
+        ae.handle(
+            at,
+            Event::Response {
+                from,
+                message: wire_response(nonce, start..=end),
+            },
+        ),
+        Err(EventError::Response(ResponseError::UnknownNonce { nonce }))
+    );
+}
+
 // A rejected block's successors were dropped by the host unjudged: those
 // another peer sent go back to the buffer and are delivered again without
 // being fetched again; only the rejected sender's are.
@@ -1288,17 +1308,8 @@ fn a_full_answer_to_a_range_split_off_is_taken_and_ends_the_split() {
     let b = ae.peer_stats(&"b").unwrap();
     assert_eq!(b.in_flight, 0, "the split-off requests are dropped");
     assert_eq!(b.timeouts + b.empty_responses, 0);
-    for &(from, nonce, start, end) in &split {
-        assert_eq!(
-            ae.handle(
-                t0 + ms(110),
-                Event::Response {
-                    from,
-                    message: wire_response(nonce, start..=end),
-                },
-            ),
-            Err(EventError::Response(ResponseError::UnknownNonce { nonce }))
-        );
+    for &send in &split {
+        assert_stray(&mut ae, t0 + ms(110), send);
     }
 }
 
@@ -1332,17 +1343,8 @@ fn a_part_split_off_whose_blocks_came_in_part_is_asked_again_from_what_is_missin
     let b = ae.peer_stats(&"b").unwrap();
     assert_eq!(b.timeouts + b.empty_responses, 0, "no blame");
     // The split-off send's late answer is a stray.
-    let &(from, nonce, start, end) = split.iter().find(|s| s.2 == 2).unwrap();
-    assert_eq!(
-        ae.handle(
-            t0 + ms(150),
-            Event::Response {
-                from,
-                message: wire_response(nonce, start..=end),
-            },
-        ),
-        Err(EventError::Response(ResponseError::UnknownNonce { nonce }))
-    );
+    let &send = split.iter().find(|s| s.2 == 2).unwrap();
+    assert_stray(&mut ae, t0 + ms(150), send);
 }
 
 // A peer whose requests were shortened (it timed out) takes only the top
