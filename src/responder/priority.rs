@@ -102,6 +102,27 @@ impl History {
     }
 }
 
+/// Runs that began this close together began at once. A crowd that one
+/// `StateInfo` round sends to several relays reaches each within a few
+/// milliseconds, in an order its links decide and that differs from relay
+/// to relay: by arrival alone, the relays of crowd seed 1 favoured three
+/// different trios, each lagger waited at some relay, and only one lagger
+/// finished within the next round.
+const SAME_START: Duration = Duration::from_millis(250);
+
+/// Whether the run `a` (its start and peer) is ahead of `b`: it began
+/// clearly earlier, or at once and its peer sorts first, an order every
+/// responder that a crowd reaches at once agrees on.
+fn begins_before<P: Ord>(a: (Instant, &P), b: (Instant, &P)) -> bool {
+    if a.0.checked_add(SAME_START).is_some_and(|end| end < b.0) {
+        true
+    } else if b.0.checked_add(SAME_START).is_some_and(|end| end < a.0) {
+        false
+    } else {
+        a.1 < b.1
+    }
+}
+
 /// Per-peer service history and the background set.
 #[derive(Debug, Clone)]
 pub(super) struct Priorities<P> {
@@ -180,8 +201,8 @@ impl<P: Clone + Ord> Priorities<P> {
 
     /// Whether `peer` waits for the favoured ones: more than twice
     /// `favoured` peers are catching up from us, and `favoured` of them
-    /// began before it (ties by peer, so every responder that several
-    /// laggers reach at once favours the same ones).
+    /// began before it (within [`SAME_START`] by peer, so every responder
+    /// that several laggers reach at once favours the same ones).
     pub(super) fn is_later(&self, peer: &P) -> bool {
         let (Some(history), Some(now)) = (self.peers.get(peer), self.now) else {
             return false;
@@ -201,7 +222,7 @@ impl<P: Clone + Ord> Priorities<P> {
         let mut ahead = 0;
         for (other, h) in self.peers.iter().filter(|(_, h)| catching_up(h)) {
             crowd += 1;
-            if (h.since, other) < (history.since, peer) {
+            if begins_before((h.since, other), (history.since, peer)) {
                 ahead += 1;
             }
         }
@@ -323,6 +344,38 @@ mod tests {
         // Coming back after the pause, peer 0 queues behind the others.
         p.on_request(&0, range(12, 22), ms(540));
         assert!(p.is_later(&0));
+    }
+
+    #[test]
+    fn responders_a_crowd_reaches_in_different_orders_favour_the_same_peers() {
+        let t0 = crate::test_epoch();
+        let at = |us: u64| t0 + Duration::from_micros(us);
+        let favoured_by = |arrivals: &[u64]| {
+            let mut p = Priorities::new(true, 2);
+            // A peer that began a second earlier (and kept asking) stays
+            // ahead of them all.
+            for (i, ms) in [0, 400, 800].into_iter().enumerate() {
+                let start = 11 * i as u64 + 1;
+                p.on_request(&9, range(start, start + 10), t0 + Duration::from_millis(ms));
+            }
+            let late = t0 + Duration::from_secs(1);
+            for (i, &peer) in arrivals.iter().enumerate() {
+                p.on_request(
+                    &peer,
+                    range(1, 11),
+                    late + Duration::from_micros(i as u64 * 40),
+                );
+            }
+            p.on_request(&9, range(34, 44), at(1_000_300));
+            let mut favoured: Vec<u64> = (0..10).filter(|peer| !p.is_later(peer)).collect();
+            favoured.sort_unstable();
+            favoured
+        };
+        let one = favoured_by(&[5, 1, 7, 3, 2, 8]);
+        let other = favoured_by(&[8, 7, 3, 2, 5, 1]);
+        // Peers 0, 4 and 6 never asked; of the rest, 9 began first, then 1.
+        assert_eq!(one, [0, 1, 4, 6, 9]);
+        assert_eq!(one, other);
     }
 
     #[test]
