@@ -793,14 +793,18 @@ fn on_every_core_in<T: Send>(order: &[u64], per_seed: impl Fn(u64) -> Option<T> 
 /// The default preset's catch-up over `SIM_SEEDS` wild clusters without
 /// flooders, against each cluster's bound: the tail is where a lossy link
 /// to the only honest source, or a bad choice of peer, shows. A quick loop
-/// for work on robustness:
+/// for work on robustness (`SIM_CLEAN=1`: the same clusters lossless):
 /// `SIM_SEEDS=2000 cargo test --release --all-features --test sim wild_tail_probe -- --ignored --nocapture`.
 #[test]
 #[ignore = "slow: a probe for work on the sweep's tail"]
 fn wild_tail_probe() {
     let seeds = sim_seeds(2_000);
+    // `SIM_CLEAN=1`: without loss, duplicates and reordering, where runs are
+    // not chaotic and a change's effect is its own.
+    let clean = std::env::var_os("SIM_CLEAN").is_some();
     let rows: Vec<(f64, f64, u64)> = on_every_core(seeds, |seed| {
         let (scenario, _) = wild(seed, false);
+        let scenario = if clean { lossless(scenario) } else { scenario };
         let report = run(scenario, Config::default(), seed, None);
         let catchup = report.catchup?.as_secs_f64();
         Some((
