@@ -646,7 +646,7 @@ fn run_matrix(cli: &Cli, name: &str) -> ExitCode {
             println!("{:<13} {}", n.name, n.about);
         }
         println!(
-            "seed {}; ratio = catch-up / bound; gossip× = catch-up / the bound that knows laggers hear of each other once per state-info interval (`antientropy::sim::Bound`)",
+            "seed {}; ratio = catch-up / bound; gossip× = catch-up / the bound that knows laggers hear of each other once per state-info interval and slow peers start late (`antientropy::sim::Bound`)",
             cli.seed
         );
     }

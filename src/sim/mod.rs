@@ -942,6 +942,12 @@ impl Simulation {
                 .min()
                 .unwrap_or(s.downlink_bps),
             state_info_interval: s.state_info_interval,
+            late_source_uplink_bps: serving
+                .iter()
+                .filter(|&&i| s.behaviour(i) == Behaviour::Slow)
+                .map(|&i| s.link(i).uplink_bps)
+                .sum(),
+            late_start: s.slow_delay,
         }
     }
 

@@ -42,6 +42,12 @@ pub struct Bound {
     pub min_downlink_bps: u64,
     /// `T`: how often a lagger's height reaches the others (`StateInfo`).
     pub state_info_interval: Duration,
+    /// `u_d`: the part of `u_s` whose every read takes `D` longer (slow
+    /// peers), bits per second.
+    pub late_source_uplink_bps: u64,
+    /// `D`: how much longer each read of a slow peer takes, so its first
+    /// byte leaves no sooner.
+    pub late_start: Duration,
 }
 
 impl Bound {
@@ -67,31 +73,52 @@ impl Bound {
         self.latency.saturating_add(transfer)
     }
 
-    /// A tighter bound for several laggers, that knows how they learn of
-    /// each other: a lagger asks another only for blocks that one
-    /// advertised in a `StateInfo`, and the first that advertises anything
-    /// is published `T` after the start (at the start every lagger is at
-    /// height 1). So for the first `T` only the source serves, and after it
-    /// at most `u_s + Σu`: the `N·F` bytes need `t` with
-    /// `N·F ≤ u_s·t + Σu·(t − T)⁺`, that is `N·F / u_s` if the source alone
-    /// finishes within `T`, else `(N·F + Σu·T) / (u_s + Σu)`; the other
+    /// A tighter bound that knows when each uplink can start: a lagger
+    /// asks another only for blocks that one advertised in a `StateInfo`,
+    /// and the first that advertises anything is published `T` after the
+    /// start (at the start every lagger is at height 1), so the laggers'
+    /// `Σu` counts only after `T` (and not at all for one lagger); a slow
+    /// peer's first byte leaves `D` after the request came, so its `u_d`
+    /// counts only after `D`. The `N·F` bytes need the first `t` with
+    ///
+    /// ```text
+    /// (u_s − u_d)·t + u_d·(t − D)⁺ + Σu·(t − T)⁺ ≥ N·F
+    /// ```
+    ///
+    /// (so `N·F / u_s` if the sources alone finish within `T` and `D` is
+    /// zero, else `(N·F + Σu·T) / (u_s + Σu)` while `D` is zero); the other
     /// terms (`F / u_s`, `F / d_min`) and the latency are as in
-    /// [`value`](Self::value). Equal to it for one lagger. Still generous:
-    /// a lagger serves only its committed prefix, and later `StateInfo`s
-    /// are as stale as the first.
+    /// [`value`](Self::value). Equal to it for one lagger without slow
+    /// peers. Still generous: a lagger serves only its committed prefix,
+    /// and later `StateInfo`s are as stale as the first.
     pub fn gossip_value(&self) -> Duration {
-        if self.laggers <= 1 || self.source_uplink_bps == 0 {
+        let late = self.late_source_uplink_bps.min(self.source_uplink_bps);
+        if (self.laggers <= 1 && late == 0) || self.source_uplink_bps == 0 {
             return self.value();
         }
         let total_bits = self.bytes as f64 * 8.0 * self.laggers as f64;
-        let u_s = self.source_uplink_bps as f64;
-        let u_l = self.lagger_uplink_bps as f64;
-        let t = self.state_info_interval.as_secs_f64();
-        let aggregate = if total_bits <= u_s * t {
-            total_bits / u_s
+        let relay = if self.laggers > 1 {
+            self.lagger_uplink_bps
         } else {
-            (total_bits + u_l * t) / (u_s + u_l)
+            0
         };
+        // Each uplink as (from when, bits per second), earliest first.
+        let mut uplinks = [
+            (0.0, (self.source_uplink_bps - late) as f64),
+            (self.late_start.as_secs_f64(), late as f64),
+            (self.state_info_interval.as_secs_f64(), relay as f64),
+        ];
+        uplinks.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (mut at, mut carried, mut rate) = (0.0, 0.0, 0.0);
+        for (from, bps) in uplinks {
+            if rate > 0.0 && carried + rate * (from - at) >= total_bits {
+                break;
+            }
+            carried += rate * (from - at);
+            at = from;
+            rate += bps;
+        }
+        let aggregate = at + (total_bits - carried) / rate;
         let transfer = Duration::try_from_secs_f64(aggregate).unwrap_or(Duration::MAX);
         self.value().max(self.latency.saturating_add(transfer))
     }
@@ -494,6 +521,8 @@ mod tests {
             lagger_uplink_bps: 100 * MBIT,
             min_downlink_bps: 1000 * MBIT,
             state_info_interval: Duration::from_secs(4),
+            late_source_uplink_bps: 0,
+            late_start: Duration::ZERO,
         };
         assert_eq!(b.gossip_value(), b.value(), "one lagger");
         // The four uplinks (400 Mbit/s) are narrower than the downlink.
@@ -515,6 +544,8 @@ mod tests {
             lagger_uplink_bps: 10 * 100 * MBIT,
             min_downlink_bps: 1000 * MBIT,
             state_info_interval: Duration::from_secs(4),
+            late_source_uplink_bps: 0,
+            late_start: Duration::ZERO,
         };
         let expected = 8000.0 / 1400.0;
         assert!((b.value().as_secs_f64() - expected).abs() < 1e-6);
@@ -528,6 +559,31 @@ mod tests {
             ..b
         };
         assert!((quick.gossip_value().as_secs_f64() - 20.0).abs() < 1e-6);
+        // A quarter of the source starts 2 s late: 300·2 by then, then 400
+        // Mbit/s: 2 + 7400 / 400 s.
+        let late = Bound {
+            late_source_uplink_bps: 100 * MBIT,
+            late_start: Duration::from_secs(2),
+            ..quick
+        };
+        assert!((late.gossip_value().as_secs_f64() - 20.5).abs() < 1e-6);
+        // Past T too: 300·2, then 400·2 by 4 s, then 1400 Mbit/s.
+        let both = Bound {
+            state_info_interval: Duration::from_secs(4),
+            ..late
+        };
+        let expected = 4.0 + (8000.0 - 600.0 - 800.0) / 1400.0;
+        assert!((both.gossip_value().as_secs_f64() - expected).abs() < 1e-6);
+        // One lagger with a late source: its own uplink never counts.
+        let alone = Bound {
+            bytes: 10_000_000, // 80 Mbit
+            laggers: 1,
+            ..late
+        };
+        // 300·2 = 600 ≥ 80: the early sources carry it all, in 80/300 s,
+        // later than `value`'s F / u_s = 80/400 s.
+        assert!((alone.gossip_value().as_secs_f64() - 80.0 / 300.0).abs() < 1e-6);
+        assert!((alone.value().as_secs_f64() - 80.0 / 400.0).abs() < 1e-6);
         // A slow source binds: F / u_s.
         let b = Bound {
             source_uplink_bps: 10 * MBIT,
