@@ -224,7 +224,7 @@ struct Cli {
     /// block_buffer, window_blocks, window_bytes, max_message_size,
     /// max_response_bytes, max_requests_per_peer, max_queued_requests,
     /// max_concurrent_reads, read_timeout, background_repeaters,
-    /// favoured_peers.
+    /// fair_queue, favoured_peers.
     #[arg(long = "set", value_name = "FIELD=VALUE", value_parser = parse_knob)]
     knobs: Vec<(String, String)>,
     /// Seed of every random choice (faults, peers' choices).
@@ -288,6 +288,7 @@ fn set_knob(config: &mut Config, field: &str, value: &str) -> Result<(), String>
         "max_concurrent_reads" => config.max_concurrent_reads = size()?,
         "read_timeout" => config.read_timeout = ms()?,
         "background_repeaters" => config.background_repeaters = flag()?,
+        "fair_queue" => config.fair_queue = flag()?,
         "favoured_peers" => config.favoured_peers = size()?,
         _ => {
             return Err(format!(

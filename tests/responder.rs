@@ -1283,6 +1283,54 @@ fn load_refusals_get_a_busy_reply() {
     );
 }
 
+// A full queue held by one peer: a request of a peer with two fewer queued
+// takes that peer's newest place, which is answered busy; between peers
+// one apart, and with `fair_queue` off (Fabric's FIFO), a full queue refuses.
+#[test]
+fn a_full_queue_makes_room_for_a_peer_with_two_fewer() {
+    let t0 = epoch();
+    let mut config = Config::default();
+    config.max_concurrent_reads = 1;
+    config.max_queued_requests = 3;
+    config.max_requests_per_peer = 4;
+    let mut fabric_like = config.clone();
+    fabric_like.fair_queue = false;
+    for (config, fair) in [(config, true), (fabric_like, false)] {
+        let mut r = responder(config, 100);
+        ask(&mut r, t0, "a", 1, 0, 10).unwrap(); // reading
+        for nonce in 2..=4 {
+            ask(&mut r, t0, "flood", nonce, 0, 10).unwrap(); // queued: 3
+        }
+        let _ = drain(&mut r);
+        if !fair {
+            assert_eq!(ask(&mut r, t0, "b", 5, 0, 10), Err(RequestError::QueueFull));
+            assert_eq!(r.stats().evicted, 0);
+            continue;
+        }
+        // b has none queued, flood three: b takes flood's newest place.
+        ask(&mut r, t0, "b", 5, 0, 10).unwrap();
+        let actions = drain(&mut r);
+        let (to, message) = the_response(&actions);
+        assert_eq!((to, message.nonce), ("flood", 4), "the newest is evicted");
+        assert!(seqs(message).is_empty(), "answered busy");
+        // c (none) against flood (two): c takes flood's place too.
+        ask(&mut r, t0, "c", 6, 0, 10).unwrap();
+        assert_eq!(the_response(&drain(&mut r)).1.nonce, 3);
+        // Now one each of flood, b, c: d (none) is only one behind, refused.
+        assert_eq!(ask(&mut r, t0, "d", 7, 0, 10), Err(RequestError::QueueFull));
+        let stats = r.stats();
+        assert_eq!((stats.evicted, stats.queue_full, stats.queued), (2, 1, 3));
+        assert_eq!(
+            stats.requests,
+            stats.refused()
+                + stats.responses
+                + stats.evicted
+                + stats.queued as u64
+                + stats.reading as u64
+        );
+    }
+}
+
 // Fairness: reads start round-robin across peers, so a flooder with a full
 // per-peer queue cannot hold the read slots against a peer with one
 // request: the honest request starts within one rotation.
@@ -1437,6 +1485,7 @@ fn a_disconnected_peer_is_neither_read_for_nor_answered() {
             + stats.expired_reads
             + stats.disconnected_queued
             + stats.disconnected_reads
+            + stats.evicted
     );
     // gone comes back: nothing of the old connection counts against it.
     ask(&mut r, t0, "gone", 9, 0, 10).unwrap();

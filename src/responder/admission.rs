@@ -115,6 +115,30 @@ impl<P: Clone + Ord> Queue<P> {
         self.jobs.remove(&number)
     }
 
+    /// Jobs of `peer` queued.
+    pub(super) fn queued_of(&self, peer: &P) -> usize {
+        self.peers.get(peer).map_or(0, VecDeque::len)
+    }
+
+    /// The peer with the most jobs queued, and how many; of several, the
+    /// one whose newest job was admitted last.
+    pub(super) fn most_queued(&self) -> Option<(&P, usize)> {
+        self.peers
+            .iter()
+            .max_by_key(|(_, numbers)| (numbers.len(), numbers.back().copied()))
+            .map(|(peer, numbers)| (peer, numbers.len()))
+    }
+
+    /// Removes `peer`'s newest job.
+    pub(super) fn pop_newest_of(&mut self, peer: &P) -> Option<Job<P>> {
+        let numbers = self.peers.get_mut(peer)?;
+        let number = numbers.pop_back()?;
+        if numbers.is_empty() {
+            self.peers.remove(peer);
+        }
+        self.jobs.remove(&number)
+    }
+
     /// Takes `number` off the front of `peer`'s list, dropping the list
     /// once empty so that `peers` holds only peers with jobs.
     pub(super) fn unlink(&mut self, peer: &P, number: u64) {

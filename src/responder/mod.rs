@@ -532,8 +532,16 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             return Err(RequestError::RateLimited);
         }
         let slot_free = self.reads.len() < self.config.max_concurrent_reads;
-        if !slot_free && self.queue.len() >= self.config.max_queued_requests {
-            return Err(RequestError::QueueFull);
+        let evict = if !slot_free && self.queue.len() >= self.config.max_queued_requests {
+            Some(
+                self.fair_queue_victim(&from)
+                    .ok_or(RequestError::QueueFull)?,
+            )
+        } else {
+            None
+        };
+        if let Some(victim) = evict {
+            self.evict_newest(now, &victim);
         }
         self.buckets.charge(&from, now, cost, true);
         if self.priorities.on_request(&from, range, now) {
@@ -566,6 +574,32 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             self.start_reads(now);
         }
         Ok(())
+    }
+
+    /// Whose queued request a request of `from` may take the place of in a
+    /// full queue ([`Config::fair_queue`]): the peer with the most queued,
+    /// if that is at least two more than `from` has.
+    fn fair_queue_victim(&self, from: &P) -> Option<P> {
+        if !self.config.fair_queue {
+            return None;
+        }
+        let (victim, queued) = self.queue.most_queued()?;
+        (victim != from && queued >= self.queue.queued_of(from) + 2).then(|| victim.clone())
+    }
+
+    /// Drops `victim`'s newest queued request to make room, refused as a
+    /// full queue refuses: a busy reply unless the peer is in the
+    /// background.
+    fn evict_newest(&mut self, now: Instant, victim: &P) {
+        let Some(job) = self.queue.pop_newest_of(victim) else {
+            return;
+        };
+        self.stats.evicted += 1;
+        self.buckets.finish(victim);
+        emit!(DEBUG, peer = ?victim, nonce = job.nonce, "queued request evicted");
+        if !self.priorities.is_background(victim) {
+            self.busy_reply(now, job.from, job.nonce);
+        }
     }
 
     /// Drops `peer`'s queued jobs and orphans its reads. Both stop counting

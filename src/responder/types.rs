@@ -268,8 +268,8 @@ pub enum RequestError {
 /// Every request counted in `requests` ends up refused (one of the refusal
 /// counters, [`refused`](Self::refused), `stale` included), answered
 /// (`responses`), abandoned (`expired_reads`), dropped for its peer's
-/// disconnection (`disconnected_queued`, `disconnected_reads`), or is still
-/// `queued` or `reading`.
+/// disconnection (`disconnected_queued`, `disconnected_reads`), evicted
+/// from the queue (`evicted`), or is still `queued` or `reading`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ResponderStats {
@@ -304,6 +304,10 @@ pub struct ResponderStats {
     /// Reads completed for a peer that had disconnected meanwhile: nothing
     /// was sent.
     pub disconnected_reads: u64,
+    /// Queued requests whose place a peer with fewer queued took
+    /// ([`Config::fair_queue`](crate::Config::fair_queue)): refused late,
+    /// with a busy reply as a full queue refuses.
+    pub evicted: u64,
 
     /// Refused: [`RequestError::Malformed`].
     pub malformed: u64,

@@ -1207,6 +1207,8 @@ struct ResponderModel {
     orphaned: BTreeSet<Ticket>,
     disconnected_queued: u64,
     disconnected_reads: u64,
+    /// Queued requests whose place a peer with fewer queued took.
+    evicted: u64,
 }
 
 /// Interprets `data` as a program of requests, reads, height changes and
@@ -1245,6 +1247,7 @@ pub fn responder_requests(data: &[u8]) {
         last_started: None,
         orphaned: BTreeSet::new(),
         disconnected_queued: 0,
+        evicted: 0,
         disconnected_reads: 0,
     };
     while !cursor.is_empty() {
@@ -1490,10 +1493,32 @@ impl ResponderModel {
         let too_many = active >= limit;
         let queue_full = self.reads.len() >= self.config.max_concurrent_reads
             && self.queue.len() >= self.config.max_queued_requests;
+        // `Config::fair_queue`: into a full queue, in the newest place of
+        // the peer with the most queued, if that is two more than ours.
+        let victim = if queue_full && self.config.fair_queue {
+            self.fair_queue_victim(from)
+        } else {
+            None
+        };
         match result {
             Ok(()) => {
                 assert!(!too_many, "peer {from} admitted with {active} active");
-                assert!(!queue_full, "admitted into a full queue");
+                assert!(
+                    !queue_full || victim.is_some(),
+                    "admitted into a full queue"
+                );
+                if let Some(victim) = victim {
+                    let newest = self
+                        .queue
+                        .iter()
+                        .rposition(|job| job.from == victim)
+                        .expect("the victim has a job queued");
+                    let job = self.queue.remove(newest).expect("a queued job");
+                    self.evicted += 1;
+                    if !self.machine.is_background(&victim) {
+                        self.expect_busy_reply(victim, job.nonce);
+                    }
+                }
                 self.queue.push_back(Job {
                     from,
                     nonce: message.nonce,
@@ -1506,7 +1531,10 @@ impl ResponderModel {
             }
             Err(RequestError::RateLimited) => assert!(!too_many, "concurrency is checked first"),
             Err(RequestError::QueueFull) => {
-                assert!(queue_full && !too_many, "QueueFull refused wrongly")
+                assert!(
+                    queue_full && !too_many && victim.is_none(),
+                    "QueueFull refused wrongly"
+                )
             }
             Err(error) => panic!("request [{start}, {end}] refused with {error:?}"),
         }
@@ -1514,6 +1542,22 @@ impl ResponderModel {
             self.expect_busy_reply(from, message.nonce);
         }
         self.drain();
+    }
+
+    /// The peer whose newest queued job a request of `from` takes the place
+    /// of in a full queue: the one with the most queued (of several, the
+    /// one whose newest came last), if that is at least two more than
+    /// `from` has.
+    fn fair_queue_victim(&self, from: u8) -> Option<u8> {
+        // Per peer: jobs queued, and the position of its newest.
+        let mut queued: BTreeMap<u8, (usize, usize)> = BTreeMap::new();
+        for (position, job) in self.queue.iter().enumerate() {
+            let entry = queued.entry(job.from).or_default();
+            *entry = (entry.0 + 1, position);
+        }
+        let ours = queued.get(&from).map_or(0, |&(count, _)| count);
+        let (&victim, &(count, _)) = queued.iter().max_by_key(|(_, &counts)| counts)?;
+        (victim != from && count >= ours + 2).then_some(victim)
     }
 
     /// A load refusal: a busy reply is due if the peer's budget holds one.
@@ -1795,6 +1839,7 @@ impl ResponderModel {
             (self.disconnected_queued, self.disconnected_reads),
             "requests dropped for a disconnection"
         );
+        assert_eq!(stats.evicted, self.evicted, "queued requests evicted");
         assert_eq!(
             (stats.busy_replies, stats.busy_suppressed),
             (self.busy_replies, self.busy_suppressed),
@@ -1807,9 +1852,10 @@ impl ResponderModel {
                 + stats.expired_reads
                 + stats.disconnected_queued
                 + stats.disconnected_reads
+                + stats.evicted
                 + stats.queued as u64
                 + stats.reading as u64,
-            "every request is refused, answered, abandoned, queued or reading: {stats:?}"
+            "every request is refused, answered, abandoned, evicted, queued or reading: {stats:?}"
         );
         let read = self
             .reads
