@@ -637,7 +637,8 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     }
 
     /// Hands queued requests to the host while read slots are free. A peer
-    /// holds three quarters of the slots at most, and peers in the
+    /// holds three quarters of the slots at most (and leaves at least one
+    /// to the others whenever there are two), and peers in the
     /// background a quarter together, only when no other peer has a read
     /// waiting: on a host whose reads take seconds, a slot is held that
     /// long, and a flood that came first would hold them all.
@@ -833,7 +834,10 @@ fn may_read<P: Clone + Ord>(
     peer: &P,
     background_reads: usize,
 ) -> bool {
-    let per_peer = (slots - slots / 4).max(1);
+    // Every other peer keeps at least one slot: `slots - slots / 4` left
+    // none with two or three slots, and a flooder held both reads of a
+    // host with two (sweep seed 49 425: three laggers stuck for 1 500 s).
+    let per_peer = (slots - (slots / 4).max(1)).max(1);
     let background_slots = (slots / 4).max(1);
     let reading = reads
         .values()

@@ -1788,7 +1788,7 @@ impl ResponderModel {
         let background = live()
             .filter(|from| self.machine.is_background(from))
             .count();
-        own < (slots - slots / 4).max(1)
+        own < (slots - (slots / 4).max(1)).max(1)
             && (!self.machine.is_background(&peer) || background < (slots / 4).max(1))
     }
 
