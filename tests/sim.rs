@@ -1161,51 +1161,69 @@ fn a_flood_of_repeats_takes_only_spare_uplink() {
     );
 }
 
-/// Two laggers, a flooder, and responders with a queue of two and one read
-/// at a time: block 30 is bad at the fast honest peer, so every lagger
-/// needs one read of the slow peer (500 ms a read). The flooder's requests
-/// filled the slow peer's queue before any of them was served, so it never
-/// looked like a repeater, and the laggers' requests met a full queue for
-/// as long as the flood lasted: 18.12 s against 3.03 s unattacked. (Found by
-/// the large sweep from seed 10 000: seed 19 269, a small-queue
-/// configuration, stopped at its step cap after 1 356 virtual seconds.)
-/// A request of a peer with two fewer queued now takes the flooder's newest
-/// place.
-#[test]
-fn a_flood_cannot_hold_a_short_queue() {
-    let scenario = Scenario {
+/// `laggers` laggers, a flooder, a fast honest peer whose copy of block
+/// `bad` is bad, and a slow honest peer (500 ms a read) that holds it: the
+/// laggers need the slow peer, whose limits decide whether a flood can
+/// keep them out.
+fn flood_at_a_slow_source(laggers: usize, blocks: u64, block_size: usize, bad: u64) -> Scenario {
+    Scenario {
         peers: 2,
-        laggers: 2,
-        blocks: 60,
-        block_size: 16 * 1024,
+        laggers,
+        blocks,
+        block_size,
         ..Scenario::default()
     }
     .with_faults(0, 1, 0, 0)
     .with_flooders(1)
-    .with_corrupt_block(30, 1);
+    .with_corrupt_block(bad, 1)
+}
+
+/// The default preset with a responder of `queue` places and `reads` read
+/// slots, and three requests per peer.
+fn small_responder(queue: usize, reads: usize) -> Config {
+    let mut config = Config::default();
+    config.max_queued_requests = queue;
+    config.max_concurrent_reads = reads;
+    config.max_requests_per_peer = 3;
+    config
+}
+
+/// Catch-up time (seed 1) of `scenario` with `config`, and of the same
+/// cluster with its flooders idle; each run must pass.
+fn flooded_and_calm(scenario: &Scenario, config: &Config) -> (f64, f64) {
+    let chain = Chain::new(scenario.target_height(), scenario.block_size);
+    let time = |scenario: &Scenario| {
+        let report = run(scenario.clone(), config.clone(), 1, Some(&chain));
+        assert_passed(&report, "flooded or calm", scenario);
+        report.catchup.expect("caught up").as_secs_f64()
+    };
     let calm = Scenario {
         idle_flooders: true,
         ..scenario.clone()
     };
-    let mut short = Config::default();
-    short.max_queued_requests = 2;
-    short.max_concurrent_reads = 1;
-    short.max_requests_per_peer = 3;
-    let chain = Chain::new(scenario.target_height(), scenario.block_size);
-    let time = |scenario: &Scenario, config: Config| {
-        let report = run(scenario.clone(), config, 1, Some(&chain));
-        assert_passed(&report, "short queue", scenario);
-        report.catchup.expect("caught up").as_secs_f64()
-    };
-    let unattacked = time(&calm, short.clone());
-    let flooded = time(&scenario, short.clone());
+    (time(scenario), time(&calm))
+}
+
+/// Two laggers, a flooder, and responders with a queue of two and one read
+/// at a time: block 30 is bad at the fast honest peer, so every lagger
+/// needs one read of the slow peer. The flooder's requests filled the slow
+/// peer's queue before any of them was served, so it never looked like a
+/// repeater, and the laggers' requests met a full queue for as long as the
+/// flood lasted: 18.12 s against 3.03 s unattacked. (Found by the large
+/// sweep from seed 10 000: seed 19 269, a small-queue configuration,
+/// stopped at its step cap after 1 356 virtual seconds.) A request of a
+/// peer with two fewer queued now takes the flooder's newest place.
+#[test]
+fn a_flood_cannot_hold_a_short_queue() {
+    let scenario = flood_at_a_slow_source(2, 60, 16 * 1024, 30);
+    let mut short = small_responder(2, 1);
+    let (flooded, unattacked) = flooded_and_calm(&scenario, &short);
     assert!(
         flooded <= unattacked * 1.2,
         "flooded {flooded:.2} s against {unattacked:.2} s unattacked"
     );
-    let mut first_come = short;
-    first_come.fair_queue = false;
-    let held = time(&scenario, first_come);
+    short.fair_queue = false;
+    let (held, _) = flooded_and_calm(&scenario, &short);
     assert!(
         held > unattacked * 3.0,
         "first come, first queued: {held:.2} s against {unattacked:.2} s"
@@ -1214,40 +1232,16 @@ fn a_flood_cannot_hold_a_short_queue() {
 
 /// Three laggers, a flooder, and responders with two read slots and a
 /// queue of one: block 20 is bad at the fast honest peer, so the laggers
-/// need the slow peer (500 ms a read). "A peer holds three quarters of the
-/// slots" left it both of two (`2 - 2 / 4`): the flooder held every read
-/// and the laggers met a full responder for as long as the flood lasted,
-/// 12.16 s against 1.76 s unattacked (found by the large sweep from seed
-/// 40 000: seed 49 425 stopped at its step cap after 1 500 virtual seconds).
-/// Now every other peer keeps a slot: 3.24 s, the flooder taking the one
-/// it may have.
+/// need the slow peer. "A peer holds three quarters of the slots" left it
+/// both of two (`2 - 2 / 4`): the flooder held every read and the laggers
+/// met a full responder for as long as the flood lasted, 12.16 s against
+/// 1.76 s unattacked (found by the large sweep from seed 40 000: seed
+/// 49 425 stopped at its step cap after 1 500 virtual seconds). Now every
+/// other peer keeps a slot: 3.24 s, the flooder taking the one it may have.
 #[test]
 fn a_flood_cannot_hold_every_read_slot() {
-    let scenario = Scenario {
-        peers: 2,
-        laggers: 3,
-        blocks: 40,
-        block_size: 4096,
-        ..Scenario::default()
-    }
-    .with_faults(0, 1, 0, 0)
-    .with_flooders(1)
-    .with_corrupt_block(20, 1);
-    let calm = Scenario {
-        idle_flooders: true,
-        ..scenario.clone()
-    };
-    let mut two_slots = Config::default();
-    two_slots.max_queued_requests = 1;
-    two_slots.max_concurrent_reads = 2;
-    two_slots.max_requests_per_peer = 3;
-    let chain = Chain::new(scenario.target_height(), scenario.block_size);
-    let time = |scenario: &Scenario| {
-        let report = run(scenario.clone(), two_slots.clone(), 1, Some(&chain));
-        assert_passed(&report, "two read slots", scenario);
-        report.catchup.expect("caught up").as_secs_f64()
-    };
-    let (unattacked, flooded) = (time(&calm), time(&scenario));
+    let scenario = flood_at_a_slow_source(3, 40, 4096, 20);
+    let (flooded, unattacked) = flooded_and_calm(&scenario, &small_responder(1, 2));
     assert!(
         flooded <= unattacked * 2.0,
         "flooded {flooded:.2} s against {unattacked:.2} s unattacked: the flooder has one slot"
