@@ -155,8 +155,9 @@ pub struct Config {
     ///
     /// [`StateResponder::is_background`]: crate::StateResponder::is_background
     pub background_repeaters: bool,
-    /// When the queue is full, a request of a peer with at least two fewer
-    /// requests queued than the peer with the most takes the newest place
+    /// When the queue is full, a request of a peer holding at least two
+    /// places fewer (requests queued and being read) than the peer with
+    /// requests queued that holds the most takes the newest queued place
     /// of that peer, whose request is refused then as a full queue refuses
     /// (a busy reply, within its budget; counted in
     /// [`ResponderStats::evicted`](crate::ResponderStats::evicted)). A
@@ -395,9 +396,9 @@ impl Default for Config {
     ///   per peer, burst 128: one full window) so it costs the requester a
     ///   round trip, not a timeout, while a flooder cannot make us send
     ///   more than 100 small messages a second. `fair_queue`: a full queue
-    ///   makes room for a peer with two fewer queued than the peer with the
-    ///   most (with a queue of two, a flooder kept two laggers out: 18.1 s
-    ///   against 3.0 s unattacked; 3.1 s with it).
+    ///   makes room for a peer holding two places fewer than the peer that
+    ///   holds the most (with a queue of two, a flooder kept two laggers
+    ///   out: 18.1 s against 3.0 s unattacked; 3.1 s with it).
     ///
     /// ```
     /// use std::time::Duration;

@@ -120,13 +120,15 @@ impl<P: Clone + Ord> Queue<P> {
         self.peers.get(peer).map_or(0, VecDeque::len)
     }
 
-    /// The peer with the most jobs queued, and how many; of several, the
-    /// one whose newest job was admitted last.
-    pub(super) fn most_queued(&self) -> Option<(&P, usize)> {
+    /// Of the peers with jobs queued, the one for which `held` (given its
+    /// jobs queued) is largest, and that value; of several, the one whose
+    /// newest job was admitted last.
+    pub(super) fn most_held(&self, held: impl Fn(&P, usize) -> usize) -> Option<(&P, usize)> {
         self.peers
             .iter()
-            .max_by_key(|(_, numbers)| (numbers.len(), numbers.back().copied()))
-            .map(|(peer, numbers)| (peer, numbers.len()))
+            .map(|(peer, numbers)| (peer, held(peer, numbers.len()), numbers.back().copied()))
+            .max_by_key(|&(_, held, newest)| (held, newest))
+            .map(|(peer, held, _)| (peer, held))
     }
 
     /// Removes `peer`'s newest job.

@@ -577,14 +577,24 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     }
 
     /// Whose queued request a request of `from` may take the place of in a
-    /// full queue ([`Config::fair_queue`]): the peer with the most queued,
-    /// if that is at least two more than `from` has.
+    /// full queue ([`Config::fair_queue`]): of the peers with requests
+    /// queued, the one holding the most places (queued and being read), if
+    /// that is at least two more than `from` holds. Reads count: with one
+    /// slot and one place, a flooder read and queued at once and no one
+    /// else was ever served (sweep seed 163 431).
     fn fair_queue_victim(&self, from: &P) -> Option<P> {
         if !self.config.fair_queue {
             return None;
         }
-        let (victim, queued) = self.queue.most_queued()?;
-        (victim != from && queued >= self.queue.queued_of(from) + 2).then(|| victim.clone())
+        let held = |peer: &P, queued: usize| queued + self.reading_for(peer);
+        let (victim, most) = self.queue.most_held(held)?;
+        let ours = held(from, self.queue.queued_of(from));
+        (victim != from && most >= ours + 2).then(|| victim.clone())
+    }
+
+    /// Reads under way for `peer` (not orphaned by a disconnection).
+    fn reading_for(&self, peer: &P) -> usize {
+        reading_for(&self.reads, peer)
     }
 
     /// Drops `victim`'s newest queued request to make room, refused as a
@@ -824,6 +834,14 @@ fn nonce_len(nonce: u64) -> usize {
     }
 }
 
+/// Reads in `reads` under way for `peer`, not orphaned by a disconnection.
+fn reading_for<P: Ord>(reads: &Reads<P>, peer: &P) -> usize {
+    reads
+        .values()
+        .filter(|read| !read.orphaned && read.job.from.cmp(peer).is_eq())
+        .count()
+}
+
 /// Whether `peer` may have one more of `slots` reads, `reads` being under
 /// way, `background_reads` of them for peers in the background (see
 /// [`StateResponder::start_reads`]).
@@ -839,11 +857,8 @@ fn may_read<P: Clone + Ord>(
     // host with two (sweep seed 49 425: three laggers stuck for 1 500 s).
     let per_peer = (slots - (slots / 4).max(1)).max(1);
     let background_slots = (slots / 4).max(1);
-    let reading = reads
-        .values()
-        .filter(|read| !read.orphaned && read.job.from.cmp(peer).is_eq())
-        .count();
-    reading < per_peer && (background_reads < background_slots || !priorities.is_background(peer))
+    reading_for(reads, peer) < per_peer
+        && (background_reads < background_slots || !priorities.is_background(peer))
 }
 
 #[cfg(test)]

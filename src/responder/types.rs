@@ -304,7 +304,7 @@ pub struct ResponderStats {
     /// Reads completed for a peer that had disconnected meanwhile: nothing
     /// was sent.
     pub disconnected_reads: u64,
-    /// Queued requests whose place a peer with fewer queued took
+    /// Queued requests whose place a peer holding fewer places took
     /// ([`Config::fair_queue`](crate::Config::fair_queue)): refused late,
     /// with a busy reply as a full queue refuses.
     pub evicted: u64,

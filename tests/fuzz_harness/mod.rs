@@ -1545,19 +1545,26 @@ impl ResponderModel {
     }
 
     /// The peer whose newest queued job a request of `from` takes the place
-    /// of in a full queue: the one with the most queued (of several, the
-    /// one whose newest came last), if that is at least two more than
-    /// `from` has.
+    /// of in a full queue: of the peers with jobs queued, the one holding
+    /// the most places, queued and being read (of several, the one whose
+    /// newest job came last), if that is at least two more than `from`
+    /// holds.
     fn fair_queue_victim(&self, from: u8) -> Option<u8> {
-        // Per peer: jobs queued, and the position of its newest.
-        let mut queued: BTreeMap<u8, (usize, usize)> = BTreeMap::new();
+        let reading = |peer: u8| {
+            self.reads
+                .iter()
+                .filter(|(ticket, (job, _))| job.from == peer && !self.orphaned.contains(ticket))
+                .count()
+        };
+        // Per peer with jobs queued: places held, and its newest's position.
+        let mut held: BTreeMap<u8, (usize, usize)> = BTreeMap::new();
         for (position, job) in self.queue.iter().enumerate() {
-            let entry = queued.entry(job.from).or_default();
+            let entry = held.entry(job.from).or_insert((reading(job.from), 0));
             *entry = (entry.0 + 1, position);
         }
-        let ours = queued.get(&from).map_or(0, |&(count, _)| count);
-        let (&victim, &(count, _)) = queued.iter().max_by_key(|(_, &counts)| counts)?;
-        (victim != from && count >= ours + 2).then_some(victim)
+        let ours = held.get(&from).map_or(reading(from), |&(count, _)| count);
+        let (&victim, &(most, _)) = held.iter().max_by_key(|(_, &places)| places)?;
+        (victim != from && most >= ours + 2).then_some(victim)
     }
 
     /// A load refusal: a busy reply is due if the peer's budget holds one.
