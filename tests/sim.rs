@@ -1242,7 +1242,7 @@ fn a_flood_cannot_hold_a_short_queue() {
 /// met a full responder for as long as the flood lasted, 12.16 s against
 /// 1.76 s unattacked (found by the large sweep from seed 40 000: seed
 /// 49 425 stopped at its step cap after 1 500 virtual seconds). Now every
-/// other peer keeps a slot: 3.24 s, the flooder taking the one it may have.
+/// other peer keeps a slot: 3.06 s, the flooder taking the one it may have.
 #[test]
 fn a_flood_cannot_hold_every_read_slot() {
     let scenario = flood_at_a_slow_source(3, 40, 4096, 20);

@@ -532,15 +532,11 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             return Err(RequestError::RateLimited);
         }
         let slot_free = self.reads.len() < self.config.max_concurrent_reads;
-        let evict = if !slot_free && self.queue.len() >= self.config.max_queued_requests {
-            Some(
-                self.fair_queue_victim(&from)
-                    .ok_or(RequestError::QueueFull)?,
-            )
-        } else {
-            None
-        };
-        if let Some(victim) = evict {
+        if !slot_free && self.queue.len() >= self.config.max_queued_requests {
+            // The last check: a place is made only for a request admitted.
+            let victim = self
+                .fair_queue_victim(&from)
+                .ok_or(RequestError::QueueFull)?;
             self.evict_newest(now, &victim);
         }
         self.buckets.charge(&from, now, cost, true);

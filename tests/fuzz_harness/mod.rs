@@ -1207,7 +1207,7 @@ struct ResponderModel {
     orphaned: BTreeSet<Ticket>,
     disconnected_queued: u64,
     disconnected_reads: u64,
-    /// Queued requests whose place a peer with fewer queued took.
+    /// Queued requests whose place a peer holding fewer places took.
     evicted: u64,
 }
 
@@ -1493,8 +1493,8 @@ impl ResponderModel {
         let too_many = active >= limit;
         let queue_full = self.reads.len() >= self.config.max_concurrent_reads
             && self.queue.len() >= self.config.max_queued_requests;
-        // `Config::fair_queue`: into a full queue, in the newest place of
-        // the peer with the most queued, if that is two more than ours.
+        // `Config::fair_queue`: into a full queue, in the newest queued
+        // place of the peer holding the most places, if two more than ours.
         let victim = if queue_full && self.config.fair_queue {
             self.fair_queue_victim(from)
         } else {
