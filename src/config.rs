@@ -155,15 +155,20 @@ pub struct Config {
     ///
     /// [`StateResponder::is_background`]: crate::StateResponder::is_background
     pub background_repeaters: bool,
-    /// When the queue is full, a request of a peer holding at least two
-    /// places fewer (requests queued and being read) than the peer with
-    /// requests queued that holds the most takes the newest queued place
-    /// of that peer, whose request is refused then as a full queue refuses
-    /// (a busy reply, within its budget; counted in
-    /// [`ResponderStats::evicted`](crate::ResponderStats::evicted)). A
-    /// flooder whose requests fill the queue before any is served is never
-    /// seen to repeat itself, so it would keep everyone else out of a short
-    /// queue. Fabric's one FIFO drops what does not fit (off in its preset).
+    /// When the queue is full, a request may take the newest queued place
+    /// of another peer, whose request is refused then as a full queue
+    /// refuses (a busy reply, within its budget; counted in
+    /// [`ResponderStats::evicted`](crate::ResponderStats::evicted)): a
+    /// foreground peer takes a background peer's place (see
+    /// `background_repeaters`); a peer holding at least two places fewer
+    /// (requests queued and being read) takes one of the peer holding the
+    /// most; a peer holding none takes that of the peer whose latest read
+    /// started last, if after its own latest, so that places go round when
+    /// more peers want them than there are. A background peer never takes
+    /// a foreground peer's place. A flooder whose requests fill the queue
+    /// before any is served is never seen to repeat itself, so it would
+    /// keep everyone else out of a short queue. Fabric's one FIFO drops
+    /// what does not fit (off in its preset).
     pub fair_queue: bool,
     /// When more than twice this many peers are catching up from us at
     /// once, the first this many (in the order they began asking) are

@@ -748,16 +748,17 @@ fn idle_peers_are_forgotten() {
         ask(&mut r, t0, peer, i as u64, 0, 10).unwrap();
     }
     host.serve(&mut r, t0);
-    // A bucket and a history each.
-    assert_eq!(r.stats().tracked_peers, 6);
+    // A bucket, a history and a read start each.
+    assert_eq!(r.stats().tracked_peers, 9);
     // 11 blocks at 100 000 blocks/s: full again after 110 µs.
     r.handle(t0 + Duration::from_micros(109), ResponderEvent::Timeout)
         .unwrap();
-    assert_eq!(r.stats().tracked_peers, 6);
+    assert_eq!(r.stats().tracked_peers, 9);
     r.handle(t0 + Duration::from_micros(110), ResponderEvent::Timeout)
         .unwrap();
-    // Their buckets are forgotten; what they were served is kept a minute.
-    assert_eq!(r.stats().tracked_peers, 3);
+    // Their buckets are forgotten; what they were served, and when, is
+    // kept a minute.
+    assert_eq!(r.stats().tracked_peers, 6);
     r.handle(t0 + Duration::from_secs(61), ResponderEvent::Timeout)
         .unwrap();
     assert_eq!(r.stats().tracked_peers, 0);
@@ -767,7 +768,7 @@ fn idle_peers_are_forgotten() {
     let _ = drain(&mut r);
     r.handle(t0 + Duration::from_secs(62), ResponderEvent::Timeout)
         .unwrap();
-    assert_eq!(r.stats().tracked_peers, 2);
+    assert_eq!(r.stats().tracked_peers, 3);
 }
 
 /// A requester keeping `in_flight` requests to us at a 1 ms round trip,
@@ -1172,8 +1173,9 @@ fn stale_queued_requests_are_dropped_not_read() {
             + stats.reading as u64
     );
     // The stale request no longer counts against its peer: only what the
-    // three were asked is remembered (a minute).
-    assert_eq!(stats.tracked_peers, 3);
+    // three were asked, and when a's and b's reads started, is remembered
+    // (a minute).
+    assert_eq!(stats.tracked_peers, 5);
 }
 
 // Issue item 7: the default responder's per-peer block rate (100,000/s)
@@ -1329,6 +1331,92 @@ fn a_full_queue_makes_room_for_a_peer_with_two_fewer() {
                 + stats.reading as u64
         );
     }
+}
+
+// More flooding identities than places: each held one, and a peer holding
+// none was only one behind, so "two fewer" never fired and the places
+// never went round (three flooders stalled two laggers at a short queue).
+// A peer holding no place takes that of the peer whose latest read started
+// last, if after its own; read starts do not move on an eviction, so the
+// displaced peer cannot take the place back.
+#[test]
+fn a_full_queue_goes_round_among_peers_one_place_apart() {
+    let t0 = epoch();
+    let t1 = t0 + Duration::from_millis(100);
+    let host = Host::new(100, 1);
+    let mut config = Config::default();
+    config.max_concurrent_reads = 1;
+    config.max_queued_requests = 2;
+    config.max_requests_per_peer = 4;
+    let mut r = responder(config, 100);
+    ask(&mut r, t0, "f1", 1, 0, 10).unwrap(); // reading
+    ask(&mut r, t0, "f2", 2, 11, 21).unwrap();
+    ask(&mut r, t0, "f3", 3, 22, 32).unwrap();
+    let (ticket, to, range, _) = the_read(&drain(&mut r));
+    assert_eq!(to, "f1");
+    // Neither a nor the queued peers were ever read for: a waits.
+    assert_eq!(ask(&mut r, t0, "a", 4, 0, 10), Err(RequestError::QueueFull));
+    let _ = drain(&mut r);
+    // f1's read ends, f2's starts; f1 queues again.
+    let payloads = host.read("f1", range, usize::MAX);
+    r.handle(t1, ResponderEvent::BlocksRead { ticket, payloads })
+        .unwrap();
+    ask(&mut r, t1, "f1", 5, 33, 43).unwrap();
+    let _ = drain(&mut r);
+    // Queued: f3 (never read for) and f1 (read at t0). a takes f1's place.
+    ask(&mut r, t1, "a", 6, 0, 10).unwrap();
+    let actions = drain(&mut r);
+    let (to, message) = the_response(&actions);
+    assert_eq!((to, message.nonce), ("f1", 5), "f1's request is displaced");
+    assert!(seqs(message).is_empty(), "answered busy");
+    // f1, read for after f3 and a, cannot take either place back.
+    assert_eq!(
+        ask(&mut r, t1, "f1", 7, 33, 43),
+        Err(RequestError::QueueFull)
+    );
+    let stats = r.stats();
+    assert_eq!((stats.evicted, stats.queue_full, stats.queued), (1, 2, 2));
+}
+
+// A peer in the background (asking mostly for what it was served) is
+// served from spare capacity: its queued places go to foreground peers
+// first, whatever they hold, and it never takes a foreground peer's.
+#[test]
+fn the_background_gives_its_places_and_takes_none() {
+    let t0 = epoch();
+    let host = Host::new(100, 1);
+    let mut config = Config::default();
+    config.max_concurrent_reads = 1;
+    config.max_queued_requests = 3;
+    config.max_requests_per_peer = 16;
+    let mut r = responder(config, 100);
+    let mut nonce = 0;
+    while !r.is_background(&"f") {
+        nonce += 1;
+        assert!(nonce < 100, "never in the background");
+        ask(&mut r, t0, "f", nonce, 0, 10).unwrap();
+        host.serve(&mut r, t0);
+    }
+    ask(&mut r, t0, "x", 1_000, 11, 21).unwrap(); // reading, held
+    let _ = drain(&mut r);
+    // The background limit is 16 / 8 = 2 requests.
+    ask(&mut r, t0, "f", 2_001, 0, 10).unwrap();
+    ask(&mut r, t0, "f", 2_002, 0, 10).unwrap();
+    ask(&mut r, t0, "a", 3_001, 11, 21).unwrap();
+    let _ = drain(&mut r);
+    // a holds one place, f two: neither "two fewer" nor "none held" holds,
+    // yet a takes f's places, newest first.
+    ask(&mut r, t0, "a", 3_002, 22, 32).unwrap();
+    ask(&mut r, t0, "a", 3_003, 33, 43).unwrap();
+    assert_eq!(r.stats().evicted, 2);
+    // f, in the background and holding nothing, against a holding three:
+    // refused, and silently (a background peer gets no busy reply).
+    assert_eq!(
+        ask(&mut r, t0, "f", 2_003, 0, 10),
+        Err(RequestError::QueueFull)
+    );
+    assert!(drain(&mut r).is_empty());
+    assert_eq!(r.stats().queued, 3);
 }
 
 // Fairness: reads start round-robin across peers, so a flooder with a full

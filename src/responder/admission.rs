@@ -120,15 +120,12 @@ impl<P: Clone + Ord> Queue<P> {
         self.peers.get(peer).map_or(0, VecDeque::len)
     }
 
-    /// Of the peers with jobs queued, the one for which `held` (given its
-    /// jobs queued) is largest, and that value; of several, the one whose
-    /// newest job was admitted last.
-    pub(super) fn most_held(&self, held: impl Fn(&P, usize) -> usize) -> Option<(&P, usize)> {
+    /// The peers with jobs queued: each with its jobs queued and the
+    /// admission number of its newest.
+    pub(super) fn queued_peers(&self) -> impl Iterator<Item = (&P, usize, u64)> + Clone {
         self.peers
             .iter()
-            .map(|(peer, numbers)| (peer, held(peer, numbers.len()), numbers.back().copied()))
-            .max_by_key(|&(_, held, newest)| (held, newest))
-            .map(|(peer, held, _)| (peer, held))
+            .filter_map(|(peer, numbers)| Some((peer, numbers.len(), *numbers.back()?)))
     }
 
     /// Removes `peer`'s newest job.
@@ -165,6 +162,10 @@ pub(super) struct Job<P> {
     /// When it was admitted: a job still queued `read_timeout` later is
     /// stale.
     pub(super) admitted: Instant,
+    /// Whether it asked only for blocks its peer was served: if it is
+    /// dropped unread, nothing is to be taken back from what the peer was
+    /// served.
+    pub(super) repeat: bool,
 }
 
 /// Per-peer token buckets and request counts, kept only for peers that
@@ -358,6 +359,7 @@ mod tests {
             nonce: 0,
             range: SeqRange::single(0),
             admitted,
+            repeat: false,
         }
     }
 

@@ -3,6 +3,7 @@
 //! Fabric lacks.
 
 mod admission;
+mod fair_queue;
 mod priority;
 mod reads;
 mod types;
@@ -21,6 +22,7 @@ use crate::wire::gossip::{GossipMessage, Payload};
 use crate::wire::{self, WireError};
 
 use admission::{Buckets, Job, Queue, EMPTY_RESPONSE_COST, NANO};
+use fair_queue::{Holder, ReadStarts};
 use priority::Priorities;
 use reads::{response_len, select, Read, Reads};
 pub use types::{RequestError, ResponderAction, ResponderEvent, ResponderStats, Ticket};
@@ -124,6 +126,9 @@ pub struct StateResponder<P> {
     busy: Option<Buckets<P>>,
     /// What each peer was served lately; who is in the background.
     priorities: Priorities<P>,
+    /// When each peer's latest read started, for the fair queue's turns;
+    /// empty when it is off.
+    read_starts: ReadStarts<P>,
     /// When idle peers' histories are next forgotten.
     forget_at: Option<Instant>,
     actions: VecDeque<Queued<P>>,
@@ -175,6 +180,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         Ok(Self {
             busy,
             priorities: Priorities::new(config.background_repeaters, config.favoured_peers),
+            read_starts: ReadStarts::new(),
             forget_at: None,
             config,
             header_len: GossipMessage {
@@ -350,7 +356,8 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             queued: self.queue.len(),
             tracked_peers: self.buckets.peers.len()
                 + self.busy.as_ref().map_or(0, |busy| busy.peers.len())
-                + self.priorities.len(),
+                + self.priorities.len()
+                + self.read_starts.len(),
             background_peers: self.priorities.background_count(),
             ..self.stats.clone()
         }
@@ -400,6 +407,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             emit!(DEBUG, peer = ?read.job.from, nonce = read.job.nonce, "read abandoned after read_timeout");
             if !read.orphaned {
                 self.buckets.finish(&read.job.from);
+                self.not_served(&read.job);
             }
             self.actions.push_back(Queued::Dropped {
                 to: read.job.from,
@@ -421,6 +429,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             self.stats.stale += 1;
             emit!(DEBUG, peer = ?job.from, nonce = job.nonce, "queued request dropped as stale");
             self.buckets.finish(&job.from);
+            self.not_served(&job);
             self.actions.push_back(Queued::Dropped {
                 to: job.from,
                 nonce: job.nonce,
@@ -436,6 +445,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         if self.forget_at.is_none_or(|at| at <= now) {
             // Once a second: the histories expire by the minute.
             self.priorities.forget_idle(now);
+            self.read_starts.forget_old(now);
             self.forget_at = now.checked_add(std::time::Duration::from_secs(1));
         }
         self.start_reads(now);
@@ -535,12 +545,13 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         if !slot_free && self.queue.len() >= self.config.max_queued_requests {
             // The last check: a place is made only for a request admitted.
             let victim = self
-                .fair_queue_victim(&from)
+                .fair_queue_victim(now, &from)
                 .ok_or(RequestError::QueueFull)?;
             self.evict_newest(now, &victim);
         }
         self.buckets.charge(&from, now, cost, true);
-        if self.priorities.on_request(&from, range, now) {
+        let repeat = self.priorities.on_request(&from, range, now);
+        if repeat {
             self.stats.repeat_requests += 1;
         }
         let job = Job {
@@ -548,6 +559,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             nonce: message.nonce,
             range,
             admitted: now,
+            repeat,
         };
         let slots = self.config.max_concurrent_reads;
         if self.queue.is_empty()
@@ -573,19 +585,26 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     }
 
     /// Whose queued request a request of `from` may take the place of in a
-    /// full queue ([`Config::fair_queue`]): of the peers with requests
-    /// queued, the one holding the most places (queued and being read), if
-    /// that is at least two more than `from` holds. Reads count: with one
-    /// slot and one place, a flooder read and queued at once and no one
-    /// else was ever served (sweep seed 163 431).
-    fn fair_queue_victim(&self, from: &P) -> Option<P> {
+    /// full queue ([`Config::fair_queue`]); see [`fair_queue`] for the
+    /// rules. Runs only when the queue is full: its cost is the peers
+    /// queued times the read slots.
+    fn fair_queue_victim(&self, now: Instant, from: &P) -> Option<P> {
         if !self.config.fair_queue {
             return None;
         }
-        let held = |peer: &P, queued: usize| queued + self.reading_for(peer);
-        let (victim, most) = self.queue.most_held(held)?;
-        let ours = held(from, self.queue.queued_of(from));
-        (victim != from && most >= ours + 2).then(|| victim.clone())
+        let holder = |peer, queued, newest| Holder {
+            peer,
+            held: queued + self.reading_for(peer),
+            newest,
+            background: self.priorities.is_background(peer),
+            latest_read: self.read_starts.latest(peer, now),
+        };
+        let newcomer = holder(from, self.queue.queued_of(from), 0);
+        let holders = self
+            .queue
+            .queued_peers()
+            .map(|(peer, queued, newest)| holder(peer, queued, newest));
+        fair_queue::victim(newcomer, holders).cloned()
     }
 
     /// Reads under way for `peer` (not orphaned by a disconnection).
@@ -602,9 +621,21 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         };
         self.stats.evicted += 1;
         self.buckets.finish(victim);
+        self.not_served(&job);
         emit!(DEBUG, peer = ?victim, nonce = job.nonce, "queued request evicted");
         if !self.priorities.is_background(victim) {
             self.busy_reply(now, job.from, job.nonce);
+        }
+    }
+
+    /// `job` is dropped unread: asking for its blocks again is no repeat
+    /// (an honest peer whose requests are displaced or expire asks again,
+    /// and would drift into the background). A repeat took nothing.
+    fn not_served(&mut self, job: &Job<P>) {
+        if !job.repeat {
+            let range = job.range;
+            self.priorities
+                .on_not_served(&job.from, range.start(), range.end());
         }
     }
 
@@ -684,6 +715,9 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
 
     /// Hands `job` to the host as a read.
     fn start_read(&mut self, now: Instant, job: Job<P>) {
+        if self.config.fair_queue {
+            self.read_starts.record(&job.from, now);
+        }
         let ticket = Ticket(self.next_ticket);
         self.next_ticket = self.next_ticket.wrapping_add(1);
         self.actions.push_back(Queued::Read {

@@ -353,7 +353,8 @@ pub struct ResponderStats {
     /// Per-peer records remembered: a peer's rate state while it has work
     /// or its block bucket is not full again, plus its busy-reply state
     /// while that bucket is not full again, plus what it was served for a
-    /// minute after its last request.
+    /// minute after its last request, plus (with `fair_queue`) when its
+    /// latest read started, for a minute after it.
     pub tracked_peers: usize,
 }
 

@@ -1209,6 +1209,8 @@ struct ResponderModel {
     disconnected_reads: u64,
     /// Queued requests whose place a peer holding fewer places took.
     evicted: u64,
+    /// Per peer: when its latest read started.
+    read_starts: BTreeMap<u8, Instant>,
 }
 
 /// Interprets `data` as a program of requests, reads, height changes and
@@ -1249,6 +1251,7 @@ pub fn responder_requests(data: &[u8]) {
         disconnected_queued: 0,
         evicted: 0,
         disconnected_reads: 0,
+        read_starts: BTreeMap::new(),
     };
     while !cursor.is_empty() {
         model.step(&mut cursor);
@@ -1496,7 +1499,7 @@ impl ResponderModel {
         // `Config::fair_queue`: into a full queue, in the newest queued
         // place of the peer holding the most places, if two more than ours.
         let victim = if queue_full && self.config.fair_queue {
-            self.fair_queue_victim(from)
+            self.fair_queue_victim(from, was_background)
         } else {
             None
         };
@@ -1545,16 +1548,25 @@ impl ResponderModel {
     }
 
     /// The peer whose newest queued job a request of `from` takes the place
-    /// of in a full queue: of the peers with jobs queued, the one holding
-    /// the most places, queued and being read (of several, the one whose
-    /// newest job came last), if that is at least two more than `from`
-    /// holds.
-    fn fair_queue_victim(&self, from: u8) -> Option<u8> {
+    /// of in a full queue, by the three rules of `Config::fair_queue`, of
+    /// the peers with jobs queued: a foreground peer takes a background
+    /// one's (the one holding the most places); otherwise, among peers as
+    /// much in the background as `from`, the one holding the most places
+    /// if two more than `from`; otherwise, if `from` holds none, the one
+    /// whose latest read started last (within a minute), if after `from`'s
+    /// latest. Of peers alike, the one whose newest job came last.
+    fn fair_queue_victim(&self, from: u8, from_background: bool) -> Option<u8> {
         let reading = |peer: u8| {
             self.reads
                 .iter()
                 .filter(|(ticket, (job, _))| job.from == peer && !self.orphaned.contains(ticket))
                 .count()
+        };
+        let latest_read = |peer: u8| {
+            self.read_starts
+                .get(&peer)
+                .copied()
+                .filter(|at| self.now.saturating_duration_since(*at) < Duration::from_secs(60))
         };
         // Per peer with jobs queued: places held, and its newest's position.
         let mut held: BTreeMap<u8, (usize, usize)> = BTreeMap::new();
@@ -1563,8 +1575,27 @@ impl ResponderModel {
             *entry = (entry.0 + 1, position);
         }
         let ours = held.get(&from).map_or(reading(from), |&(count, _)| count);
-        let (&victim, &(most, _)) = held.iter().max_by_key(|(_, &places)| places)?;
-        (victim != from && most >= ours + 2).then_some(victim)
+        let others = || held.iter().filter(|(&peer, _)| peer != from);
+        if !from_background {
+            let background = others()
+                .filter(|(peer, _)| self.machine.is_background(peer))
+                .max_by_key(|(_, &places)| places);
+            if let Some((&victim, _)) = background {
+                return Some(victim);
+            }
+        }
+        let alike =
+            || others().filter(|(peer, _)| self.machine.is_background(peer) == from_background);
+        let (&victim, &(most, _)) = alike().max_by_key(|(_, &places)| places)?;
+        if most >= ours + 2 {
+            return Some(victim);
+        }
+        if ours > 0 {
+            return None;
+        }
+        let (&victim, _) =
+            alike().max_by_key(|(&peer, &(_, position))| (latest_read(peer), position))?;
+        (latest_read(victim) > latest_read(from)).then_some(victim)
     }
 
     /// A load refusal: a busy reply is due if the peer's budget holds one.
@@ -1823,6 +1854,7 @@ impl ResponderModel {
             .or_else(|| rotation.first().copied())?;
         let index = self.queue.iter().position(|job| job.from == peer)?;
         self.last_started = Some(peer);
+        self.read_starts.insert(peer, self.now);
         self.queue.remove(index)
     }
 
