@@ -1,6 +1,8 @@
 //! Catch up from, or serve, real Fabric peers over Fabric's gossip comm
-//! layer (feature `fabric-grpc`): gRPC `GossipStream`, mutual TLS, the
-//! signed handshake, signed Alive and StateInfo.
+//! layer (feature `fabric-grpc`): gRPC `GossipStream`, mutual TLS (or
+//! `--plaintext` instead of the `--tls-*` files, for peers with
+//! `peer.tls.enabled: false`), the signed handshake, signed Alive and
+//! StateInfo.
 //!
 //! Blocks live in a directory, one marshalled `common.Block` per file named
 //! `<number>.block`; `0.block` (the channel's genesis block) must be there.
@@ -58,14 +60,18 @@ pub struct Args {
     #[arg(long)]
     pub ca: PathBuf,
     /// Our TLS certificate (server, and client too).
-    #[arg(long)]
-    pub tls_cert: PathBuf,
+    #[arg(long, required_unless_present = "plaintext")]
+    pub tls_cert: Option<PathBuf>,
     /// Its key.
-    #[arg(long)]
-    pub tls_key: PathBuf,
+    #[arg(long, required_unless_present = "plaintext")]
+    pub tls_key: Option<PathBuf>,
     /// TLS roots the peers' certificates chain to.
-    #[arg(long)]
-    pub tls_ca: PathBuf,
+    #[arg(long, required_unless_present = "plaintext")]
+    pub tls_ca: Option<PathBuf>,
+    /// No TLS, for peers with `peer.tls.enabled: false` (Fabric's sample
+    /// core.yaml): the handshake is still signed, nothing is encrypted.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_ca"])]
+    pub plaintext: bool,
     /// The channel.
     #[arg(long)]
     pub channel: String,
@@ -126,19 +132,13 @@ pub fn transport(args: &Args) -> Result<GrpcTransport, Error> {
     let key = String::from_utf8(read(&args.key)?)?;
     let signer = P256Signer::from_pem(&args.msp_id, &read(&args.cert)?, &key)?;
     let verifier = MspVerifier::new().with_msp(&args.msp_id, &read(&args.ca)?)?;
-    let tls = TlsIdentity::from_pem(
-        &read(&args.tls_cert)?,
-        &read(&args.tls_key)?,
-        None,
-        &read(&args.tls_ca)?,
-    )?;
     let config = GrpcConfig::new(args.channel.clone().into_bytes());
-    Ok(GrpcTransport::new(
-        config,
-        tls,
-        Arc::new(signer),
-        Arc::new(verifier),
-    )?)
+    let (signer, verifier) = (Arc::new(signer), Arc::new(verifier));
+    let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca) else {
+        return Ok(GrpcTransport::plaintext(config, signer, verifier)?);
+    };
+    let tls = TlsIdentity::from_pem(&read(cert)?, &read(key)?, None, &read(ca)?)?;
+    Ok(GrpcTransport::new(config, tls, signer, verifier)?)
 }
 
 /// The consecutive blocks of `dir` from 0.

@@ -9,8 +9,10 @@
 //! cargo run --release --features fabric-grpc --example grpc_vs_tcp [-- BLOCKS [BLOCK_BYTES [ROUNDS [ONLY]]]]
 //! ```
 //!
-//! Defaults: 20 000 blocks of 4 KiB, 3 rounds, both transports (ONLY `tcp`
-//! or `grpc` runs one, e.g. under a profiler).
+//! Defaults: 20 000 blocks of 4 KiB, 3 rounds, the TCP codec, gRPC with
+//! TLS and gRPC without TLS (Fabric's `peer.tls.enabled: false`:
+//! `GrpcTransport::plaintext`) in turn; ONLY `tcp`, `grpc` or `plain` runs
+//! one (e.g. under a profiler), `both` the first two.
 //!
 //! Three figures per run: `total`, from the requester's start (for gRPC
 //! including TCP connect, TLS, Ping and the signed handshake) to the last
@@ -221,19 +223,23 @@ fn node(
     ))
 }
 
-async fn grpc(store: &Store) -> Result<Run> {
+async fn grpc(store: &Store, tls: bool) -> Result<Run> {
     let height = store.0.len() as u64;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate()?)?;
     let ca_pem = ca.pem();
-    let transport = |(signer, tls, verifier): (P256Signer, TlsIdentity, MspVerifier)| {
-        GrpcTransport::new(
+    let transport = |(signer, identity, verifier): (P256Signer, TlsIdentity, MspVerifier)| {
+        let (config, signer, verifier) = (
             GrpcConfig::new(CHANNEL),
-            tls,
             Arc::new(signer),
             Arc::new(verifier),
-        )
+        );
+        if tls {
+            GrpcTransport::new(config, identity, signer, verifier)
+        } else {
+            GrpcTransport::plaintext(config, signer, verifier)
+        }
     };
     let served_by = transport(node(&ca, &ca_pem)?)?;
     let fetched_by = transport(node(&ca, &ca_pem)?)?;
@@ -307,11 +313,13 @@ async fn main() -> Result<()> {
     let block_bytes: usize = args.next().map_or(Ok(4096), |a| a.parse())?;
     let rounds: usize = args.next().map_or(Ok(3), |a| a.parse())?;
     let only = args.next().unwrap_or_default();
-    let (run_tcp, run_grpc) = match only.as_str() {
-        "" | "both" => (true, true),
-        "tcp" => (true, false),
-        "grpc" => (false, true),
-        other => return Err(format!("ONLY is tcp, grpc or both, not {other}").into()),
+    let (run_tcp, run_grpc, run_plain) = match only.as_str() {
+        "" | "all" => (true, true, true),
+        "both" => (true, true, false),
+        "tcp" => (true, false, false),
+        "grpc" => (false, true, false),
+        "plain" => (false, false, true),
+        other => return Err(format!("ONLY is tcp, grpc, plain, both or all, not {other}").into()),
     };
     let store = Store(Arc::new(
         (0..=blocks)
@@ -330,35 +338,50 @@ async fn main() -> Result<()> {
             })
             .collect(),
     ));
-    let (mut over_tcp, mut over_grpc) = (Vec::new(), Vec::new());
+    let (mut over_tcp, mut over_grpc, mut over_plain) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
         if run_tcp {
             let t = tcp(&store).await?;
-            println!("round {round}: tcp  {t}");
+            println!("round {round}: tcp   {t}");
             over_tcp.push(t);
         }
         if run_grpc {
-            let g = grpc(&store).await?;
-            println!("round {round}: grpc {g}");
+            let g = grpc(&store, true).await?;
+            println!("round {round}: grpc  {g}");
             over_grpc.push(g);
+        }
+        if run_plain {
+            let p = grpc(&store, false).await?;
+            println!("round {round}: plain {p}");
+            over_plain.push(p);
         }
     }
     println!("{blocks} blocks of {block_bytes} bytes, {rounds} rounds, medians:");
     let rate = |secs: f64| blocks as f64 / secs;
-    for (name, runs) in [("tcp ", &over_tcp), ("grpc", &over_grpc)] {
+    let all = [
+        ("tcp  ", &over_tcp),
+        ("grpc ", &over_grpc),
+        ("plain", &over_plain),
+    ];
+    for (name, runs) in all {
         if !runs.is_empty() {
             let m = medians(runs);
             println!("  {name} {m} ({:.0} blocks/s)", rate(m.total));
         }
     }
-    if run_tcp && run_grpc {
-        let (t, g) = (medians(&over_tcp), medians(&over_grpc));
-        println!(
-            "  grpc/tcp: total {:.2}, transfer {:.2}, cpu {:.2}",
-            g.total / t.total,
-            g.transfer / t.transfer,
-            g.cpu / t.cpu
-        );
+    if run_tcp {
+        let t = medians(&over_tcp);
+        for (name, runs) in [("grpc", &over_grpc), ("plain", &over_plain)] {
+            if !runs.is_empty() {
+                let g = medians(runs);
+                println!(
+                    "  {name}/tcp: total {:.2}, transfer {:.2}, cpu {:.2}",
+                    g.total / t.total,
+                    g.transfer / t.transfer,
+                    g.cpu / t.cpu
+                );
+            }
+        }
     }
     Ok(())
 }

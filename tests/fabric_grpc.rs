@@ -293,6 +293,51 @@ async fn a_requester_catches_up_over_grpc_with_membership_from_signed_state_info
     assert_eq!(serving.stats().unauthorized, 0);
 }
 
+fn plaintext(ca: &Ca, crypto: &Crypto) -> GrpcTransport {
+    GrpcTransport::plaintext(config(), Arc::new(crypto.signer()), Arc::new(verifier(ca))).unwrap()
+}
+
+// Fabric's `peer.tls.enabled: false`: the same signed handshake, no
+// certificate bound (an empty hash), nothing encrypted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requester_catches_up_over_plaintext_grpc() {
+    const HEIGHT: u64 = 300;
+    let ca = Ca::new("ca");
+    let (a, b) = (Crypto::new(&ca, "server"), Crypto::new(&ca, "client"));
+    let serving = plaintext(&ca, &a);
+    let fetching = plaintext(&ca, &b);
+    let (address, _responder) =
+        responder_node(&serving, blocks(HEIGHT, 2048), Config::default()).await;
+    serving.publish_membership(address.to_string(), HEIGHT, Duration::from_millis(200));
+    fetching.publish_membership(String::new(), 1, Duration::from_millis(200));
+    let (height, _requester) = requester_node(&fetching, Config::default());
+    fetching.dial(address, localhost(), Some(serving.pki_id()));
+    until("catch-up", || height.load(Ordering::SeqCst) == HEIGHT).await;
+    assert_eq!(fetching.stats().handshake_refusals, 0);
+    assert_eq!(serving.stats().handshake_refusals, 0);
+    assert_eq!(serving.connected(), vec![fetching.pki_id()]);
+}
+
+// Both sides must agree on TLS, as with Fabric: a TLS client and a
+// plaintext server (or the reverse) never get a stream, and the machines
+// hear of no peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_plaintext_do_not_connect() {
+    let ca = Ca::new("ca");
+    let (a, b) = (Crypto::new(&ca, "server"), Crypto::new(&ca, "client"));
+    for (serving, fetching) in [
+        (plaintext(&ca, &a), transport(&ca, &b, config())),
+        (transport(&ca, &a, config()), plaintext(&ca, &b)),
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        serving.serve(listener);
+        fetching.dial(address, localhost(), Some(serving.pki_id()));
+        until("failed dials", || fetching.stats().dial_failures >= 2).await;
+        assert!(fetching.connected().is_empty() && serving.connected().is_empty());
+    }
+}
+
 #[test]
 fn the_handshake_checks_in_fabrics_order() {
     let ca = Ca::new("ca");

@@ -69,6 +69,10 @@ pub const CASES: &[GrpcCase] = &[
         name: "grpc/catch-up-speed",
         run: speed,
     },
+    GrpcCase {
+        name: "grpc/plaintext",
+        run: plaintext,
+    },
 ];
 
 /// Makes the run's crypto: rust0, rust1 (ours), fabric0..2 (Fabric's).
@@ -123,9 +127,10 @@ impl Setup {
             cert: file("cert.pem"),
             key: file("key.pem"),
             ca: self.crypto.join("ca.pem"),
-            tls_cert: file("tls.crt"),
-            tls_key: file("tls.key"),
-            tls_ca: self.crypto.join("ca.pem"),
+            tls_cert: Some(file("tls.crt")),
+            tls_key: Some(file("tls.key")),
+            tls_ca: Some(self.crypto.join("ca.pem")),
+            plaintext: false,
             channel: CHANNEL.into(),
             blocks,
             mode,
@@ -709,6 +714,73 @@ fn speed(setup: &Setup) -> Result<String, String> {
         ours.seconds,
         theirs.first_to_last(),
         fabric_total
+    ))
+}
+
+/// Fabric with `peer.tls.enabled: false` (`-plaintext`), both ways: our
+/// requester catches up from a Fabric node, then a Fabric node catches up
+/// from our responder, with no TLS anywhere and the handshake binding no
+/// certificate.
+fn plaintext(setup: &Setup) -> Result<String, String> {
+    let fabric = Node::spawn(
+        setup,
+        "grpc_plaintext",
+        "fabric0",
+        setup.blocks,
+        &["-plaintext"],
+    )?;
+    let mut args = setup.args(
+        "rust0",
+        setup.blocks_dir("plaintext-fetch", 1)?,
+        Mode::Serve {
+            listen: fabric.addr,
+            peer: vec![],
+            server_name: None,
+            seconds: None,
+        },
+    );
+    (args.tls_cert, args.tls_key, args.tls_ca, args.plaintext) = (None, None, None, true);
+    let fetched = runtime()
+        .block_on(fabric_peer::fetch(
+            &args,
+            &[fabric.addr],
+            &None,
+            None,
+            Duration::from_secs(120),
+        ))
+        .map_err(|e| e.to_string())?;
+    if fetched.height != setup.blocks {
+        return Err(format!(
+            "ours reached {} of {}",
+            fetched.height, setup.blocks
+        ));
+    }
+    drop(fabric);
+    let mut fabric = Node::spawn(
+        setup,
+        "grpc_plaintext",
+        "fabric1",
+        1,
+        &["-state", "-plaintext"],
+    )?;
+    args.blocks = setup.blocks_dir("plaintext-serve", setup.blocks)?;
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let peers = [fabric.addr];
+    let rt = runtime();
+    let server = rt.spawn(async move {
+        fabric_peer::serve(&args, listen, &peers, &None, Some(600))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    let waited = fabric.wait_height(setup.blocks, Duration::from_secs(120));
+    server.abort();
+    waited?;
+    Ok(format!(
+        "without TLS, ours from Fabric: blocks 1..{} in {:.3} s first to last; Fabric from ours: {:.3} s first to last",
+        setup.blocks - 1,
+        fetched.first_to_last,
+        fabric.first_to_last()
     ))
 }
 

@@ -16,7 +16,10 @@
 //!   stream, the handshake), reconnection with a jittered back-off.
 //! - **TLS** ([`TlsIdentity`], rustls with ring): ALPN `h2` both ways; the
 //!   server requests a client certificate and accepts any, as Fabric's Go
-//!   server does (`RequestClientCert`), since the handshake binds it.
+//!   server does (`RequestClientCert`), since the handshake binds it. Or
+//!   none ([`GrpcTransport::plaintext`]), for peers with
+//!   `peer.tls.enabled: false`: the handshake is still signed and checked,
+//!   its certificate hash is empty, as Fabric's.
 //! - **Handshake** ([`handshake`]): each side sends its `ConnEstablish`
 //!   (PKI-ID, identity, the SHA-256 of its own TLS leaf certificate) signed
 //!   by the host's [`Signer`] at once, and checks the remote's with the
@@ -45,7 +48,7 @@
 //!
 //! What it does not do: the rest of gossip (block push and pull, leader
 //! election, forwarding others' membership, private data dissemination),
-//! TLS without client certificates or without TLS at all, identity
+//! TLS without client certificates, identity
 //! expiry and revocation, and Fabric's same-org "identity switch" on a
 //! redial.
 //!

@@ -239,12 +239,36 @@ pub(crate) struct PeerInfo {
 enum TlsStream {
     Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Without TLS (Fabric's `peer.tls.enabled: false`).
+    Plain(TcpStream),
 }
 
-/// A TLS connection and what it knows of its remote.
+/// A connection, TLS or plaintext, and what it knows of its remote.
 pub(crate) struct TlsConn {
     stream: TlsStream,
     pub(crate) info: PeerInfo,
+}
+
+impl TlsConn {
+    /// `stream` without TLS: its remote presented no certificate.
+    pub(crate) fn plain(stream: TcpStream, remote: SocketAddr) -> Self {
+        let _ = stream.set_nodelay(true);
+        Self {
+            stream: TlsStream::Plain(stream),
+            info: PeerInfo {
+                remote,
+                peer_cert: None,
+            },
+        }
+    }
+
+    /// Dials `addr` without TLS, within `timeout`.
+    pub(crate) async fn connect_plain(addr: SocketAddr, timeout: Duration) -> io::Result<Self> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "dial timed out"))??;
+        Ok(Self::plain(stream, addr))
+    }
 }
 
 impl tonic::transport::server::Connected for TlsConn {
@@ -264,6 +288,7 @@ impl AsyncRead for TlsConn {
         match &mut self.get_mut().stream {
             TlsStream::Server(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             TlsStream::Client(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            TlsStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -277,6 +302,7 @@ impl AsyncWrite for TlsConn {
         match &mut self.get_mut().stream {
             TlsStream::Server(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             TlsStream::Client(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            TlsStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -288,6 +314,7 @@ impl AsyncWrite for TlsConn {
         match &mut self.get_mut().stream {
             TlsStream::Server(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             TlsStream::Client(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            TlsStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -295,6 +322,7 @@ impl AsyncWrite for TlsConn {
         match &self.stream {
             TlsStream::Server(s) => s.is_write_vectored(),
             TlsStream::Client(s) => s.is_write_vectored(),
+            TlsStream::Plain(s) => s.is_write_vectored(),
         }
     }
 
@@ -302,6 +330,7 @@ impl AsyncWrite for TlsConn {
         match &mut self.get_mut().stream {
             TlsStream::Server(s) => Pin::new(s.as_mut()).poll_flush(cx),
             TlsStream::Client(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            TlsStream::Plain(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -309,6 +338,7 @@ impl AsyncWrite for TlsConn {
         match &mut self.get_mut().stream {
             TlsStream::Server(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             TlsStream::Client(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            TlsStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -57,6 +57,7 @@ import (
 	"github.com/pkg/errors"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -349,6 +350,7 @@ func nodeMain(args []string) error {
 	bootstrap := fs.String("bootstrap", "", "a peer to bootstrap from")
 	blockSize := fs.Int("block-size", 0, "pad each block's transaction to this many bytes")
 	logSpec := fs.String("logspec", "warning", "Fabric log spec")
+	plaintext := fs.Bool("plaintext", false, "peer.tls.enabled: false (no TLS; the handshake binds no certificate)")
 	fs.Parse(args)
 	flogging.Init(flogging.Config{
 		Format:  "%{time:2006-01-02 15:04:05.000} %{level:.4s} [%{module}] %{shortfunc} -> %{message}",
@@ -366,9 +368,13 @@ func nodeMain(args []string) error {
 	}
 	certPEM, _ := os.ReadFile(filepath.Join(*dir, *id, "tls.crt"))
 	keyPEM, _ := os.ReadFile(filepath.Join(*dir, *id, "tls.key"))
+	secOpts := fcomm.SecureOptions{UseTLS: true, Certificate: certPEM, Key: keyPEM}
+	if *plaintext {
+		secOpts = fcomm.SecureOptions{}
+	}
 	srv, err := fcomm.NewGRPCServer("127.0.0.1:0", fcomm.ServerConfig{
 		ConnectionTimeout: 5 * time.Second,
-		SecOpts:           fcomm.SecureOptions{UseTLS: true, Certificate: certPEM, Key: keyPEM},
+		SecOpts:           secOpts,
 	})
 	if err != nil {
 		return err
@@ -376,13 +382,20 @@ func nodeMain(args []string) error {
 	endpoint := srv.Address()
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(caPEM)
-	dialOpts := []grpc.DialOption{
-		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: roots})),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMsg), grpc.MaxCallSendMsgSize(maxMsg)),
-	}
+	creds := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{pair}, RootCAs: roots})
+	// As the peer does: with TLS off, gossip is given no certificates
+	// (useTLS := tlsCerts != nil) and dials insecure.
 	certs := &gcommon.TLSCertificates{}
 	certs.TLSServerCert.Store(&pair)
 	certs.TLSClientCert.Store(&pair)
+	if *plaintext {
+		creds = insecure.NewCredentials()
+		certs = nil
+	}
+	dialOpts := []grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMsg), grpc.MaxCallSendMsgSize(maxMsg)),
+	}
 	var boot []string
 	if *bootstrap != "" {
 		boot = []string{*bootstrap}

@@ -23,11 +23,13 @@ use crate::adapters::tokio::Tokio;
 use crate::adapters::Runtime;
 use crate::fabric::crypto::PkiId;
 use crate::fabric::handshake::{conn_establish, HandshakeError};
+use crate::fabric::tls::TlsConn;
 use crate::wire::gossip::{Empty, Envelope};
 
 impl GrpcTransport {
     /// Keeps a stream to the peer at `addr` up: dials (TLS naming
-    /// `server_name`, the host or IP its certificate names), pings, opens
+    /// `server_name`, the host or IP its certificate names; unused
+    /// [`plaintext`](Self::plaintext)), pings, opens
     /// `GossipStream` and runs the handshake, as Fabric does; after a
     /// failure or a lost stream, dials again after a back-off
     /// (`min_backoff` doubling to `max_backoff`, less a random quarter).
@@ -101,11 +103,11 @@ async fn dial_once(
         emit!(DEBUG, %addr, %_why, "dial failed");
         Some(false)
     };
-    let conn = match inner
-        .tls
-        .connect(addr, server_name, config.dial_timeout)
-        .await
-    {
+    let conn = match &inner.tls {
+        Some(tls) => tls.connect(addr, server_name, config.dial_timeout).await,
+        None => TlsConn::connect_plain(addr, config.dial_timeout).await,
+    };
+    let conn = match conn {
         Ok(conn) => conn,
         Err(error) => return failed(&inner, &error),
     };
@@ -139,7 +141,8 @@ async fn dial_once(
         Ok(Err(status)) => return failed(&inner, &status),
         Err(_) => return failed(&inner, &"ping timed out"),
     }
-    let ours = match conn_establish(inner.signer.as_ref(), inner.tls.client_cert_hash(), false) {
+    let hash = inner.own_cert_hash(Direction::Dialled);
+    let ours = match conn_establish(inner.signer.as_ref(), hash, false) {
         Ok(ours) => ours,
         Err(error) => {
             inner.refuse(addr, Direction::Dialled, error);

@@ -84,7 +84,8 @@ struct Routes {
 
 struct Inner {
     config: GrpcConfig,
-    tls: TlsIdentity,
+    /// `None`: plaintext, as Fabric with `peer.tls.enabled: false`.
+    tls: Option<TlsIdentity>,
     signer: Arc<dyn Signer>,
     verifier: Arc<dyn Verifier>,
     links: Mutex<BTreeMap<PkiId, Link>>,
@@ -126,6 +127,17 @@ impl Inner {
         });
     }
 
+    /// The hash our `ConnEstablish` carries: of our TLS certificate for
+    /// the side we are (the client's when we dial, the server's when we
+    /// accept), empty without TLS, as Fabric's nil.
+    fn own_cert_hash(&self, direction: Direction) -> Bytes {
+        match (&self.tls, direction) {
+            (None, _) => Bytes::new(),
+            (Some(tls), Direction::Dialled) => tls.client_cert_hash(),
+            (Some(tls), Direction::Accepted) => tls.server_cert_hash(),
+        }
+    }
+
     fn identity_of(&self, peer: &PkiId) -> Option<Bytes> {
         lock(&self.links)
             .get(peer)
@@ -164,6 +176,28 @@ impl GrpcTransport {
     pub fn new(
         config: GrpcConfig,
         tls: TlsIdentity,
+        signer: Arc<dyn Signer>,
+        verifier: Arc<dyn Verifier>,
+    ) -> Result<Self, GrpcConfigError> {
+        Self::build(config, Some(tls), signer, verifier)
+    }
+
+    /// A transport without TLS, for Fabric peers with `peer.tls.enabled:
+    /// false` (Fabric's sample configuration): the handshake still signs
+    /// and checks identities, but binds no certificate (its hash is
+    /// empty), and nothing is encrypted. Both sides must agree: a TLS peer
+    /// and a plaintext one do not connect.
+    pub fn plaintext(
+        config: GrpcConfig,
+        signer: Arc<dyn Signer>,
+        verifier: Arc<dyn Verifier>,
+    ) -> Result<Self, GrpcConfigError> {
+        Self::build(config, None, signer, verifier)
+    }
+
+    fn build(
+        config: GrpcConfig,
+        tls: Option<TlsIdentity>,
         signer: Arc<dyn Signer>,
         verifier: Arc<dyn Verifier>,
     ) -> Result<Self, GrpcConfigError> {

@@ -30,8 +30,9 @@ use crate::fabric::tls::{PeerInfo, TlsConn};
 use crate::wire::gossip::{Empty, Envelope};
 
 impl GrpcTransport {
-    /// Serves `gossip.Gossip` on `listener` (TLS, then HTTP/2): Fabric
-    /// peers dial us here. Stops when the last clone of the transport is
+    /// Serves `gossip.Gossip` on `listener` (TLS unless
+    /// [`plaintext`](Self::plaintext), then HTTP/2): Fabric peers dial us
+    /// here. Stops when the last clone of the transport is
     /// dropped.
     ///
     /// # Panics
@@ -52,7 +53,11 @@ impl GrpcTransport {
                 );
                 // TLS on its own task: a slow client holds up no one.
                 inner.spawn(async move {
-                    if let Ok(conn) = tls.accept(stream, remote, timeout).await {
+                    let conn = match tls {
+                        Some(tls) => tls.accept(stream, remote, timeout).await,
+                        None => Ok(TlsConn::plain(stream, remote)),
+                    };
+                    if let Ok(conn) = conn {
                         let _ = accepted.send(Ok(conn)).await;
                     }
                 });
@@ -148,16 +153,18 @@ async fn gossip_stream(
     let Some(peer) = request.extensions().get::<PeerInfo>().cloned() else {
         return Err(Status::internal("no connection info"));
     };
-    // Fabric refuses before sending anything of its own.
-    let Some(remote_cert) = peer.peer_cert else {
+    // With TLS, Fabric refuses before sending anything of its own.
+    let remote_cert = peer.peer_cert;
+    if inner.tls.is_some() && remote_cert.is_none() {
         inner.refuse(
             peer.remote,
             Direction::Accepted,
             HandshakeError::NoClientCertificate,
         );
         return Err(Status::unauthenticated("no TLS certificate"));
-    };
-    let ours = conn_establish(inner.signer.as_ref(), inner.tls.server_cert_hash(), false)
+    }
+    let hash = inner.own_cert_hash(Direction::Accepted);
+    let ours = conn_establish(inner.signer.as_ref(), hash, false)
         .map_err(|error| Status::internal(error.to_string()))?;
     let (queues, outbound) = queues(inner.config.queue, &inner.gate);
     let _ = queues.push(Out::Envelope(ours));
@@ -167,7 +174,7 @@ async fn gossip_stream(
     inner.spawn(async move {
         let weak = task;
         let Some(inner) = weak.upgrade() else { return };
-        let info = match remote_handshake(&inner, &mut inbound, Some(&remote_cert)).await {
+        let info = match remote_handshake(&inner, &mut inbound, remote_cert.as_deref()).await {
             Ok(info) => info,
             Err(error) => {
                 // The stream ends with the reason, as Fabric's handler
