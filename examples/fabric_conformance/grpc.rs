@@ -405,6 +405,22 @@ fn fabric_from_ours(setup: &Setup) -> Result<String, String> {
             seconds: None,
         },
     );
+    let seconds = serve_until_caught_up(setup, args, listen, &mut fabric)?;
+    Ok(format!(
+        "Fabric's state provider committed 1..{} from our responder: {seconds:.2} s from our dial, {:.3} s first to last block",
+        setup.blocks - 1,
+        fabric.first_to_last()
+    ))
+}
+
+/// Serves `args`' blocks on `listen`, dialling `fabric`, until it holds the
+/// whole chain; the seconds that took.
+fn serve_until_caught_up(
+    setup: &Setup,
+    args: Args,
+    listen: SocketAddr,
+    fabric: &mut Node,
+) -> Result<f64, String> {
     let peers = [fabric.addr];
     let rt = runtime();
     let server = rt.spawn(async move {
@@ -417,12 +433,7 @@ fn fabric_from_ours(setup: &Setup) -> Result<String, String> {
     let waited = fabric.wait_height(setup.blocks, Duration::from_secs(120));
     server.abort();
     waited?;
-    Ok(format!(
-        "Fabric's state provider committed 1..{} from our responder: {:.2} s from our dial, {:.3} s first to last block",
-        setup.blocks - 1,
-        (now() - started).as_secs_f64(),
-        fabric.first_to_last()
-    ))
+    Ok((now() - started).as_secs_f64())
 }
 
 /// Runs `aeconform grpc attack` and returns what it printed.
@@ -765,17 +776,7 @@ fn plaintext(setup: &Setup) -> Result<String, String> {
     )?;
     args.blocks = setup.blocks_dir("plaintext-serve", setup.blocks)?;
     let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let peers = [fabric.addr];
-    let rt = runtime();
-    let server = rt.spawn(async move {
-        fabric_peer::serve(&args, listen, &peers, &None, Some(600))
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    });
-    let waited = fabric.wait_height(setup.blocks, Duration::from_secs(120));
-    server.abort();
-    waited?;
+    serve_until_caught_up(setup, args, listen, &mut fabric)?;
     Ok(format!(
         "without TLS, ours from Fabric: blocks 1..{} in {:.3} s first to last; Fabric from ours: {:.3} s first to last",
         setup.blocks - 1,
