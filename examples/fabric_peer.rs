@@ -134,8 +134,12 @@ pub fn transport(args: &Args) -> Result<GrpcTransport, Error> {
     let verifier = MspVerifier::new().with_msp(&args.msp_id, &read(&args.ca)?)?;
     let config = GrpcConfig::new(args.channel.clone().into_bytes());
     let (signer, verifier) = (Arc::new(signer), Arc::new(verifier));
-    let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca) else {
+    if args.plaintext {
         return Ok(GrpcTransport::plaintext(config, signer, verifier)?);
+    }
+    // Never plaintext by omission: `Args` is built by code too.
+    let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca) else {
+        return Err("--tls-cert, --tls-key and --tls-ca, or --plaintext".into());
     };
     let tls = TlsIdentity::from_pem(&read(cert)?, &read(key)?, None, &read(ca)?)?;
     Ok(GrpcTransport::new(config, tls, signer, verifier)?)

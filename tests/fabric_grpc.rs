@@ -319,8 +319,7 @@ async fn a_requester_catches_up_over_plaintext_grpc() {
 }
 
 // Both sides must agree on TLS, as with Fabric: a TLS client and a
-// plaintext server (or the reverse) never get a stream, and the machines
-// hear of no peer.
+// plaintext server (or the reverse) never get a stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_plaintext_do_not_connect() {
     let ca = Ca::new("ca");

@@ -1378,6 +1378,38 @@ fn a_full_queue_goes_round_among_peers_one_place_apart() {
     assert_eq!((stats.evicted, stats.queue_full, stats.queued), (1, 2, 2));
 }
 
+// A request dropped unread (here: stale in the queue) is taken back from
+// what its peer was served, so asking for it again is no repeat: an honest
+// peer whose requests are displaced or expire would otherwise drift into
+// the background. Only a fresh request is taken back: one overlapping
+// blocks served before would take those back too.
+#[test]
+fn a_request_dropped_unread_is_no_repeat_when_asked_again() {
+    let t0 = epoch();
+    let secs = Duration::from_secs;
+    let host = Host::new(100, 1);
+    let mut config = Config::default();
+    config.max_concurrent_reads = 1;
+    config.read_timeout = secs(10);
+    let mut r = responder(config, 100);
+    ask(&mut r, t0, "b", 1, 0, 10).unwrap();
+    host.serve(&mut r, t0);
+    // a's read holds the only slot; b's two requests wait and go stale.
+    ask(&mut r, t0, "a", 2, 50, 60).unwrap();
+    let _ = drain(&mut r);
+    ask(&mut r, t0, "b", 3, 20, 30).unwrap(); // fresh
+    ask(&mut r, t0, "b", 4, 5, 15).unwrap(); // 11..=15 new, 5..=10 served
+    assert_eq!(r.stats().repeat_requests, 0);
+    r.handle(t0 + secs(10), ResponderEvent::Timeout).unwrap();
+    let _ = drain(&mut r);
+    assert_eq!(r.stats().stale, 2);
+    // 20..=30 was taken back; 5..=15, which overlapped 0..=10, was not.
+    ask(&mut r, t0 + secs(10), "b", 5, 20, 30).unwrap();
+    assert_eq!(r.stats().repeat_requests, 0, "20..=30 was never sent");
+    ask(&mut r, t0 + secs(10), "b", 6, 0, 10).unwrap();
+    assert_eq!(r.stats().repeat_requests, 1, "0..=10 was sent");
+}
+
 // A peer in the background (asking mostly for what it was served) is
 // served from spare capacity: its queued places go to foreground peers
 // first, whatever they hold, and it never takes a foreground peer's.

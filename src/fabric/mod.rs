@@ -19,7 +19,9 @@
 //!   server does (`RequestClientCert`), since the handshake binds it. Or
 //!   none ([`GrpcTransport::plaintext`]), for peers with
 //!   `peer.tls.enabled: false`: the handshake is still signed and checked,
-//!   its certificate hash is empty, as Fabric's.
+//!   its certificate hash is empty, as Fabric's. Bound to no connection, a
+//!   `ConnEstablish` can then be replayed by anyone who saw one, as with
+//!   Fabric without TLS: plaintext authenticates nobody on an open network.
 //! - **Handshake** ([`handshake`]): each side sends its `ConnEstablish`
 //!   (PKI-ID, identity, the SHA-256 of its own TLS leaf certificate) signed
 //!   by the host's [`Signer`] at once, and checks the remote's with the

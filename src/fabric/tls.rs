@@ -177,7 +177,7 @@ impl TlsIdentity {
         stream: TcpStream,
         remote: SocketAddr,
         timeout: Duration,
-    ) -> io::Result<TlsConn> {
+    ) -> io::Result<Conn> {
         let _ = stream.set_nodelay(true);
         let tls = tokio::time::timeout(
             timeout,
@@ -186,8 +186,8 @@ impl TlsIdentity {
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS accept timed out"))??;
         let peer_cert = leaf(tls.get_ref().1.peer_certificates());
-        Ok(TlsConn {
-            stream: TlsStream::Server(Box::new(tls)),
+        Ok(Conn {
+            stream: ConnStream::Server(Box::new(tls)),
             info: PeerInfo { remote, peer_cert },
         })
     }
@@ -199,7 +199,7 @@ impl TlsIdentity {
         addr: SocketAddr,
         server_name: ServerName<'static>,
         timeout: Duration,
-    ) -> io::Result<TlsConn> {
+    ) -> io::Result<Conn> {
         let connect = async {
             let stream = TcpStream::connect(addr).await?;
             let _ = stream.set_nodelay(true);
@@ -211,8 +211,8 @@ impl TlsIdentity {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "dial timed out"))??;
         let peer_cert = leaf(tls.get_ref().1.peer_certificates());
-        Ok(TlsConn {
-            stream: TlsStream::Client(Box::new(tls)),
+        Ok(Conn {
+            stream: ConnStream::Client(Box::new(tls)),
             info: PeerInfo {
                 remote: addr,
                 peer_cert,
@@ -236,7 +236,7 @@ pub(crate) struct PeerInfo {
     pub(crate) peer_cert: Option<Bytes>,
 }
 
-enum TlsStream {
+enum ConnStream {
     Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// Without TLS (Fabric's `peer.tls.enabled: false`).
@@ -244,17 +244,17 @@ enum TlsStream {
 }
 
 /// A connection, TLS or plaintext, and what it knows of its remote.
-pub(crate) struct TlsConn {
-    stream: TlsStream,
+pub(crate) struct Conn {
+    stream: ConnStream,
     pub(crate) info: PeerInfo,
 }
 
-impl TlsConn {
+impl Conn {
     /// `stream` without TLS: its remote presented no certificate.
     pub(crate) fn plain(stream: TcpStream, remote: SocketAddr) -> Self {
         let _ = stream.set_nodelay(true);
         Self {
-            stream: TlsStream::Plain(stream),
+            stream: ConnStream::Plain(stream),
             info: PeerInfo {
                 remote,
                 peer_cert: None,
@@ -271,7 +271,7 @@ impl TlsConn {
     }
 }
 
-impl tonic::transport::server::Connected for TlsConn {
+impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = PeerInfo;
 
     fn connect_info(&self) -> PeerInfo {
@@ -279,30 +279,30 @@ impl tonic::transport::server::Connected for TlsConn {
     }
 }
 
-impl AsyncRead for TlsConn {
+impl AsyncRead for Conn {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match &mut self.get_mut().stream {
-            TlsStream::Server(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            TlsStream::Client(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            TlsStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ConnStream::Server(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            ConnStream::Client(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            ConnStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for TlsConn {
+impl AsyncWrite for Conn {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().stream {
-            TlsStream::Server(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            TlsStream::Client(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            TlsStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ConnStream::Server(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            ConnStream::Client(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            ConnStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -312,33 +312,33 @@ impl AsyncWrite for TlsConn {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().stream {
-            TlsStream::Server(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-            TlsStream::Client(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-            TlsStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ConnStream::Server(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            ConnStream::Client(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            ConnStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match &self.stream {
-            TlsStream::Server(s) => s.is_write_vectored(),
-            TlsStream::Client(s) => s.is_write_vectored(),
-            TlsStream::Plain(s) => s.is_write_vectored(),
+            ConnStream::Server(s) => s.is_write_vectored(),
+            ConnStream::Client(s) => s.is_write_vectored(),
+            ConnStream::Plain(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().stream {
-            TlsStream::Server(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            TlsStream::Client(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            TlsStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ConnStream::Server(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            ConnStream::Client(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            ConnStream::Plain(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().stream {
-            TlsStream::Server(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            TlsStream::Client(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            TlsStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ConnStream::Server(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            ConnStream::Client(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            ConnStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -162,10 +162,11 @@ pub(super) struct Job<P> {
     /// When it was admitted: a job still queued `read_timeout` later is
     /// stale.
     pub(super) admitted: Instant,
-    /// Whether it asked only for blocks its peer was served: if it is
-    /// dropped unread, nothing is to be taken back from what the peer was
-    /// served.
-    pub(super) repeat: bool,
+    /// Whether it asked only for blocks its peer had not been served: only
+    /// then are its blocks taken back from what the peer was served if
+    /// they are not sent after all (a request overlapping earlier ones
+    /// would take those back too).
+    pub(super) fresh: bool,
 }
 
 /// Per-peer token buckets and request counts, kept only for peers that
@@ -359,7 +360,7 @@ mod tests {
             nonce: 0,
             range: SeqRange::single(0),
             admitted,
-            repeat: false,
+            fresh: true,
         }
     }
 

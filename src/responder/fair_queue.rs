@@ -28,6 +28,10 @@ use std::time::{Duration, Instant};
 /// bounded by the peers served in the last minute.
 const MEMORY: Duration = Duration::from_secs(60);
 
+fn remembered(at: Instant, now: Instant) -> bool {
+    now.saturating_duration_since(at) < MEMORY
+}
+
 /// When each peer's latest read started.
 #[derive(Debug, Clone)]
 pub(super) struct ReadStarts<P> {
@@ -59,13 +63,12 @@ impl<P: Clone + Ord> ReadStarts<P> {
         self.latest
             .get(peer)
             .copied()
-            .filter(|at| now.saturating_duration_since(*at) < MEMORY)
+            .filter(|&at| remembered(at, now))
     }
 
     /// Frees the read starts [`latest`](Self::latest) no longer gives.
     pub(super) fn forget_old(&mut self, now: Instant) {
-        self.latest
-            .retain(|_, at| now.saturating_duration_since(*at) < MEMORY);
+        self.latest.retain(|_, &mut at| remembered(at, now));
     }
 
     pub(super) fn len(&self) -> usize {

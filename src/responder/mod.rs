@@ -550,8 +550,8 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             self.evict_newest(now, &victim);
         }
         self.buckets.charge(&from, now, cost, true);
-        let repeat = self.priorities.on_request(&from, range, now);
-        if repeat {
+        let fresh = self.priorities.is_fresh(&from, range);
+        if self.priorities.on_request(&from, range, now) {
             self.stats.repeat_requests += 1;
         }
         let job = Job {
@@ -559,7 +559,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             nonce: message.nonce,
             range,
             admitted: now,
-            repeat,
+            fresh,
         };
         let slots = self.config.max_concurrent_reads;
         if self.queue.is_empty()
@@ -630,9 +630,11 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
 
     /// `job` is dropped unread: asking for its blocks again is no repeat
     /// (an honest peer whose requests are displaced or expire asks again,
-    /// and would drift into the background). A repeat took nothing.
+    /// and would drift into the background). Only a fresh job's blocks are
+    /// taken back: one overlapping what was served before would take that
+    /// back too, and a flooder would look less like one.
     fn not_served(&mut self, job: &Job<P>) {
-        if !job.repeat {
+        if job.fresh {
             let range = job.range;
             self.priorities
                 .on_not_served(&job.from, range.start(), range.end());
@@ -765,11 +767,13 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         self.stats.skipped_unreadable += selection.unreadable;
         self.stats.truncated_by_bytes += u64::from(selection.truncated);
         // Blocks of the range not sent (holes the host could not read, the
-        // tail cut by the byte cap) were not served.
+        // tail cut by the byte cap) were not served, if the request was
+        // fresh (see `not_served`).
         let (start, end) = (read.job.range.start(), read.job.range.end());
         let payloads = &selection.payloads;
         let mut next = start;
         match payloads.last() {
+            _ if !read.job.fresh => next = end.saturating_add(1),
             // Selected payloads are distinct and ascending inside the range:
             // as many as the numbers from its start to the last are all of
             // them, with no hole but the tail (a flood's every read).

@@ -62,6 +62,13 @@ impl History {
             .is_some_and(|(_, &end)| end >= range.end())
     }
 
+    fn overlaps(&self, range: SeqRange) -> bool {
+        self.served
+            .range(..=range.end())
+            .next_back()
+            .is_some_and(|(_, &end)| end >= range.start())
+    }
+
     /// Removes `first..=last`, splitting the range it falls in.
     fn remove(&mut self, first: u64, last: u64) {
         // Overlapping ranges from the highest down, looked up one at a time
@@ -186,6 +193,14 @@ impl<P: Clone + Ord> Priorities<P> {
         repeat
     }
 
+    /// Whether `range` holds no block `peer` was served (or is being
+    /// served): only such a request's blocks may be taken back if it is
+    /// not served after all, since taking back a range that overlaps what
+    /// was served before would forget that too.
+    pub(super) fn is_fresh(&self, peer: &P, range: SeqRange) -> bool {
+        self.peers.get(peer).is_none_or(|h| !h.overlaps(range))
+    }
+
     /// Blocks `first..=last` of an admitted request were not sent to
     /// `peer` after all (cut by the byte cap, unreadable, or the request
     /// dropped): asking for them again is no repeat.
@@ -281,6 +296,18 @@ mod tests {
         );
         assert!(!p.on_request(&1, range(4, 8), now));
         assert!(p.on_request(&1, range(4, 8), now));
+    }
+
+    #[test]
+    fn fresh_means_disjoint_from_everything_served() {
+        let now = crate::test_epoch();
+        let mut p = Priorities::new(true, 0);
+        assert!(p.is_fresh(&1, range(0, 10)), "nothing served yet");
+        p.on_request(&1, range(0, 10), now);
+        assert!(!p.is_fresh(&1, range(5, 15)));
+        assert!(!p.is_fresh(&1, range(10, 10)));
+        assert!(p.is_fresh(&1, range(11, 21)));
+        assert!(p.is_fresh(&2, range(0, 10)), "per peer");
     }
 
     #[test]

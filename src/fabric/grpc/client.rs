@@ -23,7 +23,7 @@ use crate::adapters::tokio::Tokio;
 use crate::adapters::Runtime;
 use crate::fabric::crypto::PkiId;
 use crate::fabric::handshake::{conn_establish, HandshakeError};
-use crate::fabric::tls::TlsConn;
+use crate::fabric::tls::Conn;
 use crate::wire::gossip::{Empty, Envelope};
 
 impl GrpcTransport {
@@ -105,7 +105,7 @@ async fn dial_once(
     };
     let conn = match &inner.tls {
         Some(tls) => tls.connect(addr, server_name, config.dial_timeout).await,
-        None => TlsConn::connect_plain(addr, config.dial_timeout).await,
+        None => Conn::connect_plain(addr, config.dial_timeout).await,
     };
     let conn = match conn {
         Ok(conn) => conn,

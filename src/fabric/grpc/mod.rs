@@ -185,8 +185,11 @@ impl GrpcTransport {
     /// A transport without TLS, for Fabric peers with `peer.tls.enabled:
     /// false` (Fabric's sample configuration): the handshake still signs
     /// and checks identities, but binds no certificate (its hash is
-    /// empty), and nothing is encrypted. Both sides must agree: a TLS peer
-    /// and a plaintext one do not connect.
+    /// empty), and nothing is encrypted. Bound to no connection, a
+    /// `ConnEstablish` can be replayed by whoever saw one (ours is sent to
+    /// anyone who connects): as with Fabric without TLS, the peer's
+    /// identity is not authenticated. Both sides must agree: a TLS peer and
+    /// a plaintext one do not connect.
     pub fn plaintext(
         config: GrpcConfig,
         signer: Arc<dyn Signer>,

@@ -26,7 +26,7 @@ use super::stream::{outgoing, queues, remote_handshake, run, Out};
 use super::{Direction, GrpcTransport, Inner};
 use crate::adapters::tcp::accept;
 use crate::fabric::handshake::{conn_establish, HandshakeError};
-use crate::fabric::tls::{PeerInfo, TlsConn};
+use crate::fabric::tls::{Conn, PeerInfo};
 use crate::wire::gossip::{Empty, Envelope};
 
 impl GrpcTransport {
@@ -39,7 +39,7 @@ impl GrpcTransport {
     ///
     /// Outside a tokio runtime.
     pub fn serve(&self, listener: TcpListener) {
-        let (accepted, incoming) = mpsc::channel::<Result<TlsConn, std::io::Error>>(64);
+        let (accepted, incoming) = mpsc::channel::<Result<Conn, std::io::Error>>(64);
         let weak = Arc::downgrade(&self.inner);
         let pause = self.inner.config.min_backoff;
         self.inner.spawn(async move {
@@ -55,7 +55,7 @@ impl GrpcTransport {
                 inner.spawn(async move {
                     let conn = match tls {
                         Some(tls) => tls.accept(stream, remote, timeout).await,
-                        None => Ok(TlsConn::plain(stream, remote)),
+                        None => Ok(Conn::plain(stream, remote)),
                     };
                     if let Ok(conn) = conn {
                         let _ = accepted.send(Ok(conn)).await;
