@@ -266,6 +266,27 @@ fn blocks(count: u64, size: usize) -> Vec<Bytes> {
     (0..count).map(|seq| block(seq, size)).collect()
 }
 
+/// `serving` serves `height` blocks of 2 KiB and publishes membership;
+/// `fetching` dials it and catches up from height 1, learning the height
+/// from `serving`'s StateInfo. Returns once it has all of them.
+async fn catch_up(
+    serving: &GrpcTransport,
+    fetching: &GrpcTransport,
+    height: u64,
+) -> (
+    DriverHandle<StateResponder<PkiId>>,
+    DriverHandle<AntiEntropy<PkiId>>,
+) {
+    let (address, responder) =
+        responder_node(serving, blocks(height, 2048), Config::default()).await;
+    serving.publish_membership(address.to_string(), height, Duration::from_millis(200));
+    fetching.publish_membership(String::new(), 1, Duration::from_millis(200));
+    let (reached, requester) = requester_node(fetching, Config::default());
+    fetching.dial(address, localhost(), Some(serving.pki_id()));
+    until("catch-up", || reached.load(Ordering::SeqCst) == height).await;
+    (responder, requester)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requester_catches_up_over_grpc_with_membership_from_signed_state_info() {
     const HEIGHT: u64 = 500;
@@ -273,14 +294,7 @@ async fn a_requester_catches_up_over_grpc_with_membership_from_signed_state_info
     let (a, b) = (Crypto::new(&ca, "server"), Crypto::new(&ca, "client"));
     let serving = transport(&ca, &a, config());
     let fetching = transport(&ca, &b, config());
-    let (address, _responder) =
-        responder_node(&serving, blocks(HEIGHT, 2048), Config::default()).await;
-    serving.publish_membership(address.to_string(), HEIGHT, Duration::from_millis(200));
-    fetching.publish_membership(String::new(), 1, Duration::from_millis(200));
-    let (height, requester) = requester_node(&fetching, Config::default());
-    fetching.dial(address, localhost(), Some(serving.pki_id()));
-
-    until("catch-up", || height.load(Ordering::SeqCst) == HEIGHT).await;
+    let (_responder, requester) = catch_up(&serving, &fetching, HEIGHT).await;
     // The height came from the server's signed StateInfo, in answer to our
     // pull request: nothing else told the requester.
     assert_eq!(fetching.membership()[0].ledger_height, Some(HEIGHT));
@@ -306,13 +320,7 @@ async fn a_requester_catches_up_over_plaintext_grpc() {
     let (a, b) = (Crypto::new(&ca, "server"), Crypto::new(&ca, "client"));
     let serving = plaintext(&ca, &a);
     let fetching = plaintext(&ca, &b);
-    let (address, _responder) =
-        responder_node(&serving, blocks(HEIGHT, 2048), Config::default()).await;
-    serving.publish_membership(address.to_string(), HEIGHT, Duration::from_millis(200));
-    fetching.publish_membership(String::new(), 1, Duration::from_millis(200));
-    let (height, _requester) = requester_node(&fetching, Config::default());
-    fetching.dial(address, localhost(), Some(serving.pki_id()));
-    until("catch-up", || height.load(Ordering::SeqCst) == HEIGHT).await;
+    let _nodes = catch_up(&serving, &fetching, HEIGHT).await;
     assert_eq!(fetching.stats().handshake_refusals, 0);
     assert_eq!(serving.stats().handshake_refusals, 0);
     assert_eq!(serving.connected(), vec![fetching.pki_id()]);
