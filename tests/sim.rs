@@ -1235,6 +1235,16 @@ fn small_responder(queue: usize, reads: usize) -> Config {
     config
 }
 
+/// Asserts that `scenario`'s flood costs honest catch-up at most `factor`
+/// times its unattacked time (`flooded_and_calm`).
+fn assert_flood_costs_at_most(scenario: &Scenario, config: &Config, factor: f64) {
+    let (flooded, unattacked) = flooded_and_calm(scenario, config);
+    assert!(
+        flooded <= unattacked * factor,
+        "flooded {flooded:.2} s against {unattacked:.2} s unattacked (at most {factor}x)"
+    );
+}
+
 /// Catch-up time (seed 1) of `scenario` with `config`, and of the same
 /// cluster with its flooders idle; each run must pass.
 fn flooded_and_calm(scenario: &Scenario, config: &Config) -> (f64, f64) {
@@ -1287,12 +1297,9 @@ fn a_flood_cannot_hold_a_short_queue() {
 /// other peer keeps a slot: 3.06 s, the flooder taking the one it may have.
 #[test]
 fn a_flood_cannot_hold_every_read_slot() {
+    // The flooder keeps the one slot it may have.
     let scenario = flood_at_a_slow_source(3, 40, 4096, 20);
-    let (flooded, unattacked) = flooded_and_calm(&scenario, &small_responder(1, 2));
-    assert!(
-        flooded <= unattacked * 2.0,
-        "flooded {flooded:.2} s against {unattacked:.2} s unattacked: the flooder has one slot"
-    );
+    assert_flood_costs_at_most(&scenario, &small_responder(1, 2), 2.0);
 }
 
 /// One read slot and one queue place: the flooder read and queued at once,
@@ -1303,11 +1310,7 @@ fn a_flood_cannot_hold_every_read_slot() {
 #[test]
 fn a_flood_cannot_hold_the_only_read_and_place() {
     let scenario = flood_at_a_slow_source(2, 40, 4096, 20);
-    let (flooded, unattacked) = flooded_and_calm(&scenario, &small_responder(1, 1));
-    assert!(
-        flooded <= unattacked * 2.0,
-        "flooded {flooded:.2} s against {unattacked:.2} s unattacked"
-    );
+    assert_flood_costs_at_most(&scenario, &small_responder(1, 1), 2.0);
 }
 
 /// Three flooders, two laggers, and responders with a queue of two and one
@@ -1323,11 +1326,7 @@ fn a_flood_cannot_hold_the_only_read_and_place() {
 #[test]
 fn several_flooders_cannot_hold_a_short_queue() {
     let scenario = flood_at_a_slow_source(2, 60, 16 * 1024, 30).with_flooders(2);
-    let (flooded, unattacked) = flooded_and_calm(&scenario, &small_responder(2, 1));
-    assert!(
-        flooded <= unattacked * 1.5,
-        "flooded {flooded:.2} s against {unattacked:.2} s unattacked"
-    );
+    assert_flood_costs_at_most(&scenario, &small_responder(2, 1), 1.5);
 }
 
 /// Four laggers share 100 kbit/s uplinks: one 11 × 16 KiB answer takes

@@ -23,7 +23,7 @@ use crate::wire::{self, WireError};
 
 use admission::{Buckets, Job, Queue, EMPTY_RESPONSE_COST, NANO};
 use fair_queue::{Holder, ReadStarts};
-use priority::Priorities;
+use priority::{Asked, Priorities};
 use reads::{response_len, select, Read, Reads};
 pub use types::{RequestError, ResponderAction, ResponderEvent, ResponderStats, Ticket};
 
@@ -550,8 +550,8 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             self.evict_newest(now, &victim);
         }
         self.buckets.charge(&from, now, cost, true);
-        let fresh = self.priorities.is_fresh(&from, range);
-        if self.priorities.on_request(&from, range, now) {
+        let asked = self.priorities.on_request(&from, range, now);
+        if asked.is_repeat() {
             self.stats.repeat_requests += 1;
         }
         let job = Job {
@@ -559,7 +559,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             nonce: message.nonce,
             range,
             admitted: now,
-            fresh,
+            fresh: asked == Asked::Fresh,
         };
         let slots = self.config.max_concurrent_reads;
         if self.queue.is_empty()
@@ -638,6 +638,36 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             let range = job.range;
             self.priorities
                 .on_not_served(&job.from, range.start(), range.end());
+        }
+    }
+
+    /// The blocks of `job`'s range that its response (`payloads`) leaves
+    /// out (holes the host could not read, the tail cut by the byte cap)
+    /// were not served: taken back, if `job` was fresh (see `not_served`).
+    fn take_back_unsent(&mut self, job: &Job<P>, payloads: &[Payload]) {
+        if !job.fresh {
+            return;
+        }
+        let (start, end) = (job.range.start(), job.range.end());
+        let mut next = start;
+        match payloads.last() {
+            // Selected payloads are distinct and ascending inside the range:
+            // as many as the numbers from its start to the last are all of
+            // them, with no hole but the tail (a flood's every read).
+            Some(last) if last.seq_num - start == payloads.len() as u64 - 1 => {
+                next = last.seq_num.saturating_add(1);
+            }
+            _ => {
+                for seq in payloads.iter().map(|p| p.seq_num) {
+                    if seq > next {
+                        self.priorities.on_not_served(&job.from, next, seq - 1);
+                    }
+                    next = seq.saturating_add(1);
+                }
+            }
+        }
+        if end.checked_add(1).is_some_and(|after| after > next) {
+            self.priorities.on_not_served(&job.from, next, end);
         }
     }
 
@@ -766,32 +796,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         self.stats.dropped_payloads += selection.dropped;
         self.stats.skipped_unreadable += selection.unreadable;
         self.stats.truncated_by_bytes += u64::from(selection.truncated);
-        // Blocks of the range not sent (holes the host could not read, the
-        // tail cut by the byte cap) were not served, if the request was
-        // fresh (see `not_served`).
-        let (start, end) = (read.job.range.start(), read.job.range.end());
-        let payloads = &selection.payloads;
-        let mut next = start;
-        match payloads.last() {
-            _ if !read.job.fresh => next = end.saturating_add(1),
-            // Selected payloads are distinct and ascending inside the range:
-            // as many as the numbers from its start to the last are all of
-            // them, with no hole but the tail (a flood's every read).
-            Some(last) if last.seq_num - start == payloads.len() as u64 - 1 => {
-                next = last.seq_num.saturating_add(1);
-            }
-            _ => {
-                for seq in payloads.iter().map(|p| p.seq_num) {
-                    if seq > next {
-                        self.priorities.on_not_served(&read.job.from, next, seq - 1);
-                    }
-                    next = seq.saturating_add(1);
-                }
-            }
-        }
-        if end.checked_add(1).is_some_and(|after| after > next) {
-            self.priorities.on_not_served(&read.job.from, next, end);
-        }
+        self.take_back_unsent(&read.job, &selection.payloads);
         self.respond(
             read.job.from,
             read.job.nonce,

@@ -130,6 +130,25 @@ fn begins_before<P: Ord>(a: (Instant, &P), b: (Instant, &P)) -> bool {
     }
 }
 
+/// How much of an admitted request's range its peer was served before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Asked {
+    /// None of it: if it is not served after all, its range is taken back
+    /// ([`Priorities::on_not_served`]). Taking back a range that overlaps
+    /// what was served before would forget that too.
+    Fresh,
+    /// Some of it.
+    Partly,
+    /// All of it: a repeat.
+    Repeat,
+}
+
+impl Asked {
+    pub(super) fn is_repeat(self) -> bool {
+        self == Self::Repeat
+    }
+}
+
 /// Per-peer service history and the background set.
 #[derive(Debug, Clone)]
 pub(super) struct Priorities<P> {
@@ -157,11 +176,11 @@ impl<P: Clone + Ord> Priorities<P> {
     /// admitted: counts whether it asks only for blocks it was served (or
     /// is being served: counted at admission, since a slow host's reads
     /// take seconds, which a flood fills), moves the peer in or out of the
-    /// background, and counts `range` as served. Returns whether it is a
-    /// repeat.
-    pub(super) fn on_request(&mut self, peer: &P, range: SeqRange, now: Instant) -> bool {
+    /// background, and counts `range` as served. Returns how much of it
+    /// the peer was served before.
+    pub(super) fn on_request(&mut self, peer: &P, range: SeqRange, now: Instant) -> Asked {
         if !self.enabled {
-            return false;
+            return Asked::Fresh;
         }
         let history = self.peers.entry(peer.clone()).or_insert_with(|| History {
             served: BTreeMap::new(),
@@ -175,30 +194,28 @@ impl<P: Clone + Ord> Priorities<P> {
         }
         history.last_seen = now;
         self.now = Some(now);
-        let repeat = history.covers(range);
-        let sample = if repeat { ONE } else { 0 };
+        let asked = if history.covers(range) {
+            Asked::Repeat
+        } else if history.overlaps(range) {
+            Asked::Partly
+        } else {
+            Asked::Fresh
+        };
+        let sample = if asked == Asked::Repeat { ONE } else { 0 };
         history.repeat_share = (history.repeat_share * (SMOOTHING - 1) + sample) / SMOOTHING;
         if history.repeat_share > ENTER {
             history.background = true;
         } else if history.repeat_share < LEAVE {
             history.background = false;
         }
-        if !repeat {
+        if asked != Asked::Repeat {
             // A repeat adds nothing: the ranges are disjoint and never
             // touch (`add` merges touching ones, `remove` leaves a gap), so
             // the one covering `range` is all it touches, and merging gives
             // it back. A flood's every request in the background is one.
             history.add(range.start(), range.end());
         }
-        repeat
-    }
-
-    /// Whether `range` holds no block `peer` was served (or is being
-    /// served): only such a request's blocks may be taken back if it is
-    /// not served after all, since taking back a range that overlaps what
-    /// was served before would forget that too.
-    pub(super) fn is_fresh(&self, peer: &P, range: SeqRange) -> bool {
-        self.peers.get(peer).is_none_or(|h| !h.overlaps(range))
+        asked
     }
 
     /// Blocks `first..=last` of an admitted request were not sent to
@@ -278,14 +295,17 @@ mod tests {
     fn served_ranges_merge_and_cover() {
         let now = crate::test_epoch();
         let mut p = Priorities::new(true, 0);
-        assert!(!p.on_request(&1, range(1, 11), now));
-        assert!(!p.on_request(&1, range(23, 33), now));
-        assert!(p.on_request(&1, range(3, 9), now));
-        assert!(!p.on_request(&1, range(10, 15), now), "12..=15 never asked");
-        assert!(!p.on_request(&1, range(16, 22), now));
+        assert!(!p.on_request(&1, range(1, 11), now).is_repeat());
+        assert!(!p.on_request(&1, range(23, 33), now).is_repeat());
+        assert!(p.on_request(&1, range(3, 9), now).is_repeat());
+        assert!(
+            !p.on_request(&1, range(10, 15), now).is_repeat(),
+            "12..=15 never asked"
+        );
+        assert!(!p.on_request(&1, range(16, 22), now).is_repeat());
         let history = &p.peers[&1];
         assert_eq!(history.served.iter().collect::<Vec<_>>(), [(&1, &33)]);
-        assert!(p.on_request(&1, range(1, 33), now));
+        assert!(p.on_request(&1, range(1, 33), now).is_repeat());
         // A response cut short: the rest was not served, asking again is
         // no repeat.
         p.on_not_served(&1, 5, 7);
@@ -294,20 +314,27 @@ mod tests {
             history.served.iter().collect::<Vec<_>>(),
             [(&1, &4), (&8, &33)]
         );
-        assert!(!p.on_request(&1, range(4, 8), now));
-        assert!(p.on_request(&1, range(4, 8), now));
+        assert!(!p.on_request(&1, range(4, 8), now).is_repeat());
+        assert!(p.on_request(&1, range(4, 8), now).is_repeat());
     }
 
     #[test]
     fn fresh_means_disjoint_from_everything_served() {
         let now = crate::test_epoch();
         let mut p = Priorities::new(true, 0);
-        assert!(p.is_fresh(&1, range(0, 10)), "nothing served yet");
-        p.on_request(&1, range(0, 10), now);
-        assert!(!p.is_fresh(&1, range(5, 15)));
-        assert!(!p.is_fresh(&1, range(10, 10)));
-        assert!(p.is_fresh(&1, range(11, 21)));
-        assert!(p.is_fresh(&2, range(0, 10)), "per peer");
+        assert_eq!(
+            p.on_request(&1, range(0, 10), now),
+            Asked::Fresh,
+            "nothing served yet"
+        );
+        assert_eq!(p.on_request(&1, range(5, 15), now), Asked::Partly);
+        assert_eq!(p.on_request(&1, range(15, 15), now), Asked::Repeat);
+        assert_eq!(p.on_request(&1, range(16, 21), now), Asked::Fresh);
+        assert_eq!(
+            p.on_request(&2, range(0, 10), now),
+            Asked::Fresh,
+            "per peer"
+        );
     }
 
     #[test]
@@ -434,7 +461,7 @@ mod tests {
         }
         assert_eq!(p.peers[&1].served.len(), MAX_RANGES);
         // The highest are kept.
-        assert!(p.on_request(&1, range(2_997, 2_997), now));
+        assert!(p.on_request(&1, range(2_997, 2_997), now).is_repeat());
         p.forget_idle(now + MEMORY);
         assert_eq!(p.len(), 0);
     }
@@ -444,7 +471,7 @@ mod tests {
         let now = crate::test_epoch();
         let mut p = Priorities::new(false, 0);
         for _ in 0..100 {
-            assert!(!p.on_request(&1, range(1, 11), now));
+            assert!(!p.on_request(&1, range(1, 11), now).is_repeat());
         }
         assert!(!p.is_background(&1));
         assert_eq!(p.len(), 0);
