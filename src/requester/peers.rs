@@ -152,6 +152,10 @@ pub(crate) struct Peer {
     /// lost was answered after all (RACK's reordering window, RFC 8985
     /// §6.2). It does not shrink back.
     reorder_quarters: u32,
+    /// A send to it was beaten by a copy sent later to another peer (a
+    /// hedge answered first) while it had never answered: it ranks with
+    /// the silent until it sends an answer of any kind.
+    beaten_unanswered: bool,
     pub(crate) stats: PeerStats,
 }
 
@@ -176,6 +180,7 @@ impl Peer {
             last_answered_sent_at: None,
             bandwidth_seen: false,
             reorder_quarters: 1,
+            beaten_unanswered: false,
             stats: PeerStats::default(),
         }
     }
@@ -201,9 +206,20 @@ impl Peer {
         self.rtt.srtt().is_some() && self.doubts == 0 && self.unfixed_rejections == 0
     }
 
-    /// Whether it never answered though some of its sends timed out.
+    /// Whether it never answered though some of its sends timed out or
+    /// were beaten by a copy sent later.
     pub(crate) fn silent_so_far(&self) -> bool {
-        self.rtt.srtt().is_none() && self.stats.timeouts > 0
+        self.rtt.srtt().is_none() && (self.stats.timeouts > 0 || self.beaten_unanswered)
+    }
+
+    /// A send to it was beaten by a copy sent later to another peer.
+    pub(crate) fn beaten(&mut self) {
+        self.beaten_unanswered |= self.rtt.srtt().is_none();
+    }
+
+    /// It sent an answer on our channel, matched or not.
+    pub(crate) fn heard_from(&mut self) {
+        self.beaten_unanswered = false;
     }
 
     /// Its measured rate, bytes per second.

@@ -32,6 +32,12 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             ignored.wrong_channel += 1;
             return Err(ResponseError::WrongChannel);
         }
+        // An answer of any kind, even to a send cancelled since (its nonce
+        // forgotten), shows the peer is not silent: slow peers' answers
+        // come after the copies that beat them.
+        if let Some(peer) = self.peers.get_mut(&from) {
+            peer.heard_from();
+        }
         let unknown = ResponseError::UnknownNonce { nonce };
         let Some(id) = self.requests.with_nonce(nonce) else {
             ignored.unknown_nonce += 1;
@@ -154,6 +160,28 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             }
         }
         self.stats.responses += 1;
+        // A send of the range made earlier to a peer that never answered
+        // was beaten by this one: that peer is slower than a hedge's delay
+        // and this round trip together. Its send is cancelled below, so it
+        // never times out, and without this it would rank as an idle peer
+        // of unknown speed (a commit point's retry went to it, 0.47 s late
+        // already, rather than to the measured peer one answer from free).
+        let beaten: Vec<P> = self
+            .requests
+            .get(id)
+            .map(|request| {
+                request
+                    .waiting()
+                    .filter(|attempt| attempt.sent_at < answered_sent_at && attempt.peer != from)
+                    .map(|attempt| attempt.peer.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for peer in beaten {
+            if let Some(peer) = self.peers.get_mut(&peer) {
+                peer.beaten();
+            }
+        }
         // Blocks of the range that did not arrive are simply missing again:
         // the planner asks for them in a new request.
         self.drop_request(id);
