@@ -156,6 +156,8 @@ pub(crate) struct Peer {
     /// hedge answered first) while it had never answered: it ranks with
     /// the silent until it sends an answer of any kind.
     beaten_unanswered: bool,
+    /// It sent an answer of some kind (matched or not).
+    heard: bool,
     pub(crate) stats: PeerStats,
 }
 
@@ -181,6 +183,7 @@ impl Peer {
             bandwidth_seen: false,
             reorder_quarters: 1,
             beaten_unanswered: false,
+            heard: false,
             stats: PeerStats::default(),
         }
     }
@@ -220,6 +223,7 @@ impl Peer {
     /// It sent an answer on our channel, matched or not.
     pub(crate) fn heard_from(&mut self) {
         self.beaten_unanswered = false;
+        self.heard = true;
     }
 
     /// Its measured rate, bytes per second.
@@ -655,6 +659,13 @@ impl<P: Clone + Ord> Peers<P> {
             && self.map.iter().any(|(id, peer)| {
                 usable(id, peer) && peer.trusted() && !(respect_bench && peer.benched(now))
             });
+        let proven_free = hedge
+            && self.map.iter().any(|(id, peer)| {
+                peer.rtt.srtt().is_some()
+                    && usable(id, peer)
+                    && peer.in_flight < cap(peer)
+                    && !(respect_bench && peer.benched(now))
+            });
         let candidates: Vec<(&P, &Peer)> = self
             .map
             .iter()
@@ -665,9 +676,15 @@ impl<P: Clone + Ord> Peers<P> {
                 // A hedge goes to a peer that has answered before (an
                 // unproven one is as likely to be silent or slow, and on thin
                 // links a hedge only adds load), or, while none has, to an
-                // idle one.
-                let proven =
-                    !hedge || peer.rtt.srtt().is_some() || (none_proven && peer.in_flight == 0);
+                // idle one; or, while none of those is free, to an idle one
+                // heard from (some answer, if only a stray) that never
+                // failed: an honest peer whose answers all came after
+                // hedges' is never measured, and the commit point's hedges
+                // went only to a liar (wild seed 4 041: 6.43 → 1.71 s).
+                let proven = !hedge
+                    || peer.rtt.srtt().is_some()
+                    || (peer.in_flight == 0
+                        && (none_proven || (!proven_free && peer.heard && !peer.silent_so_far())));
                 usable(id, peer)
                     && proven
                     && peer.in_flight < cap(peer)
