@@ -153,10 +153,11 @@ pub(crate) struct Peer {
     /// §6.2). It does not shrink back.
     reorder_quarters: u32,
     /// A send to it was beaten by a copy sent later to another peer (a
-    /// hedge answered first) while it had never answered: it ranks with
-    /// the silent until it sends an answer of any kind.
+    /// hedge answered first) while it had never answered: it counts as
+    /// silent (`silent_so_far`) until it sends an answer of any kind.
     beaten_unanswered: bool,
-    /// It sent an answer of some kind (matched or not).
+    /// It sent an answer of some kind (matched or not): an idle peer never
+    /// measured may take a hedge only then.
     heard: bool,
     pub(crate) stats: PeerStats,
 }
