@@ -1603,3 +1603,67 @@ fn a_part_split_off_for_a_peer_with_shortened_requests_is_no_longer_than_it_take
         );
     }
 }
+
+// A fault the sweep lacks: a trusted peer that hangs mid-run without its
+// connection dropping (so no `PeerDisconnected`), beside a slower honest
+// peer. "fast" answers in 50 ms until 120 ms, then never; "slow" answers
+// every request in 400–419 ms. Catch-up goes on through the slow peer, at
+// most 2.5× what the slow peer alone takes (measured: 2.05–2.46 s alone,
+// 4.82 s with the hung peer, whose sends each wait out a timeout after each
+// bench). With a jitter-free 400 ms it took 55 s: the RTO converges to the
+// SRTT and an answer due exactly at its deadline loses the tie.
+#[test]
+fn a_trusted_peer_gone_mute_costs_at_most_a_few_timeouts() {
+    let ms = Duration::from_millis;
+    let catch_up = |seed: u64, peers: &[&'static str]| -> Duration {
+        let t0 = epoch();
+        let mut ae = AntiEntropy::new(Config::default(), channel(), 1, seed, t0).unwrap();
+        let view = peers.iter().map(|&p| PeerState::new(p, 5000)).collect();
+        ae.handle(t0, Event::Membership(view)).unwrap();
+        // Answers due: (at, peer, nonce, first, last).
+        let mut due: Vec<(Instant, &'static str, u64, u64, u64)> = Vec::new();
+        let schedule = |due: &mut Vec<_>, sent: Sends, now: Instant| {
+            for (peer, nonce, start, end) in sent {
+                let delay = match peer {
+                    "fast" if now < t0 + ms(120) => ms(50),
+                    "slow" => ms(400 + nonce % 20),
+                    _ => continue,
+                };
+                due.push((now + delay, peer, nonce, start, end));
+            }
+        };
+        let mut now = t0;
+        schedule(&mut due, sends(&drain(&mut ae)), now);
+        while ae.stats().height < 5000 {
+            due.sort_by_key(|d| std::cmp::Reverse(d.0));
+            let answer_at = due.last().map(|d| d.0);
+            now = match (answer_at, ae.poll_timeout()) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).expect("an answer or a timer is due"),
+            };
+            assert!(
+                now < t0 + ms(60_000),
+                "seed {seed}: stuck at {}",
+                ae.stats().height
+            );
+            if answer_at == Some(now) {
+                let (_, from, nonce, start, end) = due.pop().unwrap();
+                let message = wire_response(nonce, start..=end);
+                // An answer to a send timed out and re-sent may be a stray.
+                let _ = ae.handle(now, Event::Response { from, message });
+            } else {
+                ae.handle(now, Event::Timeout).unwrap();
+            }
+            schedule(&mut due, sends(&drain(&mut ae)), now);
+        }
+        now - t0
+    };
+    for seed in 0..8 {
+        let alone = catch_up(seed, &["slow"]);
+        let hung = catch_up(seed, &["fast", "slow"]);
+        assert!(
+            hung.as_secs_f64() <= 2.5 * alone.as_secs_f64(),
+            "seed {seed}: {hung:?} with a hung peer against {alone:?} without"
+        );
+    }
+}
