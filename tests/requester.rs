@@ -1312,7 +1312,7 @@ fn a_peer_beaten_by_a_hedge_ranks_after_a_measured_one() {
 // by a copy) gets no new range while a peer that has answered can serve it: ranked last only, it
 // still took the ranges a full window left, and near the end they held the
 // commit point until hedged (hostile, seed 22: two ranges asked of the
-// silent peer at 1.87 s came from other peers at 2.63 s). Hostile over
+// silent peer at 1.87 s came from other peers at 2.63 and 2.66 s). Hostile over
 // seeds 1–40: geometric mean 1.483 → 1.438.
 #[test]
 fn a_silent_peer_gets_no_range_a_trusted_one_can_serve() {

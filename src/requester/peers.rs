@@ -656,16 +656,16 @@ impl<P: Clone + Ord> Peers<P> {
         // windows left, and near the end those ranges held the commit point
         // until hedged (hostile seeds 1–40: 1.483 → 1.438). No stall: the
         // trusted peer's sends end and free a slot.
+        let available =
+            |id: &P, peer: &Peer| usable(id, peer) && !(respect_bench && peer.benched(now));
         let trusted_usable = scored
-            && self.map.iter().any(|(id, peer)| {
-                usable(id, peer) && peer.trusted() && !(respect_bench && peer.benched(now))
-            });
+            && self
+                .map
+                .iter()
+                .any(|(id, peer)| available(id, peer) && peer.trusted());
         let proven_free = hedge
             && self.map.iter().any(|(id, peer)| {
-                peer.rtt.srtt().is_some()
-                    && usable(id, peer)
-                    && peer.in_flight < cap(peer)
-                    && !(respect_bench && peer.benched(now))
+                available(id, peer) && peer.rtt.srtt().is_some() && peer.in_flight < cap(peer)
             });
         let candidates: Vec<(&P, &Peer)> = self
             .map
@@ -686,10 +686,7 @@ impl<P: Clone + Ord> Peers<P> {
                     || peer.rtt.srtt().is_some()
                     || (peer.in_flight == 0
                         && (none_proven || (!proven_free && peer.heard && !peer.silent_so_far())));
-                usable(id, peer)
-                    && proven
-                    && peer.in_flight < cap(peer)
-                    && !(respect_bench && peer.benched(now))
+                available(id, peer) && proven && peer.in_flight < cap(peer)
             })
             .collect();
         if !scored {

@@ -166,20 +166,14 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // never times out, and without this it would rank as an idle peer
         // of unknown speed (a commit point's retry went to it, 0.47 s late
         // already, rather than to the measured peer one answer from free).
-        let beaten: Vec<P> = self
-            .requests
-            .get(id)
-            .map(|request| {
-                request
-                    .waiting()
-                    .filter(|attempt| attempt.sent_at < answered_sent_at && attempt.peer != from)
-                    .map(|attempt| attempt.peer.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for peer in beaten {
-            if let Some(peer) = self.peers.get_mut(&peer) {
-                peer.beaten();
+        if let Some(request) = self.requests.get(id) {
+            let beaten = request
+                .waiting()
+                .filter(|attempt| attempt.sent_at < answered_sent_at && attempt.peer != from);
+            for attempt in beaten {
+                if let Some(peer) = self.peers.get_mut(&attempt.peer) {
+                    peer.beaten();
+                }
             }
         }
         // Blocks of the range that did not arrive are simply missing again:
