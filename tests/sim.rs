@@ -8,7 +8,8 @@
 //! (add `SIM_WILD=1` for a seed of the large sweep, `SIM_TRACE=<node>` for
 //! a trace of that node's requester). `SIM_FINGERPRINT=<file>` writes a
 //! hash of each of the large sweep's reports, by seed: two builds that
-//! should agree (a speed-up) can be compared run by run. `SIM_SEEDS=<n>`
+//! should agree (a speed-up) can be compared run by run; `SIM_FLOOD_OUT=<file>`
+//! writes each flooded cluster's cost ratios by seed. `SIM_SEEDS=<n>`
 //! and `SIM_SEED_FROM=<first>` sweep other seeds than `0..10 000`.
 #![cfg(feature = "sim")]
 
@@ -727,6 +728,19 @@ fn large_fault_sweep() {
     let runs: u64 = results.iter().map(|r| r.2).sum();
     let mut starved: Vec<u64> = results.iter().flat_map(|r| r.3.clone()).collect();
     starved.sort_unstable();
+    // `SIM_FLOOD_OUT=<file>`: each flooded cluster's ratios, by seed, so
+    // two builds' flood costs can be compared cluster by cluster.
+    if let Some(path) = std::env::var_os("SIM_FLOOD_OUT") {
+        let mut rows = slowdowns.clone();
+        rows.sort_by_key(|row| row.3);
+        let lines: String = rows
+            .iter()
+            .map(|(flood, chance, clean, seed, flooders)| {
+                format!("{seed} {flooders} {flood:.6} {chance:.6} {clean:.6}\n")
+            })
+            .collect();
+        std::fs::write(path, lines).expect("write SIM_FLOOD_OUT");
+    }
     // Every finding is printed (and fingerprinted) before any assertion
     // stops the test.
     write_fingerprints();

@@ -98,7 +98,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 if let Some(peer) = self.peers.get_mut(peer_id) {
                     peer.send_ended(blocks);
                     peer.stats.timeouts += 1;
-                    peer.timed_out();
+                    peer.timed_out(now, &self.config);
                     if adaptive {
                         peer.shorten_requests(blocks);
                     }
