@@ -1367,3 +1367,26 @@ fn a_thin_shared_uplink_does_not_livelock() {
     let fabric = run(scenario, Config::fabric(), 1, None);
     assert!(!fabric.converged(), "{}", fabric.to_json());
 }
+
+/// Two flooded wild clusters where a range's hedges were spent and it then
+/// waited for a send's full deadline beside free honest peers. Seed 3 128:
+/// the last hedge was answered empty and [78, 88] waited from 1.57 to
+/// 6.09 s for a silent peer's send (13.72 s before, 5.54 s since such a
+/// range is retried once its sends are taken for lost). Seed 9 087: the
+/// only honest peer's send, lost, waited out a deadline backed off to 7 s
+/// (26.69 s before, 9.53 s since a measured peer's send counts as lost
+/// there at its deadline before back-off).
+#[test]
+fn a_range_whose_hedges_are_spent_does_not_wait_out_a_long_deadline() {
+    for (seed, before, bound) in [(3_128, 13.72, 9.0), (9_087, 26.69, 15.0)] {
+        let (scenario, _) = wild(seed, true);
+        assert!(scenario.behaviours.contains(&Behaviour::Flooder));
+        let report = run(scenario.clone(), Config::default(), seed, None);
+        assert_passed(&report, "default", &scenario);
+        let took = report.catchup.expect("converged").as_secs_f64();
+        assert!(
+            took < bound,
+            "seed {seed}: {took:.2} s (before the rule {before} s)"
+        );
+    }
+}

@@ -94,10 +94,15 @@ impl RttEstimator {
     /// sample (RFC 6298 backs off the initial timeout too: under a queue
     /// longer than it, every first request would otherwise expire).
     pub(crate) fn rto(&self, initial: Duration) -> Duration {
-        let base = self.srtt.map_or(initial, |srtt| {
+        self.unbacked_rto(initial).saturating_mul(1 << self.backoff)
+    }
+
+    /// The timeout before any back-off: SRTT + max(4·RTTVAR, granularity),
+    /// or `initial` before any sample.
+    pub(crate) fn unbacked_rto(&self, initial: Duration) -> Duration {
+        self.srtt.map_or(initial, |srtt| {
             srtt + (self.rttvar * 4).max(CLOCK_GRANULARITY)
-        });
-        base.saturating_mul(1 << self.backoff)
+        })
     }
 }
 
@@ -476,6 +481,18 @@ impl Peer {
         if config.adaptive_timeout {
             self.rtt
                 .rto(config.response_timeout)
+                .clamp(config.min_response_timeout, config.max_response_timeout)
+        } else {
+            config.response_timeout
+        }
+    }
+
+    /// The deadline of a send to this peer before any back-off: what it
+    /// takes when no timeout came before.
+    pub(crate) fn unbacked_timeout(&self, config: &Config) -> Duration {
+        if config.adaptive_timeout {
+            self.rtt
+                .unbacked_rto(config.response_timeout)
                 .clamp(config.min_response_timeout, config.max_response_timeout)
         } else {
             config.response_timeout
