@@ -1437,6 +1437,30 @@ fn a_hedge_goes_to_an_idle_unmeasured_peer_heard_from_when_no_measured_one_is_fr
 /// Sends as `sends` lists them: peer, nonce, first and last block.
 type Sends = Vec<(&'static str, u64, u64, u64)>;
 
+/// Answers a scripted peer will send: when, from whom, the nonce, and the
+/// first and last block.
+type Due = Vec<(Instant, &'static str, u64, u64, u64)>;
+
+/// One step of a scripted run: the earliest of the answers `due` and the
+/// machine's timer, handed to it (an answer first on a tie). Returns when.
+fn next_scripted(ae: &mut AntiEntropy<&'static str>, due: &mut Due) -> Instant {
+    due.sort_by_key(|d| std::cmp::Reverse(d.0));
+    let answer_at = due.last().map(|d| d.0);
+    let now = match (answer_at, ae.poll_timeout()) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b).expect("an answer or a timer is due"),
+    };
+    if answer_at == Some(now) {
+        let (_, from, nonce, start, end) = due.pop().unwrap();
+        let message = wire_response(nonce, start..=end);
+        // An answer to a send timed out and re-sent may be a stray.
+        let _ = ae.handle(now, Event::Response { from, message });
+    } else {
+        ae.handle(now, Event::Timeout).unwrap();
+    }
+    now
+}
+
 /// A round of 22 blocks (height 23) asked of `peers[0]`, the only peer
 /// heard, then every peer heard: the first sends, and those made when the
 /// others were heard.
@@ -1623,8 +1647,7 @@ fn a_trusted_peer_gone_mute_costs_at_most_a_few_timeouts() {
         let mut ae = AntiEntropy::new(Config::default(), channel(), 1, seed, t0).unwrap();
         let view = peers.iter().map(|&p| PeerState::new(p, 5000)).collect();
         ae.handle(t0, Event::Membership(view)).unwrap();
-        // Answers due: (at, peer, nonce, first, last).
-        let mut due: Vec<(Instant, &'static str, u64, u64, u64)> = Vec::new();
+        let mut due: Due = Vec::new();
         let schedule = |due: &mut Vec<_>, sent: Sends, now: Instant| {
             for (peer, nonce, start, end) in sent {
                 let delay = match peer {
@@ -1638,25 +1661,12 @@ fn a_trusted_peer_gone_mute_costs_at_most_a_few_timeouts() {
         let mut now = t0;
         schedule(&mut due, sends(&drain(&mut ae)), now);
         while ae.stats().height < 5000 {
-            due.sort_by_key(|d| std::cmp::Reverse(d.0));
-            let answer_at = due.last().map(|d| d.0);
-            now = match (answer_at, ae.poll_timeout()) {
-                (Some(a), Some(b)) => a.min(b),
-                (a, b) => a.or(b).expect("an answer or a timer is due"),
-            };
+            now = next_scripted(&mut ae, &mut due);
             assert!(
                 now < t0 + ms(60_000),
                 "seed {seed}: stuck at {}",
                 ae.stats().height
             );
-            if answer_at == Some(now) {
-                let (_, from, nonce, start, end) = due.pop().unwrap();
-                let message = wire_response(nonce, start..=end);
-                // An answer to a send timed out and re-sent may be a stray.
-                let _ = ae.handle(now, Event::Response { from, message });
-            } else {
-                ae.handle(now, Event::Timeout).unwrap();
-            }
             schedule(&mut due, sends(&drain(&mut ae)), now);
         }
         (now - t0, ae.peer_stats(&"slow").unwrap().timeouts)
@@ -1702,8 +1712,7 @@ fn a_range_whose_hedges_are_spent_is_retried_once_its_sends_are_taken_for_lost()
         sent.iter().any(|s| s.0 == "mute" && s.2 == 1),
         "the commit point was not asked of the mute peer: {sent:?}"
     );
-    // Answers due: (at, peer, nonce, first, last).
-    let mut due: Vec<(Instant, &'static str, u64, u64, u64)> = Vec::new();
+    let mut due: Due = Vec::new();
     let mut dropped = 0;
     let mut schedule = |due: &mut Vec<_>, sent: Sends, now: Instant| {
         for (peer, nonce, start, end) in sent {
@@ -1720,25 +1729,8 @@ fn a_range_whose_hedges_are_spent_is_retried_once_its_sends_are_taken_for_lost()
     let mut now = t0;
     schedule(&mut due, sent, now);
     while ae.stats().height < 2 {
-        due.sort_by_key(|d| std::cmp::Reverse(d.0));
-        let answer_at = due.last().map(|d| d.0);
-        now = match (answer_at, ae.poll_timeout()) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b).expect("an answer or a timer is due"),
-        };
+        now = next_scripted(&mut ae, &mut due);
         assert!(now < t0 + ms(20_000), "stuck");
-        if answer_at == Some(now) {
-            let (_, from, nonce, start, end) = due.pop().unwrap();
-            let _ = ae.handle(
-                now,
-                Event::Response {
-                    from,
-                    message: wire_response(nonce, start..=end),
-                },
-            );
-        } else {
-            ae.handle(now, Event::Timeout).unwrap();
-        }
         schedule(&mut due, sends(&drain(&mut ae)), now);
     }
     assert_eq!(dropped, 3, "fewer than three hedges were lost");

@@ -478,22 +478,20 @@ impl Peer {
 
     /// The deadline of a request sent to this peer now.
     pub(crate) fn timeout(&self, config: &Config) -> Duration {
-        if config.adaptive_timeout {
-            self.rtt
-                .rto(config.response_timeout)
-                .clamp(config.min_response_timeout, config.max_response_timeout)
-        } else {
-            config.response_timeout
-        }
+        Self::deadline(config, self.rtt.rto(config.response_timeout))
     }
 
     /// The deadline of a send to this peer before any back-off: what it
     /// takes when no timeout came before.
     pub(crate) fn unbacked_timeout(&self, config: &Config) -> Duration {
+        Self::deadline(config, self.rtt.unbacked_rto(config.response_timeout))
+    }
+
+    /// `rto` clamped to the configured range, or the fixed deadline
+    /// without `adaptive_timeout`.
+    fn deadline(config: &Config, rto: Duration) -> Duration {
         if config.adaptive_timeout {
-            self.rtt
-                .unbacked_rto(config.response_timeout)
-                .clamp(config.min_response_timeout, config.max_response_timeout)
+            rto.clamp(config.min_response_timeout, config.max_response_timeout)
         } else {
             config.response_timeout
         }
