@@ -1733,6 +1733,9 @@ fn a_range_whose_hedges_are_spent_is_retried_once_its_sends_are_taken_for_lost()
         assert!(now < t0 + ms(20_000), "stuck");
         schedule(&mut due, sends(&drain(&mut ae)), now);
     }
-    assert_eq!(dropped, 3, "fewer than three hedges were lost");
+    assert_eq!(dropped, 3, "fewer than three sends of block 1 were lost");
+    let stats = ae.stats();
+    assert!(stats.hedges >= 3, "the hedges were not spent: {stats:?}");
+    assert_eq!(stats.give_ups, 0, "{stats:?}");
     assert!(now - t0 < ms(2_000), "block 1 came at {:?}", now - t0);
 }

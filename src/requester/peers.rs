@@ -245,7 +245,10 @@ impl Peer {
     /// honest peer beside it got ranges of one to four blocks, and the
     /// hung one the commit point's range whenever a slot freed, held until
     /// hedged (5 000 blocks: 55 s against 2.8 s from the slow peer alone).
-    /// The spell doubles with the back-off; any answer ends it.
+    /// The spell doubles with the back-off (with `adaptive_timeout`); an
+    /// answer with a usable block ends it. Two sends lost in one burst and
+    /// expiring together make a peer quiet at once: its other sends in
+    /// flight, answered, end it.
     pub(crate) fn quiet(&self, now: Instant) -> bool {
         self.silent_so_far() || self.quiet_until.is_some_and(|until| until > now)
     }

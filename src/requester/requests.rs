@@ -55,7 +55,8 @@ pub(crate) struct Request<P> {
     pub(crate) attempts: Vec<Attempt<P>>,
     /// Hedges sent: they do not count against `max_retries`.
     pub(crate) hedges: u32,
-    /// No hedge before this (none was possible at the last try).
+    /// No hedge, nor retry once the hedges are spent, before this (none
+    /// was possible at the last try).
     pub(crate) hedge_not_before: Option<Instant>,
     /// A hedge went to a peer already working on it (a tail loss probe,
     /// see `hedge`): at most one per request.
