@@ -249,8 +249,10 @@ pub enum Action<P> {
     },
 }
 
-/// Why a response was ignored. Nothing ignored costs a retry or triggers a
-/// re-send (Fabric re-sends at once on a stray nonce).
+/// Why a response was ignored. Nothing ignored costs a retry (Fabric
+/// re-sends at once on a stray nonce). One on our channel under a nonce
+/// unknown or not sent to its peer still shows that peer alive, which may
+/// free the peer for a range waiting on one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ResponseError {
