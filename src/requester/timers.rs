@@ -229,12 +229,17 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let lost_by = request
             .waiting()
             .map(|attempt| {
-                self.presumed_lost_at(attempt).or_else(|| {
-                    let peer = self.peers.get(&attempt.peer)?;
+                let lost = self.presumed_lost_at(attempt);
+                let peer = self.peers.get(&attempt.peer)?;
+                let deadline = peer.rtt.srtt().and_then(|_| {
                     attempt
                         .sent_at
                         .checked_add(peer.unbacked_timeout(&self.config))
-                })
+                });
+                match (lost, deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
             })
             .try_fold(None, |latest: Option<Instant>, at| {
                 let at = at?;
