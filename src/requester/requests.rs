@@ -64,6 +64,12 @@ pub(crate) struct Request<P> {
 }
 
 impl<P: PartialEq> Request<P> {
+    /// `due`, or later if a hedge found no peer free (`hedge_not_before`).
+    pub(crate) fn held_back(&self, due: Instant) -> Instant {
+        self.hedge_not_before
+            .map_or(due, |not_before| due.max(not_before))
+    }
+
     /// Sends that count against `max_retries`: all but the hedges.
     pub(crate) fn counted_sends(&self) -> u32 {
         self.attempts.len() as u32 - self.hedges

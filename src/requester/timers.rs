@@ -130,10 +130,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 attempt.sent_at.checked_add(wait)
             }
         };
-        match (overtaken, unanswered) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        overtaken.into_iter().chain(unanswered).min()
     }
 
     /// When the request holding back the commit point should be hedged: once
@@ -145,7 +142,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let hedge_after = self.config.hedge_after?;
         let (_, request) = self.requests.covering(self.buffer.next())?;
         if request.hedges >= MAX_HEDGES {
-            return self.resend_due(request);
+            return self.resend_due(request).map(|due| request.held_back(due));
         }
         // The send taken for lost last (or never) is the one racing; the
         // others only delay the hedge until they are taken for lost.
@@ -202,17 +199,13 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         if let Some(others) = others_lost_by {
             due = due.max(others);
         }
-        Some(
-            request
-                .hedge_not_before
-                .map_or(due, |not_before| due.max(not_before)),
-        )
+        Some(request.held_back(due))
     }
 
-    /// When the commit point's request, its hedges spent, is sent again as
-    /// a retry: once every send of it waiting is taken for lost (one to a
-    /// measured peer, at latest at its deadline before back-off), if it has
-    /// retries left. Its last hedge answered empty, a range waited for a
+    /// When the commit point's request, its hedges spent, may be sent again
+    /// as a retry (`hedge_due` holds it back to `hedge_not_before`): once
+    /// every send of it waiting is taken for lost (one to a measured peer,
+    /// at latest at its deadline before back-off), if it has retries left. Its last hedge answered empty, a range waited for a
     /// silent peer's send, extended to its longest deadline, beside two
     /// honest peers with free slots (wild seed 3 128, flooded: [78, 88]
     /// idle from 1.57 to 6.09 s). The sends stay waiting, so a late answer
@@ -226,30 +219,22 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // back-off: the only honest peer's lost send otherwise waited out a
         // deadline backed off to 7 s while its hedges had gone to liars
         // (wild seed 9 087, flooded: 26.7 → 9.5 s).
-        let lost_by = request
-            .waiting()
-            .map(|attempt| {
-                let lost = self.presumed_lost_at(attempt);
-                let peer = self.peers.get(&attempt.peer)?;
-                let deadline = peer.rtt.srtt().and_then(|_| {
-                    attempt
-                        .sent_at
-                        .checked_add(peer.unbacked_timeout(&self.config))
-                });
-                match (lost, deadline) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
-            })
-            .try_fold(None, |latest: Option<Instant>, at| {
-                let at = at?;
-                Some(Some(latest.map_or(at, |l| l.max(at))))
-            })??;
-        Some(
-            request
-                .hedge_not_before
-                .map_or(lost_by, |not_before| lost_by.max(not_before)),
-        )
+        let mut lost_by = None;
+        for attempt in request.waiting() {
+            let peer = self.peers.get(&attempt.peer)?;
+            let deadline = peer.rtt.srtt().and_then(|_| {
+                attempt
+                    .sent_at
+                    .checked_add(peer.unbacked_timeout(&self.config))
+            });
+            let lost = self
+                .presumed_lost_at(attempt)
+                .into_iter()
+                .chain(deadline)
+                .min()?;
+            lost_by = lost_by.max(Some(lost));
+        }
+        lost_by
     }
 
     /// The commit point's range was hedged away from a peer that never
