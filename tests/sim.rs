@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use antientropy::sim::{
-    random_links, Behaviour, Chain, NodeId, Overclaim, Report, Scenario, Simulation,
+    random_links, Behaviour, Chain, Hang, NodeId, Overclaim, Report, Scenario, Simulation,
 };
 use antientropy::Config;
 
@@ -1389,4 +1389,44 @@ fn a_range_whose_hedges_are_spent_does_not_wait_out_a_long_deadline() {
             "seed {seed}: {took:.2} s (before the rule {before} s)"
         );
     }
+}
+
+/// A fault the sweep lacks: an honest peer stops answering at 0.3 s and
+/// stays connected, advertising its height (a hung disk, a deadlocked state
+/// provider): no connection event, only deadlines tell. Catch-up from the
+/// other two takes at most 1.05× as long as from those two alone: 1.48 s
+/// against 1.55 s (the hung one served the first 0.3 s; 1.11 s with all
+/// three answering). While the tail still counted on the hung peer's
+/// measured rate (before `Peer::quiet`), 1.82 s.
+#[test]
+fn a_peer_that_hangs_while_connected_costs_little() {
+    let base = Scenario {
+        peers: 3,
+        laggers: 1,
+        blocks: 2_000,
+        block_size: 16 * 1024,
+        latency: Duration::from_millis(50),
+        uplink_bps: 100_000_000,
+        ..Scenario::default()
+    };
+    let hung = Scenario {
+        hangs: vec![Hang {
+            node: 0,
+            from: Duration::from_millis(300),
+            until: None,
+        }],
+        ..base.clone()
+    };
+    let report = run(hung.clone(), Config::default(), 1, None);
+    assert_passed(&report, "default", &hung);
+    let took = report.catchup.expect("converged").as_secs_f64();
+    let two = Scenario { peers: 2, ..base };
+    let alone = run(two, Config::default(), 1, None)
+        .catchup
+        .expect("converged")
+        .as_secs_f64();
+    assert!(
+        took <= 1.05 * alone,
+        "{took:.3} s with a hung peer against {alone:.3} s from the other two alone"
+    );
 }

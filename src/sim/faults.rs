@@ -31,6 +31,20 @@ pub struct Outage {
     pub until: Option<Duration>,
 }
 
+/// Up-to-date peer `node` stops answering state requests from `from` until
+/// `until` (for good if `None`), while it stays connected and keeps
+/// advertising its height: a hung disk or a deadlocked state provider. No
+/// connection event tells anyone; its requesters' deadlines must.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hang {
+    /// The peer (index among the up-to-date peers).
+    pub node: usize,
+    /// When it stops answering.
+    pub from: Duration,
+    /// When it answers again, if it does.
+    pub until: Option<Duration>,
+}
+
 /// Nodes in `side` cannot reach nodes outside it from `from` until `until`
 /// (connection events at both ends, at both instants).
 #[derive(Debug, Clone, PartialEq, Eq)]

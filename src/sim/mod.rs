@@ -88,7 +88,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 pub use chain::{checksum, forged_block, verify, Chain, VerifyError, VALID_SIGNATURE};
-pub use faults::{random_links, CorruptBlock, Link, Outage, Partition};
+pub use faults::{random_links, CorruptBlock, Hang, Link, Outage, Partition};
 pub use network::{Delivery, Faults, NetStats, Network, Wake};
 pub use node::NodeId;
 pub use report::{Amplification, Bound, Outcome, Progress, Report};
@@ -311,7 +311,7 @@ impl World {
     }
 
     /// `now - epoch`.
-    fn elapsed(&self) -> Duration {
+    pub(crate) fn elapsed(&self) -> Duration {
         self.now.duration_since(self.epoch)
     }
 
@@ -650,6 +650,9 @@ impl Simulation {
             for i in sources {
                 nodes[i].corrupt_block(corrupt.seq, scenario.block_size);
             }
+        }
+        for hang in &scenario.hangs {
+            nodes[hang.node].hang(hang.from, hang.until);
         }
         let links: Vec<_> = (0..total).map(|i| scenario.link(i)).collect();
         let faults = Faults {

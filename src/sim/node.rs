@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prost::Message;
@@ -64,6 +64,8 @@ pub(crate) struct Node {
     longest_ask: u64,
     /// Ranges of requests a byzantine node is answering, by nonce.
     byzantine_ranges: BTreeMap<u64, SeqRange>,
+    /// Spells (from, until) in which it takes requests and answers none.
+    hangs: Vec<(Duration, Option<Duration>)>,
     pub(crate) requester_timer: Option<Instant>,
     /// `requester_timer` is the requester's `poll_timeout`: the requester
     /// took no input since. Most steps (a flood's) touch the responder only.
@@ -135,6 +137,7 @@ impl Node {
             asked: BTreeMap::new(),
             longest_ask: 0,
             byzantine_ranges: BTreeMap::new(),
+            hangs: Vec::new(),
             requester_timer: None,
             timer_fresh: false,
             checked: false,
@@ -355,6 +358,16 @@ impl Node {
     /// A state request from `from`, to the responder.
     fn on_request(&mut self, w: &mut World, from: NodeId, message: &GossipMessage) {
         let now = w.now;
+        if !self.hangs.is_empty() {
+            let t = w.elapsed();
+            if self
+                .hangs
+                .iter()
+                .any(|&(start, end)| start <= t && end.is_none_or(|end| t < end))
+            {
+                return;
+            }
+        }
         // Answers to a sink are never corrupted (they are not encoded), so
         // a flooder's requests are not remembered: a flood's millions would
         // only grow the map.
@@ -852,6 +865,11 @@ impl Node {
     }
 
     /// Makes this node's copy of block `seq` bad.
+    /// From `from` until `until` (for good if `None`) it answers no request.
+    pub(crate) fn hang(&mut self, from: Duration, until: Option<Duration>) {
+        self.hangs.push((from, until));
+    }
+
     pub(crate) fn corrupt_block(&mut self, seq: u64, block_size: usize) {
         let mut rng = fastrand::Rng::with_seed(seq);
         self.bad_blocks

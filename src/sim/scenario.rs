@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::faults::{CorruptBlock, Link, Outage, Partition};
+use super::faults::{CorruptBlock, Hang, Link, Outage, Partition};
 
 /// Smallest bandwidth accepted, bits per second.
 const MIN_BANDWIDTH: u64 = 1_000;
@@ -125,6 +125,8 @@ pub struct Scenario {
     pub outages: Vec<Outage>,
     /// Partitions that heal.
     pub partitions: Vec<Partition>,
+    /// Peers that stop answering while connected.
+    pub hangs: Vec<Hang>,
     /// Per-node links (node `i` gets `links[i]`; nodes past the end get
     /// the uniform `latency`, `uplink_bps`, `downlink_bps`).
     pub links: Vec<Link>,
@@ -164,6 +166,7 @@ impl Default for Scenario {
             overclaim_by: 1000,
             corrupt: Vec::new(),
             outages: Vec::new(),
+            hangs: Vec::new(),
             partitions: Vec::new(),
             links: Vec::new(),
             stall_after: Duration::from_secs(600),
@@ -351,6 +354,15 @@ impl Scenario {
                 .any(|p| p.side.iter().any(|&n| n >= nodes))
         {
             return Err(Invalid("outages and partitions must name existing nodes"));
+        }
+        if self
+            .hangs
+            .iter()
+            .any(|h| h.node >= self.peers || h.until.is_some_and(|u| u <= h.from))
+        {
+            return Err(Invalid(
+                "a hang must name an up-to-date peer and end after it starts",
+            ));
         }
         if self
             .outages
