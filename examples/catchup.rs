@@ -86,6 +86,20 @@ fn parse_at(s: &str) -> Result<(usize, f64), String> {
     Ok((parse_node(p[0])?, parse_secs(p[1])?))
 }
 
+fn parse_hang(s: &str) -> Result<(usize, f64, Option<f64>), String> {
+    match split_parts(s, 2) {
+        Ok(p) => Ok((parse_node(p[0])?, parse_secs(p[1])?, None)),
+        Err(_) => {
+            let p = split_parts(s, 3)?;
+            Ok((
+                parse_node(p[0])?,
+                parse_secs(p[1])?,
+                Some(parse_secs(p[2])?),
+            ))
+        }
+    }
+}
+
 fn parse_partition(s: &str) -> Result<(Vec<usize>, f64, f64), String> {
     let p = split_parts(s, 3)?;
     let side = p[0]
@@ -188,6 +202,11 @@ struct Cli {
     /// A peer that leaves for good, `NODE:AT_S` (repeatable).
     #[arg(long, value_parser = parse_at)]
     leave: Vec<(usize, f64)>,
+    /// An up-to-date peer that hangs while connected, `NODE:AT_S:FOR_S`, or
+    /// `NODE:AT_S` for good (repeatable): it takes requests and answers
+    /// none, and keeps advertising its height.
+    #[arg(long, value_parser = parse_hang)]
+    hang: Vec<(usize, f64, Option<f64>)>,
     /// A partition that heals, `N1,N2,...:FROM_S:UNTIL_S` (repeatable).
     #[arg(long, value_parser = parse_partition)]
     partition: Vec<(Vec<usize>, f64, f64)>,
@@ -420,6 +439,9 @@ impl Cli {
         }
         for &(node, at) in &self.leave {
             s = s.with_leave(node, secs(at));
+        }
+        for &(node, at, hung_for) in &self.hang {
+            s = s.with_hang(node, secs(at), hung_for.map(secs));
         }
         for (side, from, until) in &self.partition {
             s = s.with_partition(side.iter().copied(), secs(*from), secs(*until));

@@ -144,11 +144,25 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         if request.hedges >= MAX_HEDGES {
             return self.resend_due(request).map(|due| request.held_back(due));
         }
+        // Sends to one peer race nothing between them (a probe asks the
+        // peer already working on the range again): its latest stands for
+        // them. Counted as two racers, a probe to a peer that hung held the
+        // commit point 9.5 s, to the peer's backed-off deadline, beside an
+        // honest peer gone idle (`catchup --hang 0:0.3 --hang 1:0.5`:
+        // 11.31 → 2.39 s).
+        let mut latest: Vec<&Attempt<P>> = Vec::new();
+        for attempt in request.waiting() {
+            match latest.iter_mut().find(|a| a.peer == attempt.peer) {
+                Some(slot) if slot.sent_at <= attempt.sent_at => *slot = attempt,
+                Some(_) => {}
+                None => latest.push(attempt),
+            }
+        }
         // The send taken for lost last (or never) is the one racing; the
         // others only delay the hedge until they are taken for lost.
         let mut others_lost_by: Option<Instant> = None;
         let mut racing: Option<(&Attempt<P>, Option<Instant>)> = None;
-        for attempt in request.waiting() {
+        for attempt in latest {
             let lost_at = self.presumed_lost_at(attempt);
             let Some((current, current_lost)) = racing else {
                 racing = Some((attempt, lost_at));

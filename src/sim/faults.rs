@@ -91,13 +91,15 @@ pub struct Link {
 pub(crate) struct Schedule {
     outages: Vec<Outage>,
     partitions: Vec<Partition>,
-    /// Every instant at which reachability may change, ascending, deduped.
+    /// Every instant at which reachability may change, or a peer stops
+    /// serving for good (which lowers liveness targets), ascending, deduped.
     transitions: Vec<Duration>,
 }
 
 impl Schedule {
-    pub(crate) fn new(outages: &[Outage], partitions: &[Partition]) -> Self {
+    pub(crate) fn new(outages: &[Outage], partitions: &[Partition], hangs: &[Hang]) -> Self {
         let mut transitions: BTreeSet<Duration> = BTreeSet::new();
+        transitions.extend(hangs.iter().filter(|h| h.until.is_none()).map(|h| h.from));
         for o in outages {
             transitions.insert(o.from);
             transitions.extend(o.until);
@@ -194,6 +196,11 @@ mod tests {
                 from: s(30),
                 until: s(40),
             }],
+            &[Hang {
+                node: 0,
+                from: s(50),
+                until: None,
+            }],
         );
         assert!(schedule.reachable(0, 1, s(9)));
         assert!(!schedule.reachable(0, 1, s(10)));
@@ -203,7 +210,8 @@ mod tests {
         assert!(schedule.reachable(1, 3, s(35)), "same side");
         assert!(schedule.reachable(0, 3, s(40)), "healed");
         assert_eq!(schedule.next_after(s(10)), Some(s(20)));
-        assert_eq!(schedule.next_after(s(40)), None);
+        assert_eq!(schedule.next_after(s(40)), Some(s(50)), "a hang for good");
+        assert_eq!(schedule.next_after(s(50)), None);
         assert!(schedule.restarts_at(1, s(20)));
     }
 }

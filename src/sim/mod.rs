@@ -675,7 +675,7 @@ impl Simulation {
         }
         // Only answers to sinks go merged, and nothing else goes to a sink.
         network.discard_merged();
-        let schedule = Schedule::new(&scenario.outages, &scenario.partitions);
+        let schedule = Schedule::new(&scenario.outages, &scenario.partitions, &scenario.hangs);
         let connected = (0..total)
             .map(|a| {
                 (0..total)
@@ -808,7 +808,8 @@ impl Simulation {
     /// The height each lagger must reach (its liveness target): the
     /// highest height that an honest node reachable from it now holds and
     /// serves (an overclaimer counts for what it holds, a liar for its
-    /// half; silent, byzantine and flooding nodes not at all), cut at a
+    /// half; silent, byzantine and flooding nodes, and a peer hung for
+    /// good, not at all; a peer hung for a while does count), cut at a
     /// corrupt block that no such node holds a good copy of. A lagger's own
     /// height is a floor.
     pub fn liveness_targets(&self) -> Vec<u64> {
@@ -825,10 +826,11 @@ impl Simulation {
         // transition: the same answer, without the schedule's arithmetic on
         // every step.
         let connected = &self.connected[lagger.id.0];
+        let t = self.world.elapsed();
         let sources = || {
             self.nodes
                 .iter()
-                .filter(|n| n.id != lagger.id && connected[n.id.0])
+                .filter(|n| n.id != lagger.id && connected[n.id.0] && !n.hung_for_good(t))
         };
         let best = sources()
             .map(Node::serving_height)

@@ -864,12 +864,20 @@ impl Node {
         Some(self.bad_blocks.get(&seq).unwrap_or(block))
     }
 
-    /// Makes this node's copy of block `seq` bad.
     /// From `from` until `until` (for good if `None`) it answers no request.
     pub(crate) fn hang(&mut self, from: Duration, until: Option<Duration>) {
         self.hangs.push((from, until));
     }
 
+    /// Whether it stopped answering for good by `t`: it serves nothing any
+    /// more, whatever it advertises.
+    pub(crate) fn hung_for_good(&self, t: Duration) -> bool {
+        self.hangs
+            .iter()
+            .any(|&(from, until)| until.is_none() && from <= t)
+    }
+
+    /// Makes this node's copy of block `seq` bad.
     pub(crate) fn corrupt_block(&mut self, seq: u64, block_size: usize) {
         let mut rng = fastrand::Rng::with_seed(seq);
         self.bad_blocks

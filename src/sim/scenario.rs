@@ -276,6 +276,18 @@ impl Scenario {
         self
     }
 
+    /// Up-to-date peer `node` hangs from `from` for `hung_for` (for good if
+    /// `None`): it takes requests and answers none, connected and still
+    /// advertising (see [`Hang`]).
+    pub fn with_hang(mut self, node: usize, from: Duration, hung_for: Option<Duration>) -> Self {
+        self.hangs.push(Hang {
+            node,
+            from,
+            until: hung_for.map(|d| from.saturating_add(d)),
+        });
+        self
+    }
+
     /// Nodes in `side` cannot reach the others from `from` until `until`.
     pub fn with_partition(
         mut self,
