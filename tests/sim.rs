@@ -124,6 +124,17 @@ fn add_faults(rng: &mut fastrand::Rng, mut scenario: Scenario, flooders: bool) -
             }
         }
     }
+    // Peers that hang while connected (no connection event tells; only
+    // deadlines do), for a while or for good. From a fork of the stream, so
+    // that every other draw stays as it was.
+    let mut hung = fastrand::Rng::with_seed(rng.get_seed() ^ 0x4a46_4a46);
+    if hung.f64() < 0.2 {
+        for _ in 0..hung.usize(1..=2) {
+            let from = ms(hung.u64(0..=20_000));
+            let hung_for = hung.bool().then(|| ms(hung.u64(100..=20_000)));
+            scenario = scenario.with_hang(hung.usize(0..peers), from, hung_for);
+        }
+    }
     let mut touched = std::collections::BTreeSet::new();
     let mut pick = |rng: &mut fastrand::Rng, range: std::ops::Range<usize>| {
         let node = rng.usize(range);
