@@ -207,6 +207,11 @@ struct Cli {
     /// none, and keeps advertising its height.
     #[arg(long, value_parser = parse_hang)]
     hang: Vec<(usize, f64, Option<f64>)>,
+    /// A node whose process is paused, `NODE:AT_S:FOR_S` (repeatable): it
+    /// handles nothing meanwhile, stays connected, and on resuming handles
+    /// what arrived, then its timers.
+    #[arg(long, value_parser = parse_crash)]
+    pause: Vec<(usize, f64, f64)>,
     /// A partition that heals, `N1,N2,...:FROM_S:UNTIL_S` (repeatable).
     #[arg(long, value_parser = parse_partition)]
     partition: Vec<(Vec<usize>, f64, f64)>,
@@ -439,6 +444,9 @@ impl Cli {
         }
         for &(node, at) in &self.leave {
             s = s.with_leave(node, secs(at));
+        }
+        for &(node, at, paused_for) in &self.pause {
+            s = s.with_pause(node, secs(at), secs(paused_for));
         }
         for &(node, at, hung_for) in &self.hang {
             s = s.with_hang(node, secs(at), hung_for.map(secs));

@@ -18,7 +18,12 @@
 //! - **Drain after every input.** After each `handle`, call `poll_action`
 //!   until it returns `None`, then `poll_timeout` and arm one timer for the
 //!   instant it returns; when it fires, `handle` a `Timeout`. Calling early
-//!   or twice is harmless.
+//!   or twice is harmless. A host that was stopped past a deadline (a
+//!   suspended VM, a starved runtime) hands in the inputs that queued
+//!   meanwhile first, then the `Timeout`: an input long after a deadline
+//!   shows the stall, and the requester judges no deadline until that
+//!   `Timeout` ([`AntiEntropy::deadlines_deferred`]), so queued answers
+//!   count as answers, not as timeouts.
 //! - **Connections are events.** A host whose transport knows when a
 //!   connection to a peer breaks sends [`Event::PeerDisconnected`] at once
 //!   (the peer's requests move to other peers instead of timing out) and

@@ -162,6 +162,8 @@ struct Chain {
     reject_once: Option<u64>,
     /// Every block number handed over, in order.
     seen: Vec<u64>,
+    /// A second peer whose blocks count as the responder's.
+    second_source: Option<Id>,
 }
 
 impl Ledger<Id> for Chain {
@@ -174,7 +176,10 @@ impl Ledger<Id> for Chain {
         }
         let ok = payload.seq_num == self.height
             && wire::block_number(&payload.data) == Ok(payload.seq_num)
-            && from == Origin::Peer(RESPONDER);
+            && (from == Origin::Peer(RESPONDER)
+                || self
+                    .second_source
+                    .is_some_and(|id| from == Origin::Peer(id)));
         if ok {
             self.height += 1;
             Verdict::Committed
@@ -644,6 +649,69 @@ mod on_tokio {
     #[tokio::test(start_paused = true)]
     async fn yields_at_the_budget_and_ends_when_the_handles_are_dropped() {
         budget_and_close::<Tokio>().await;
+    }
+
+    /// Two peers; the first flight is answered at once (they are
+    /// measured), then the host stalls 3 s with the next requests out;
+    /// their answers wait in the inbox behind a budget of one input per
+    /// wake-up. The driver hands them all in before the due timer (the
+    /// machine asks so after a stall), so no send times out; before, the
+    /// `Timeout` after the first answer timed out the other peer's sends,
+    /// whose answers were queued.
+    #[tokio::test(start_paused = true)]
+    async fn answers_queued_over_a_host_stall_go_in_before_the_timer() {
+        let start = Tokio::now();
+        let (handle, req_inbox) = inbox::<AntiEntropy<Id>, Tokio>(INBOX);
+        let requester =
+            AntiEntropy::new(Config::default(), common::channel(), 1, 3, start).unwrap();
+        const SECOND: Id = "second";
+        let chain = Chain {
+            height: 1,
+            second_source: Some(SECOND),
+            ..Chain::default()
+        };
+        let mut driver: Driver<_, _, Tokio> = Driver::new(
+            requester,
+            RequesterHost::new(Recording::default(), chain),
+            req_inbox,
+        )
+        .with_budget(1);
+        let view = [RESPONDER, SECOND].map(|id| PeerState::new(id, HEIGHT));
+        handle.try_send(Event::Membership(view.into())).unwrap();
+        let mut answered = 0;
+        let mut asked = Vec::new();
+        for stall in [Duration::ZERO, Duration::from_secs(3)] {
+            for _ in 0..64 {
+                poll_fn(|cx| {
+                    let _ = driver.poll_drive(cx);
+                    Poll::Ready(())
+                })
+                .await;
+            }
+            let sent = &mut driver.host_mut().transport.sent;
+            asked = sent
+                .drain(..)
+                .map(|(to, message)| (to, common::request_of(&message)))
+                .collect();
+            assert!(asked.iter().any(|a| a.0 == SECOND), "{asked:?}");
+            tokio::time::advance(stall).await;
+            for &(from, (nonce, first, last)) in &asked {
+                let payloads = (first..=last).map(common::payload).collect();
+                let message = wire::state_response(nonce, common::channel(), payloads);
+                handle.try_send(Event::Response { from, message }).unwrap();
+            }
+            answered += asked.len();
+        }
+        for _ in 0..4 * asked.len() {
+            poll_fn(|cx| {
+                let _ = driver.poll_drive(cx);
+                Poll::Ready(())
+            })
+            .await;
+        }
+        let stats = driver.with_machine(|m| m.stats());
+        assert_eq!(stats.responses as usize, answered, "{stats:?}");
+        assert_eq!((stats.timeouts, stats.host_stalls), (0, 1), "{stats:?}");
     }
 
     #[tokio::test]

@@ -1739,3 +1739,53 @@ fn a_range_whose_hedges_are_spent_is_retried_once_its_sends_are_taken_for_lost()
     assert_eq!(stats.give_ups, 0, "{stats:?}");
     assert!(now - t0 < ms(2_000), "block 1 came at {:?}", now - t0);
 }
+
+// A host that stalls (its process suspended for 3 s) hands the machine the
+// answers that reached it meanwhile at once, long after their sends'
+// deadlines, and only then its `Timeout`. Judged on the first of them, the
+// other sends timed out and their ranges were asked again although their
+// answers were queued right behind; their round trips, 3 s, became the
+// peer's estimate. Now the stall is seen (an input 250 ms past a deadline),
+// the deadlines wait for the `Timeout`, and stale round trips are not
+// sampled: nothing times out, nothing is asked twice, SRTT stays 50 ms.
+#[test]
+fn answers_queued_during_a_host_stall_are_taken_before_deadlines_are_judged() {
+    let ms = Duration::from_millis;
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 5, t0).unwrap();
+    ae.handle(t0, Event::Membership(vec![PeerState::new("p", 2_000)]))
+        .unwrap();
+    // The first flight, answered in 50 ms: the peer is measured.
+    let first = sends(&drain(&mut ae));
+    answer_in_full(&mut ae, t0 + ms(50), &first);
+    let in_flight = sends(&drain(&mut ae));
+    assert!(in_flight.len() >= 2, "{in_flight:?}");
+    let srtt = ae.peer_stats(&"p").and_then(|p| p.srtt).unwrap();
+    assert!(srtt <= ms(60), "{srtt:?}");
+    // The host stalls for 3 s; then the answers come, then the Timeout.
+    let resumed = t0 + ms(3_050);
+    let mut asked_again = Vec::new();
+    for &(from, nonce, start, end) in &in_flight {
+        ae.handle(
+            resumed,
+            Event::Response {
+                from,
+                message: wire_response(nonce, start..=end),
+            },
+        )
+        .unwrap();
+        asked_again.extend(
+            sends(&drain(&mut ae))
+                .into_iter()
+                .filter(|s| in_flight.iter().any(|f| f.2 <= s.3 && s.2 <= f.3)),
+        );
+    }
+    ae.handle(resumed, Event::Timeout).unwrap();
+    drain(&mut ae);
+    let stats = ae.stats();
+    assert_eq!((stats.timeouts, stats.retries), (0, 0), "{stats:?}");
+    assert!(asked_again.is_empty(), "asked twice: {asked_again:?}");
+    assert_eq!(stats.host_stalls, 1, "{stats:?}");
+    let srtt = ae.peer_stats(&"p").and_then(|p| p.srtt).unwrap();
+    assert!(srtt <= ms(60), "the stall became a round trip: {srtt:?}");
+}

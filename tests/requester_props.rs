@@ -1938,10 +1938,14 @@ fn regression_responses_exceed_the_byte_window() {
 // After a delivery moved the commit point onto a range sent more than
 // `hedge_after` (and twice the peer's SRTT) ago, its hedge was already
 // due: `poll_timeout` returned an instant before `now`, so the host's
-// timer fired at once. Such a hedge is sent (or re-armed) at once.
+// timer fired at once. Such a hedge is sent (or re-armed) at once. (The
+// sends' deadlines are a second out: an answer 250 ms past one would show
+// the host stalled, and deadlines would wait for its `Timeout`.)
 #[test]
 fn regression_poll_timeout_in_the_past_after_a_delivery() {
-    let (mut ae, t0) = machine(fixed_window(), vec![PeerState::new("a", 24)]);
+    let mut config = fixed_window();
+    config.min_response_timeout = Duration::from_secs(1);
+    let (mut ae, t0) = machine(config, vec![PeerState::new("a", 24)]);
     let asked = sends(&drain(&mut ae));
     let ranges: Vec<(u64, u64)> = asked.iter().map(|a| (a.2, a.3)).collect();
     assert_eq!(ranges, [(1, 11), (12, 22), (23, 23)]);

@@ -135,6 +135,19 @@ fn add_faults(rng: &mut fastrand::Rng, mut scenario: Scenario, flooders: bool) -
             scenario = scenario.with_hang(hung.usize(0..peers), from, hung_for);
         }
     }
+    // Processes that stop for a while (a suspended VM, a stopped
+    // container), peers or laggers, connected all along. A fork too.
+    let mut paused = fastrand::Rng::with_seed(rng.get_seed() ^ 0x5a05_e5e5);
+    if paused.f64() < 0.2 {
+        for _ in 0..paused.usize(1..=2) {
+            let node = paused.usize(0..nodes);
+            if node < peers && scenario.behaviour(node) == Behaviour::Flooder {
+                continue;
+            }
+            let from = ms(paused.u64(0..=20_000));
+            scenario = scenario.with_pause(node, from, ms(paused.u64(100..=5_000)));
+        }
+    }
     let mut touched = std::collections::BTreeSet::new();
     let mut pick = |rng: &mut fastrand::Rng, range: std::ops::Range<usize>| {
         let node = rng.usize(range);
@@ -1436,6 +1449,41 @@ fn a_peer_that_hangs_while_connected_costs_little() {
     assert!(
         took <= 1.05 * alone,
         "{took:.3} s with a hung peer against {alone:.3} s from the other two alone"
+    );
+}
+
+/// The lagger's process is paused for 2 s mid-run (a suspended VM, a
+/// stopped container): its timers and the answers that reached it
+/// meanwhile all fall due at once when it resumes. Judging deadlines on
+/// the first answer handled re-sent every range whose answer was queued
+/// right behind it and timed its three peers out 30 times (3.38 s); now
+/// nothing times out, nothing is asked twice, and catch-up takes the
+/// unpaused time plus the pause at most (3.08 s against 1.11 s + 2 s).
+#[test]
+fn a_paused_lagger_resumes_without_timing_its_peers_out() {
+    let base = Scenario {
+        peers: 3,
+        laggers: 1,
+        blocks: 2_000,
+        block_size: 16 * 1024,
+        latency: Duration::from_millis(50),
+        uplink_bps: 100_000_000,
+        ..Scenario::default()
+    };
+    let pause = Duration::from_secs(2);
+    let paused = base
+        .clone()
+        .with_pause(3, Duration::from_millis(300), pause);
+    let report = run(paused.clone(), Config::default(), 1, None);
+    assert_passed(&report, "default", &paused);
+    let steady = run(base, Config::default(), 1, None);
+    let took = report.catchup.expect("converged");
+    let unpaused = steady.catchup.expect("converged");
+    assert_eq!(report.timeouts, 0, "no peer timed out for our own pause");
+    assert_eq!(report.requests, steady.requests, "nothing asked twice");
+    assert!(
+        took <= unpaused + pause,
+        "{took:?} paused against {unpaused:?} + {pause:?}"
     );
 }
 

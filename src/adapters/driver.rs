@@ -295,9 +295,14 @@ impl<M: Machine, H: Host<M>, R: Runtime> Driver<M, H, R> {
         }
         let mut again = spent == self.budget;
 
-        // 2. The timer: the clock first, then the sleep.
+        // 2. The timer: the clock first, then the sleep. Not while inputs
+        // are left that a machine back from a host stall wants in first (it
+        // bounds that wait itself).
         let mut timer_spent = 0;
         while let Some(deadline) = core.machine.poll_timeout() {
+            if again && core.machine.inputs_first() {
+                break;
+            }
             if timer_spent == self.budget {
                 again = true;
                 break;

@@ -57,6 +57,12 @@ pub trait Machine {
     fn disconnected(peer: Self::Peer) -> Option<Self::Input>;
     /// A snapshot of its counters.
     fn stats(&self) -> Self::Stats;
+    /// Whether inputs already queued should go in before the next
+    /// [`timeout`](Self::timeout), though it is due: the machine saw its
+    /// host stall ([`AntiEntropy::deadlines_deferred`]).
+    fn inputs_first(&self) -> bool {
+        false
+    }
 }
 
 impl<P: Clone + Ord + fmt::Debug> Machine for AntiEntropy<P> {
@@ -102,6 +108,9 @@ impl<P: Clone + Ord + fmt::Debug> Machine for AntiEntropy<P> {
     }
     fn stats(&self) -> Stats {
         AntiEntropy::stats(self)
+    }
+    fn inputs_first(&self) -> bool {
+        self.deadlines_deferred()
     }
 }
 

@@ -29,7 +29,10 @@
 //!    *before* the timer is trusted (a runtime may report an elapsed sleep as
 //!    pending, e.g. tokio's co-operative budget), so a due deadline is handled
 //!    at once. Otherwise the single timer is re-armed only if the deadline
-//!    changed, and polled so that it wakes the driver.
+//!    changed, and polled so that it wakes the driver. Not while inputs are
+//!    left over from step 1 and the machine wants them first (a requester
+//!    back from a host stall, [`Machine::inputs_first`]; it bounds that wait
+//!    itself).
 //! 3. If the budget ran out, the driver wakes itself and yields, so one busy
 //!    machine cannot starve the other tasks of its runtime.
 //!

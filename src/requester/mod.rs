@@ -62,6 +62,17 @@ struct BlockBackoff {
     not_before: Instant,
 }
 
+/// An input this long after a send's deadline shows the host stalled
+/// (suspended, stopped, starved of CPU) when it was to wake us: the answers
+/// that reached it meanwhile are queued behind this input. Until the
+/// host's next `Timeout` (or `Tick`), which comes after them, no deadline
+/// is judged and no answer to a send made before is taken as a round-trip
+/// sample. Judged at once, a 2 s pause of the lagger re-sent every range in
+/// flight whose answer was queued, and timed its peers out 30 times (`catchup
+/// --pause 3:0.3:2`). Far beyond a timer's lateness on a loaded runtime,
+/// far below a pause that costs a round of timeouts.
+const HOST_STALL: Duration = Duration::from_millis(250);
+
 /// Hedges per request at most: bounds the sends of a range at
 /// `max_retries + 1 + MAX_HEDGES`.
 const MAX_HEDGES: u32 = 3;
@@ -209,6 +220,10 @@ pub struct AntiEntropy<P> {
     /// When a send the end game waits on is next taken for lost or
     /// overdue: planning looks again then (`planning::end_game`).
     look_again_at: Option<Instant>,
+    /// When the host was seen to have stalled (an input came long after a
+    /// deadline it was asked to wake us for), until its next `Timeout` or
+    /// `Tick`: see [`HOST_STALL`].
+    stalled_since: Option<Instant>,
     /// Peers whose copy of a block was rejected, by block number.
     rejected_by: BTreeMap<u64, Vec<P>>,
     /// Back-off of each rejected block not yet committed.
@@ -260,6 +275,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         Ok(Self {
             next_round_at: now.checked_add(config.check_interval),
             look_again_at: None,
+            stalled_since: None,
             config,
             channel,
             rng: fastrand::Rng::with_seed(seed),
@@ -287,8 +303,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// An error means the input was refused and counted; the machine is
     /// consistent either way.
     pub fn handle(&mut self, now: Instant, event: Event<P>) -> Result<(), EventError> {
-        let now = self.observe(now);
-        self.expire(now);
+        let now = self.begin_input(now, matches!(event, Event::Timeout | Event::Tick));
         let result = match event {
             Event::Tick => {
                 self.on_tick(now);
@@ -317,12 +332,43 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 Ok(())
             }
         };
+        self.end_input(now);
+        result
+    }
+
+    /// What every input does first: time passes; deadlines are judged
+    /// unless the host was seen to stall (`timer`: the input is a `Timeout`
+    /// or `Tick`, which judges them whatever came before).
+    fn begin_input(&mut self, now: Instant, timer: bool) -> Instant {
+        let now = self.observe(now);
+        match self.stalled_since {
+            // The backlog was the host's to hand in within `HOST_STALL`:
+            // deadlines are not held back for longer (a host under a steady
+            // stream of inputs would starve them).
+            Some(since) if timer || since.checked_add(HOST_STALL).is_some_and(|end| now > end) => {
+                self.stalled_since = None;
+            }
+            None if !timer && self.host_stalled(now) => {
+                self.stalled_since = Some(now);
+                self.stats.host_stalls += 1;
+            }
+            _ => {}
+        }
+        if self.stalled_since.is_none() {
+            self.expire(now);
+        }
+        now
+    }
+
+    /// What every input does last: deliveries, planning, a due hedge.
+    fn end_input(&mut self, now: Instant) {
         self.deliver();
         self.fill(now);
         // The event may have made another request the one holding back the
         // commit point, with its hedge already due: so that `poll_timeout`
-        // never lies in the past, hedge it now.
-        if self.hedge_due().is_some_and(|due| due <= now) {
+        // never lies in the past, hedge it now (after a host stall, at the
+        // `Timeout` that follows the inputs).
+        if self.stalled_since.is_none() && self.hedge_due().is_some_and(|due| due <= now) {
             self.hedge(now);
             // The hedge loaded a peer: a range waiting on it may now be worth
             // a copy, which the next event would make otherwise.
@@ -330,7 +376,6 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         }
         #[cfg(debug_assertions)]
         self.check_in_flight();
-        result
     }
 
     /// Each peer's count of sends in flight, and of the blocks they asked,
@@ -386,10 +431,23 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
 
     /// Refuses bytes that did not decode.
     fn malformed(&mut self, now: Instant, error: wire::WireError) -> Result<(), EventError> {
-        // Still an input at `now`: due deadlines are processed.
-        let _ = self.handle(now, Event::Timeout);
+        // Still an input at `now`, like any other.
+        let now = self.begin_input(now, false);
+        self.end_input(now);
         self.stats.ignored.malformed += 1;
         Err(ResponseError::Wire(error).into())
+    }
+
+    /// Whether the machine saw its host stall (an input came long after a
+    /// deadline it was to be woken for) and judges no deadline until the
+    /// next [`Event::Timeout`] or [`Event::Tick`], or for a short while at
+    /// most: a host with inputs queued should hand them in before that
+    /// `Timeout`, though [`poll_timeout`](Self::poll_timeout) has passed.
+    /// The answers that reached a stopped process are then taken as answers,
+    /// not as timeouts followed by strays.
+    #[must_use]
+    pub fn deadlines_deferred(&self) -> bool {
+        self.stalled_since.is_some()
     }
 
     /// The next output, if any.
@@ -470,6 +528,17 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Whether an input at `now` comes more than [`HOST_STALL`] after a
+    /// send's deadline: the host was not running (suspended, stopped,
+    /// starved) when it should have woken us, and the inputs that reached it
+    /// meanwhile are still queued behind this one.
+    fn host_stalled(&self, now: Instant) -> bool {
+        self.requests
+            .earliest_deadline()
+            .and_then(|deadline| deadline.checked_add(HOST_STALL))
+            .is_some_and(|late| now > late)
     }
 
     fn observe(&mut self, now: Instant) -> Instant {

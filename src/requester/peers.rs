@@ -85,6 +85,12 @@ impl RttEstimator {
         self.srtt
     }
 
+    /// An answer came that cannot time the path: the timeout's back-off
+    /// ends as after a sample, the estimate stays.
+    pub(crate) fn answered_unmeasured(&mut self) {
+        self.backoff = 0;
+    }
+
     /// A request timed out: double the timeout until the next sample.
     pub(crate) fn back_off(&mut self) {
         self.backoff = (self.backoff + 1).min(MAX_BACKOFF);
@@ -324,6 +330,14 @@ impl Peer {
         } else {
             config.max_in_flight_per_peer
         }
+    }
+
+    /// A response came back that says nothing of the link's timing (it
+    /// waited out a stall of our host): the peer is alive, nothing more.
+    pub(crate) fn answered_unmeasured(&mut self) {
+        self.rtt.answered_unmeasured();
+        self.quiet_until = None;
+        self.length_cap = self.length_cap.saturating_add(1);
     }
 
     /// A response of `bytes` to a request sent at `sent_at` came back at

@@ -145,8 +145,17 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             self.retry_if_idle(now, id);
             return Ok(());
         }
+        // An answer handled after a host stall to a send made before it
+        // took the stall too: no round-trip, rate or window sample.
+        let measured = self
+            .stalled_since
+            .is_none_or(|resumed| answered_sent_at >= resumed);
         if let Some(peer) = peer {
-            peer.answered(now, answered_sent_at, bytes, &self.config, request_bytes);
+            if measured {
+                peer.answered(now, answered_sent_at, bytes, &self.config, request_bytes);
+            } else {
+                peer.answered_unmeasured();
+            }
             peer.stats.responses += 1;
             peer.stats.blocks += usable;
             peer.stats.bytes += bytes;

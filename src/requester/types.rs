@@ -400,6 +400,10 @@ pub struct Stats {
     /// Held payloads dropped to make room in the byte window for lower
     /// blocks (they are fetched again).
     pub evicted: u64,
+    /// Times an input came long after a deadline the host was to wake us
+    /// for (the host had stalled): deadlines were judged at its next
+    /// `Timeout`, after the inputs queued meanwhile.
+    pub host_stalls: u64,
     /// Ignored input, by reason.
     pub ignored: IgnoredCounts,
 }

@@ -45,6 +45,21 @@ pub struct Hang {
     pub until: Option<Duration>,
 }
 
+/// Node `node`'s process is paused from `from` until `until` (SIGSTOP, a
+/// frozen container, a VM descheduled, swapping): it handles nothing, its
+/// connections stay up, what reaches it waits in its socket buffers and
+/// what it already wrote keeps leaving. At `until` it handles what
+/// arrived, in order, then its timers, which all fell due meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pause {
+    /// The node (index in the cluster: up-to-date peers, then laggers).
+    pub node: usize,
+    /// When it stops.
+    pub from: Duration,
+    /// When it resumes.
+    pub until: Duration,
+}
+
 /// Nodes in `side` cannot reach nodes outside it from `from` until `until`
 /// (connection events at both ends, at both instants).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,14 +106,24 @@ pub struct Link {
 pub(crate) struct Schedule {
     outages: Vec<Outage>,
     partitions: Vec<Partition>,
+    pauses: Vec<Pause>,
     /// Every instant at which reachability may change, or a peer stops
     /// serving for good (which lowers liveness targets), ascending, deduped.
     transitions: Vec<Duration>,
 }
 
 impl Schedule {
-    pub(crate) fn new(outages: &[Outage], partitions: &[Partition], hangs: &[Hang]) -> Self {
+    pub(crate) fn new(
+        outages: &[Outage],
+        partitions: &[Partition],
+        hangs: &[Hang],
+        pauses: &[Pause],
+    ) -> Self {
         let mut transitions: BTreeSet<Duration> = BTreeSet::new();
+        for p in pauses {
+            transitions.insert(p.from);
+            transitions.insert(p.until);
+        }
         transitions.extend(hangs.iter().filter(|h| h.until.is_none()).map(|h| h.from));
         for o in outages {
             transitions.insert(o.from);
@@ -111,6 +136,7 @@ impl Schedule {
         Self {
             outages: outages.to_vec(),
             partitions: partitions.to_vec(),
+            pauses: pauses.to_vec(),
             transitions: transitions.into_iter().collect(),
         }
     }
@@ -121,6 +147,25 @@ impl Schedule {
             .outages
             .iter()
             .any(|o| o.node == node && o.from <= t && o.until.is_none_or(|u| t < u))
+    }
+
+    /// When `node` resumes, if it is paused at `t`.
+    pub(crate) fn paused_until(&self, node: usize, t: Duration) -> Option<Duration> {
+        self.pauses
+            .iter()
+            .filter(|p| p.node == node && p.from <= t && t < p.until)
+            .map(|p| p.until)
+            .max()
+    }
+
+    /// The end of `node`'s latest pause begun by `t` (over or not): its
+    /// timers that fell due before it wait until then.
+    pub(crate) fn last_resume(&self, node: usize, t: Duration) -> Option<Duration> {
+        self.pauses
+            .iter()
+            .filter(|p| p.node == node && p.from <= t)
+            .map(|p| p.until)
+            .max()
     }
 
     /// Whether `a` and `b` can reach each other at `t`.
@@ -201,6 +246,11 @@ mod tests {
                 from: s(50),
                 until: None,
             }],
+            &[Pause {
+                node: 3,
+                from: s(60),
+                until: s(62),
+            }],
         );
         assert!(schedule.reachable(0, 1, s(9)));
         assert!(!schedule.reachable(0, 1, s(10)));
@@ -211,7 +261,14 @@ mod tests {
         assert!(schedule.reachable(0, 3, s(40)), "healed");
         assert_eq!(schedule.next_after(s(10)), Some(s(20)));
         assert_eq!(schedule.next_after(s(40)), Some(s(50)), "a hang for good");
-        assert_eq!(schedule.next_after(s(50)), None);
+        assert_eq!(schedule.next_after(s(50)), Some(s(60)), "a pause");
+        assert_eq!(schedule.paused_until(3, s(61)), Some(s(62)));
+        assert_eq!(schedule.paused_until(3, s(62)), None, "resumed at `until`");
+        assert_eq!(schedule.last_resume(3, s(100)), Some(s(62)));
+        assert_eq!(schedule.last_resume(3, s(59)), None);
+        assert!(schedule.reachable(3, 0, s(61)), "connected while paused");
+        assert_eq!(schedule.next_after(s(60)), Some(s(62)));
+        assert_eq!(schedule.next_after(s(62)), None);
         assert!(schedule.restarts_at(1, s(20)));
     }
 }

@@ -88,7 +88,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 pub use chain::{checksum, forged_block, verify, Chain, VerifyError, VALID_SIGNATURE};
-pub use faults::{random_links, CorruptBlock, Hang, Link, Outage, Partition};
+pub use faults::{random_links, CorruptBlock, Hang, Link, Outage, Partition, Pause};
 pub use network::{Delivery, Faults, NetStats, Network, Wake};
 pub use node::NodeId;
 pub use report::{Amplification, Bound, Outcome, Progress, Report};
@@ -210,6 +210,11 @@ pub(crate) struct World {
     /// subtracting the epoch.
     up: Vec<bool>,
     reach: Vec<bool>,
+    /// Per node, when it resumes if it is paused.
+    resume: Vec<Option<Instant>>,
+    /// Per node, just after its latest pause (begun, over or not) ends:
+    /// a timer due earlier fires then, after what reached it meanwhile.
+    timer_floor: Vec<Option<Instant>>,
     reach_until: Option<Instant>,
     pub(crate) config: Config,
     pub(crate) chain: Chain,
@@ -292,6 +297,18 @@ impl World {
         let t = self.elapsed();
         let n = self.incarnations.len();
         self.up = (0..n).map(|i| self.schedule.up(i, t)).collect();
+        self.resume = (0..n)
+            .map(|i| {
+                let until = self.schedule.paused_until(i, t)?;
+                self.epoch.checked_add(until)
+            })
+            .collect();
+        self.timer_floor = (0..n)
+            .map(|i| {
+                let until = self.schedule.last_resume(i, t)?;
+                self.epoch.checked_add(until + Duration::from_nanos(1))
+            })
+            .collect();
         self.reach = (0..n * n)
             .map(|ab| self.schedule.reachable(ab / n, ab % n, t))
             .collect();
@@ -307,6 +324,27 @@ impl World {
         match self.up.get(node) {
             Some(&up) => up,
             None => self.schedule.up(node, self.elapsed()),
+        }
+    }
+
+    /// When `node` resumes, if it is paused now: what reaches it waits
+    /// until then.
+    pub(crate) fn resume_at(&self, node: usize) -> Option<Instant> {
+        match self.resume.get(node) {
+            Some(&resume) => resume,
+            None => {
+                let until = self.schedule.paused_until(node, self.elapsed())?;
+                self.epoch.checked_add(until)
+            }
+        }
+    }
+
+    /// When a timer of `node` due at `at` fires: not before its latest
+    /// pause is over and what reached it meanwhile was handled.
+    fn timer_at(&self, node: usize, at: Instant) -> Instant {
+        match self.timer_floor.get(node) {
+            Some(&Some(floor)) => at.max(floor),
+            _ => at,
         }
     }
 
@@ -675,7 +713,12 @@ impl Simulation {
         }
         // Only answers to sinks go merged, and nothing else goes to a sink.
         network.discard_merged();
-        let schedule = Schedule::new(&scenario.outages, &scenario.partitions, &scenario.hangs);
+        let schedule = Schedule::new(
+            &scenario.outages,
+            &scenario.partitions,
+            &scenario.hangs,
+            &scenario.pauses,
+        );
         let connected = (0..total)
             .map(|a| {
                 (0..total)
@@ -690,6 +733,8 @@ impl Simulation {
             now: epoch,
             up: Vec::new(),
             reach: Vec::new(),
+            resume: Vec::new(),
+            timer_floor: Vec::new(),
             reach_until: None,
             max_block_bytes: chain.max_block_bytes() as u64,
             config,
@@ -1099,6 +1144,9 @@ impl Simulation {
                 let Some((at, machine)) = node.next_timer else {
                     continue;
                 };
+                // A paused node's timers wait until it resumes, and then
+                // come after what reached it meanwhile.
+                let at = world.timer_at(i, at);
                 // A node that is down does nothing until it returns.
                 if earliest.is_none_or(|(first, ..)| at < first) && world.up(i) {
                     earliest = Some((at, i, machine));
@@ -1130,6 +1178,17 @@ impl Simulation {
                 let Some((_, pending)) = self.world.queue.pop() else {
                     return;
                 };
+                // A paused process handles nothing: what reaches it waits,
+                // in order, until it resumes.
+                let target = match &pending {
+                    Pending::Message { to, .. } | Pending::StateInfo { to, .. } => Some(to.0),
+                    Pending::ReadDone { node, .. } => Some(node.0),
+                    Pending::Flood { .. } | Pending::Uplink(_) => None,
+                };
+                if let Some(resume) = target.and_then(|node| self.world.resume_at(node)) {
+                    self.world.schedule(resume, pending);
+                    return;
+                }
                 match pending {
                     Pending::Message {
                         from,
@@ -1316,6 +1375,10 @@ impl Simulation {
         let chain_height = self.world.chain.height();
         let t = self.world.elapsed();
         for from in 0..self.nodes.len() {
+            // A paused node gossips nothing this round.
+            if self.world.resume_at(from).is_some() {
+                continue;
+            }
             let height = self.nodes[from].advertised_height(chain_height, self.world.overclaim_by);
             for to in 0..self.nodes.len() {
                 if to == from

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::faults::{CorruptBlock, Hang, Link, Outage, Partition};
+use super::faults::{CorruptBlock, Hang, Link, Outage, Partition, Pause};
 
 /// Smallest bandwidth accepted, bits per second.
 const MIN_BANDWIDTH: u64 = 1_000;
@@ -127,6 +127,8 @@ pub struct Scenario {
     pub partitions: Vec<Partition>,
     /// Peers that stop answering while connected.
     pub hangs: Vec<Hang>,
+    /// Nodes whose process is paused for a while.
+    pub pauses: Vec<Pause>,
     /// Per-node links (node `i` gets `links[i]`; nodes past the end get
     /// the uniform `latency`, `uplink_bps`, `downlink_bps`).
     pub links: Vec<Link>,
@@ -167,6 +169,7 @@ impl Default for Scenario {
             corrupt: Vec::new(),
             outages: Vec::new(),
             hangs: Vec::new(),
+            pauses: Vec::new(),
             partitions: Vec::new(),
             links: Vec::new(),
             stall_after: Duration::from_secs(600),
@@ -288,6 +291,17 @@ impl Scenario {
         self
     }
 
+    /// Node `node` (an up-to-date peer or a lagger) is paused from `from`
+    /// for `paused_for` (see [`Pause`]).
+    pub fn with_pause(mut self, node: usize, from: Duration, paused_for: Duration) -> Self {
+        self.pauses.push(Pause {
+            node,
+            from,
+            until: from.saturating_add(paused_for),
+        });
+        self
+    }
+
     /// Nodes in `side` cannot reach the others from `from` until `until`.
     pub fn with_partition(
         mut self,
@@ -374,6 +388,15 @@ impl Scenario {
         {
             return Err(Invalid(
                 "a hang must name an up-to-date peer and end after it starts",
+            ));
+        }
+        if self.pauses.iter().any(|p| {
+            p.node >= nodes
+                || p.until <= p.from
+                || (p.node < self.peers && self.behaviour(p.node) == Behaviour::Flooder)
+        }) {
+            return Err(Invalid(
+                "a pause must name a peer or lagger (not a flooder) and end after it starts",
             ));
         }
         if self

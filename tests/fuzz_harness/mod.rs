@@ -523,7 +523,13 @@ impl RequesterModel {
 
     fn handle(&mut self, at: Instant, event: Event<u8>) -> Result<(), EventError> {
         self.seen = self.seen.max(at);
-        self.machine.handle(at, event)
+        let timer = matches!(event, Event::Timeout | Event::Tick);
+        let result = self.machine.handle(at, event);
+        assert!(
+            !(timer && self.machine.deadlines_deferred()),
+            "a timer event judges the deadlines"
+        );
+        result
     }
 
     fn handle_bytes(&mut self, at: Instant, from: u8, bytes: Bytes) -> Result<(), EventError> {
@@ -1124,7 +1130,10 @@ impl RequesterModel {
             stats.buffered_bytes,
             stats.uncommitted_bytes
         );
-        if let Some(deadline) = self.machine.poll_timeout() {
+        // After a host stall the machine asks for a `Timeout` at once, once
+        // the inputs queued meanwhile are in: its timer may lie in the past.
+        let deferred = self.machine.deadlines_deferred();
+        if let Some(deadline) = self.machine.poll_timeout().filter(|_| !deferred) {
             assert!(
                 deadline > self.seen,
                 "poll_timeout is {:?} before the latest now",
