@@ -135,6 +135,28 @@ fn requester_benches(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // A channel's first `StateInfo` round: the view grows one peer per
+    // event, to 128 (each event is a whole view, as a host sends it).
+    let mut group = c.benchmark_group("membership");
+    const MEMBERS: u16 = 128;
+    group.throughput(Throughput::Elements(u64::from(MEMBERS)));
+    group.bench_function("view_grows_to_128_peers", |b| {
+        b.iter(|| {
+            let mut machine =
+                AntiEntropy::new(Config::default(), common::channel(), 1, 7, epoch).unwrap();
+            let mut view = Vec::with_capacity(usize::from(MEMBERS));
+            for peer in 0..MEMBERS {
+                view.push(PeerState::new(peer, 1_000));
+                machine
+                    .handle(epoch, Event::Membership(view.clone()))
+                    .unwrap();
+                while machine.poll_action().is_some() {}
+            }
+            machine
+        })
+    });
+    group.finish();
 }
 
 fn responder_benches(c: &mut Criterion) {
