@@ -149,20 +149,20 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // them. Counted as two racers, a probe to a peer that hung held the
         // commit point 9.5 s, to the peer's backed-off deadline, beside an
         // honest peer gone idle (`catchup --hang 0:0.3 --hang 1:0.5`:
-        // 11.31 → 2.39 s).
-        let mut latest: Vec<&Attempt<P>> = Vec::new();
-        for attempt in request.waiting() {
-            match latest.iter_mut().find(|a| a.peer == attempt.peer) {
-                Some(slot) if slot.sent_at <= attempt.sent_at => *slot = attempt,
-                Some(_) => {}
-                None => latest.push(attempt),
-            }
-        }
+        // 11.31 → 2.39 s). Sends are kept in send order, so a peer's latest
+        // is its last; a request has a few, so no list is made (this runs
+        // several times per input).
+        let latest = request.waiting().enumerate().filter(|&(i, attempt)| {
+            !request
+                .waiting()
+                .skip(i + 1)
+                .any(|later| later.peer == attempt.peer)
+        });
         // The send taken for lost last (or never) is the one racing; the
         // others only delay the hedge until they are taken for lost.
         let mut others_lost_by: Option<Instant> = None;
         let mut racing: Option<(&Attempt<P>, Option<Instant>)> = None;
-        for attempt in latest {
+        for (_, attempt) in latest {
             let lost_at = self.presumed_lost_at(attempt);
             let Some((current, current_lost)) = racing else {
                 racing = Some((attempt, lost_at));
