@@ -86,6 +86,14 @@ fn parse_at(s: &str) -> Result<(usize, f64), String> {
     Ok((parse_node(p[0])?, parse_secs(p[1])?))
 }
 
+fn parse_commit_ms(s: &str) -> Result<f64, String> {
+    let v = parse_f64(s)?;
+    if !(0.0..=10_000.0).contains(&v) {
+        return Err(format!("{v} ms is outside 0..=10000"));
+    }
+    Ok(v)
+}
+
 fn parse_hang(s: &str) -> Result<(usize, f64, Option<f64>), String> {
     match split_parts(s, 2) {
         Ok(p) => Ok((parse_node(p[0])?, parse_secs(p[1])?, None)),
@@ -207,6 +215,10 @@ struct Cli {
     /// none, and keeps advertising its height.
     #[arg(long, value_parser = parse_hang)]
     hang: Vec<(usize, f64, Option<f64>)>,
+    /// How long a lagger's ledger takes to verify and commit one block,
+    /// in milliseconds, its process busy meanwhile (0: instant).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_commit_ms)]
+    commit_ms: f64,
     /// A node whose process is paused, `NODE:AT_S:FOR_S` (repeatable): it
     /// handles nothing meanwhile, stays connected, and on resuming handles
     /// what arrived, then its timers.
@@ -416,6 +428,7 @@ impl Cli {
             loss: self.loss,
             duplicate: self.dup,
             reorder: self.reorder,
+            commit_time: Duration::from_secs_f64(self.commit_ms / 1000.0),
             ..Scenario::default()
         }
         .with_faults(

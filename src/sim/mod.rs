@@ -231,6 +231,10 @@ pub(crate) struct World {
     deliveries: Vec<Delivery<(Wire, u64)>>,
     queue: Events<Pending>,
     slow_delay: Duration,
+    /// How long a lagger's commit of a block keeps its process busy.
+    commit_time: Duration,
+    /// Per node, until when it is busy committing (see `busy`).
+    busy_until: Vec<Option<Instant>>,
     violations: u64,
     violation_messages: Vec<String>,
     epoch: Instant,
@@ -330,20 +334,43 @@ impl World {
     /// When `node` resumes, if it is paused now: what reaches it waits
     /// until then.
     pub(crate) fn resume_at(&self, node: usize) -> Option<Instant> {
-        match self.resume.get(node) {
+        let paused = match self.resume.get(node) {
             Some(&resume) => resume,
-            None => {
-                let until = self.schedule.paused_until(node, self.elapsed())?;
-                self.epoch.checked_add(until)
-            }
+            None => self
+                .schedule
+                .paused_until(node, self.elapsed())
+                .and_then(|until| self.epoch.checked_add(until)),
+        };
+        let busy = self
+            .busy_until
+            .get(node)
+            .copied()
+            .flatten()
+            .filter(|&until| until > self.now);
+        paused.max(busy)
+    }
+
+    /// `node` committed a block: its process is busy for `commit_time`
+    /// more (after what it is busy with already).
+    pub(crate) fn committed_one(&mut self, node: usize) {
+        if self.commit_time.is_zero() {
+            return;
+        }
+        if let Some(slot) = self.busy_until.get_mut(node) {
+            let from = slot.filter(|&until| until > self.now).unwrap_or(self.now);
+            *slot = from.checked_add(self.commit_time);
         }
     }
 
     /// When a timer of `node` due at `at` fires: not before its latest
     /// pause is over and what reached it meanwhile was handled.
     fn timer_at(&self, node: usize, at: Instant) -> Instant {
-        match self.timer_floor.get(node) {
+        let at = match self.timer_floor.get(node) {
             Some(&Some(floor)) => at.max(floor),
+            _ => at,
+        };
+        match self.busy_until.get(node) {
+            Some(&Some(until)) => at.max(until + Duration::from_nanos(1)),
             _ => at,
         }
     }
@@ -747,6 +774,8 @@ impl Simulation {
             deliveries: Vec::new(),
             queue: Events::new(epoch),
             slow_delay: scenario.slow_delay,
+            commit_time: scenario.commit_time,
+            busy_until: vec![None; total],
             violations: 0,
             violation_messages: Vec::new(),
             epoch,

@@ -764,6 +764,7 @@ impl Node {
                 self.height += 1;
                 w.trace(self.id, || format!("commit {seq}"));
                 w.progressed();
+                w.committed_one(self.id.0);
                 if let Err(error) = requester.handle(
                     now,
                     Event::Committed {

@@ -109,6 +109,11 @@ pub struct Scenario {
     pub send_buffer: usize,
     /// Extra service time of a [`Behaviour::Slow`] peer, per read.
     pub slow_delay: Duration,
+    /// How long a lagger's ledger takes to verify and commit a block, its
+    /// process busy meanwhile (a host that commits synchronously, as
+    /// `adapters::RequesterHost` does): what reaches it waits, in order.
+    /// Zero: commits are instant.
+    pub commit_time: Duration,
     /// Every node advertises its height (a `StateInfo`) to all others this
     /// often, starting at time zero (Fabric: 4 s).
     pub state_info_interval: Duration,
@@ -162,6 +167,7 @@ impl Default for Scenario {
             behaviours: Vec::new(),
             send_buffer: 200,
             slow_delay: Duration::from_millis(500),
+            commit_time: Duration::ZERO,
             state_info_interval: Duration::from_secs(4),
             max_steps: 5_000_000,
             max_virtual_time: Duration::from_secs(24 * 3600),
