@@ -1789,3 +1789,80 @@ fn answers_queued_during_a_host_stall_are_taken_before_deadlines_are_judged() {
     let srtt = ae.peer_stats(&"p").and_then(|p| p.srtt).unwrap();
     assert!(srtt <= ms(60), "the stall became a round trip: {srtt:?}");
 }
+
+// The same stall with three peers: with each answer handled, every other
+// send looked overdue (its peer's queue "busy" since before the stall),
+// so the end game copied ranges whose answers were next in the queue to
+// whichever peer had just answered: 15 copies here. Copies wait for the
+// `Timeout` too, and after it nothing is overdue.
+#[test]
+fn a_host_stall_makes_no_end_game_copies_of_queued_answers() {
+    let ms = Duration::from_millis;
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 9, t0).unwrap();
+    let view: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|&p| PeerState::new(p, 301))
+        .collect();
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    let first = sends(&drain(&mut ae));
+    answer_in_full(&mut ae, t0 + ms(50), &first);
+    let mut in_flight = sends(&drain(&mut ae));
+    assert!(in_flight.len() >= 3, "{in_flight:?}");
+    let before = ae.stats();
+    // 3 s later the answers are handed in one by one, then the Timeout.
+    let resumed = t0 + ms(3_050);
+    let mut copies = Vec::new();
+    while let Some((from, nonce, start, end)) = in_flight.pop() {
+        ae.handle(
+            resumed,
+            Event::Response {
+                from,
+                message: wire_response(nonce, start..=end),
+            },
+        )
+        .unwrap();
+        copies.extend(
+            sends(&drain(&mut ae))
+                .into_iter()
+                .filter(|s| in_flight.iter().any(|f| f.2 <= s.3 && s.2 <= f.3)),
+        );
+    }
+    ae.handle(resumed, Event::Timeout).unwrap();
+    drain(&mut ae);
+    let stats = ae.stats();
+    assert!(copies.is_empty(), "copies of queued answers: {copies:?}");
+    assert_eq!(stats.hedges, before.hedges, "{stats:?}");
+    assert_eq!((stats.timeouts, stats.retries), (0, 0), "{stats:?}");
+}
+
+// A host that never sends the `Timeout` after a stall (or keeps handing in
+// inputs) does not hold deadlines back for long: 250 ms of inputs at most.
+#[test]
+fn a_host_stall_defers_deadlines_for_a_bounded_time() {
+    let ms = Duration::from_millis;
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 5, t0).unwrap();
+    ae.handle(t0, Event::Membership(vec![PeerState::new("p", 2_000)]))
+        .unwrap();
+    let first = sends(&drain(&mut ae));
+    answer_in_full(&mut ae, t0 + ms(50), &first);
+    let in_flight = sends(&drain(&mut ae));
+    let stalled = t0 + ms(3_050);
+    let view = Event::Membership(vec![PeerState::new("p", 2_000)]);
+    ae.handle(stalled, view.clone()).unwrap();
+    drain(&mut ae);
+    assert!(ae.deadlines_deferred(), "a stall was not seen");
+    ae.handle(stalled + ms(200), view.clone()).unwrap();
+    drain(&mut ae);
+    assert!(ae.deadlines_deferred(), "deferred for less than 250 ms");
+    ae.handle(stalled + ms(300), view).unwrap();
+    drain(&mut ae);
+    assert!(!ae.deadlines_deferred(), "still deferred after 300 ms");
+    // The deadlines were judged then: the sends in flight timed out.
+    assert!(
+        ae.stats().timeouts >= in_flight.len() as u64 - 1,
+        "{:?}",
+        ae.stats()
+    );
+}

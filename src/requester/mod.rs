@@ -65,7 +65,7 @@ struct BlockBackoff {
 /// An input this long after a send's deadline shows the host stalled
 /// (suspended, stopped, starved of CPU) when it was to wake us: the answers
 /// that reached it meanwhile are queued behind this input. Until the
-/// host's next `Timeout` (or `Tick`), which comes after them, no deadline
+/// host's next `Timeout`, which comes after them, no deadline
 /// is judged and no answer to a send made before is taken as a round-trip
 /// sample. Judged at once, a 2 s pause of the lagger re-sent every range in
 /// flight whose answer was queued, and timed its peers out 30 times (`catchup
@@ -221,8 +221,8 @@ pub struct AntiEntropy<P> {
     /// overdue: planning looks again then (`planning::end_game`).
     look_again_at: Option<Instant>,
     /// When the host was seen to have stalled (an input came long after a
-    /// deadline it was asked to wake us for), until its next `Timeout` or
-    /// `Tick`: see [`HOST_STALL`].
+    /// deadline it was asked to wake us for), until its next `Timeout`: see
+    /// [`HOST_STALL`].
     stalled_since: Option<Instant>,
     /// Peers whose copy of a block was rejected, by block number.
     rejected_by: BTreeMap<u64, Vec<P>>,
@@ -303,7 +303,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// An error means the input was refused and counted; the machine is
     /// consistent either way.
     pub fn handle(&mut self, now: Instant, event: Event<P>) -> Result<(), EventError> {
-        let now = self.begin_input(now, matches!(event, Event::Timeout | Event::Tick));
+        let now = self.begin_input(now, matches!(event, Event::Timeout));
         let result = match event {
             Event::Tick => {
                 self.on_tick(now);
@@ -337,8 +337,8 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     }
 
     /// What every input does first: time passes; deadlines are judged
-    /// unless the host was seen to stall (`timer`: the input is a `Timeout`
-    /// or `Tick`, which judges them whatever came before).
+    /// unless the host was seen to stall (`timer`: the input is a
+    /// `Timeout`, which judges them whatever came before).
     fn begin_input(&mut self, now: Instant, timer: bool) -> Instant {
         let now = self.observe(now);
         match self.stalled_since {
@@ -440,7 +440,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
 
     /// Whether the machine saw its host stall (an input came long after a
     /// deadline it was to be woken for) and judges no deadline until the
-    /// next [`Event::Timeout`] or [`Event::Tick`], or for a short while at
+    /// next [`Event::Timeout`], or for a short while at
     /// most: a host with inputs queued should hand them in before that
     /// `Timeout`, though [`poll_timeout`](Self::poll_timeout) has passed.
     /// The answers that reached a stopped process are then taken as answers,

@@ -334,8 +334,11 @@ impl Peer {
 
     /// A response came back that says nothing of the link's timing (it
     /// waited out a stall of our host): the peer is alive, nothing more.
-    pub(crate) fn answered_unmeasured(&mut self) {
+    pub(crate) fn answered_unmeasured(&mut self, now: Instant) {
         self.rtt.answered_unmeasured();
+        // Its queue moves: the next answer's time on the link counts from
+        // here, not from before the stall.
+        self.busy_from = Some(now);
         self.quiet_until = None;
         self.length_cap = self.length_cap.saturating_add(1);
     }

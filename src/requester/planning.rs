@@ -483,6 +483,13 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// `end_game_copy`) until none is worth one, so that the next event at
     /// the same instant finds nothing more to do.
     fn end_game(&mut self, now: Instant) {
+        // After a host stall every send looks overdue while its answer may
+        // be next in the host's queue: copies wait for the `Timeout` that
+        // follows the backlog (a 3 s stall with three peers copied 21
+        // ranges whose answers were queued).
+        if self.stalled_since.is_some() {
+            return;
+        }
         // Each copy takes a free slot or a hedge of a request: bounded.
         for _ in 0..=self.requests.len() {
             if !self.end_game_copy(now) {

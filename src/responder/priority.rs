@@ -59,8 +59,6 @@ struct History {
     /// before (a repeat, or a range overlapping one): a lagger's ranges are
     /// disjoint but for its retries, a flood's random ones overlap at once.
     overlap_share: u32,
-    /// Requests admitted (saturating).
-    requests: u32,
     background: bool,
     last_seen: Instant,
     /// When its current run of requests began (a pause longer than
@@ -204,7 +202,6 @@ impl<P: Clone + Ord> Priorities<P> {
             served: BTreeMap::new(),
             repeat_share: 0,
             overlap_share: 0,
-            requests: 0,
             background: false,
             last_seen: now,
             since: now,
@@ -226,7 +223,6 @@ impl<P: Clone + Ord> Priorities<P> {
         let overlap = if asked == Asked::Fresh { 0 } else { ONE };
         history.overlap_share =
             (history.overlap_share * (OVERLAP_SMOOTHING - 1) + overlap) / OVERLAP_SMOOTHING;
-        history.requests = history.requests.saturating_add(1);
         if history.repeat_share > ENTER {
             history.background = true;
         } else if history.repeat_share < LEAVE {

@@ -159,6 +159,14 @@ enum Pending {
         payloads: Vec<Payload>,
         incarnation: u64,
     },
+    /// A connection event held for a node that was paused when it
+    /// happened (it handles it on resuming, in order with its messages).
+    Connection {
+        node: NodeId,
+        peer: NodeId,
+        up: bool,
+        incarnation: u64,
+    },
     /// A flooder's next burst.
     Flood { node: NodeId },
     /// A node's uplink hands out the messages that have left it.
@@ -1211,7 +1219,9 @@ impl Simulation {
                 // in order, until it resumes.
                 let target = match &pending {
                     Pending::Message { to, .. } | Pending::StateInfo { to, .. } => Some(to.0),
-                    Pending::ReadDone { node, .. } => Some(node.0),
+                    Pending::ReadDone { node, .. } | Pending::Connection { node, .. } => {
+                        Some(node.0)
+                    }
                     Pending::Flood { .. } | Pending::Uplink(_) => None,
                 };
                 if let Some(resume) = target.and_then(|node| self.world.resume_at(node)) {
@@ -1271,6 +1281,21 @@ impl Simulation {
                             return;
                         }
                         self.nodes[node.0].on_read_done(&mut self.world, ticket, payloads);
+                        Some(node.0)
+                    }
+                    Pending::Connection {
+                        node,
+                        peer,
+                        up,
+                        incarnation,
+                    } => {
+                        // Dropped if the process restarted meanwhile: the
+                        // new one starts from what is true then.
+                        if !self.world.up(node.0) || self.world.incarnations[node.0] != incarnation
+                        {
+                            return;
+                        }
+                        self.nodes[node.0].on_connection(&mut self.world, peer, up);
                         Some(node.0)
                     }
                     Pending::Flood { node } => {
@@ -1334,10 +1359,22 @@ impl Simulation {
             }
         }
         for (a, b, up) in changed {
-            if self.world.schedule.up(a, t) {
-                self.nodes[a].on_connection(&mut self.world, NodeId(b), up);
-                self.nodes[a].check(&mut self.world);
+            if !self.world.schedule.up(a, t) {
+                continue;
             }
+            // A paused process hears of it when it resumes.
+            if let Some(resume) = self.world.resume_at(a) {
+                let pending = Pending::Connection {
+                    node: NodeId(a),
+                    peer: NodeId(b),
+                    up,
+                    incarnation: self.world.incarnations[a],
+                };
+                self.world.schedule(resume, pending);
+                continue;
+            }
+            self.nodes[a].on_connection(&mut self.world, NodeId(b), up);
+            self.nodes[a].check(&mut self.world);
         }
         self.world.progressed();
         self.transition_at = self
@@ -1404,8 +1441,9 @@ impl Simulation {
         let chain_height = self.world.chain.height();
         let t = self.world.elapsed();
         for from in 0..self.nodes.len() {
-            // A paused node gossips nothing this round.
-            if self.world.resume_at(from).is_some() {
+            // A paused node gossips nothing this round (one busy committing
+            // does: gossip runs apart from the ledger).
+            if self.world.schedule.paused_until(from, t).is_some() {
                 continue;
             }
             let height = self.nodes[from].advertised_height(chain_height, self.world.overclaim_by);

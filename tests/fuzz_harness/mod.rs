@@ -523,11 +523,11 @@ impl RequesterModel {
 
     fn handle(&mut self, at: Instant, event: Event<u8>) -> Result<(), EventError> {
         self.seen = self.seen.max(at);
-        let timer = matches!(event, Event::Timeout | Event::Tick);
+        let timer = matches!(event, Event::Timeout);
         let result = self.machine.handle(at, event);
         assert!(
             !(timer && self.machine.deadlines_deferred()),
-            "a timer event judges the deadlines"
+            "a Timeout judges the deadlines"
         );
         result
     }
