@@ -1740,6 +1740,45 @@ fn a_range_whose_hedges_are_spent_is_retried_once_its_sends_are_taken_for_lost()
     assert!(now - t0 < ms(2_000), "block 1 came at {:?}", now - t0);
 }
 
+/// A default requester at height 1 whose first flight to `peers` (each at
+/// `height`) was answered in 50 ms (they are measured), at `t0`, with what
+/// it has in flight then.
+fn measured_first_flight(
+    peers: &[&'static str],
+    height: u64,
+    seed: u64,
+) -> (AntiEntropy<&'static str>, Instant, Sends) {
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, seed, t0).unwrap();
+    let view = peers.iter().map(|&p| PeerState::new(p, height)).collect();
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    let first = sends(&drain(&mut ae));
+    answer_in_full(&mut ae, t0 + Duration::from_millis(50), &first);
+    let in_flight = sends(&drain(&mut ae));
+    (ae, t0, in_flight)
+}
+
+/// Hands in the answers to `in_flight` at `at`, one at a time (a host back
+/// from a stall), then the `Timeout`; returns the sends made meanwhile that
+/// asked again for a range whose answer was still queued.
+fn answer_after_stall(ae: &mut AntiEntropy<&'static str>, at: Instant, in_flight: Sends) -> Sends {
+    let mut asked_again = Vec::new();
+    let mut queued = in_flight;
+    queued.reverse();
+    while let Some((from, nonce, start, end)) = queued.pop() {
+        let message = wire_response(nonce, start..=end);
+        ae.handle(at, Event::Response { from, message }).unwrap();
+        asked_again.extend(
+            sends(&drain(ae))
+                .into_iter()
+                .filter(|s| queued.iter().any(|q| q.2 <= s.3 && s.2 <= q.3)),
+        );
+    }
+    ae.handle(at, Event::Timeout).unwrap();
+    drain(ae);
+    asked_again
+}
+
 // A host that stalls (its process suspended for 3 s) hands the machine the
 // answers that reached it meanwhile at once, long after their sends'
 // deadlines, and only then its `Timeout`. Judged on the first of them, the
@@ -1751,37 +1790,11 @@ fn a_range_whose_hedges_are_spent_is_retried_once_its_sends_are_taken_for_lost()
 #[test]
 fn answers_queued_during_a_host_stall_are_taken_before_deadlines_are_judged() {
     let ms = Duration::from_millis;
-    let t0 = epoch();
-    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 5, t0).unwrap();
-    ae.handle(t0, Event::Membership(vec![PeerState::new("p", 2_000)]))
-        .unwrap();
-    // The first flight, answered in 50 ms: the peer is measured.
-    let first = sends(&drain(&mut ae));
-    answer_in_full(&mut ae, t0 + ms(50), &first);
-    let in_flight = sends(&drain(&mut ae));
+    let (mut ae, t0, in_flight) = measured_first_flight(&["p"], 2_000, 5);
     assert!(in_flight.len() >= 2, "{in_flight:?}");
     let srtt = ae.peer_stats(&"p").and_then(|p| p.srtt).unwrap();
     assert!(srtt <= ms(60), "{srtt:?}");
-    // The host stalls for 3 s; then the answers come, then the Timeout.
-    let resumed = t0 + ms(3_050);
-    let mut asked_again = Vec::new();
-    for &(from, nonce, start, end) in &in_flight {
-        ae.handle(
-            resumed,
-            Event::Response {
-                from,
-                message: wire_response(nonce, start..=end),
-            },
-        )
-        .unwrap();
-        asked_again.extend(
-            sends(&drain(&mut ae))
-                .into_iter()
-                .filter(|s| in_flight.iter().any(|f| f.2 <= s.3 && s.2 <= f.3)),
-        );
-    }
-    ae.handle(resumed, Event::Timeout).unwrap();
-    drain(&mut ae);
+    let asked_again = answer_after_stall(&mut ae, t0 + ms(3_050), in_flight);
     let stats = ae.stats();
     assert_eq!((stats.timeouts, stats.retries), (0, 0), "{stats:?}");
     assert!(asked_again.is_empty(), "asked twice: {asked_again:?}");
@@ -1797,39 +1810,10 @@ fn answers_queued_during_a_host_stall_are_taken_before_deadlines_are_judged() {
 // `Timeout` too, and after it nothing is overdue.
 #[test]
 fn a_host_stall_makes_no_end_game_copies_of_queued_answers() {
-    let ms = Duration::from_millis;
-    let t0 = epoch();
-    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 9, t0).unwrap();
-    let view: Vec<_> = ["a", "b", "c"]
-        .iter()
-        .map(|&p| PeerState::new(p, 301))
-        .collect();
-    ae.handle(t0, Event::Membership(view)).unwrap();
-    let first = sends(&drain(&mut ae));
-    answer_in_full(&mut ae, t0 + ms(50), &first);
-    let mut in_flight = sends(&drain(&mut ae));
+    let (mut ae, t0, in_flight) = measured_first_flight(&["a", "b", "c"], 301, 9);
     assert!(in_flight.len() >= 3, "{in_flight:?}");
     let before = ae.stats();
-    // 3 s later the answers are handed in one by one, then the Timeout.
-    let resumed = t0 + ms(3_050);
-    let mut copies = Vec::new();
-    while let Some((from, nonce, start, end)) = in_flight.pop() {
-        ae.handle(
-            resumed,
-            Event::Response {
-                from,
-                message: wire_response(nonce, start..=end),
-            },
-        )
-        .unwrap();
-        copies.extend(
-            sends(&drain(&mut ae))
-                .into_iter()
-                .filter(|s| in_flight.iter().any(|f| f.2 <= s.3 && s.2 <= f.3)),
-        );
-    }
-    ae.handle(resumed, Event::Timeout).unwrap();
-    drain(&mut ae);
+    let copies = answer_after_stall(&mut ae, t0 + Duration::from_millis(3_050), in_flight);
     let stats = ae.stats();
     assert!(copies.is_empty(), "copies of queued answers: {copies:?}");
     assert_eq!(stats.hedges, before.hedges, "{stats:?}");
@@ -1841,13 +1825,7 @@ fn a_host_stall_makes_no_end_game_copies_of_queued_answers() {
 #[test]
 fn a_host_stall_defers_deadlines_for_a_bounded_time() {
     let ms = Duration::from_millis;
-    let t0 = epoch();
-    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 5, t0).unwrap();
-    ae.handle(t0, Event::Membership(vec![PeerState::new("p", 2_000)]))
-        .unwrap();
-    let first = sends(&drain(&mut ae));
-    answer_in_full(&mut ae, t0 + ms(50), &first);
-    let in_flight = sends(&drain(&mut ae));
+    let (mut ae, t0, in_flight) = measured_first_flight(&["p"], 2_000, 5);
     let stalled = t0 + ms(3_050);
     let view = Event::Membership(vec![PeerState::new("p", 2_000)]);
     ae.handle(stalled, view.clone()).unwrap();

@@ -1413,6 +1413,20 @@ fn a_range_whose_hedges_are_spent_does_not_wait_out_a_long_deadline() {
     }
 }
 
+/// The cluster of the hang, pause and slow-ledger tests: three peers at
+/// 100 Mbit/s, 50 ms away, one lagger 2 000 blocks of 16 KiB behind.
+fn three_peers_one_lagger() -> Scenario {
+    Scenario {
+        peers: 3,
+        laggers: 1,
+        blocks: 2_000,
+        block_size: 16 * 1024,
+        latency: Duration::from_millis(50),
+        uplink_bps: 100_000_000,
+        ..Scenario::default()
+    }
+}
+
 /// An honest peer stops answering at 0.3 s and stays connected, advertising its height (a hung disk, a deadlocked state
 /// provider): no connection event, only deadlines tell. Catch-up from the
 /// other two takes at most 1.05× as long as from those two alone: 1.48 s
@@ -1421,15 +1435,7 @@ fn a_range_whose_hedges_are_spent_does_not_wait_out_a_long_deadline() {
 /// measured rate (before `Peer::quiet`), 1.82 s.
 #[test]
 fn a_peer_that_hangs_while_connected_costs_little() {
-    let base = Scenario {
-        peers: 3,
-        laggers: 1,
-        blocks: 2_000,
-        block_size: 16 * 1024,
-        latency: Duration::from_millis(50),
-        uplink_bps: 100_000_000,
-        ..Scenario::default()
-    };
+    let base = three_peers_one_lagger();
     let hung = Scenario {
         hangs: vec![Hang {
             node: 0,
@@ -1461,15 +1467,7 @@ fn a_peer_that_hangs_while_connected_costs_little() {
 /// unpaused time plus the pause at most (3.08 s against 1.11 s + 2 s).
 #[test]
 fn a_paused_lagger_resumes_without_timing_its_peers_out() {
-    let base = Scenario {
-        peers: 3,
-        laggers: 1,
-        blocks: 2_000,
-        block_size: 16 * 1024,
-        latency: Duration::from_millis(50),
-        uplink_bps: 100_000_000,
-        ..Scenario::default()
-    };
+    let base = three_peers_one_lagger();
     let pause = Duration::from_secs(2);
     let paused = base
         .clone()
@@ -1494,15 +1492,7 @@ fn a_paused_lagger_resumes_without_timing_its_peers_out() {
 /// with instant commits, 353 KiB held at most).
 #[test]
 fn a_slow_ledger_sets_the_pace_without_timeouts() {
-    let base = Scenario {
-        peers: 3,
-        laggers: 1,
-        blocks: 2_000,
-        block_size: 16 * 1024,
-        latency: Duration::from_millis(50),
-        uplink_bps: 100_000_000,
-        ..Scenario::default()
-    };
+    let base = three_peers_one_lagger();
     let commit = Duration::from_millis(2);
     let slow = Scenario {
         commit_time: commit,
@@ -1534,15 +1524,7 @@ fn a_slow_ledger_sets_the_pace_without_timeouts() {
 /// from the third peer alone: 2.39 s against 2.87 s alone.
 #[test]
 fn a_probe_to_a_hung_peer_does_not_hold_the_commit_point() {
-    let base = Scenario {
-        peers: 3,
-        laggers: 1,
-        blocks: 2_000,
-        block_size: 16 * 1024,
-        latency: Duration::from_millis(50),
-        uplink_bps: 100_000_000,
-        ..Scenario::default()
-    };
+    let base = three_peers_one_lagger();
     let hung = base
         .clone()
         .with_hang(0, Duration::from_millis(300), None)
