@@ -1478,6 +1478,7 @@ fn a_paused_lagger_resumes_without_timing_its_peers_out() {
     let took = report.catchup.expect("converged");
     let unpaused = steady.catchup.expect("converged");
     assert_eq!(report.timeouts, 0, "no peer timed out for our own pause");
+    assert_eq!(report.host_stalls, 1, "the pause was seen once");
     assert_eq!(report.requests, steady.requests, "nothing asked twice");
     assert!(
         took <= unpaused + pause,

@@ -1060,6 +1060,7 @@ impl Simulation {
             timeouts: 0,
             retries: 0,
             hedges: 0,
+            host_stalls: 0,
             give_ups: 0,
             rejected: 0,
             ignored: 0,
@@ -1133,6 +1134,7 @@ impl Simulation {
                 report.timeouts += s.timeouts;
                 report.retries += s.retries;
                 report.hedges += s.hedges;
+                report.host_stalls += s.host_stalls;
                 report.give_ups += s.give_ups;
                 let i = &s.ignored;
                 report.ignored += i.not_a_response

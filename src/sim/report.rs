@@ -270,6 +270,9 @@ pub struct Report {
     pub retries: u64,
     /// Hedged duplicate requests.
     pub hedges: u64,
+    /// Host stalls the requesters saw (an input long after a deadline: a
+    /// paused or busy process), whose deadlines waited for the `Timeout`.
+    pub host_stalls: u64,
     /// Ranges given up.
     pub give_ups: u64,
     /// Blocks the hosts refused (failed verification).
@@ -412,6 +415,7 @@ impl Report {
         field("timeouts", self.timeouts.to_string());
         field("retries", self.retries.to_string());
         field("hedges", self.hedges.to_string());
+        field("host_stalls", self.host_stalls.to_string());
         field("give_ups", self.give_ups.to_string());
         let reasons: Vec<String> = self
             .give_ups_by_reason
