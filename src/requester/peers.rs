@@ -339,6 +339,12 @@ impl Peer {
         // Its queue moves: the next answer's time on the link counts from
         // here, not from before the stall.
         self.busy_from = Some(now);
+        self.answer_came();
+    }
+
+    /// What any answer with a usable block tells, timed or not: the peer
+    /// is not quiet, and its requests may grow again, a block at a time.
+    fn answer_came(&mut self) {
         self.quiet_until = None;
         self.length_cap = self.length_cap.saturating_add(1);
     }
@@ -355,9 +361,7 @@ impl Peer {
     ) {
         let rtt = now.saturating_duration_since(sent_at);
         self.rtt.sample(rtt);
-        self.quiet_until = None;
-        // Answers come back: requests may grow again, a block at a time.
-        self.length_cap = self.length_cap.saturating_add(1);
+        self.answer_came();
         let floor = usize::try_from(START_BYTES / request_bytes.max(1)).unwrap_or(usize::MAX);
         let max = config.max_in_flight_per_peer;
         self.window.on_sample(now, sent_at, max, floor);

@@ -485,8 +485,9 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     fn end_game(&mut self, now: Instant) {
         // After a host stall every send looks overdue while its answer may
         // be next in the host's queue: copies wait for the `Timeout` that
-        // follows the backlog (a 3 s stall with three peers copied 21
-        // ranges whose answers were queued).
+        // follows the backlog (a 3 s stall with three peers copied 15
+        // ranges whose answers were queued:
+        // `a_host_stall_makes_no_end_game_copies_of_queued_answers`).
         if self.stalled_since.is_some() {
             return;
         }

@@ -219,9 +219,10 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// When the commit point's request, its hedges spent, may be sent again
     /// as a retry (`hedge_due` holds it back to `hedge_not_before`): once
     /// every send of it waiting is taken for lost (one to a measured peer,
-    /// at latest at its deadline before back-off), if it has retries left. Its last hedge answered empty, a range waited for a
-    /// silent peer's send, extended to its longest deadline, beside two
-    /// honest peers with free slots (wild seed 3 128, flooded: [78, 88]
+    /// at latest at its deadline before back-off), if it has retries left.
+    /// Its last hedge answered empty, a range waited for a silent peer's
+    /// send, extended to its longest deadline, beside two honest peers
+    /// with free slots (wild seed 3 128, flooded: [78, 88]
     /// idle from 1.57 to 6.09 s). The sends stay waiting, so a late answer
     /// is still taken and nobody is blamed for a timeout not yet come;
     /// counted against `max_retries`, the sends stay bounded.

@@ -125,6 +125,12 @@ impl History {
     }
 }
 
+/// `share` moved toward `sample` by one `smoothing`th (shares in
+/// 1/[`ONE`]ths).
+fn running_mean(share: u32, sample: u32, smoothing: u32) -> u32 {
+    (share * (smoothing - 1) + sample) / smoothing
+}
+
 /// Runs that began this close together began at once. A crowd that one
 /// `StateInfo` round sends to several relays reaches each within a few
 /// milliseconds, in an order its links decide and that differs from relay
@@ -219,10 +225,9 @@ impl<P: Clone + Ord> Priorities<P> {
             Asked::Fresh
         };
         let sample = if asked == Asked::Repeat { ONE } else { 0 };
-        history.repeat_share = (history.repeat_share * (SMOOTHING - 1) + sample) / SMOOTHING;
+        history.repeat_share = running_mean(history.repeat_share, sample, SMOOTHING);
         let overlap = if asked == Asked::Fresh { 0 } else { ONE };
-        history.overlap_share =
-            (history.overlap_share * (OVERLAP_SMOOTHING - 1) + overlap) / OVERLAP_SMOOTHING;
+        history.overlap_share = running_mean(history.overlap_share, overlap, OVERLAP_SMOOTHING);
         if history.repeat_share > ENTER {
             history.background = true;
         } else if history.repeat_share < LEAVE {

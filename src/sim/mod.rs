@@ -241,7 +241,7 @@ pub(crate) struct World {
     slow_delay: Duration,
     /// How long a lagger's commit of a block keeps its process busy.
     commit_time: Duration,
-    /// Per node, until when it is busy committing (see `busy`).
+    /// Per node, until when it is busy committing (`committed_one`).
     busy_until: Vec<Option<Instant>>,
     violations: u64,
     violation_messages: Vec<String>,
@@ -1183,8 +1183,8 @@ impl Simulation {
                 let Some((at, machine)) = node.next_timer else {
                     continue;
                 };
-                // A paused node's timers wait until it resumes, and then
-                // come after what reached it meanwhile.
+                // A paused (or busy) node's timers wait until it resumes,
+                // and then come after what reached it meanwhile.
                 let at = world.timer_at(i, at);
                 // A node that is down does nothing until it returns.
                 if earliest.is_none_or(|(first, ..)| at < first) && world.up(i) {
@@ -1217,8 +1217,8 @@ impl Simulation {
                 let Some((_, pending)) = self.world.queue.pop() else {
                     return;
                 };
-                // A paused process handles nothing: what reaches it waits,
-                // in order, until it resumes.
+                // A paused (or busy) process handles nothing: what reaches
+                // it waits, in order, until it resumes.
                 let target = match &pending {
                     Pending::Message { to, .. } | Pending::StateInfo { to, .. } => Some(to.0),
                     Pending::ReadDone { node, .. } | Pending::Connection { node, .. } => {
