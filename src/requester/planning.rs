@@ -915,7 +915,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             || self
                 .peers
                 .iter()
-                .any(|(id, peer)| peer.covers(range.end(), now) && !rejected.contains(id));
+                .any(|(id, peer)| peer.alternative(id, range.end(), now, failed, &rejected));
         if !fresh_holder && self.backoff_until(range).is_some_and(|until| until > now) {
             return Pick::Later;
         }
