@@ -148,6 +148,12 @@ fn add_faults(rng: &mut fastrand::Rng, mut scenario: Scenario, flooders: bool) -
             scenario = scenario.with_pause(node, from, ms(paused.u64(100..=5_000)));
         }
     }
+    // Laggers whose ledger commits slowly, the process busy meanwhile (a
+    // host committing synchronously): up to 2 ms a block. A fork too.
+    let mut slow_commit = fastrand::Rng::with_seed(rng.get_seed() ^ 0xc0_3317);
+    if slow_commit.f64() < 0.2 {
+        scenario.commit_time = Duration::from_micros(slow_commit.u64(10..=2_000));
+    }
     let mut touched = std::collections::BTreeSet::new();
     let mut pick = |rng: &mut fastrand::Rng, range: std::ops::Range<usize>| {
         let node = rng.usize(range);
