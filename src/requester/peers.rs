@@ -860,6 +860,17 @@ impl<P: Clone + Ord> Peers<P> {
 mod tests {
     use super::*;
 
+    /// Peers advertising these heights, as a view first seen.
+    fn peers_at(view: &[(&'static str, u64)]) -> Peers<&'static str> {
+        let mut peers = Peers::default();
+        peers.replace(
+            view.iter()
+                .map(|&(id, height)| PeerState::new(id, height))
+                .collect(),
+        );
+        peers
+    }
+
     #[test]
     fn rtt_estimator_follows_rfc6298() {
         let mut rtt = RttEstimator::default();
@@ -912,8 +923,7 @@ mod tests {
         let config = Config::default();
         let now = crate::test_epoch();
         let mut rng = fastrand::Rng::with_seed(1);
-        let mut peers = Peers::default();
-        peers.replace(vec![PeerState::new("a", 100), PeerState::new("b", 100)]);
+        let mut peers = peers_at(&[("a", 100), ("b", 100)]);
         peers.get_mut(&"a").unwrap().in_flight = 1;
         assert_eq!(
             peers.choose(&config, 50, &[], &[], now, &mut rng, None, None),
@@ -948,11 +958,7 @@ mod tests {
         let config = Config::default();
         let now = crate::test_epoch();
         let mut rng = fastrand::Rng::with_seed(1);
-        let mut peers = Peers::default();
-        peers.replace(vec![
-            PeerState::new("honest", 100),
-            PeerState::new("liar", 100),
-        ]);
+        let mut peers = peers_at(&[("honest", 100), ("liar", 100)]);
         peers.get_mut(&"honest").unwrap().in_flight = 1;
         assert_eq!(
             peers.choose(&config, 50, &[], &[], now, &mut rng, None, None),
@@ -997,12 +1003,7 @@ mod tests {
         let config = Config::default();
         let now = crate::test_epoch();
         let mut rng = fastrand::Rng::with_seed(1);
-        let mut peers = Peers::default();
-        peers.replace(vec![
-            PeerState::new("honest", 100),
-            PeerState::new("silent", 100),
-            PeerState::new("liar", 100),
-        ]);
+        let mut peers = peers_at(&[("honest", 100), ("silent", 100), ("liar", 100)]);
         peers
             .get_mut(&"honest")
             .unwrap()
@@ -1093,8 +1094,7 @@ mod tests {
         let config = Config::default();
         let now = crate::test_epoch();
         let mut rng = fastrand::Rng::with_seed(1);
-        let mut peers = Peers::default();
-        peers.replace(vec![PeerState::new("a", 100), PeerState::new("b", 5)]);
+        let mut peers = peers_at(&[("a", 100), ("b", 5)]);
         peers
             .get_mut(&"a")
             .unwrap()
@@ -1112,8 +1112,7 @@ mod tests {
 
     #[test]
     fn duplicate_ids_keep_one_record() {
-        let mut peers = Peers::default();
-        peers.replace(vec![PeerState::new("a", 10)]);
+        let mut peers = peers_at(&[("a", 10)]);
         peers.get_mut(&"a").unwrap().in_flight = 3;
         let gone = peers.replace(vec![PeerState::new("a", 20), PeerState::new("a", 30)]);
         assert!(gone.is_empty());
@@ -1133,12 +1132,7 @@ mod tests {
         let config = Config::default();
         let now = crate::test_epoch();
         let mut rng = fastrand::Rng::with_seed(1);
-        let mut peers = Peers::default();
-        peers.replace(vec![
-            PeerState::new("honest", 100),
-            PeerState::new("liar", 100),
-            PeerState::new("idle", 100),
-        ]);
+        let mut peers = peers_at(&[("honest", 100), ("liar", 100), ("idle", 100)]);
         let honest = peers.get_mut(&"honest").unwrap();
         honest.rtt.sample(Duration::from_millis(80));
         // Two of its sends lost: benched.
@@ -1166,11 +1160,7 @@ mod tests {
     #[test]
     fn a_suspect_that_failed_a_range_is_no_alternative_to_its_rejected_senders() {
         let now = crate::test_epoch();
-        let mut peers = Peers::default();
-        peers.replace(vec![
-            PeerState::new("sender", 100),
-            PeerState::new("silent", 100),
-        ]);
+        let mut peers = peers_at(&[("sender", 100), ("silent", 100)]);
         peers.get_mut(&"silent").unwrap().stats.timeouts = 1;
         let silent = peers.get(&"silent").unwrap();
         // Not yet asked for the range: another source than the sender of
@@ -1191,8 +1181,7 @@ mod tests {
         let config = Config::fabric();
         let now = crate::test_epoch();
         let mut rng = fastrand::Rng::with_seed(1);
-        let mut peers = Peers::default();
-        peers.replace(vec![PeerState::new("a", 11)]);
+        let peers = peers_at(&[("a", 11)]);
         // Fabric asks a peer with height == end (it lacks block `end`).
         assert_eq!(
             peers.choose(&config, 11, &[], &[], now, &mut rng, None, None),
