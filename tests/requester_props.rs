@@ -818,15 +818,24 @@ impl Harness {
             "{what}: nonce reused after its request was answered, given up or dropped"
         );
         // A peer whose copy of a block in the range was rejected is asked
-        // only if no other peer (not doubted) advertises the range.
+        // only if no other peer (not doubted) advertises the range. A peer
+        // already sent this request may be a suspect that failed it (never
+        // measured, say), which is no alternative: not counted either.
         let excluded: BTreeSet<u8> = self
             .rejected_by
             .range(start..=end)
             .flat_map(|(_, peers)| peers.iter().copied())
             .collect();
         if excluded.contains(&to) {
+            let failed: BTreeSet<u8> = self
+                .outstanding
+                .get(&start)
+                .into_iter()
+                .flat_map(|known| known.sends.iter().map(|sent| sent.to))
+                .collect();
             let other = self.view.keys().copied().find(|&peer| {
                 !excluded.contains(&peer)
+                    && !failed.contains(&peer)
                     && !self.doubted.contains(&peer)
                     && self.usable_height(peer).is_some_and(|h| h > end)
             });
