@@ -26,7 +26,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use antientropy::sim::{
-    matrix, random_links, Chain, Link, NodeId, Overclaim, Report, Scenario, Simulation,
+    matrix, random_links, BurstLoss, Chain, Link, NodeId, Overclaim, Report, Scenario, Simulation,
 };
 use antientropy::Config;
 use clap::error::ErrorKind;
@@ -79,6 +79,19 @@ fn parse_node(s: &str) -> Result<usize, String> {
 fn parse_crash(s: &str) -> Result<(usize, f64, f64), String> {
     let p = split_parts(s, 3)?;
     Ok((parse_node(p[0])?, parse_secs(p[1])?, parse_secs(p[2])?))
+}
+
+fn parse_bursts(s: &str) -> Result<BurstLoss, String> {
+    let p = split_parts(s, 3)?;
+    let (every, length) = (parse_secs(p[0])?, parse_secs(p[1])?);
+    if every <= 0.0 || length <= 0.0 {
+        return Err("bursts last a while, a while apart".into());
+    }
+    Ok(BurstLoss {
+        every: Duration::from_secs_f64(every),
+        length: Duration::from_secs_f64(length),
+        loss: parse_probability(p[2])?,
+    })
 }
 
 fn parse_at(s: &str) -> Result<(usize, f64), String> {
@@ -162,6 +175,12 @@ struct Cli {
     /// Probability that a message is lost (0 to below 1).
     #[arg(long, default_value_t = 0.0, value_parser = parse_loss)]
     loss: f64,
+    /// Losses in bursts on every connection, `EVERY_S:LENGTH_S:LOSS`: a
+    /// connection's bursts come EVERY_S seconds apart and last LENGTH_S on
+    /// average, each message sent in one lost with probability LOSS (on
+    /// top of `--loss`).
+    #[arg(long, value_parser = parse_bursts)]
+    burst_loss: Option<BurstLoss>,
     /// Probability that a message is delivered twice (0 to 1).
     #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
     dup: f64,
@@ -426,6 +445,7 @@ impl Cli {
             uplink_bps: bps(self.uplink_mbps),
             downlink_bps: bps(self.downlink_mbps),
             loss: self.loss,
+            burst_loss: self.burst_loss,
             duplicate: self.dup,
             reorder: self.reorder,
             commit_time: Duration::from_secs_f64(self.commit_ms / 1000.0),

@@ -89,7 +89,7 @@ use bytes::Bytes;
 
 pub use chain::{checksum, forged_block, verify, Chain, VerifyError, VALID_SIGNATURE};
 pub use faults::{random_links, CorruptBlock, Hang, Link, Outage, Partition, Pause};
-pub use network::{Delivery, Faults, NetStats, Network, Wake};
+pub use network::{BurstLoss, Delivery, Faults, NetStats, Network, Wake};
 pub use node::NodeId;
 pub use report::{Amplification, Bound, Outcome, Progress, Report};
 pub use scenario::{Behaviour, Overclaim, Scenario, ScenarioError};
@@ -733,6 +733,7 @@ impl Simulation {
             duplicate: scenario.duplicate,
             reorder: scenario.reorder,
             reorder_delay: scenario.reorder_delay,
+            bursts: scenario.burst_loss,
         };
         let mut network = Network::new(
             epoch,

@@ -78,6 +78,43 @@ pub struct Faults {
     pub reorder: f64,
     /// Largest extra delay of a reordered message.
     pub reorder_delay: Duration,
+    /// Losses that come in bursts on top of `loss`, if any.
+    pub bursts: Option<BurstLoss>,
+}
+
+/// Losses in bursts, as real links lose packets (a queue overflowing, a
+/// radio fading, a route flapping): each connection is in a burst or
+/// not, a two-state (Gilbert–Elliott) channel in continuous time. Out of
+/// a burst a message is lost with [`Faults::loss`], in one with `loss`.
+/// Independent losses at the same mean rate rarely lose the two or three
+/// messages in a row that a retry policy must survive; a burst loses all
+/// that one connection sends for a while, requests and their retries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BurstLoss {
+    /// Mean time between two bursts on a connection.
+    pub every: Duration,
+    /// Mean time a burst lasts.
+    pub length: Duration,
+    /// Probability that a message sent in a burst is lost.
+    pub loss: f64,
+}
+
+impl BurstLoss {
+    /// Whether a connection is in a burst `elapsed` after it was (or was
+    /// not, `was`), given `draw` uniform in `0..1`: the two-state chain's
+    /// transition over that time, exactly (it forgets its state at the
+    /// rate of both switches together).
+    fn bursting(&self, was: bool, elapsed: Duration, draw: f64) -> bool {
+        let (every, length) = (self.every.as_secs_f64(), self.length.as_secs_f64());
+        let share = length / (every + length);
+        let kept = (-elapsed.as_secs_f64() * (1.0 / every + 1.0 / length)).exp();
+        let bursting = if was {
+            share + (1.0 - share) * kept
+        } else {
+            share * (1.0 - kept)
+        };
+        draw < bursting
+    }
 }
 
 /// When the host must call [`Network::transmit`] for `node`'s uplink. A
@@ -305,6 +342,9 @@ pub struct Network<M> {
     rngs: Vec<Option<fastrand::Rng>>,
     /// The same for connections outside `rngs` (a node without a link).
     other_rngs: BTreeMap<(usize, usize), fastrand::Rng>,
+    /// Per connection with bursts of losses (see [`BurstLoss`]), whether
+    /// it was in one when it last sent, and when.
+    bursting: BTreeMap<(usize, usize), (bool, Instant)>,
     stats: NetStats,
     send_buffer: usize,
     /// Messages that left an uplink, kept between calls of `transmit`
@@ -355,6 +395,7 @@ impl<M: Clone> Network<M> {
             seed,
             rngs: (0..uplinks.len() * downlinks.len()).map(|_| None).collect(),
             other_rngs: BTreeMap::new(),
+            bursting: BTreeMap::new(),
             stats: NetStats::default(),
             send_buffer,
             left: Vec::new(),
@@ -569,7 +610,7 @@ impl<M: Clone> Network<M> {
         let next = uplink.wake(from, now);
         for (to, bytes, started, message, merged) in left.drain(..) {
             if merged && self.discard_merged {
-                self.discard(from, to);
+                self.discard(now, from, to);
                 continue;
             }
             self.deliver(now, from, to, bytes, started, message, deliveries);
@@ -612,7 +653,7 @@ impl<M: Clone> Network<M> {
         message: M,
         deliveries: &mut Vec<Delivery<M>>,
     ) {
-        let Some(copies) = self.draw_copies(from, to) else {
+        let Some(copies) = self.draw_copies(now, from, to) else {
             return;
         };
         let latency = self.path_latency(from, to);
@@ -653,8 +694,8 @@ impl<M: Clone> Network<M> {
     /// Whether a message from `from` to `to` is lost (`None`, counted) or
     /// arrives once or twice (a duplicate, counted): the draws every
     /// message makes, in this order.
-    fn draw_copies(&mut self, from: usize, to: usize) -> Option<usize> {
-        if self.chance(from, to, self.faults.loss) {
+    fn draw_copies(&mut self, now: Instant, from: usize, to: usize) -> Option<usize> {
+        if self.lost(now, from, to) {
             self.stats.lost += 1;
             return None;
         }
@@ -668,8 +709,8 @@ impl<M: Clone> Network<M> {
 
     /// A merged message's faults, drawn as [`deliver`](Self::deliver)
     /// draws them, with no delivery.
-    fn discard(&mut self, from: usize, to: usize) {
-        let Some(copies) = self.draw_copies(from, to) else {
+    fn discard(&mut self, now: Instant, from: usize, to: usize) {
+        let Some(copies) = self.draw_copies(now, from, to) else {
             return;
         };
         for _ in 0..copies {
@@ -681,7 +722,7 @@ impl<M: Clone> Network<M> {
     /// latency and faults only.
     pub fn control(&mut self, now: Instant, from: usize, to: usize) -> Vec<Instant> {
         let latency = self.path_latency(from, to);
-        if self.chance(from, to, self.faults.loss) {
+        if self.lost(now, from, to) {
             return Vec::new();
         }
         let copies = if self.chance(from, to, self.faults.duplicate) {
@@ -711,6 +752,30 @@ impl<M: Clone> Network<M> {
         self.stats.reordered += 1;
         let max = u64::try_from(self.faults.reorder_delay.as_nanos()).unwrap_or(u64::MAX);
         Duration::from_nanos(self.rng(from, to).u64(1..=max))
+    }
+
+    /// Whether a message `from → to` sent at `now` is lost: whether the
+    /// connection is in a burst then is drawn first (one more draw, only
+    /// with bursts set, so that runs without them draw as before). A
+    /// connection starts out of a burst.
+    fn lost(&mut self, now: Instant, from: usize, to: usize) -> bool {
+        let Some(bursts) = self.faults.bursts else {
+            return self.chance(from, to, self.faults.loss);
+        };
+        let (was, since) = self
+            .bursting
+            .get(&(from, to))
+            .copied()
+            .unwrap_or((false, now));
+        let draw = self.rng(from, to).f64();
+        let bursting = bursts.bursting(was, now.saturating_duration_since(since), draw);
+        self.bursting.insert((from, to), (bursting, now));
+        let loss = if bursting {
+            bursts.loss
+        } else {
+            self.faults.loss
+        };
+        self.chance(from, to, loss)
     }
 
     fn chance(&mut self, from: usize, to: usize, probability: f64) -> bool {
@@ -1007,6 +1072,7 @@ mod tests {
             duplicate: 0.2,
             reorder: 0.5,
             reorder_delay: ms(30),
+            bursts: None,
         };
         let run = |seed| {
             let mut n = Network::new(t0, ms(5), &[MBIT; 2], &[MBIT; 2], 1000, faults, seed);
@@ -1024,5 +1090,70 @@ mod tests {
         assert!(stats.reordered > 30, "{stats:?}");
         let copies = |id| a.iter().filter(|d| d.0 == id).count();
         assert!((0..200).any(|id| copies(id) == 0) && (0..200).any(|id| copies(id) == 2));
+    }
+
+    #[test]
+    fn bursty_losses_come_in_runs_at_their_mean_rate() {
+        let t0 = epoch();
+        // The losses of 20 000 messages on one connection, one every
+        // millisecond, as runs.
+        let runs = |faults: Faults| {
+            let mut n: Network<u32> =
+                Network::new(t0, ms(5), &[MBIT; 2], &[MBIT; 2], 1000, faults, 7);
+            let lost: Vec<bool> = (0..20_000)
+                .map(|i| n.control(t0 + ms(i), 0, 1).is_empty())
+                .collect();
+            let mut runs = Vec::new();
+            let mut current = 0;
+            for lost in lost {
+                if lost {
+                    current += 1;
+                } else if current > 0 {
+                    runs.push(current);
+                    current = 0;
+                }
+            }
+            runs
+        };
+        let bursty = Faults {
+            bursts: Some(BurstLoss {
+                every: ms(100),
+                length: ms(10),
+                loss: 1.0,
+            }),
+            ..Faults::default()
+        };
+        let bursts = runs(bursty);
+        let lost: usize = bursts.iter().sum();
+        // Bursts of 10 ms on average, 100 ms apart: about 10 / 110 of the
+        // messages lost, in runs of about 10.
+        let rate = lost as f64 / 20_000.0;
+        assert!((0.07..0.11).contains(&rate), "loss rate {rate}");
+        let mean_run = lost as f64 / bursts.len() as f64;
+        assert!((8.0..12.5).contains(&mean_run), "mean run {mean_run}");
+        // Independent losses at that rate rarely lose five in a row.
+        let independent = runs(Faults {
+            loss: rate,
+            ..Faults::default()
+        });
+        let long = |runs: &[usize]| runs.iter().filter(|&&r| r >= 5).count();
+        assert!(long(&bursts) > 50 * long(&independent).max(1), "{bursts:?}");
+    }
+
+    #[test]
+    fn a_burst_outlasts_a_quiet_spell_only_as_often_as_its_length_says() {
+        let bursts = BurstLoss {
+            every: ms(900),
+            length: ms(100),
+            loss: 1.0,
+        };
+        // Long after, the state is a tenth in a burst whatever it was.
+        for was in [false, true] {
+            assert!(bursts.bursting(was, ms(60_000), 0.099));
+            assert!(!bursts.bursting(was, ms(60_000), 0.101));
+        }
+        // At once, it is what it was.
+        assert!(bursts.bursting(true, Duration::ZERO, 0.999));
+        assert!(!bursts.bursting(false, Duration::ZERO, 0.0));
     }
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::faults::{CorruptBlock, Hang, Link, Outage, Partition, Pause};
+use super::network::BurstLoss;
 
 /// Smallest bandwidth accepted, bits per second.
 const MIN_BANDWIDTH: u64 = 1_000;
@@ -102,6 +103,9 @@ pub struct Scenario {
     pub reorder: f64,
     /// Largest extra delay of a reordered message.
     pub reorder_delay: Duration,
+    /// Losses in bursts on every connection, on top of
+    /// [`loss`](Self::loss), if any.
+    pub burst_loss: Option<BurstLoss>,
     /// Behaviour of up-to-date peer `i` (`Honest` past the end).
     pub behaviours: Vec<Behaviour>,
     /// Messages each connection's send buffer holds until they leave the
@@ -164,6 +168,7 @@ impl Default for Scenario {
             duplicate: 0.0,
             reorder: 0.0,
             reorder_delay: Duration::from_millis(50),
+            burst_loss: None,
             behaviours: Vec::new(),
             send_buffer: 200,
             slow_delay: Duration::from_millis(500),
@@ -372,6 +377,17 @@ impl Scenario {
         if self.loss >= 1.0 {
             return Err(Invalid("loss must be below 1, or nothing arrives"));
         }
+        if let Some(bursts) = self.burst_loss {
+            if !(0.0..=1.0).contains(&bursts.loss) {
+                return Err(Probability("burst loss"));
+            }
+            if bursts.every.is_zero() || bursts.length.is_zero() {
+                return Err(Invalid("bursts must last a while, a while apart"));
+            }
+            if bursts.every > MAX_DURATION || bursts.length > MAX_DURATION {
+                return Err(Invalid("durations must not exceed a year"));
+            }
+        }
         if self.behaviours.len() > self.peers {
             return Err(Invalid("more behaviours than peers"));
         }
@@ -516,6 +532,43 @@ mod tests {
         };
         assert_eq!(s.validate(), Err(ScenarioError::Probability("loss")));
         Scenario::default().validate().unwrap();
+    }
+
+    #[test]
+    fn validate_checks_bursts_of_loss() {
+        let bursts = BurstLoss {
+            every: Duration::from_secs(2),
+            length: Duration::from_millis(200),
+            loss: 1.0,
+        };
+        let with = |bursts| Scenario {
+            burst_loss: Some(bursts),
+            ..Scenario::default()
+        };
+        with(bursts).validate().unwrap();
+        assert_eq!(
+            with(BurstLoss {
+                loss: f64::NAN,
+                ..bursts
+            })
+            .validate(),
+            Err(ScenarioError::Probability("burst loss"))
+        );
+        for zero in [
+            BurstLoss {
+                every: Duration::ZERO,
+                ..bursts
+            },
+            BurstLoss {
+                length: Duration::ZERO,
+                ..bursts
+            },
+        ] {
+            assert!(matches!(
+                with(zero).validate(),
+                Err(ScenarioError::Invalid(_))
+            ));
+        }
     }
 
     #[test]
