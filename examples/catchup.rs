@@ -94,6 +94,18 @@ fn parse_bursts(s: &str) -> Result<BurstLoss, String> {
     })
 }
 
+fn parse_slowdown(s: &str) -> Result<(usize, f64, f64, Option<f64>), String> {
+    let (p, until) = match split_parts(s, 4) {
+        Ok(p) => {
+            let until = parse_secs(p[3])?;
+            (p, Some(until))
+        }
+        Err(_) => (split_parts(s, 3)?, None),
+    };
+    let mbps = parse_bandwidth(p[2])?;
+    Ok((parse_node(p[0])?, parse_secs(p[1])?, mbps, until))
+}
+
 fn parse_at(s: &str) -> Result<(usize, f64), String> {
     let p = split_parts(s, 2)?;
     Ok((parse_node(p[0])?, parse_secs(p[1])?))
@@ -243,6 +255,11 @@ struct Cli {
     /// what arrived, then its timers.
     #[arg(long, value_parser = parse_crash)]
     pause: Vec<(usize, f64, f64)>,
+    /// A node whose uplink slows down, `NODE:AT_S:MBPS:FOR_S`, or
+    /// `NODE:AT_S:MBPS` for good (repeatable): it carries MBPS from AT_S,
+    /// then its own rate again.
+    #[arg(long, value_parser = parse_slowdown)]
+    slowdown: Vec<(usize, f64, f64, Option<f64>)>,
     /// A partition that heals, `N1,N2,...:FROM_S:UNTIL_S` (repeatable).
     #[arg(long, value_parser = parse_partition)]
     partition: Vec<(Vec<usize>, f64, f64)>,
@@ -483,6 +500,9 @@ impl Cli {
         }
         for &(node, at, hung_for) in &self.hang {
             s = s.with_hang(node, secs(at), hung_for.map(secs));
+        }
+        for &(node, at, mbps, slow_for) in &self.slowdown {
+            s = s.with_slowdown(node, secs(at), slow_for.map(secs), bps(mbps));
         }
         for (side, from, until) in &self.partition {
             s = s.with_partition(side.iter().copied(), secs(*from), secs(*until));

@@ -45,6 +45,23 @@ pub struct Hang {
     pub until: Option<Duration>,
 }
 
+/// Node `node`'s uplink carries only `uplink_bps` from `from` until
+/// `until` (for good if `None`), then its own rate again: a link that
+/// degrades (a congested route, a neighbour's backup, a throttled cloud
+/// instance). The node does nothing different; its peers see its answers
+/// slow down, past what they measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slowdown {
+    /// The node (an up-to-date peer or a lagger).
+    pub node: usize,
+    /// When its uplink slows down.
+    pub from: Duration,
+    /// When it is back to its own rate, if it is.
+    pub until: Option<Duration>,
+    /// Its uplink meanwhile, bits per second.
+    pub uplink_bps: u64,
+}
+
 /// Node `node`'s process is paused from `from` until `until` (SIGSTOP, a
 /// frozen container, a VM descheduled, swapping): it handles nothing, its
 /// connections stay up, what reaches it waits in its socket buffers and

@@ -88,7 +88,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 pub use chain::{checksum, forged_block, verify, Chain, VerifyError, VALID_SIGNATURE};
-pub use faults::{random_links, CorruptBlock, Hang, Link, Outage, Partition, Pause};
+pub use faults::{random_links, CorruptBlock, Hang, Link, Outage, Partition, Pause, Slowdown};
 pub use network::{BurstLoss, Delivery, Faults, NetStats, Network, Wake};
 pub use node::NodeId;
 pub use report::{Amplification, Bound, Outcome, Progress, Report};
@@ -171,6 +171,8 @@ enum Pending {
     Flood { node: NodeId },
     /// A node's uplink hands out the messages that have left it.
     Uplink(Wake),
+    /// A node's uplink changes its rate (a [`Slowdown`] starts or ends).
+    UplinkRate { node: usize, bits_per_second: u64 },
 }
 
 /// What a message on the network carries.
@@ -810,6 +812,26 @@ impl Simulation {
                 world.schedule(epoch, Pending::Flood { node: node.id });
             }
         }
+        // Each slowdown is two changes of its node's uplink, at its start
+        // and end (the later change wins where two overlap).
+        for slowdown in &scenario.slowdowns {
+            let node = slowdown.node;
+            let changes = [
+                Some((slowdown.from, slowdown.uplink_bps)),
+                slowdown.until.map(|until| (until, links[node].uplink_bps)),
+            ];
+            for (at, bits_per_second) in changes.into_iter().flatten() {
+                if let Some(at) = epoch.checked_add(at) {
+                    world.schedule(
+                        at,
+                        Pending::UplinkRate {
+                            node,
+                            bits_per_second,
+                        },
+                    );
+                }
+            }
+        }
         Ok(Self {
             scenario,
             seed,
@@ -1225,7 +1247,7 @@ impl Simulation {
                     Pending::ReadDone { node, .. } | Pending::Connection { node, .. } => {
                         Some(node.0)
                     }
-                    Pending::Flood { .. } | Pending::Uplink(_) => None,
+                    Pending::Flood { .. } | Pending::Uplink(_) | Pending::UplinkRate { .. } => None,
                 };
                 if let Some(resume) = target.and_then(|node| self.world.resume_at(node)) {
                     self.world.schedule(resume, pending);
@@ -1307,6 +1329,18 @@ impl Simulation {
                     }
                     Pending::Uplink(wake) => {
                         self.world.transmit(wake);
+                        None
+                    }
+                    Pending::UplinkRate {
+                        node,
+                        bits_per_second,
+                    } => {
+                        let now = self.world.now;
+                        if let Some(wake) =
+                            self.world.network.set_uplink(now, node, bits_per_second)
+                        {
+                            self.world.schedule(wake.at, Pending::Uplink(wake));
+                        }
                         None
                     }
                 }

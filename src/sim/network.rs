@@ -740,6 +740,16 @@ impl<M: Clone> Network<M> {
         self.latency
     }
 
+    /// From `now` on, `node`'s uplink carries `bits_per_second`; what is
+    /// queued leaves at the new rate from here. The uplink's schedule
+    /// changes: the `Wake` returned supersedes the last.
+    pub fn set_uplink(&mut self, now: Instant, node: usize, bits_per_second: u64) -> Option<Wake> {
+        let uplink = self.up.get_mut(node)?;
+        uplink.advance(now);
+        uplink.bits_per_second = bits_per_second;
+        uplink.wake(node, now)
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> NetStats {
         self.stats
@@ -882,6 +892,27 @@ mod tests {
         // An unlimited uplink: latency and the downlink only.
         assert_eq!(one(0, 100 * MBIT), [(1, t0 + ms(150))]);
         assert_eq!(one(0, 0), [(1, t0 + ms(50))]);
+    }
+
+    #[test]
+    fn an_uplink_that_slows_down_sends_the_rest_at_its_new_rate() {
+        let t0 = epoch();
+        let mut n = net(t0, 100 * MBIT, 1000 * MBIT);
+        // 1.25 MB: 100 ms at 100 Mbit/s. Halfway, the uplink halves: the
+        // other half takes 100 ms, so it leaves at 150 ms, arrives at 200.
+        let first = n.send(t0, 0, 1, 1_250_000, 1).expect("a wake");
+        assert_eq!(first.at, t0 + ms(100));
+        let slowed = n.set_uplink(t0 + ms(50), 0, 50 * MBIT).expect("a wake");
+        assert_eq!(slowed.at, t0 + ms(150));
+        // The first schedule is superseded: nothing leaves then.
+        let (left, _) = n.transmit(first.at, first);
+        assert!(left.is_empty());
+        let (left, next) = n.transmit(slowed.at, slowed);
+        let arrivals: Vec<_> = left.iter().map(|d| (d.message, d.at)).collect();
+        assert_eq!(arrivals, [(1, t0 + ms(200))]);
+        assert!(next.is_none());
+        // Idle, a change of rate schedules nothing.
+        assert!(n.set_uplink(t0 + ms(300), 0, 100 * MBIT).is_none());
     }
 
     #[test]

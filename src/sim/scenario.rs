@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::faults::{CorruptBlock, Hang, Link, Outage, Partition, Pause};
+use super::faults::{CorruptBlock, Hang, Link, Outage, Partition, Pause, Slowdown};
 use super::network::BurstLoss;
 
 /// Smallest bandwidth accepted, bits per second.
@@ -138,6 +138,8 @@ pub struct Scenario {
     pub hangs: Vec<Hang>,
     /// Nodes whose process is paused for a while.
     pub pauses: Vec<Pause>,
+    /// Nodes whose uplink slows down for a while.
+    pub slowdowns: Vec<Slowdown>,
     /// Per-node links (node `i` gets `links[i]`; nodes past the end get
     /// the uniform `latency`, `uplink_bps`, `downlink_bps`).
     pub links: Vec<Link>,
@@ -181,6 +183,7 @@ impl Default for Scenario {
             outages: Vec::new(),
             hangs: Vec::new(),
             pauses: Vec::new(),
+            slowdowns: Vec::new(),
             partitions: Vec::new(),
             links: Vec::new(),
             stall_after: Duration::from_secs(600),
@@ -298,6 +301,25 @@ impl Scenario {
             node,
             from,
             until: hung_for.map(|d| from.saturating_add(d)),
+        });
+        self
+    }
+
+    /// Node `node`'s uplink carries `uplink_bps` from `from` for
+    /// `slow_for` (for good if `None`), then its own rate (see
+    /// [`Slowdown`]).
+    pub fn with_slowdown(
+        mut self,
+        node: usize,
+        from: Duration,
+        slow_for: Option<Duration>,
+        uplink_bps: u64,
+    ) -> Self {
+        self.slowdowns.push(Slowdown {
+            node,
+            from,
+            until: slow_for.map(|d| from.saturating_add(d)),
+            uplink_bps,
         });
         self
     }
@@ -421,6 +443,16 @@ impl Scenario {
                 "a pause must name a peer or lagger (not a flooder) and end after it starts",
             ));
         }
+        if self.slowdowns.iter().any(|d| {
+            d.node >= nodes
+                || d.until.is_some_and(|u| u <= d.from)
+                || d.uplink_bps < MIN_BANDWIDTH
+                || d.from > MAX_DURATION
+        }) {
+            return Err(Invalid(
+                "a slowdown must name a node, end after it starts and leave at least 1 kbit/s",
+            ));
+        }
         if self
             .outages
             .iter()
@@ -532,6 +564,25 @@ mod tests {
         };
         assert_eq!(s.validate(), Err(ScenarioError::Probability("loss")));
         Scenario::default().validate().unwrap();
+    }
+
+    #[test]
+    fn validate_checks_slowdowns() {
+        let at = Duration::from_secs(1);
+        let base = Scenario::default();
+        base.clone()
+            .with_slowdown(0, at, Some(at), 50_000)
+            .validate()
+            .unwrap();
+        for bad in [
+            base.clone()
+                .with_slowdown(base.peers + base.laggers, at, None, 50_000),
+            base.clone()
+                .with_slowdown(0, at, Some(Duration::ZERO), 50_000),
+            base.clone().with_slowdown(0, at, None, MIN_BANDWIDTH - 1),
+        ] {
+            assert!(matches!(bad.validate(), Err(ScenarioError::Invalid(_))));
+        }
     }
 
     #[test]
