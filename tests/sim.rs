@@ -1607,6 +1607,40 @@ fn a_peer_whose_link_slows_down_costs_little() {
     );
 }
 
+/// The only source's uplink slows 40× at 1 s, for good: its answers come
+/// long after their deadlines, in order. A timed-out range whose send is
+/// still queued there (its last answer came later than a deadline, and
+/// answered an older send) is not sent again: re-sent, each crossed the
+/// slow link twice, 185 s and 1.66× the bytes needed; now 148.5 s (the
+/// link itself allows about 94 s) and 1.38×.
+#[test]
+fn a_slowed_only_source_is_not_sent_its_queued_ranges_again() {
+    let (full, slowed) = (2_000_000, 50_000);
+    let scenario = Scenario {
+        peers: 1,
+        blocks: 200,
+        block_size: 4096,
+        uplink_bps: full,
+        ..Scenario::default()
+    }
+    .with_slowdown(0, Duration::from_secs(1), None, slowed);
+    let report = run(scenario.clone(), Config::default(), 1, None);
+    assert_passed(&report, "default", &scenario);
+    // The link's own time: a second at the full rate, the rest slowed.
+    let bits = report.bound.bytes as f64 * 8.0;
+    let link = 1.0 + (bits - full as f64) / slowed as f64;
+    let took = report.catchup.unwrap().as_secs_f64();
+    assert!(
+        took <= 1.75 * link,
+        "{took:.1} s against {link:.1} s for the link"
+    );
+    assert!(
+        report.worst_bytes_ratio() <= 1.5,
+        "{:.2}× the bytes needed",
+        report.worst_bytes_ratio()
+    );
+}
+
 /// Losses in bursts (every connection loses all it sends for 200 ms,
 /// about every 2 s: a tenth of its messages) cost no more than the same
 /// share of losses spread out: a burst costs one spell of timeouts at one
