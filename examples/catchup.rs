@@ -189,8 +189,8 @@ struct Cli {
     loss: f64,
     /// Losses in bursts on every connection, `EVERY_S:LENGTH_S:LOSS`: a
     /// connection's bursts come EVERY_S seconds apart and last LENGTH_S on
-    /// average, each message sent in one lost with probability LOSS (on
-    /// top of `--loss`).
+    /// average, each message sent in one lost with probability LOSS
+    /// (instead of `--loss`).
     #[arg(long, value_parser = parse_bursts)]
     burst_loss: Option<BurstLoss>,
     /// Probability that a message is delivered twice (0 to 1).

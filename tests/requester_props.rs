@@ -1181,6 +1181,14 @@ impl Harness {
                 self.now - at
             );
         }
+        // Requests out and no timer: the machine would wait for an input
+        // that may never come (a range held back for a slowed peer that
+        // then went quiet waited so, until some `Membership` came).
+        check!(
+            stats.in_flight == 0 || self.ae.poll_timeout().is_some(),
+            "{} requests out and no timer",
+            stats.in_flight
+        );
         Ok(())
     }
 

@@ -220,6 +220,10 @@ pub struct AntiEntropy<P> {
     /// When a send the end game waits on is next taken for lost or
     /// overdue: planning looks again then (`planning::end_game`).
     look_again_at: Option<Instant>,
+    /// When the first range held back as still queued at a slowed peer
+    /// (`planning::queued_until`) is no longer taken for queued: it is
+    /// sent again then, unless an answer came first.
+    queued_wake: Option<Instant>,
     /// When the host was seen to have stalled (an input came long after a
     /// deadline it was asked to wake us for), until its next `Timeout`: see
     /// [`HOST_STALL`].
@@ -275,6 +279,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         Ok(Self {
             next_round_at: now.checked_add(config.check_interval),
             look_again_at: None,
+            queued_wake: None,
             stalled_since: None,
             config,
             channel,
@@ -474,6 +479,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         deadlines
             .chain(self.next_round_at)
             .chain(self.look_again_at)
+            .chain(self.queued_wake.filter(|at| *at > self.now))
             .chain(self.hedge_due())
             .chain(backoffs)
             .min()

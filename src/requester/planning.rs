@@ -885,7 +885,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         match self.pick(now, range, &failed, None) {
             // Its timed-out send is still queued there, by all signs: sent
             // again, the range would cross the same slow link twice.
-            Pick::Peer(peer) if self.still_queued(now, id, &peer) => {}
+            Pick::Peer(peer) if self.queued_until(now, id, &peer).is_some() => {}
             Pick::Peer(peer) => self.send_attempt(now, id, peer, Send::Retry),
             // `resend_idle` tries again when a slot frees or the back-off
             // ends (`poll_timeout` wakes us then), and gives up if nothing
@@ -911,27 +911,27 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// 94 s for the link; 148.5 s now. Without the first condition, taken
     /// for queued, lost sends waited at loss: 4 000 lossy wild clusters
     /// 6.9 % slower; with it, unchanged.
-    fn still_queued(&self, now: Instant, id: u64, peer: &P) -> bool {
-        let (Some(request), Some(record)) = (self.requests.get(id), self.peers.get(peer)) else {
-            return false;
-        };
-        let (Some(answered_at), Some(answered_sent)) =
-            (record.last_answer_at, record.last_answered_sent_at)
-        else {
-            return false;
-        };
+    /// Until when, if so: then it is sent again (`queued_wake` wakes the
+    /// machine), unless its answer came first. Only with adaptive
+    /// timeouts: Fabric's preset re-sends at its fixed timeout.
+    fn queued_until(&self, now: Instant, id: u64, peer: &P) -> Option<Instant> {
+        if !self.config.adaptive_timeout {
+            return None;
+        }
+        let (request, record) = (self.requests.get(id)?, self.peers.get(peer)?);
+        let (answered_at, answered_sent) = (record.last_answer_at?, record.last_answered_sent_at?);
         let slow = answered_at.saturating_duration_since(answered_sent)
             >= record.unbacked_timeout(&self.config);
-        let alive = answered_at
+        let until = answered_at
             .checked_add(record.timeout(&self.config))
-            .is_some_and(|until| now < until);
-        slow && alive
-            && request.attempts.iter().any(|attempt| {
-                &attempt.peer == peer
-                    && attempt.state == AttemptState::TimedOut
-                    && answered_sent <= attempt.sent_at
-                    && attempt.sent_at < answered_at
-            })
+            .filter(|until| now < *until)?;
+        let queued = request.attempts.iter().any(|attempt| {
+            &attempt.peer == peer
+                && attempt.state == AttemptState::TimedOut
+                && answered_sent <= attempt.sent_at
+                && attempt.sent_at < answered_at
+        });
+        (slow && queued).then_some(until)
     }
 
     /// The peer to send `range` to: one that advertises it, is free, and
@@ -975,6 +975,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// Re-sends requests left without a waiting send; gives them up when
     /// nothing in flight could free a peer.
     pub(super) fn resend_idle(&mut self, now: Instant) {
+        self.queued_wake = None;
         let idle: Vec<u64> = self.requests.idle().collect();
         for id in idle {
             self.retry_if_idle(now, id);
@@ -982,14 +983,23 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 .requests
                 .get(id)
                 .is_some_and(|request| request.waiting().next().is_none());
-            let deferred = self.requests.get(id).is_some_and(|request| {
-                self.backoff_until(request.range)
-                    .is_some_and(|until| until > now)
-                    || request
-                        .attempts
-                        .iter()
-                        .any(|attempt| self.still_queued(now, id, &attempt.peer))
+            let queued = self.requests.get(id).and_then(|request| {
+                request
+                    .attempts
+                    .iter()
+                    .filter_map(|attempt| self.queued_until(now, id, &attempt.peer))
+                    .min()
             });
+            if still_idle {
+                if let Some(until) = queued {
+                    self.queued_wake = Some(self.queued_wake.map_or(until, |at| at.min(until)));
+                }
+            }
+            let deferred = queued.is_some()
+                || self.requests.get(id).is_some_and(|request| {
+                    self.backoff_until(request.range)
+                        .is_some_and(|until| until > now)
+                });
             if still_idle && !deferred && self.nothing_waiting() {
                 let range = self.requests.get(id).map(|r| r.range);
                 self.drop_request(id);

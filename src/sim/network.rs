@@ -742,8 +742,13 @@ impl<M: Clone> Network<M> {
 
     /// From `now` on, `node`'s uplink carries `bits_per_second`; what is
     /// queued leaves at the new rate from here. The uplink's schedule
-    /// changes: the `Wake` returned supersedes the last.
+    /// changes: the `Wake` returned supersedes the last. An unlimited
+    /// rate (0) is for uplinks made so (`new`): asked here, nothing
+    /// changes (the work of what is queued was counted at a finite rate).
     pub fn set_uplink(&mut self, now: Instant, node: usize, bits_per_second: u64) -> Option<Wake> {
+        if bits_per_second == 0 {
+            return None;
+        }
         let uplink = self.up.get_mut(node)?;
         uplink.advance(now);
         uplink.bits_per_second = bits_per_second;
@@ -913,6 +918,12 @@ mod tests {
         assert!(next.is_none());
         // Idle, a change of rate schedules nothing.
         assert!(n.set_uplink(t0 + ms(300), 0, 100 * MBIT).is_none());
+        // Unlimited (0) is refused: the schedule stands (set, it left the
+        // queued message due at once, for ever).
+        let wake = n.send(t0 + ms(400), 0, 1, 1_250_000, 2).expect("a wake");
+        assert!(n.set_uplink(t0 + ms(450), 0, 0).is_none());
+        let (left, _) = n.transmit(wake.at, wake);
+        assert_eq!(left.len(), 1);
     }
 
     #[test]

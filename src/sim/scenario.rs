@@ -103,8 +103,9 @@ pub struct Scenario {
     pub reorder: f64,
     /// Largest extra delay of a reordered message.
     pub reorder_delay: Duration,
-    /// Losses in bursts on every connection, on top of
-    /// [`loss`](Self::loss), if any.
+    /// Losses in bursts on every connection, if any: in a burst a message
+    /// is lost with the burst's probability instead of
+    /// [`loss`](Self::loss).
     pub burst_loss: Option<BurstLoss>,
     /// Behaviour of up-to-date peer `i` (`Honest` past the end).
     pub behaviours: Vec<Behaviour>,
