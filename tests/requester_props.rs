@@ -861,6 +861,10 @@ impl Harness {
             .next_back()
             .filter(|(_, known)| known.end == end)
             .map(|(&first, _)| first);
+        let cut_retry = self
+            .outstanding
+            .get(&start)
+            .is_some_and(|known| end < known.end);
         // Outstanding ranges are disjoint: a send of exactly an outstanding
         // range is a re-send of that request (counted as a retry or a hedge,
         // checked against the counters), any other must not overlap one.
@@ -870,6 +874,16 @@ impl Harness {
             .filter(|known| known.end == end)
         {
             Some(known) => {
+                known.sends.push(send);
+                self.resends += 1;
+            }
+            // A retry cut to what a good peer holds: the lower part of an
+            // outstanding range, the rest no longer requested.
+            None if cut_retry => {
+                // (Its sends may have timed out in this very event: the
+                // model learns which only once it is drained.)
+                let known = self.outstanding.get_mut(&start).expect("checked");
+                known.end = end;
                 known.sends.push(send);
                 self.resends += 1;
             }

@@ -718,6 +718,34 @@ impl<P: Clone + Ord> Peers<P> {
             .min()
     }
 
+    /// Where a retry of `range` is best cut: below the highest credible
+    /// height within it of a peer of the best standing (`Peer::standing`,
+    /// for a retry) that is not among `excluded`, if no such peer holds the
+    /// whole range. Planned while those peers held less, a range kept going
+    /// only to the peers that claim all of it.
+    pub(crate) fn good_prefix_end(
+        &self,
+        range: SeqRange,
+        excluded: &[P],
+        now: Instant,
+    ) -> Option<u64>
+    where
+        P: PartialEq,
+    {
+        let mut best = None;
+        for (id, peer) in &self.map {
+            if excluded.contains(id) || peer.standing(now, true) != 0 {
+                continue;
+            }
+            match peer.credible_height(now) {
+                Some(height) if height > range.end() => return None,
+                Some(height) if height > range.start() => best = best.max(Some(height - 1)),
+                _ => {}
+            }
+        }
+        best
+    }
+
     /// Picks the peer for a request ending at `end`, or `None` if every
     /// eligible peer is at its in-flight cap (or benched while others are
     /// not).

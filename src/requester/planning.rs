@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use super::peers::Finish;
 use super::requests::{Attempt, AttemptState, Request};
 use super::{Action, AntiEntropy, GiveUpReason, PeerState, Pick, Send};
+use crate::config::PeerSelection;
 use crate::range::SeqRange;
 use crate::wire;
 
@@ -881,6 +882,32 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             self.drop_request(id);
             self.give_up(now, range, GiveUpReason::RetriesExhausted { sends });
             return;
+        }
+        // Cut to what a good peer holds, if none holds all of it, when the
+        // cut range can go at once: planned while such peers held less, the
+        // range went only to liars and hung peers until its retries ran
+        // out, and then, planned again, to the good peer (wild seed 429
+        // without loss, flooded: 58.7 s against 15.2 s unflooded; 20.9 s
+        // now).
+        if self.config.peer_selection == PeerSelection::Scored {
+            let rejected = self.rejected_in(range);
+            let cut = self
+                .peers
+                .good_prefix_end(range, &rejected, now)
+                .and_then(|end| SeqRange::new(range.start(), end))
+                .filter(|kept| !self.obsolete(*kept));
+            if let Some(kept) = cut {
+                if let Pick::Peer(peer) = self.pick(now, kept, &failed, None) {
+                    if self.queued_until(now, id, &peer).is_none()
+                        && self.requests.narrow(id, kept.end()).is_some()
+                    {
+                        emit!(DEBUG, %range, %kept, ?peer, "retry cut to a good peer's height");
+                        self.uncover(kept.end() + 1);
+                        self.send_attempt(now, id, peer, Send::Retry);
+                        return;
+                    }
+                }
+            }
         }
         match self.pick(now, range, &failed, None) {
             // Its timed-out send is still queued there, by all signs: sent

@@ -168,6 +168,18 @@ impl<P> Requests<P> {
         Some(self.insert(rest))
     }
 
+    /// Narrows request `id` to its blocks up to `end`; the rest is no longer
+    /// requested. Its sends keep what they asked (`Attempt::asked`).
+    pub(crate) fn narrow(&mut self, id: u64, end: u64) -> Option<SeqRange> {
+        let request = self.by_id.get_mut(&id)?;
+        let start = request.range.start();
+        let kept = SeqRange::new(start, end).filter(|kept| kept.end() < request.range.end())?;
+        self.blocks -= request.range.len() - kept.len();
+        request.range = kept;
+        self.by_start.insert(start, (end, id));
+        Some(kept)
+    }
+
     /// Records a send of request `id`.
     pub(crate) fn push_attempt(&mut self, id: u64, attempt: Attempt<P>) {
         if let Some(request) = self.by_id.get_mut(&id) {

@@ -990,6 +990,12 @@ impl RequesterModel {
                 // A retry or a hedge of the same range.
                 request.sends.push(sent);
             }
+            // A retry cut to what a good peer holds: the lower part of the
+            // range, the rest no longer requested.
+            Some(request) if range.end() < request.range.end() => {
+                request.range = range;
+                request.sends.push(sent);
+            }
             None if split_of.is_some() => {
                 assert!(!self.block_seen, "{range} split off after a block came");
                 assert!(
