@@ -1884,7 +1884,7 @@ fn a_retry_is_cut_to_what_a_good_peer_holds() {
     ae.handle(now, Event::Membership(vec![good(9), mute]))
         .unwrap();
     // "mute" answers nothing: block 2 is asked again once its send ends.
-    let mut now = now;
+    let mut now;
     let mut later = sends(&drain(&mut ae));
     while !later.iter().any(|s| s.2 == 2) {
         now = ae.poll_timeout().expect("a timer while the range is out");
