@@ -596,6 +596,16 @@ impl Peer {
     }
 }
 
+/// What [`Peers::choose_except`] weighs besides the range's end: see
+/// [`Peers::choose`].
+#[derive(Debug)]
+pub(crate) struct Choice<'a, P> {
+    pub(crate) prefer_not: &'a [P],
+    pub(crate) exclude: &'a [P],
+    pub(crate) hedge: Option<usize>,
+    pub(crate) finish: Option<Finish>,
+}
+
 /// The channel's members as last advertised, with local records.
 #[derive(Debug, Clone)]
 pub(crate) struct Peers<P> {
@@ -719,11 +729,12 @@ impl<P: Clone + Ord> Peers<P> {
     }
 
     /// Where a retry of `range` is best cut: below the highest credible
-    /// height within it of a peer of the best standing (`Peer::standing`,
-    /// for a retry) that is not among `excluded`, if no such peer holds the
-    /// whole range. Planned while those peers held less, a range kept going
-    /// only to the peers that claim all of it.
-    pub(crate) fn good_prefix_end(
+    /// height within it of a peer of a better standing (`Peer::standing`,
+    /// for a retry) than every peer that holds the whole range, the best
+    /// standing first; senders of a rejected block in it (`excluded`) are
+    /// neither. A range planned while such peers held less (or were not
+    /// known yet) kept going only to the peers that claim all of it.
+    pub(crate) fn better_prefix_end(
         &self,
         range: SeqRange,
         excluded: &[P],
@@ -732,18 +743,26 @@ impl<P: Clone + Ord> Peers<P> {
     where
         P: PartialEq,
     {
-        let mut best = None;
-        for (id, peer) in &self.map {
-            if excluded.contains(id) || peer.standing(now, true) != 0 {
-                continue;
-            }
-            match peer.credible_height(now) {
-                Some(height) if height > range.end() => return None,
-                Some(height) if height > range.start() => best = best.max(Some(height - 1)),
-                _ => {}
-            }
-        }
-        best
+        let considered = || {
+            self.map
+                .iter()
+                .filter(|(id, _)| !excluded.contains(id))
+                .filter_map(|(_, peer)| {
+                    Some((peer.credible_height(now)?, peer.standing(now, true)))
+                })
+        };
+        let whole = considered()
+            .filter(|&(height, _)| height > range.end())
+            .map(|(_, standing)| standing)
+            .min();
+        considered()
+            .filter(|&(height, standing)| {
+                height > range.start()
+                    && height <= range.end()
+                    && whole.is_none_or(|whole| standing < whole)
+            })
+            .min_by_key(|&(height, standing)| (standing, std::cmp::Reverse(height)))
+            .map(|(height, _)| height - 1)
     }
 
     /// Picks the peer for a request ending at `end`, or `None` if every
@@ -776,6 +795,32 @@ impl<P: Clone + Ord> Peers<P> {
         hedge: Option<usize>,
         finish: Option<Finish>,
     ) -> Option<P> {
+        let choice = Choice {
+            prefer_not,
+            exclude,
+            hedge,
+            finish,
+        };
+        self.choose_except(config, end, choice, &[], now, rng)
+    }
+
+    /// [`choose`](Self::choose), but never one of `barred` (a peer that
+    /// holds the range queued already: it is as busy as a full one).
+    pub(crate) fn choose_except(
+        &self,
+        config: &Config,
+        end: u64,
+        choice: Choice<'_, P>,
+        barred: &[P],
+        now: Instant,
+        rng: &mut fastrand::Rng,
+    ) -> Option<P> {
+        let Choice {
+            prefer_not,
+            exclude,
+            hedge,
+            finish,
+        } = choice;
         let headroom = hedge.unwrap_or(0);
         // No headroom on probation: a doubted peer gets one request.
         let cap = |peer: &Peer| {
@@ -853,7 +898,7 @@ impl<P: Clone + Ord> Peers<P> {
                     || peer.rtt.srtt().is_some()
                     || (peer.in_flight == 0
                         && (none_proven || (!proven_free && peer.heard && !peer.silent_so_far())));
-                available(id, peer) && proven && peer.in_flight < cap(peer)
+                available(id, peer) && proven && peer.in_flight < cap(peer) && !barred.contains(id)
             })
             .collect();
         if !scored {
