@@ -1909,7 +1909,9 @@ fn a_retry_is_cut_to_what_a_good_peer_holds() {
 // held all but the top of it and was asked only once the range's six
 // sends of 10 s had run out (wild seed 41 431 without loss, flooded:
 // 119.3 s against 1.34 s unattacked; 18.3 s now). Never measured, it
-// still ranks above a peer that timed out without ever answering.
+// still ranks above a peer that timed out without ever answering; and the
+// commit point's hedge is cut so too, before that peer's send times out
+// (12.5 s with it).
 #[test]
 fn a_retry_is_cut_to_what_a_peer_of_better_standing_holds() {
     let t0 = epoch();
@@ -1925,7 +1927,7 @@ fn a_retry_is_cut_to_what_a_peer_of_better_standing_holds() {
     let view = vec![PeerState::new("mute", 56), PeerState::new("fresh", 35)];
     ae.handle(t0, Event::Membership(view)).unwrap();
     let mut later = sends(&drain(&mut ae));
-    let mut now;
+    let mut now = t0;
     while !later.iter().any(|s| s.2 == 34) {
         now = ae.poll_timeout().expect("a timer while the range is out");
         assert!(
@@ -1935,6 +1937,13 @@ fn a_retry_is_cut_to_what_a_peer_of_better_standing_holds() {
         ae.handle(now, Event::Timeout).unwrap();
         later = sends(&drain(&mut ae));
     }
+    // Not at the silent peer's first deadline (6 s) but as the commit
+    // point's hedge, cut the same way.
+    assert!(
+        now <= t0 + Config::default().hedge_after.unwrap(),
+        "block 34 asked again only at {:?}",
+        now - t0
+    );
     let retry = later.iter().find(|s| s.2 == 34).unwrap();
     assert_eq!(
         (retry.0, retry.3),

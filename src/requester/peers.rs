@@ -743,6 +743,21 @@ impl<P: Clone + Ord> Peers<P> {
     where
         P: PartialEq,
     {
+        self.prefix_end(range, excluded, now, true)
+    }
+
+    /// [`better_prefix_end`](Self::better_prefix_end), or with `strict`
+    /// false of a peer of a standing at least as good.
+    pub(crate) fn prefix_end(
+        &self,
+        range: SeqRange,
+        excluded: &[P],
+        now: Instant,
+        strict: bool,
+    ) -> Option<u64>
+    where
+        P: PartialEq,
+    {
         let considered = || {
             self.map
                 .iter()
@@ -759,7 +774,7 @@ impl<P: Clone + Ord> Peers<P> {
             .filter(|&(height, standing)| {
                 height > range.start()
                     && height <= range.end()
-                    && whole.is_none_or(|whole| standing < whole)
+                    && whole.is_none_or(|whole| standing < whole || (!strict && standing == whole))
             })
             .min_by_key(|&(height, standing)| (standing, std::cmp::Reverse(height)))
             .map(|(height, _)| height - 1)

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use super::peers::HEDGE_HEADROOM;
 use super::requests::{Attempt, AttemptState, Request};
 use super::{AntiEntropy, Send, MAX_HEDGES};
+use crate::config::PeerSelection;
 use crate::range::SeqRange;
 
 impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
@@ -357,6 +358,61 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         Some(probe.peer.clone())
     }
 
+    /// Hedges the lower part of request `id` (`range`) at a free peer of a
+    /// standing as good as every holder of all of it, after narrowing the
+    /// request to that part: see `hedge`. Whether it did.
+    fn hedge_cut(
+        &mut self,
+        now: Instant,
+        id: u64,
+        range: SeqRange,
+        asked: &[P],
+        exclude: &[P],
+        headroom: usize,
+    ) -> bool {
+        let rejected = self.rejected_in(range);
+        let Some(kept) = self
+            .peers
+            .prefix_end(range, &rejected, now, false)
+            .and_then(|end| SeqRange::new(range.start(), end))
+            .filter(|kept| !self.obsolete(*kept))
+        else {
+            return false;
+        };
+        let Some(peer) = self
+            .peers
+            .choose(
+                &self.config,
+                kept.end(),
+                asked,
+                exclude,
+                now,
+                &mut self.rng,
+                Some(headroom),
+                None,
+            )
+            .filter(|peer| !exclude.contains(peer))
+        else {
+            return false;
+        };
+        if self.requests.narrow(id, kept.end()).is_none() {
+            return false;
+        }
+        emit!(DEBUG, %range, %kept, ?peer, "hedge cut to a better peer's height");
+        self.uncover(kept.end() + 1);
+        // As in `hedge`: its hedges spent, it goes as a retry.
+        let spent = self
+            .requests
+            .get(id)
+            .is_some_and(|request| request.hedges >= MAX_HEDGES);
+        if spent {
+            self.send_attempt(now, id, peer, Send::Retry);
+        } else {
+            self.send_hedge(now, id, peer, "the commit point's range, cut");
+        }
+        true
+    }
+
     /// Asks another peer for the range holding back the commit point, so a
     /// slow, silent or lying peer cannot stall the window. If no other peer
     /// is free, tries again `hedge_after` later.
@@ -413,6 +469,20 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 None => (other, false),
             },
         };
+        // No peer free for all of it: cut it to what a free peer of a
+        // standing as good as the holders of all of it holds, and hedge
+        // that part there (the rest is planned again). A restarted
+        // lagger's range went to the overclaimer the first `StateInfo`
+        // named, and the honest peer heard of a moment later, holding all
+        // but its top, got nothing until that send's first deadline (6 s:
+        // wild seed 41 431 without loss, flooded: 18.3 s against 1.34 s
+        // unattacked, 12.5 s with this).
+        if choice.is_none()
+            && self.config.peer_selection == PeerSelection::Scored
+            && self.hedge_cut(now, id, range, &asked, &exclude, headroom)
+        {
+            return;
+        }
         let spent = self
             .requests
             .get(id)
