@@ -1884,17 +1884,7 @@ fn a_retry_is_cut_to_what_a_good_peer_holds() {
     ae.handle(now, Event::Membership(vec![good(9), mute]))
         .unwrap();
     // "mute" answers nothing: block 2 is asked again once its send ends.
-    let mut now;
-    let mut later = sends(&drain(&mut ae));
-    while !later.iter().any(|s| s.2 == 2) {
-        now = ae.poll_timeout().expect("a timer while the range is out");
-        assert!(
-            now < t0 + Duration::from_secs(30),
-            "block 2 never asked again"
-        );
-        ae.handle(now, Event::Timeout).unwrap();
-        later = sends(&drain(&mut ae));
-    }
+    let (_, later) = asked_again(&mut ae, 2, now);
     let retry = later.iter().find(|s| s.2 == 2).unwrap();
     assert_eq!(
         (retry.0, retry.3),
@@ -1926,17 +1916,7 @@ fn a_retry_is_cut_to_what_a_peer_of_better_standing_holds() {
     // "fresh" holds blocks up to 34; it is asked for nothing yet.
     let view = vec![PeerState::new("mute", 56), PeerState::new("fresh", 35)];
     ae.handle(t0, Event::Membership(view)).unwrap();
-    let mut later = sends(&drain(&mut ae));
-    let mut now = t0;
-    while !later.iter().any(|s| s.2 == 34) {
-        now = ae.poll_timeout().expect("a timer while the range is out");
-        assert!(
-            now < t0 + Duration::from_secs(30),
-            "block 34 never asked again"
-        );
-        ae.handle(now, Event::Timeout).unwrap();
-        later = sends(&drain(&mut ae));
-    }
+    let (now, later) = asked_again(&mut ae, 34, t0);
     // Not at the silent peer's first deadline (6 s) but as the commit
     // point's hedge, cut the same way.
     assert!(
@@ -1950,4 +1930,22 @@ fn a_retry_is_cut_to_what_a_peer_of_better_standing_holds() {
         ("fresh", 34),
         "the retry goes to the peer never measured, cut to what it holds: {later:?}"
     );
+}
+
+/// Hands in the machine's timeouts from `now` on until a send asks for
+/// block `seq` (within 30 s); when, and that input's sends.
+fn asked_again(
+    ae: &mut AntiEntropy<&'static str>,
+    seq: u64,
+    mut now: Instant,
+) -> (Instant, Vec<(&'static str, u64, u64, u64)>) {
+    let until = now + Duration::from_secs(30);
+    let mut sent = sends(&drain(ae));
+    while !sent.iter().any(|s| s.2 == seq) {
+        now = ae.poll_timeout().expect("a timer while the range is out");
+        assert!(now < until, "block {seq} never asked again");
+        ae.handle(now, Event::Timeout).unwrap();
+        sent = sends(&drain(ae));
+    }
+    (now, sent)
 }
