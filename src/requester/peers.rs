@@ -728,26 +728,13 @@ impl<P: Clone + Ord> Peers<P> {
             .min()
     }
 
-    /// Where a retry of `range` is best cut: below the highest credible
-    /// height within it of a peer of a better standing (`Peer::standing`,
-    /// for a retry) than every peer that holds the whole range, the best
+    /// Where `range` is best cut for a peer that holds only its lower part:
+    /// below the highest credible height within it of a peer of a better
+    /// standing (`Peer::standing`, for a retry) than every peer that holds
+    /// the whole range (with `strict` false, at least as good), the best
     /// standing first; senders of a rejected block in it (`excluded`) are
     /// neither. A range planned while such peers held less (or were not
     /// known yet) kept going only to the peers that claim all of it.
-    pub(crate) fn better_prefix_end(
-        &self,
-        range: SeqRange,
-        excluded: &[P],
-        now: Instant,
-    ) -> Option<u64>
-    where
-        P: PartialEq,
-    {
-        self.prefix_end(range, excluded, now, true)
-    }
-
-    /// [`better_prefix_end`](Self::better_prefix_end), or with `strict`
-    /// false of a peer of a standing at least as good.
     pub(crate) fn prefix_end(
         &self,
         range: SeqRange,

@@ -890,26 +890,15 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // planned again, to the better peer (wild seeds without loss,
         // flooded: 429, 58.7 s against 15.2 s unflooded, 18.1 s now;
         // 41 431, 119.3 s against 1.34 s, 18.3 s now).
-        if self.config.peer_selection == PeerSelection::Scored {
-            let rejected = self.rejected_in(range);
-            let cut = self
-                .peers
-                .better_prefix_end(range, &rejected, now)
-                .and_then(|end| SeqRange::new(range.start(), end))
-                .filter(|kept| !self.obsolete(*kept));
-            if let Some(kept) = cut {
-                // Whoever is picked never held the whole range, so none of
-                // its sends waits queued there (`queued_until`); a check
-                // after the pick would also make the retry hang on the
-                // seed's tie-break, which a second pass at the same instant
-                // may break otherwise (the property harness found it).
-                if let Pick::Peer(peer) = self.pick(now, kept, &failed, None, &[]) {
-                    if self.requests.narrow(id, kept.end()).is_some() {
-                        emit!(DEBUG, %range, %kept, ?peer, "retry cut to a better peer's height");
-                        self.uncover(kept.end() + 1);
-                        self.send_attempt(now, id, peer, Send::Retry);
-                        return;
-                    }
+        if let Some(kept) = self.cut_for_another(now, range, true) {
+            // Whoever is picked never held the whole range, so none of
+            // its sends waits queued there (`queued_until`); a check
+            // after the pick would also make the retry hang on the
+            // seed's tie-break, which a second pass at the same instant
+            // may break otherwise (the property harness found it).
+            if let Pick::Peer(peer) = self.pick(now, kept, &failed, None, &[]) {
+                if self.send_cut(now, id, kept, peer, Send::Retry) {
+                    return;
                 }
             }
         }
@@ -919,9 +908,16 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // left the retry to the seed's tie-break, which the next input at
         // the same instant could break otherwise (a refused answer led to
         // a send: the property harness, seed 2).
-        let queued: Vec<P> = request_peers(self.requests.get(id))
-            .filter(|peer| self.queued_until(now, id, peer).is_some())
-            .collect();
+        let mut queued: Vec<P> = Vec::new();
+        for attempt in self.requests.get(id).map_or(&[][..], |r| &r.attempts) {
+            let peer = &attempt.peer;
+            if attempt.state == AttemptState::TimedOut
+                && !queued.contains(peer)
+                && self.queued_until(now, id, peer).is_some()
+            {
+                queued.push(peer.clone());
+            }
+        }
         match self.pick(now, range, &failed, None, &queued) {
             Pick::Peer(peer) => self.send_attempt(now, id, peer, Send::Retry),
             // `resend_idle` tries again when a slot frees or the back-off
@@ -933,6 +929,48 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 self.give_up(now, range, GiveUpReason::NoEligiblePeer);
             }
         }
+    }
+
+    /// `range` cut to what a peer holds that is of a better standing
+    /// (`strict`; or at least as good) than every peer holding all of it
+    /// (`Peers::prefix_end`), if any such peer holds part of it and the
+    /// part is not all held already. Only with scored selection.
+    pub(super) fn cut_for_another(
+        &self,
+        now: Instant,
+        range: SeqRange,
+        strict: bool,
+    ) -> Option<SeqRange> {
+        if self.config.peer_selection != PeerSelection::Scored {
+            return None;
+        }
+        let rejected = self.rejected_in(range);
+        self.peers
+            .prefix_end(range, &rejected, now, strict)
+            .and_then(|end| SeqRange::new(range.start(), end))
+            .filter(|kept| !self.obsolete(*kept))
+    }
+
+    /// Narrows request `id` to `kept` (its lower part: the rest is planned
+    /// again) and sends it to `peer`. Whether it did.
+    pub(super) fn send_cut(
+        &mut self,
+        now: Instant,
+        id: u64,
+        kept: SeqRange,
+        peer: P,
+        kind: Send,
+    ) -> bool {
+        if self.requests.narrow(id, kept.end()).is_none() {
+            return false;
+        }
+        emit!(DEBUG, %kept, ?peer, ?kind, "range cut for a better peer");
+        self.uncover(kept.end() + 1);
+        match kind {
+            Send::Hedge => self.send_hedge(now, id, peer, "the commit point's range, cut"),
+            kind => self.send_attempt(now, id, peer, kind),
+        }
+        true
     }
 
     /// Whether a send of request `id` to `peer` timed out while, by all
@@ -1067,13 +1105,4 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         }
         Some(request)
     }
-}
-
-/// The peers `request`'s sends went to, each once.
-fn request_peers<P: Clone + Ord>(request: Option<&Request<P>>) -> impl Iterator<Item = P> {
-    let peers: std::collections::BTreeSet<P> = request
-        .into_iter()
-        .flat_map(|request| request.attempts.iter().map(|attempt| attempt.peer.clone()))
-        .collect();
-    peers.into_iter()
 }

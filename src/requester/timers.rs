@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 use super::peers::HEDGE_HEADROOM;
 use super::requests::{Attempt, AttemptState, Request};
 use super::{AntiEntropy, Send, MAX_HEDGES};
-use crate::config::PeerSelection;
 use crate::range::SeqRange;
 
 impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
@@ -370,13 +369,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         exclude: &[P],
         headroom: usize,
     ) -> bool {
-        let rejected = self.rejected_in(range);
-        let Some(kept) = self
-            .peers
-            .prefix_end(range, &rejected, now, false)
-            .and_then(|end| SeqRange::new(range.start(), end))
-            .filter(|kept| !self.obsolete(*kept))
-        else {
+        let Some(kept) = self.cut_for_another(now, range, false) else {
             return false;
         };
         let Some(peer) = self
@@ -395,22 +388,13 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         else {
             return false;
         };
-        if self.requests.narrow(id, kept.end()).is_none() {
-            return false;
-        }
-        emit!(DEBUG, %range, %kept, ?peer, "hedge cut to a better peer's height");
-        self.uncover(kept.end() + 1);
         // As in `hedge`: its hedges spent, it goes as a retry.
         let spent = self
             .requests
             .get(id)
             .is_some_and(|request| request.hedges >= MAX_HEDGES);
-        if spent {
-            self.send_attempt(now, id, peer, Send::Retry);
-        } else {
-            self.send_hedge(now, id, peer, "the commit point's range, cut");
-        }
-        true
+        let kind = if spent { Send::Retry } else { Send::Hedge };
+        self.send_cut(now, id, kept, peer, kind)
     }
 
     /// Asks another peer for the range holding back the commit point, so a
@@ -477,10 +461,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // but its top, got nothing until that send's first deadline (6 s:
         // wild seed 41 431 without loss, flooded: 18.3 s against 1.34 s
         // unattacked, 12.5 s with this).
-        if choice.is_none()
-            && self.config.peer_selection == PeerSelection::Scored
-            && self.hedge_cut(now, id, range, &asked, &exclude, headroom)
-        {
+        if choice.is_none() && self.hedge_cut(now, id, range, &asked, &exclude, headroom) {
             return;
         }
         let spent = self
