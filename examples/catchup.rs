@@ -81,6 +81,19 @@ fn parse_crash(s: &str) -> Result<(usize, f64, f64), String> {
     Ok((parse_node(p[0])?, parse_secs(p[1])?, parse_secs(p[2])?))
 }
 
+fn parse_rollback(s: &str) -> Result<(usize, f64, f64, u64), String> {
+    let p = split_parts(s, 4)?;
+    let height = p[3]
+        .parse()
+        .map_err(|_| format!("`{}` is not a ledger height", p[3]))?;
+    Ok((
+        parse_node(p[0])?,
+        parse_secs(p[1])?,
+        parse_secs(p[2])?,
+        height,
+    ))
+}
+
 fn parse_bursts(s: &str) -> Result<BurstLoss, String> {
     let p = split_parts(s, 3)?;
     let (every, length) = (parse_secs(p[0])?, parse_secs(p[1])?);
@@ -235,6 +248,11 @@ struct Cli {
     /// up-to-date peers, then the laggers, then the flooders).
     #[arg(long, value_parser = parse_crash)]
     crash: Vec<(usize, f64, f64)>,
+    /// A crash after which the node's ledger is cut back,
+    /// `NODE:AT_S:DOWN_S:HEIGHT` (repeatable; an honest peer or a lagger):
+    /// `peer node rollback`, or a ledger restored from an older backup.
+    #[arg(long, value_parser = parse_rollback)]
+    rollback: Vec<(usize, f64, f64, u64)>,
     /// A peer that joins late, `NODE:AT_S` (repeatable).
     #[arg(long, value_parser = parse_at)]
     join: Vec<(usize, f64)>,
@@ -488,6 +506,9 @@ impl Cli {
         }
         for &(node, at, down) in &self.crash {
             s = s.with_crash(node, secs(at), secs(down));
+        }
+        for &(node, at, down, height) in &self.rollback {
+            s = s.with_rollback(node, secs(at), secs(down), height);
         }
         for &(node, at) in &self.join {
             s = s.with_join(node, secs(at));

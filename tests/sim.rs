@@ -218,6 +218,24 @@ fn add_faults(rng: &mut fastrand::Rng, mut scenario: Scenario, flooders: bool) -
         }
         scenario = scenario.with_links(links);
     }
+    // An honest node (a peer or a lagger) restarts with its ledger cut back
+    // (`peer node rollback`, a restored backup): whoever heard its old
+    // height believes it until its next `StateInfo`. In a tenth of
+    // clusters, on a node without another outage. A fork.
+    let mut rolling = fastrand::Rng::with_seed(rng.get_seed() ^ 0x0011_bac4);
+    if rolling.f64() < 0.1 {
+        let node = rolling.usize(..scenario.peers + scenario.laggers);
+        let honest = matches!(
+            scenario.behaviour(node),
+            Behaviour::Honest | Behaviour::Slow
+        );
+        let at = ms(rolling.u64(1..=20_000));
+        let down_for = ms(rolling.u64(100..=10_000));
+        let height = rolling.u64(1..=scenario.target_height());
+        if honest && !scenario.outages.iter().any(|o| o.node == node) {
+            scenario = scenario.with_rollback(node, at, down_for, height);
+        }
+    }
     // Links that slow down 10 to 100 times from their own rate (to 50
     // kbit/s at least), one or two nodes', peers' or laggers', for 0.5 to
     // 20 s (three in four) or for good. A fork.
@@ -671,6 +689,10 @@ fn replay() {
     }
 }
 
+/// One flooded cluster of the large sweep: the flooded, placebo and lossless
+/// ratios, its seed, its flooders, and its lossless unattacked catch-up (s).
+type FloodRow = (f64, f64, f64, u64, usize, f64);
+
 /// The large sweep: 10 000 seeds of [`wild`] clusters (every fault,
 /// flooders included), each with both presets (and a small-window config on
 /// odd seeds), on every core. Every run must be live, within its
@@ -687,7 +709,7 @@ fn large_fault_sweep() {
     let flooders = std::env::var("SIM_FLOODERS").map_or(true, |v| v != "0");
     type Outcome = (
         Vec<(u64, &'static str)>,
-        Vec<(f64, f64, f64, u64, usize)>,
+        Vec<FloodRow>,
         u64,
         Vec<u64>,
         Vec<u64>,
@@ -805,7 +827,8 @@ fn large_fault_sweep() {
                         .iter()
                         .filter(|&&b| b == Behaviour::Flooder)
                         .count();
-                    slowdowns.push((flood, chance, clean, seed, flooders));
+                    let quiet_secs = clean_quiet.catchup.map_or(0.0, |t| t.as_secs_f64());
+                    slowdowns.push((flood, chance, clean, seed, flooders, quiet_secs));
                 }
             }
         }
@@ -813,8 +836,7 @@ fn large_fault_sweep() {
     });
     let mut failures: Vec<_> = results.iter().flat_map(|r| r.0.clone()).collect();
     failures.sort_unstable();
-    let slowdowns: Vec<(f64, f64, f64, u64, usize)> =
-        results.iter().flat_map(|r| r.1.clone()).collect();
+    let slowdowns: Vec<FloodRow> = results.iter().flat_map(|r| r.1.clone()).collect();
     let runs: u64 = results.iter().map(|r| r.2).sum();
     let mut starved: Vec<u64> = results.iter().flat_map(|r| r.3.clone()).collect();
     starved.sort_unstable();
@@ -827,8 +849,8 @@ fn large_fault_sweep() {
         rows.sort_by_key(|row| row.3);
         let lines: String = rows
             .iter()
-            .map(|(flood, chance, clean, seed, flooders)| {
-                format!("{seed} {flooders} {flood:.6} {chance:.6} {clean:.6}\n")
+            .map(|(flood, chance, clean, seed, flooders, quiet)| {
+                format!("{seed} {flooders} {flood:.6} {chance:.6} {clean:.6} {quiet:.3}\n")
             })
             .collect();
         std::fs::write(path, lines).expect("write SIM_FLOOD_OUT");
@@ -847,9 +869,7 @@ fn large_fault_sweep() {
             .iter()
             .filter(|s| flooders.contains(&s.4))
             .collect();
-        let spread = |pick: fn(&(f64, f64, f64, u64, usize)) -> f64| {
-            Spread::of(rows.iter().map(|s| (pick(s), s.3)))
-        };
+        let spread = |pick: fn(&FloodRow) -> f64| Spread::of(rows.iter().map(|s| (pick(s), s.3)));
         (!rows.is_empty()).then(|| {
             let spreads = (spread(|s| s.0), spread(|s| s.1), spread(|s| s.2));
             (rows.len(), spreads)
@@ -1219,9 +1239,10 @@ fn blocks_bad_at_different_sources_are_each_fetched_from_the_other() {
     }
 }
 
-/// The only honest peer crashes mid-transfer and restarts with its ledger;
-/// another joins late, one leaves; a partition cuts the lagger off and
-/// heals.
+/// The only honest peer crashes mid-transfer and restarts with its ledger,
+/// or with its ledger cut back (and catches up again); the lagger crashes,
+/// or loses most of what it fetched; another peer joins late, one leaves; a
+/// partition cuts the lagger off and heals.
 #[test]
 fn crashes_churn_and_partitions_heal() {
     let s = Duration::from_secs;
@@ -1235,13 +1256,30 @@ fn crashes_churn_and_partitions_heal() {
     let cases = [
         ("crash", slow.clone().with_crash(0, at, s(5))),
         ("crash lagger", slow.clone().with_crash(2, at, s(3))),
+        ("rollback", slow.clone().with_rollback(0, at, s(5), 50)),
+        // At 20 s, when both presets hold blocks to lose.
+        (
+            "rollback lagger",
+            slow.clone().with_rollback(2, s(20), s(3), 2),
+        ),
         ("join", slow.clone().with_join(1, at)),
         ("leave", slow.clone().with_leave(1, at)),
         ("partition", slow.clone().with_partition([2], at, s(30))),
     ];
     for (name, scenario) in cases {
-        for report in check_all(&scenario, 5) {
+        for (report, (_, config)) in check_all(&scenario, 5).into_iter().zip(presets()) {
             assert_eq!(report.lagger_heights, [201], "{name}");
+            if name == "rollback lagger" {
+                // What it lost it fetched again: more than after a crash
+                // that kept its ledger.
+                let kept = run(slow.clone().with_crash(2, s(20), s(3)), config, 5, None);
+                assert!(
+                    report.bytes_received > kept.bytes_received,
+                    "{} against {}",
+                    report.to_json(),
+                    kept.to_json()
+                );
+            }
             if name == "partition" {
                 // Cut off from everyone mid-transfer: its sends are refused,
                 // and it finishes only after the heal.

@@ -1,7 +1,8 @@
 //! Faults beyond the links' loss and delay: nodes that crash, restart, join
 //! or leave ([`Outage`]), partitions that heal ([`Partition`]), a block
-//! whose copies are corrupt at some of its sources ([`CorruptBlock`]), and
-//! per-node links ([`Link`]).
+//! whose copies are corrupt at some of its sources ([`CorruptBlock`]),
+//! ledgers cut back at a restart ([`Rollback`]), and per-node links
+//! ([`Link`]).
 //!
 //! Reachability is a pure function of virtual time: nodes `a` and `b` can
 //! talk at `t` iff neither is in an outage and no partition separates them.
@@ -60,6 +61,22 @@ pub struct Slowdown {
     pub until: Option<Duration>,
     /// Its uplink meanwhile, bits per second.
     pub uplink_bps: u64,
+}
+
+/// Node `node` comes back from a crash at `at` with its ledger cut back to
+/// `height` (kept if lower): Fabric's `peer node rollback`, or a ledger
+/// restored from an older backup. Its `StateInfo` advertises the lower
+/// height from then on, but whoever heard the old one still believes it
+/// until that arrives; a peer with a requester catches up again, a lagger
+/// fetches again what it lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rollback {
+    /// The node (index in the cluster: up-to-date peers, then laggers).
+    pub node: usize,
+    /// When it restarts: the end of one of its outages.
+    pub at: Duration,
+    /// Its ledger height after the restart.
+    pub height: u64,
 }
 
 /// Node `node`'s process is paused from `from` until `until` (SIGSTOP, a

@@ -88,7 +88,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 pub use chain::{checksum, forged_block, verify, Chain, VerifyError, VALID_SIGNATURE};
-pub use faults::{random_links, CorruptBlock, Hang, Link, Outage, Partition, Pause, Slowdown};
+pub use faults::{
+    random_links, CorruptBlock, Hang, Link, Outage, Partition, Pause, Rollback, Slowdown,
+};
 pub use network::{BurstLoss, Delivery, Faults, NetStats, Network, Wake};
 pub use node::NodeId;
 pub use report::{Amplification, Bound, Outcome, Progress, Report};
@@ -1130,7 +1132,7 @@ impl Simulation {
             if node.lagger {
                 let target = targets.get(lagger).copied().unwrap_or(1);
                 lagger += 1;
-                let needed = target.saturating_sub(1);
+                let needed = target.saturating_sub(1).saturating_add(node.refetch);
                 let requests =
                     node.past_requests + node.requester.as_ref().map_or(0, |r| r.stats().requests);
                 let request_bound = per_range
@@ -1387,6 +1389,14 @@ impl Simulation {
         }
         for i in 0..n {
             if self.world.schedule.restarts_at(i, t) {
+                for rollback in self
+                    .scenario
+                    .rollbacks
+                    .iter()
+                    .filter(|r| r.node == i && r.at == t)
+                {
+                    self.nodes[i].roll_back(rollback.height);
+                }
                 self.world.incarnations[i] += 1;
                 let seed = derive(
                     self.seed ^ self.scenario.machine_seed_salt,

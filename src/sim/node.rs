@@ -84,6 +84,9 @@ pub(crate) struct Node {
     /// The blocks this node holds a bad copy of, and those copies (forged
     /// once, seeded by the block: the same bad copy on every read).
     pub(crate) bad_blocks: BTreeMap<u64, Bytes>,
+    /// Blocks it committed and lost to rollbacks: a lagger fetches them
+    /// again, which its amplification bounds allow for.
+    pub(crate) refetch: u64,
     /// A payload vector kept for the next read (see [`Node::read`]).
     spare_payloads: Vec<Payload>,
     /// Give-ups of this node's requester, by reason.
@@ -135,6 +138,7 @@ impl Node {
             view: BTreeMap::new(),
             fed: BTreeMap::new(),
             asked: BTreeMap::new(),
+            refetch: 0,
             longest_ask: 0,
             byzantine_ranges: BTreeMap::new(),
             hangs: Vec::new(),
@@ -190,6 +194,14 @@ impl Node {
             )?),
         };
         Ok((requester, responder))
+    }
+
+    /// Cuts the ledger back to `height` (kept if lower), before a restart:
+    /// the blocks above are gone and, for a lagger, to be fetched again.
+    pub(crate) fn roll_back(&mut self, height: u64) {
+        let height = height.max(1);
+        self.refetch += self.height.saturating_sub(height);
+        self.height = self.height.min(height);
     }
 
     /// The node comes back as a new process over the same ledger: fresh

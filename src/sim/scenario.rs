@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::faults::{CorruptBlock, Hang, Link, Outage, Partition, Pause, Slowdown};
+use super::faults::{CorruptBlock, Hang, Link, Outage, Partition, Pause, Rollback, Slowdown};
 use super::network::BurstLoss;
 
 /// Smallest bandwidth accepted, bits per second.
@@ -133,6 +133,8 @@ pub struct Scenario {
     pub corrupt: Vec<CorruptBlock>,
     /// Crashes, restarts, joins and leaves.
     pub outages: Vec<Outage>,
+    /// Ledgers cut back when their node restarts.
+    pub rollbacks: Vec<Rollback>,
     /// Partitions that heal.
     pub partitions: Vec<Partition>,
     /// Peers that stop answering while connected.
@@ -182,6 +184,7 @@ impl Default for Scenario {
             overclaim_by: 1000,
             corrupt: Vec::new(),
             outages: Vec::new(),
+            rollbacks: Vec::new(),
             hangs: Vec::new(),
             pauses: Vec::new(),
             slowdowns: Vec::new(),
@@ -272,6 +275,18 @@ impl Scenario {
             until: Some(at.saturating_add(down_for)),
         });
         self
+    }
+
+    /// Node `node` crashes at `at` and restarts `down_for` later with its
+    /// ledger cut back to `height` (see [`Rollback`]).
+    pub fn with_rollback(self, node: usize, at: Duration, down_for: Duration, height: u64) -> Self {
+        let mut scenario = self.with_crash(node, at, down_for);
+        scenario.rollbacks.push(Rollback {
+            node,
+            at: at.saturating_add(down_for),
+            height,
+        });
+        scenario
     }
 
     /// Node `node` joins the cluster at `at` (it is down before).
@@ -425,6 +440,20 @@ impl Scenario {
                 .any(|p| p.side.iter().any(|&n| n >= nodes))
         {
             return Err(Invalid("outages and partitions must name existing nodes"));
+        }
+        // Only an honest ledger is cut back: the others' heights are their
+        // lies, not their ledgers.
+        if self.rollbacks.iter().any(|r| {
+            r.node >= nodes
+                || !matches!(self.behaviour(r.node), Behaviour::Honest | Behaviour::Slow)
+                || !self
+                    .outages
+                    .iter()
+                    .any(|o| o.node == r.node && o.until == Some(r.at) && !o.from.is_zero())
+        }) {
+            return Err(Invalid(
+                "a rollback must name an honest or slow node at the end of one of its crashes",
+            ));
         }
         if self
             .hangs
