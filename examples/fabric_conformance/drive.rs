@@ -211,6 +211,8 @@ fn drain_responder(
             }
             ResponderAction::SendResponse { to, message, .. } => responses.push((to, message)),
             ResponderAction::Dropped { reason, .. } => dropped = Some(reason),
+            // One send class here: nothing waits in a background.
+            ResponderAction::Foreground { .. } => {}
         }
     }
     Ok(Drained { responses, dropped })

@@ -96,6 +96,17 @@ pub trait Transport<P> {
         self.send(to, message)
     }
 
+    /// What was queued for `to` by [`send_background`](Self::send_background)
+    /// and is not sent yet may go as if queued by [`send`](Self::send):
+    /// `to` no longer waits behind a crowd's favoured peers
+    /// (`ResponderAction::Foreground`). The next
+    /// [`send_background`](Self::send_background) to `to` puts its queue
+    /// back in the background. Default: nothing (a transport without send
+    /// classes sends everything alike).
+    fn promote(&mut self, to: &P) {
+        let _ = to;
+    }
+
     /// The machine refused what `peer` sent ([`RequesterHost`] and
     /// [`ResponderHost`] forward every refusal that names a peer): the
     /// place to count a peer's bad input, or to close its connection and
@@ -280,6 +291,7 @@ where
             }
             // Informational: nothing is sent, the machine counted it.
             ResponderAction::Dropped { .. } => {}
+            ResponderAction::Foreground { to } => self.transport.promote(&to),
         }
     }
 

@@ -45,6 +45,9 @@ struct LaneState {
     pending: usize,
     /// Since when `pending` has been above zero with nothing handed over.
     waiting_since: Option<Instant>,
+    /// Its background messages need not wait for the gate
+    /// (`Transport::promote`), until the next is queued.
+    promoted: bool,
 }
 
 impl Default for SendGate {
@@ -81,7 +84,13 @@ impl SendGate {
 
     /// Waits until no connection has a foreground message pending, except
     /// connections stalled for `stall_after`.
+    #[cfg(test)]
     pub(crate) async fn idle(&self) {
+        self.open_for(None).await;
+    }
+
+    /// [`idle`](Self::idle), or until lane `id` (if any) is promoted.
+    async fn open_for(&self, id: Option<u64>) {
         loop {
             // Registered before the check, so a change in between still
             // wakes us.
@@ -90,15 +99,20 @@ impl SendGate {
             notified.as_mut().enable();
             let now = Instant::now();
             // The earliest time a lane that holds the gate now would count
-            // as stalled.
-            let holding = self
-                .lanes()
-                .by_id
-                .values()
-                .filter(|lane| lane.pending > 0)
-                .filter_map(|lane| lane.waiting_since.map(|since| since + self.stall_after))
-                .filter(|stalled_at| *stalled_at > now)
-                .min();
+            // as stalled (the lock released before any wait).
+            let holding = {
+                let lanes = self.lanes();
+                if id.is_some_and(|id| lanes.by_id.get(&id).is_some_and(|lane| lane.promoted)) {
+                    return;
+                }
+                lanes
+                    .by_id
+                    .values()
+                    .filter(|lane| lane.pending > 0)
+                    .filter_map(|lane| lane.waiting_since.map(|since| since + self.stall_after))
+                    .filter(|stalled_at| *stalled_at > now)
+                    .min()
+            };
             let Some(stalled_at) = holding else {
                 return;
             };
@@ -149,6 +163,29 @@ impl Lane {
             gate: Arc::clone(&self.gate),
             lane: self.id,
         }
+    }
+
+    /// Its background messages need not wait for the gate any more, until
+    /// [`background`](Self::background) is called again.
+    pub(crate) fn promote(&self) {
+        if let Some(lane) = self.gate.lanes().by_id.get_mut(&self.id) {
+            lane.promoted = true;
+        }
+        self.gate.changed.notify_waiters();
+    }
+
+    /// A background message is queued: it, and those still queued, wait
+    /// for the gate again.
+    pub(crate) fn background(&self) {
+        if let Some(lane) = self.gate.lanes().by_id.get_mut(&self.id) {
+            lane.promoted = false;
+        }
+    }
+
+    /// Waits until no connection has a foreground message pending (as
+    /// [`SendGate::idle`]), or this lane is promoted.
+    pub(crate) async fn open(&self) {
+        self.gate.open_for(Some(self.id)).await;
     }
 
     /// Some of what the connection holds was handed over (bytes written):
@@ -255,5 +292,37 @@ mod tests {
         drop(live);
         drop(wedged);
         assert!(opens_within(&gate, Duration::from_millis(1)).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_promoted_lane_goes_ahead_until_its_next_background_message() {
+        let gate = Arc::new(SendGate::new(Duration::from_secs(60)));
+        let (busy, held) = (Arc::new(gate.lane()), Arc::new(gate.lane()));
+        let _pending = busy.foreground();
+        held.background();
+        let waiter = tokio::spawn({
+            let held = Arc::clone(&held);
+            async move { held.open().await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiter.is_finished(), "the other lane's foreground first");
+        held.promote();
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("opened when promoted")
+            .unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), busy.open())
+                .await
+                .is_err(),
+            "only the promoted lane"
+        );
+        held.background();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), held.open())
+                .await
+                .is_err(),
+            "a new background message waits again"
+        );
     }
 }

@@ -187,6 +187,7 @@ impl<P: Ord> Inner<P> {
         let links = self.links();
         let queues = &links.get(to).ok_or(SendError::Closed)?.queues;
         if background {
+            queues.lane.background();
             queues.background.try_send(message).map_err(refusal)
         } else {
             let ticket = queues.lane.foreground();
@@ -381,6 +382,12 @@ impl<P: Ord> Transport<P> for TcpTransport<P> {
         self.inner.queue(to, message, true)
     }
 
+    fn promote(&mut self, to: &P) {
+        if let Some(link) = self.inner.links().get(to) {
+            link.queues.lane.promote();
+        }
+    }
+
     fn refused(&mut self, _: &P, _: &(dyn std::error::Error + 'static)) {
         bump(&self.inner.counters.refused);
     }
@@ -411,8 +418,7 @@ async fn connection<P, M>(
     let (read, write) = stream.into_split();
     let (foreground, foreground_out) = mpsc::channel(config.queue.max(1));
     let (background, background_out) = mpsc::channel(config.queue.max(1));
-    let gate = Arc::clone(&strong.gate);
-    let lane = Arc::new(gate.lane());
+    let lane = Arc::new(strong.gate.lane());
     // Registered before the machine hears of it, so the requests it sends
     // at once find the connection.
     let id = strong.register(
@@ -445,7 +451,6 @@ async fn connection<P, M>(
                 codec,
                 foreground_out,
                 background_out,
-                gate,
             ),
         )
         .await;
@@ -508,7 +513,6 @@ async fn write_frames<P: Ord>(
     codec: FrameCodec,
     mut foreground: mpsc::Receiver<(GossipMessage, Ticket)>,
     mut background: mpsc::Receiver<GossipMessage>,
-    gate: Arc<SendGate>,
 ) {
     /// Past this many bytes the batch is written.
     const BATCH: usize = 1 << 20;
@@ -527,7 +531,7 @@ async fn write_frames<P: Ord>(
         // `or` polls its first future first: foreground before background.
         let next = if waiting.is_some() {
             futures_lite::future::or(async { Next::Foreground(foreground.recv().await) }, async {
-                gate.idle().await;
+                write.lane.open().await;
                 Next::Open
             })
             .await

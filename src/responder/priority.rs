@@ -289,9 +289,36 @@ impl<P: Clone + Ord> Priorities<P> {
         crowd > 2 * self.favoured && ahead >= self.favoured
     }
 
+    /// Whether more than twice `favoured` peers are catching up from us,
+    /// so that some wait for the favoured ones: those that asked lately,
+    /// and those `waiting` for answers of ours.
+    pub(super) fn crowded(&self, waiting: &dyn Fn(&P) -> bool) -> bool {
+        let Some(now) = self.now else {
+            return false;
+        };
+        if self.favoured == 0 || self.peers.len() <= self.favoured.saturating_mul(2) {
+            return false;
+        }
+        let catching_up = self
+            .peers
+            .iter()
+            .filter(|(peer, h)| {
+                !h.background
+                    && h.overlap_share <= CROWD_OVERLAP
+                    && (now.saturating_duration_since(h.last_seen) <= PAUSE || waiting(peer))
+            })
+            .count();
+        catching_up > 2 * self.favoured
+    }
+
     /// Peers in the background now.
     pub(super) fn background_count(&self) -> usize {
         self.peers.values().filter(|h| h.background).count()
+    }
+
+    /// Whether `peer` is remembered.
+    pub(super) fn knows(&self, peer: &P) -> bool {
+        self.peers.contains_key(peer)
     }
 
     /// Peers remembered.

@@ -124,6 +124,8 @@ pub enum ResponderEvent<P> {
 ///         ResponderAction::SendResponse { to, message, .. } => sent.push((to, message)),
 ///         // Informational: a request that ended unanswered, counted.
 ///         ResponderAction::Dropped { .. } => {}
+///         // Without a low-priority send queue there is nothing to promote.
+///         ResponderAction::Foreground { .. } => {}
 ///     }
 /// }
 /// assert_eq!(sent.len(), 1);
@@ -198,6 +200,16 @@ pub enum ResponderAction<P> {
         nonce: u64,
         /// Why it is dropped.
         reason: RequestError,
+    },
+    /// Answers to `to` still queued in the background (sent with
+    /// `background: true` because `to` waited behind a crowd's favoured
+    /// peers) may go as any other now: that crowd is gone
+    /// ([`Transport::promote`]). A host without send classes ignores it.
+    ///
+    /// [`Transport::promote`]: crate::adapters::Transport::promote
+    Foreground {
+        /// The requester.
+        to: P,
     },
 }
 

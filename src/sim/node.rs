@@ -623,6 +623,8 @@ impl Node {
             }
             // Informational: nothing is sent.
             ResponderAction::Dropped { .. } => {}
+            // What is queued on the connection leaves as foreground now.
+            ResponderAction::Foreground { to } => w.set_background(self.id, to, false),
         }
     }
 

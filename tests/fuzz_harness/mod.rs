@@ -1208,6 +1208,8 @@ struct ResponderModel {
     expired: u64,
     /// The `Dropped` actions the machine must emit next, in order.
     expected_drops: VecDeque<(u8, u64, RequestError)>,
+    /// Peers whose latest answer went in the background.
+    sent_background: BTreeSet<u8>,
     stale: u64,
     /// Per peer: busy-reply tokens (nano-replies) and when they were
     /// counted.
@@ -1256,6 +1258,7 @@ pub fn responder_requests(data: &[u8]) {
         expected: VecDeque::new(),
         expired: 0,
         expected_drops: VecDeque::new(),
+        sent_background: BTreeSet::new(),
         stale: 0,
         busy: BTreeMap::new(),
         busy_due: None,
@@ -1763,7 +1766,16 @@ impl ResponderModel {
                     self.tickets.push(ticket);
                     self.reads.insert(ticket, (job, self.now));
                 }
-                ResponderAction::SendResponse { to, message, .. } => {
+                ResponderAction::SendResponse {
+                    to,
+                    message,
+                    background,
+                } => {
+                    if background {
+                        self.sent_background.insert(to);
+                    } else {
+                        self.sent_background.remove(&to);
+                    }
                     if self.expected.is_empty() && self.busy_due == Some((to, message.nonce)) {
                         self.busy_due = None;
                         assert_eq!(
@@ -1799,6 +1811,15 @@ impl ResponderModel {
                         sent.len()
                     );
                     assert_eq!(sent, &payloads, "the response is the expected selection");
+                }
+                // Only for a peer whose latest answer went to the
+                // background, and that is no longer in it.
+                ResponderAction::Foreground { to } => {
+                    assert!(
+                        self.sent_background.remove(&to),
+                        "Foreground for {to}, whose latest answer was not in the background"
+                    );
+                    assert!(!self.machine.is_background(&to), "{to} is still held back");
                 }
                 ResponderAction::Dropped { to, nonce, reason } => {
                     let expected = self

@@ -327,6 +327,12 @@ impl Transport<PkiId> for GrpcTransport {
         link.queues.push_background(message)
     }
 
+    fn promote(&mut self, to: &PkiId) {
+        if let Some(link) = lock(&self.inner.links).get(to) {
+            link.queues.promote();
+        }
+    }
+
     fn refused(&mut self, _: &PkiId, _: &(dyn std::error::Error + 'static)) {
         bump(&self.inner.counters.refused);
     }

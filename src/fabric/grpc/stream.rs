@@ -50,7 +50,8 @@ pub(super) struct Queues {
 pub(super) struct Outbound {
     foreground: mpsc::Receiver<(Out, Ticket)>,
     background: mpsc::Receiver<GossipMessage>,
-    gate: Arc<SendGate>,
+    /// The stream's place in the transport's gate.
+    lane: Arc<Lane>,
     /// A background message taken from its queue, waiting for the gate.
     waiting: Option<GossipMessage>,
 }
@@ -60,15 +61,16 @@ pub(super) struct Outbound {
 pub(super) fn queues(capacity: usize, gate: &Arc<SendGate>) -> (Queues, Outbound) {
     let (foreground, foreground_out) = mpsc::channel(capacity);
     let (background, background_out) = mpsc::channel(capacity);
+    let lane = Arc::new(gate.lane());
     let queues = Queues {
         foreground,
         background,
-        lane: Arc::new(gate.lane()),
+        lane: Arc::clone(&lane),
     };
     let outbound = Outbound {
         foreground: foreground_out,
         background: background_out,
-        gate: Arc::clone(gate),
+        lane,
         waiting: None,
     };
     (queues, outbound)
@@ -84,7 +86,14 @@ impl Queues {
     /// Queues a state message to be sent once no stream has a foreground
     /// item pending.
     pub(super) fn push_background(&self, message: GossipMessage) -> Result<(), SendError> {
+        self.lane.background();
         self.background.try_send(message).map_err(refusal)
+    }
+
+    /// What is queued in the background need not wait for the gate, until
+    /// the next background message.
+    pub(super) fn promote(&self) {
+        self.lane.promote();
     }
 
     /// When the stream will have held foreground items without handing
@@ -110,13 +119,13 @@ impl Outbound {
             let Self {
                 foreground,
                 background,
-                gate,
+                lane,
                 waiting,
             } = self;
             // `or` polls its first future first: foreground before background.
             let next = if waiting.is_some() {
                 or(async { Next::Foreground(foreground.recv().await) }, async {
-                    gate.idle().await;
+                    lane.open().await;
                     Next::Open
                 })
                 .await
