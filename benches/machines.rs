@@ -187,7 +187,7 @@ fn responder_benches(c: &mut Criterion) {
                     responder.handle(now, event).unwrap();
                 }
                 ResponderAction::SendResponse { message, .. } => response = Some(message),
-                ResponderAction::Dropped { .. } | ResponderAction::Foreground { .. } => {}
+                ResponderAction::Dropped { .. } | ResponderAction::Promote { .. } => {}
             }
         }
         response.expect("a response")

@@ -221,7 +221,7 @@ impl Net {
                         assert_eq!(to, REQUESTER);
                         out.push(message);
                     }
-                    ResponderAction::Dropped { .. } | ResponderAction::Foreground { .. } => {}
+                    ResponderAction::Dropped { .. } | ResponderAction::Promote { .. } => {}
                 }
             }
         }

@@ -194,7 +194,7 @@ impl Host {
                         .unwrap();
                 }
                 ResponderAction::SendResponse { to, message, .. } => sent.push((to, message)),
-                ResponderAction::Dropped { .. } | ResponderAction::Foreground { .. } => {}
+                ResponderAction::Dropped { .. } | ResponderAction::Promote { .. } => {}
             }
         }
         sent
@@ -984,7 +984,7 @@ proptest! {
                 }
                 ResponderAction::SendResponse { message, .. } => responses.push(message),
                 ResponderAction::Dropped { .. } => prop_assert!(false, "nothing is dropped"),
-                ResponderAction::Foreground { .. } => prop_assert!(false, "no crowd here"),
+                ResponderAction::Promote { .. } => prop_assert!(false, "no crowd here"),
             }
         }
 
@@ -1601,7 +1601,7 @@ fn a_disconnected_peer_is_neither_read_for_nor_answered() {
 }
 
 /// Drains `r`, answering every read at `now` with empty payloads; returns
-/// each answer's peer and class, and the peers told `Foreground`.
+/// each answer's peer and class, and the peers told `Promote`.
 fn classes(r: &mut Responder, now: Instant) -> (Vec<(&'static str, bool)>, Vec<&'static str>) {
     let (mut sent, mut promoted) = (Vec::new(), Vec::new());
     while let Some(action) = r.poll_action() {
@@ -1617,7 +1617,7 @@ fn classes(r: &mut Responder, now: Instant) -> (Vec<(&'static str, bool)>, Vec<&
                     .unwrap();
             }
             ResponderAction::SendResponse { to, background, .. } => sent.push((to, background)),
-            ResponderAction::Foreground { to } => promoted.push(to),
+            ResponderAction::Promote { to } => promoted.push(to),
             ResponderAction::Dropped { .. } => {}
         }
     }
@@ -1668,4 +1668,48 @@ fn answers_held_back_for_a_crowd_go_ahead_once_it_is_gone() {
     let (sent, promoted) = classes(&mut r, later);
     assert_eq!(sent, [("l0", false)]);
     assert!(promoted.is_empty());
+}
+
+// A crowd lasts while its held-back peers wait for our answers, though
+// they ask nothing (their windows are full): the favoured order holds.
+// Counted only while they asked within `read_timeout`: past it, their
+// requesters have given up, and the crowd is gone. The requests here come
+// as envelopes, the path the adapters use.
+#[test]
+fn held_back_peers_keep_a_crowd_while_they_wait() {
+    let t0 = epoch();
+    let config = Config::default();
+    let read_timeout = config.read_timeout;
+    let mut r = responder(config, 10_000);
+    let peers = ["p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9"];
+    let envelope = |nonce, start: u64| {
+        let message = request(nonce, start, start + 10);
+        Bytes::from(wire::wrap_envelope(&message).encode_to_vec())
+    };
+    for (i, peer) in peers.iter().enumerate() {
+        let start = 1 + 1_000 * i as u64;
+        r.handle_envelope_bytes(t0, peer, envelope(i as u64, start))
+            .unwrap();
+    }
+    let (sent, promoted) = classes(&mut r, t0);
+    assert!(promoted.is_empty());
+    let held_back: Vec<_> = sent
+        .iter()
+        .filter(|(_, bg)| *bg)
+        .map(|(to, _)| *to)
+        .collect();
+    assert_eq!(held_back, &peers[3..]);
+    // 0.6 s on, only a favoured peer asks: seven wait, still a crowd.
+    let later = t0 + Duration::from_millis(600);
+    r.handle_envelope_bytes(later, "p0", envelope(100, 12))
+        .unwrap();
+    let (sent, promoted) = classes(&mut r, later);
+    assert_eq!(sent, [("p0", false)]);
+    assert!(promoted.is_empty(), "{promoted:?}");
+    // Past `read_timeout` they have given up: no crowd.
+    let gone = t0 + read_timeout + Duration::from_millis(1);
+    r.handle_envelope_bytes(gone, "p0", envelope(101, 23))
+        .unwrap();
+    let (_, promoted) = classes(&mut r, gone);
+    assert_eq!(promoted, &peers[3..]);
 }

@@ -212,7 +212,7 @@ fn drain_responder(
             ResponderAction::SendResponse { to, message, .. } => responses.push((to, message)),
             ResponderAction::Dropped { reason, .. } => dropped = Some(reason),
             // One send class here: nothing waits in a background.
-            ResponderAction::Foreground { .. } => {}
+            ResponderAction::Promote { .. } => {}
         }
     }
     Ok(Drained { responses, dropped })

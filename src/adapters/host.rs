@@ -99,7 +99,7 @@ pub trait Transport<P> {
     /// What was queued for `to` by [`send_background`](Self::send_background)
     /// and is not sent yet may go as if queued by [`send`](Self::send):
     /// `to` no longer waits behind a crowd's favoured peers
-    /// (`ResponderAction::Foreground`). The next
+    /// (`ResponderAction::Promote`). The next
     /// [`send_background`](Self::send_background) to `to` puts its queue
     /// back in the background. Default: nothing (a transport without send
     /// classes sends everything alike).
@@ -291,7 +291,7 @@ where
             }
             // Informational: nothing is sent, the machine counted it.
             ResponderAction::Dropped { .. } => {}
-            ResponderAction::Foreground { to } => self.transport.promote(&to),
+            ResponderAction::Promote { to } => self.transport.promote(&to),
         }
     }
 

@@ -166,7 +166,7 @@ impl Lane {
     }
 
     /// Its background messages need not wait for the gate any more, until
-    /// [`background`](Self::background) is called again.
+    /// [`demote`](Self::demote).
     pub(crate) fn promote(&self) {
         if let Some(lane) = self.gate.lanes().by_id.get_mut(&self.id) {
             lane.promoted = true;
@@ -174,16 +174,33 @@ impl Lane {
         self.gate.changed.notify_waiters();
     }
 
-    /// A background message is queued: it, and those still queued, wait
-    /// for the gate again.
-    pub(crate) fn background(&self) {
-        if let Some(lane) = self.gate.lanes().by_id.get_mut(&self.id) {
-            lane.promoted = false;
-        }
+    /// Its background messages wait for the gate again (a new one is
+    /// queued); whether they did not.
+    pub(crate) fn demote(&self) -> bool {
+        self.gate
+            .lanes()
+            .by_id
+            .get_mut(&self.id)
+            .is_some_and(|lane| std::mem::take(&mut lane.promoted))
     }
 
-    /// Waits until no connection has a foreground message pending (as
-    /// [`SendGate::idle`]), or this lane is promoted.
+    /// Queues a background message with `queue`: demoted first, so that
+    /// the writer never takes it for promoted, and promoted again if the
+    /// queue refused it (the answers queued before it are still due).
+    pub(crate) fn queue_background(
+        &self,
+        queue: impl FnOnce() -> Result<(), SendError>,
+    ) -> Result<(), SendError> {
+        let was_promoted = self.demote();
+        let queued = queue();
+        if queued.is_err() && was_promoted {
+            self.promote();
+        }
+        queued
+    }
+
+    /// Waits until no connection has a foreground message pending, except
+    /// stalled ones, or this lane is promoted.
     pub(crate) async fn open(&self) {
         self.gate.open_for(Some(self.id)).await;
     }
@@ -299,7 +316,7 @@ mod tests {
         let gate = Arc::new(SendGate::new(Duration::from_secs(60)));
         let (busy, held) = (Arc::new(gate.lane()), Arc::new(gate.lane()));
         let _pending = busy.foreground();
-        held.background();
+        held.queue_background(|| Ok(())).unwrap();
         let waiter = tokio::spawn({
             let held = Arc::clone(&held);
             async move { held.open().await }
@@ -317,7 +334,14 @@ mod tests {
                 .is_err(),
             "only the promoted lane"
         );
-        held.background();
+        assert!(
+            held.queue_background(|| Err(SendError::Full)).is_err(),
+            "refused"
+        );
+        tokio::time::timeout(Duration::from_millis(1), held.open())
+            .await
+            .expect("a refused message leaves the lane promoted");
+        held.queue_background(|| Ok(())).unwrap();
         assert!(
             tokio::time::timeout(Duration::from_millis(1), held.open())
                 .await

@@ -187,8 +187,10 @@ impl<P: Ord> Inner<P> {
         let links = self.links();
         let queues = &links.get(to).ok_or(SendError::Closed)?.queues;
         if background {
-            queues.lane.background();
-            queues.background.try_send(message).map_err(refusal)
+            let background = &queues.background;
+            queues
+                .lane
+                .queue_background(|| background.try_send(message).map_err(refusal))
         } else {
             let ticket = queues.lane.foreground();
             queues

@@ -167,7 +167,7 @@ struct Delivered<P> {
 ///                         server.handle(now, ResponderEvent::BlocksRead { ticket, payloads })?;
 ///                     }
 ///                     ResponderAction::SendResponse { message, .. } => responses.push(message),
-///                     ResponderAction::Dropped { .. } | ResponderAction::Foreground { .. } => {}
+///                     ResponderAction::Dropped { .. } | ResponderAction::Promote { .. } => {}
 ///                 }
 ///             }
 ///             for message in responses {

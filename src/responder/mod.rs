@@ -95,7 +95,7 @@ pub use types::{RequestError, ResponderAction, ResponderEvent, ResponderStats, T
 ///         }
 ///         ResponderAction::SendResponse { to, message, .. } => sent.push((to, message)),
 ///         ResponderAction::Dropped { .. } => {} // informational
-///         ResponderAction::Foreground { .. } => {} // one send class here
+///         ResponderAction::Promote { .. } => {} // one send class here
 ///     }
 /// }
 /// let response = wire::as_state_response(&sent[0].1).unwrap();
@@ -129,7 +129,7 @@ pub struct StateResponder<P> {
     priorities: Priorities<P>,
     /// Peers whose latest answer went to the background only because they
     /// waited behind a crowd's favoured peers: once the crowd is gone,
-    /// [`ResponderAction::Foreground`] tells the host.
+    /// [`ResponderAction::Promote`] tells the host.
     held_back: BTreeSet<P>,
     /// When each peer's latest read started, for the fair queue's turns;
     /// empty when it is off.
@@ -165,7 +165,7 @@ pub(crate) enum Queued<P> {
         nonce: u64,
         reason: RequestError,
     },
-    Foreground {
+    Promote {
         to: P,
     },
 }
@@ -214,24 +214,34 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     /// ([`RequestError::UnknownTicket`]) whether or not the `Timeout` was
     /// handled first.
     pub fn handle(&mut self, now: Instant, event: ResponderEvent<P>) -> Result<(), RequestError> {
-        let now = self.advance(now);
-        let result = match event {
-            ResponderEvent::Request { from, message } => self.on_request(now, from, Ok(&message)),
+        self.input(now, |r, now| match event {
+            ResponderEvent::Request { from, message } => r.on_request(now, from, Ok(&message)),
             ResponderEvent::BlocksRead { ticket, payloads } => {
-                self.on_blocks_read(now, ticket, payloads)
+                r.on_blocks_read(now, ticket, payloads)
             }
             ResponderEvent::Height(height) => {
-                self.height = height;
+                r.height = height;
                 Ok(())
             }
             ResponderEvent::PeerDisconnected { peer } => {
-                self.on_disconnected(&peer);
+                r.on_disconnected(&peer);
                 Ok(())
             }
             // `advance` did the work.
             ResponderEvent::Timeout => Ok(()),
-        };
-        self.release_held_back();
+        })
+    }
+
+    /// Every input: the clock advanced first, then `handle`, then what a
+    /// crowd held back let go if the crowd is gone.
+    fn input(
+        &mut self,
+        now: Instant,
+        handle: impl FnOnce(&mut Self, Instant) -> Result<(), RequestError>,
+    ) -> Result<(), RequestError> {
+        let now = self.advance(now);
+        let result = handle(self, now);
+        self.release_held_back(now);
         result
     }
 
@@ -244,11 +254,10 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         from: P,
         bytes: Bytes,
     ) -> Result<(), RequestError> {
-        let now = self.advance(now);
-        let message = wire::decode_gossip_message(bytes, self.config.max_message_size);
-        let result = self.on_request(now, from, message.as_ref().map_err(Clone::clone));
-        self.release_held_back();
-        result
+        self.input(now, |r, now| {
+            let message = wire::decode_gossip_message(bytes, r.config.max_message_size);
+            r.on_request(now, from, message.as_ref().map_err(Clone::clone))
+        })
     }
 
     /// Decodes an `Envelope` (what Fabric's gossip stream carries; at most
@@ -262,11 +271,12 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         from: P,
         bytes: Bytes,
     ) -> Result<(), RequestError> {
-        let now = self.advance(now);
-        let max = self.config.max_message_size;
-        let message =
-            wire::decode_envelope(bytes, max).and_then(|e| wire::unwrap_envelope(&e, max));
-        self.on_request(now, from, message.as_ref().map_err(Clone::clone))
+        self.input(now, |r, now| {
+            let max = r.config.max_message_size;
+            let message =
+                wire::decode_envelope(bytes, max).and_then(|e| wire::unwrap_envelope(&e, max));
+            r.on_request(now, from, message.as_ref().map_err(Clone::clone))
+        })
     }
 
     /// [`handle`](Self::handle) of a [`ResponderEvent::Request`], the message
@@ -279,10 +289,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         from: P,
         message: &GossipMessage,
     ) -> Result<(), RequestError> {
-        let now = self.advance(now);
-        let result = self.on_request(now, from, Ok(message));
-        self.release_held_back();
-        result
+        self.input(now, |r, now| r.on_request(now, from, Ok(message)))
     }
 
     /// [`handle`](Self::handle) of a [`ResponderEvent::BlocksRead`]: the
@@ -295,10 +302,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         ticket: Ticket,
         payloads: Vec<Payload>,
     ) -> Result<(), RequestError> {
-        let now = self.advance(now);
-        let result = self.on_blocks_read(now, ticket, payloads);
-        self.release_held_back();
-        result
+        self.input(now, |r, now| r.on_blocks_read(now, ticket, payloads))
     }
 
     /// The byte cap of a read's answer, as [`ResponderAction::ReadBlocks`]
@@ -344,7 +348,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
                 background,
             },
             Queued::Dropped { to, nonce, reason } => ResponderAction::Dropped { to, nonce, reason },
-            Queued::Foreground { to } => ResponderAction::Foreground { to },
+            Queued::Promote { to } => ResponderAction::Promote { to },
         }
     }
 
@@ -888,19 +892,30 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     /// their random ranges overlapped, and the three laggers' answers queued
     /// meanwhile left the only source 1 s later (sweep seed 2 925 without
     /// loss: 1.96 s flooded against 0.44 s, 0.74 s with this; crowd
-    /// unchanged, as it stays a crowd). Released on every answer's change
-    /// of crowd instead, the crowd was 21–27× Kumar–Ross, not 8.4–8.8.
-    fn release_held_back(&mut self) {
+    /// unchanged, as it stays a crowd). Counting only the peers that asked
+    /// within 0.5 s, as [`Priorities::is_later`] does, released them as
+    /// the favoured laggers paused: crowd 21–27× Kumar–Ross, not 8.4–8.8.
+    ///
+    /// A held-back peer counts only while it asked within `read_timeout`
+    /// (our requester's longest deadline): one that has its answers and
+    /// finished would keep a crowd alive for a minute, until forgotten.
+    /// Cost: nothing while none is held back; else a scan of the peers
+    /// remembered (a crowd's, a flood's few identities) per input.
+    fn release_held_back(&mut self, now: Instant) {
         if self.held_back.is_empty() {
             return;
         }
         let held_back = &self.held_back;
-        if self.priorities.crowded(&|peer| held_back.contains(peer)) {
+        let wait = |peer: &P| held_back.contains(peer);
+        if self
+            .priorities
+            .crowded(now, self.config.read_timeout, &wait)
+        {
             return;
         }
         for to in std::mem::take(&mut self.held_back) {
             if !self.priorities.is_background(&to) {
-                self.actions.push_back(Queued::Foreground { to });
+                self.actions.push_back(Queued::Promote { to });
             }
         }
     }

@@ -71,6 +71,16 @@ struct History {
 const PAUSE: Duration = Duration::from_millis(500);
 
 impl History {
+    /// Whether it is catching up from us: no repeater, its ranges
+    /// disjoint, and it asked within [`PAUSE`] of `now` or, if it
+    /// `waits` for answers of ours, within `waiting_for`.
+    fn catching_up(&self, now: Instant, waits: bool, waiting_for: Duration) -> bool {
+        let quiet = now.saturating_duration_since(self.last_seen);
+        !self.background
+            && self.overlap_share <= CROWD_OVERLAP
+            && (quiet <= PAUSE || (waits && quiet <= waiting_for))
+    }
+
     fn covers(&self, range: SeqRange) -> bool {
         self.served
             .range(..=range.start())
@@ -273,13 +283,9 @@ impl<P: Clone + Ord> Priorities<P> {
         {
             return false;
         }
-        let catching_up = |h: &History| {
-            !h.background
-                && h.overlap_share <= CROWD_OVERLAP
-                && now.saturating_duration_since(h.last_seen) <= PAUSE
-        };
         let mut crowd = 0;
         let mut ahead = 0;
+        let catching_up = |h: &&History| h.catching_up(now, false, PAUSE);
         for (other, h) in self.peers.iter().filter(|(_, h)| catching_up(h)) {
             crowd += 1;
             if begins_before((h.since, other), (history.since, peer)) {
@@ -289,24 +295,23 @@ impl<P: Clone + Ord> Priorities<P> {
         crowd > 2 * self.favoured && ahead >= self.favoured
     }
 
-    /// Whether more than twice `favoured` peers are catching up from us,
-    /// so that some wait for the favoured ones: those that asked lately,
-    /// and those `waiting` for answers of ours.
-    pub(super) fn crowded(&self, waiting: &dyn Fn(&P) -> bool) -> bool {
-        let Some(now) = self.now else {
-            return false;
-        };
+    /// Whether more than twice `favoured` peers are catching up from us at
+    /// `now`, so that some wait for the favoured ones: those that asked
+    /// lately, and those that `wait` for answers of ours and asked within
+    /// `waiting_for` (past it, a requester has given up on them).
+    pub(super) fn crowded(
+        &self,
+        now: Instant,
+        waiting_for: Duration,
+        wait: &dyn Fn(&P) -> bool,
+    ) -> bool {
         if self.favoured == 0 || self.peers.len() <= self.favoured.saturating_mul(2) {
             return false;
         }
         let catching_up = self
             .peers
             .iter()
-            .filter(|(peer, h)| {
-                !h.background
-                    && h.overlap_share <= CROWD_OVERLAP
-                    && (now.saturating_duration_since(h.last_seen) <= PAUSE || waiting(peer))
-            })
+            .filter(|(peer, h)| h.catching_up(now, wait(peer), waiting_for))
             .count();
         catching_up > 2 * self.favoured
     }

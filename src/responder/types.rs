@@ -125,7 +125,7 @@ pub enum ResponderEvent<P> {
 ///         // Informational: a request that ended unanswered, counted.
 ///         ResponderAction::Dropped { .. } => {}
 ///         // Without a low-priority send queue there is nothing to promote.
-///         ResponderAction::Foreground { .. } => {}
+///         ResponderAction::Promote { .. } => {}
 ///     }
 /// }
 /// assert_eq!(sent.len(), 1);
@@ -207,7 +207,7 @@ pub enum ResponderAction<P> {
     /// ([`Transport::promote`]). A host without send classes ignores it.
     ///
     /// [`Transport::promote`]: crate::adapters::Transport::promote
-    Foreground {
+    Promote {
         /// The requester.
         to: P,
     },

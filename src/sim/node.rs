@@ -624,7 +624,7 @@ impl Node {
             // Informational: nothing is sent.
             ResponderAction::Dropped { .. } => {}
             // What is queued on the connection leaves as foreground now.
-            ResponderAction::Foreground { to } => w.set_background(self.id, to, false),
+            ResponderAction::Promote { to } => w.set_background(self.id, to, false),
         }
     }
 

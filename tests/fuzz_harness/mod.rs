@@ -1814,10 +1814,10 @@ impl ResponderModel {
                 }
                 // Only for a peer whose latest answer went to the
                 // background, and that is no longer in it.
-                ResponderAction::Foreground { to } => {
+                ResponderAction::Promote { to } => {
                     assert!(
                         self.sent_background.remove(&to),
-                        "Foreground for {to}, whose latest answer was not in the background"
+                        "Promote for {to}, whose latest answer was not in the background"
                     );
                     assert!(!self.machine.is_background(&to), "{to} is still held back");
                 }

@@ -86,8 +86,9 @@ impl Queues {
     /// Queues a state message to be sent once no stream has a foreground
     /// item pending.
     pub(super) fn push_background(&self, message: GossipMessage) -> Result<(), SendError> {
-        self.lane.background();
-        self.background.try_send(message).map_err(refusal)
+        let background = &self.background;
+        self.lane
+            .queue_background(|| background.try_send(message).map_err(refusal))
     }
 
     /// What is queued in the background need not wait for the gate, until
