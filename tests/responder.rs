@@ -1600,6 +1600,14 @@ fn a_disconnected_peer_is_neither_read_for_nor_answered() {
     assert_eq!(seqs(&host.serve(&mut r, t0)[0].1).len(), 11);
 }
 
+/// The peers of `sent` answered in the background.
+fn in_background(sent: &[(&'static str, bool)]) -> Vec<&'static str> {
+    sent.iter()
+        .filter(|(_, bg)| *bg)
+        .map(|(to, _)| *to)
+        .collect()
+}
+
 /// Drains `r`, answering every read at `now` with empty payloads; returns
 /// each answer's peer and class, and the peers told `Promote`.
 fn classes(r: &mut Responder, now: Instant) -> (Vec<(&'static str, bool)>, Vec<&'static str>) {
@@ -1648,11 +1656,7 @@ fn answers_held_back_for_a_crowd_go_ahead_once_it_is_gone() {
     }
     let (sent, promoted) = classes(&mut r, t0);
     assert!(promoted.is_empty());
-    let held_back: Vec<_> = sent
-        .iter()
-        .filter(|(_, bg)| *bg)
-        .map(|(to, _)| *to)
-        .collect();
+    let held_back = in_background(&sent);
     assert_eq!(held_back, ["f3", "l0", "l1", "l2"]);
     // Each flooder asks again what it was served: an overlap.
     let later = t0 + Duration::from_millis(10);
@@ -1693,11 +1697,7 @@ fn held_back_peers_keep_a_crowd_while_they_wait() {
     }
     let (sent, promoted) = classes(&mut r, t0);
     assert!(promoted.is_empty());
-    let held_back: Vec<_> = sent
-        .iter()
-        .filter(|(_, bg)| *bg)
-        .map(|(to, _)| *to)
-        .collect();
+    let held_back = in_background(&sent);
     assert_eq!(held_back, &peers[3..]);
     // 0.6 s on, only a favoured peer asks: seven wait, still a crowd.
     let later = t0 + Duration::from_millis(600);
