@@ -1239,10 +1239,10 @@ fn blocks_bad_at_different_sources_are_each_fetched_from_the_other() {
     }
 }
 
-/// The only honest peer crashes mid-transfer and restarts with its ledger,
-/// or with its ledger cut back; the lagger crashes,
-/// or loses most of what it fetched; another peer joins late, one leaves; a
-/// partition cuts the lagger off and heals.
+/// A peer crashes mid-transfer and restarts with its ledger, or with its
+/// ledger cut back; the lagger crashes, or loses most of what it fetched;
+/// another peer joins late, one leaves; a partition cuts the lagger off and
+/// heals.
 #[test]
 fn crashes_churn_and_partitions_heal() {
     let s = Duration::from_secs;
