@@ -357,6 +357,13 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         Some(probe.peer.clone())
     }
 
+    /// Whether request `id` has had its [`MAX_HEDGES`] hedges.
+    fn hedges_spent(&self, id: u64) -> bool {
+        self.requests
+            .get(id)
+            .is_some_and(|request| request.hedges >= MAX_HEDGES)
+    }
+
     /// Hedges the lower part of request `id` (`range`) at a free peer of a
     /// standing as good as every holder of all of it, after narrowing the
     /// request to that part: see `hedge`. Whether it did.
@@ -389,11 +396,11 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             return false;
         };
         // As in `hedge`: its hedges spent, it goes as a retry.
-        let spent = self
-            .requests
-            .get(id)
-            .is_some_and(|request| request.hedges >= MAX_HEDGES);
-        let kind = if spent { Send::Retry } else { Send::Hedge };
+        let kind = if self.hedges_spent(id) {
+            Send::Retry
+        } else {
+            Send::Hedge
+        };
         self.send_cut(now, id, kept, peer, kind)
     }
 
@@ -464,10 +471,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         if choice.is_none() && self.hedge_cut(now, id, range, &asked, &exclude, headroom) {
             return;
         }
-        let spent = self
-            .requests
-            .get(id)
-            .is_some_and(|request| request.hedges >= MAX_HEDGES);
+        let spent = self.hedges_spent(id);
         match choice {
             // Its hedges spent, the range goes again as a retry, bounded by
             // `max_retries`; also to the trusted peer already working on it
