@@ -203,6 +203,9 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                     due = due.max(answered.checked_add(wait)?);
                 }
             }
+            if let Some(tail_due) = self.head_of_queue_due(peer, attempt, hedge_after) {
+                due = due.min(tail_due);
+            }
         }
         // Taken for lost: no need to wait for its peer's pace (2 % loss,
         // hostile: each lost message held the commit point for its whole,
@@ -214,6 +217,42 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             due = due.max(others);
         }
         Some(request.held_back(due))
+    }
+
+    /// When a send that is all its peer has in flight should be hedged: one
+    /// queue-free round trip (the peer's fastest; its reordering allowance
+    /// if longer) after its answer was due. It is due a queue-free round
+    /// trip after it was sent, or its own transfer after the peer's last
+    /// answer if it was queued behind that.
+    /// The SRTT that `hedge_due` waits twice for grew with the queue just
+    /// drained: at 2 % loss the last range of a round, lost, held the
+    /// commit point for 0.5 s beside idle peers (hostile, seed 1).
+    fn head_of_queue_due(
+        &self,
+        peer: &super::peers::Peer,
+        attempt: &Attempt<P>,
+        hedge_after: Duration,
+    ) -> Option<Instant> {
+        if peer.in_flight != 1 {
+            return None;
+        }
+        let base = peer.base_rtt()?;
+        let bytes = attempt
+            .asked
+            .len()
+            .saturating_mul(self.block_bytes_estimate) as f64;
+        let transfer = Duration::try_from_secs_f64(bytes / peer.rate()?).ok()?;
+        let after_last = peer
+            .last_answer_at
+            .map_or(attempt.sent_at, |at| at.max(attempt.sent_at))
+            .checked_add(transfer)?;
+        let expected = attempt.sent_at.checked_add(base)?.max(after_last);
+        let margin = base.max(peer.reorder_allowance(peer.timeout(&self.config)));
+        Some(
+            expected
+                .checked_add(margin)?
+                .max(attempt.sent_at.checked_add(hedge_after)?),
+        )
     }
 
     /// When the commit point's request, its hedges spent, may be sent again
@@ -496,5 +535,129 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use prost::Message;
+
+    use crate::requester::{Action, AntiEntropy, Event, PeerState};
+    use crate::wire::common::{Block, BlockHeader};
+    use crate::wire::{self, gossip::Payload};
+    use crate::Config;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Every `SendRequest` out of `ae`, as (to, nonce, start, end).
+    fn sends(ae: &mut AntiEntropy<&'static str>) -> Vec<(&'static str, u64, u64, u64)> {
+        std::iter::from_fn(|| ae.poll_action())
+            .filter_map(|action| match action {
+                Action::SendRequest { to, message } => {
+                    let request = wire::as_state_request(&message)?;
+                    Some((
+                        to,
+                        message.nonce,
+                        request.start_seq_num,
+                        request.end_seq_num,
+                    ))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn answer(
+        ae: &mut AntiEntropy<&'static str>,
+        at: Instant,
+        send: (&'static str, u64, u64, u64),
+    ) {
+        let (from, nonce, start, end) = send;
+        let payloads = (start..=end)
+            .map(|seq| {
+                let header = BlockHeader {
+                    number: seq,
+                    ..Default::default()
+                };
+                let block = Block {
+                    header: Some(header),
+                    ..Default::default()
+                };
+                Payload {
+                    seq_num: seq,
+                    data: block.encode_to_vec().into(),
+                    private_data: vec![],
+                }
+            })
+            .collect();
+        let message = wire::state_response(nonce, Bytes::from_static(b"ch"), payloads);
+        // A copy of a range already in is a stray: refused, harmless.
+        let _ = ae.handle(at, Event::Response { from, message });
+    }
+
+    // A send that is all its peer has in flight is hedged one queue-free
+    // round trip after its answer was due, not twice an SRTT that grew
+    // with a queue since drained (hostile, seed 1: the chain's last range,
+    // lost at 2 % loss, held the commit point 0.5 s beside two idle peers).
+    #[test]
+    fn a_send_alone_at_its_peer_is_hedged_a_queue_free_round_trip_after_it_was_due() {
+        let t0 = crate::test_epoch();
+        // A window of 22 blocks (nothing is committed): the second range
+        // fills it, so no end-game copy races the hedge.
+        let config = Config {
+            window_blocks: 22,
+            ..Config::default()
+        };
+        let channel = Bytes::from_static(b"ch");
+        let mut ae = AntiEntropy::new(config, channel, 1, 7, t0).unwrap();
+        let view = |height| vec![PeerState::new("a", height), PeerState::new("b", height)];
+        ae.handle(t0, Event::Membership(view(12))).unwrap();
+        let first = sends(&mut ae);
+        assert!(first.iter().any(|s| s.0 == "a") && first.iter().any(|s| s.0 == "b"));
+        // The first flight overlaps (`split_first_flight`): answered last
+        // sent first, each answer brings a block and a sample.
+        for send in first.into_iter().rev() {
+            answer(&mut ae, t0 + ms(50), send);
+        }
+        assert_eq!(ae.height(), 12);
+        // Queues, since drained, made both peers' SRTT 293.75 ms; their
+        // fastest round trip stays 50 ms.
+        for id in ["a", "b"] {
+            let peer = ae.peers.get_mut(&id).unwrap();
+            peer.rtt.sample(ms(2000));
+            assert_eq!(peer.base_rtt(), Some(ms(50)));
+        }
+        let t1 = t0 + ms(100);
+        ae.handle(t1, Event::Membership(view(40))).unwrap();
+        let asked = sends(&mut ae);
+        let lost = *asked.iter().find(|s| s.2 == 12).unwrap();
+        let other = if lost.0 == "a" { "b" } else { "a" };
+        for &send in asked.iter().filter(|s| s.1 != lost.1) {
+            answer(&mut ae, t1 + ms(50), send);
+        }
+        assert!(ae.peers.get(&lost.0).is_some_and(|p| p.in_flight == 1));
+        let hedges = ae.stats().hedges;
+        // Its answer was due 50 ms after it was sent; the hedge comes a
+        // round trip later but never before `hedge_after` (250 ms), where
+        // twice the SRTT was 587.5 ms.
+        let (now, hedge) = loop {
+            let now = ae.poll_timeout().unwrap();
+            assert!(now < t1 + ms(1000), "nothing sent by {:?}", now - t1);
+            ae.handle(now, Event::Timeout).unwrap();
+            if let Some(&send) = sends(&mut ae).first() {
+                break (now, send);
+            }
+        };
+        assert_eq!(now - t1, ms(250), "{hedge:?}; first sent {asked:?}");
+        assert_eq!((hedge.0, hedge.2, hedge.3), (other, lost.2, lost.3));
+        assert_eq!(ae.stats().timeouts, 0);
+        answer(&mut ae, now + ms(50), hedge);
+        assert_eq!(ae.height(), 23);
+        assert_eq!(ae.stats().hedges, hedges + 1);
     }
 }
