@@ -1424,7 +1424,7 @@ fn the_background_gives_its_places_and_takes_none() {
     config.max_requests_per_peer = 16;
     let mut r = responder(config, 100);
     let mut nonce = 0;
-    while !r.is_background(&"f") {
+    while !r.is_repeater(&"f") {
         nonce += 1;
         assert!(nonce < 100, "never in the background");
         ask(&mut r, t0, "f", nonce, 0, 10).unwrap();
@@ -1501,7 +1501,7 @@ fn a_peer_repeating_what_it_was_served_waits_behind_the_others() {
             ask(&mut r, t0, "flood", nonce, 0, 10).unwrap();
             host.serve(&mut r, t0);
         }
-        assert_eq!(r.is_background(&"flood"), demoted);
+        assert_eq!(r.is_repeater(&"flood"), demoted);
         assert_eq!(r.stats().background_peers, usize::from(demoted));
         assert_eq!(r.stats().repeat_requests, if demoted { 29 } else { 0 });
         // One read in progress; the flooder's next request queues first.
@@ -1528,10 +1528,10 @@ fn a_peer_repeating_what_it_was_served_waits_behind_the_others() {
         ask(&mut r, t0, "flood", nonce, 0, 10).unwrap();
         host.serve(&mut r, t0);
     }
-    assert!(r.is_background(&"flood"));
+    assert!(r.is_repeater(&"flood"));
     r.handle(t0, ResponderEvent::PeerDisconnected { peer: "flood" })
         .unwrap();
-    assert!(!r.is_background(&"flood"));
+    assert!(!r.is_repeater(&"flood"));
 }
 
 // A disconnected peer's queued requests are not read, and its reads in
@@ -1712,4 +1712,60 @@ fn held_back_peers_keep_a_crowd_while_they_wait() {
         .unwrap();
     let (_, promoted) = classes(&mut r, gone);
     assert_eq!(promoted, &peers[3..]);
+}
+
+// An answer is classed by the crowd at the time it is made, not at the
+// latest request: a read that finishes after the crowd has gone is sent in
+// the foreground, and the answers held back meanwhile are promoted at the
+// same input. (Classed by the crowd of the last request, it went in the
+// background and was promoted at once: `Promote` for a peer the responder
+// still held back, found by the fuzz harness with `favoured_peers = 1`.)
+#[test]
+fn an_answer_is_classed_by_the_crowd_when_it_is_made() {
+    let t0 = epoch();
+    let mut r = responder(Config::default(), 10_000);
+    let peers = ["p0", "p1", "p2", "p3", "p4", "p5", "p6"];
+    for (i, peer) in peers.iter().enumerate() {
+        let start = 1 + 1_000 * i as u64;
+        ask(&mut r, t0, peer, i as u64, start, start + 10).unwrap();
+    }
+    // Every read is answered at once but the last peer's.
+    let mut slow = None;
+    let mut sent = Vec::new();
+    while let Some(action) = r.poll_action() {
+        match action {
+            ResponderAction::ReadBlocks {
+                ticket, to: "p6", ..
+            } => slow = Some(ticket),
+            ResponderAction::ReadBlocks { ticket, .. } => {
+                r.handle(
+                    t0,
+                    ResponderEvent::BlocksRead {
+                        ticket,
+                        payloads: vec![],
+                    },
+                )
+                .unwrap();
+            }
+            ResponderAction::SendResponse { to, background, .. } => sent.push((to, background)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(in_background(&sent), ["p3", "p4", "p5"]);
+    // 0.6 s later nobody has asked since: the crowd is gone.
+    let later = t0 + Duration::from_millis(600);
+    let ticket = slow.expect("p6's read");
+    r.handle(
+        later,
+        ResponderEvent::BlocksRead {
+            ticket,
+            payloads: vec![],
+        },
+    )
+    .unwrap();
+    let (sent, mut promoted) = classes(&mut r, later);
+    assert_eq!(sent, [("p6", false)]);
+    promoted.sort_unstable();
+    assert_eq!(promoted, ["p3", "p4", "p5"]);
+    assert!(peers.iter().all(|peer| !r.is_background(peer)));
 }

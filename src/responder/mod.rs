@@ -393,16 +393,24 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         (self.queue.len(), self.reads.len())
     }
 
-    /// Whether `peer` is in the background: most of its recent requests
-    /// asked for blocks we had just served it, as a flood does (a peer
-    /// catching up asks for each block about once). Its reads start only
-    /// when no other peer has one waiting. A host whose transport can
-    /// should send its answers only from spare capacity too (a
+    /// Whether `peer` repeats itself: most of its recent requests asked
+    /// for blocks we had just served it, as a flood does (a peer catching
+    /// up asks for each block about once). It may hold an eighth of the
+    /// others' requests, and its reads start only when no other peer has
+    /// one waiting. Off in the Fabric preset
+    /// (`Config::background_repeaters`).
+    pub fn is_repeater(&self, peer: &P) -> bool {
+        self.priorities.is_background(peer)
+    }
+
+    /// Whether an answer to `peer` made now goes in the background: it is
+    /// a repeater ([`is_repeater`](Self::is_repeater)), or it waits behind
+    /// a crowd's favoured peers (`Config::favoured_peers`). A host whose
+    /// transport can should send such answers only from spare capacity (a
     /// low-priority send queue): serving them in turn with everyone's
-    /// would still give a flooder its share of our uplink. Off in the
-    /// Fabric preset (`Config::background_repeaters`).
+    /// would still give a flooder its share of our uplink.
     pub fn is_background(&self, peer: &P) -> bool {
-        self.priorities.is_background(peer) || self.priorities.is_later(peer)
+        self.is_repeater(peer) || self.priorities.is_later(peer)
     }
 
     /// Our ledger height, as last given to [`new`](Self::new) or by
@@ -418,6 +426,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     fn advance(&mut self, now: Instant) -> Instant {
         let now = self.now.map_or(now, |latest| latest.max(now));
         self.now = Some(now);
+        self.priorities.advance(now);
         while let Some(read) = self.reads.first() {
             if read.deadline.is_none_or(|deadline| deadline > now) {
                 break;

@@ -204,6 +204,13 @@ impl<P: Clone + Ord> Priorities<P> {
         }
     }
 
+    /// Time passed: `is_later` counts the peers catching up at `now`, not
+    /// at the latest request (a read finishing seconds later classed its
+    /// answer by a crowd long gone).
+    pub(super) fn advance(&mut self, now: Instant) {
+        self.now = Some(self.now.map_or(now, |latest| latest.max(now)));
+    }
+
     /// A request of `peer` for `range` (clamped to our height) was
     /// admitted: counts whether it asks only for blocks it was served (or
     /// is being served: counted at admission, since a slow host's reads

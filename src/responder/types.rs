@@ -350,9 +350,9 @@ pub struct ResponderStats {
     /// (or busy replies are off).
     pub busy_suppressed: u64,
     /// Admitted requests that asked only for blocks served to the same
-    /// peer lately (see [`StateResponder::is_background`]).
+    /// peer lately (see [`StateResponder::is_repeater`]).
     pub repeat_requests: u64,
-    /// Peers in the background now.
+    /// Repeaters now ([`StateResponder::is_repeater`]).
     pub background_peers: usize,
     /// Refused host input: [`RequestError::UnknownTicket`] (not a request,
     /// so not part of [`refused`](Self::refused)).

@@ -469,7 +469,7 @@ impl World {
 
     /// Puts `from`'s connection to `to` in the background class of its
     /// uplink, or back in the foreground: what a host does with
-    /// `StateResponder::is_background`.
+    /// `StateResponder::is_background` (`ResponderAction::SendResponse`).
     pub(crate) fn set_background(&mut self, from: NodeId, to: NodeId, background: bool) {
         if let Some(wake) = self
             .network

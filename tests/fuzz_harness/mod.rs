@@ -1166,6 +1166,8 @@ fn responder_config(selector: u8) -> Config {
             config.max_queued_requests = 3;
             config.max_concurrent_reads = 2;
             config.read_timeout = Duration::from_secs(1);
+            // A crowd of three peers: four can hold one back and free it.
+            config.favoured_peers = 1;
             config
         }
         _ => {
@@ -1412,7 +1414,7 @@ impl ResponderModel {
             _ => {}
         }
         let now = self.advance(self.now);
-        let was_background = self.machine.is_background(&from);
+        let was_repeater = self.machine.is_repeater(&from);
         let result = if cursor.bool() {
             let bytes = Bytes::from(message.encode_to_vec());
             self.machine.handle_request_bytes(now, from, bytes)
@@ -1423,7 +1425,7 @@ impl ResponderModel {
             };
             self.machine.handle(now, event)
         };
-        self.on_request_result(from, Ok(message), result, was_background);
+        self.on_request_result(from, Ok(message), result, was_repeater);
     }
 
     /// Raw bytes on a peer's connection: garbage, or a request encoded and
@@ -1434,13 +1436,13 @@ impl ResponderModel {
         let bytes = Bytes::copy_from_slice(cursor.bytes(len));
         let decoded = wire::decode_gossip_message(bytes.clone(), self.config.max_message_size);
         let now = self.advance(self.now);
-        let was_background = self.machine.is_background(&from);
+        let was_repeater = self.machine.is_repeater(&from);
         let result = self.machine.handle_request_bytes(now, from, bytes);
-        self.on_request_result(from, decoded, result, was_background);
+        self.on_request_result(from, decoded, result, was_repeater);
     }
 
     /// Checks a request's outcome against the model and records its effect.
-    /// `was_background`: whether the machine had `from` in the background
+    /// `was_repeater`: whether the machine took `from` for a repeater
     /// before the request (which peers repeat themselves is the machine's
     /// own count, tested in its unit tests; the model checks what follows
     /// from it).
@@ -1449,7 +1451,7 @@ impl ResponderModel {
         from: u8,
         decoded: Result<GossipMessage, WireError>,
         result: Result<(), RequestError>,
-        was_background: bool,
+        was_repeater: bool,
     ) {
         let message = match decoded {
             Ok(message) => message,
@@ -1505,8 +1507,8 @@ impl ResponderModel {
                 .iter()
                 .filter(|(ticket, (job, _))| job.from == from && !self.orphaned.contains(ticket))
                 .count();
-        // A peer in the background may hold an eighth of the others' share.
-        let limit = if was_background {
+        // A repeater may hold an eighth of the others' share.
+        let limit = if was_repeater {
             (self.config.max_requests_per_peer / 8).max(1)
         } else {
             self.config.max_requests_per_peer
@@ -1517,7 +1519,7 @@ impl ResponderModel {
         // `Config::fair_queue`: into a full queue, in the newest queued
         // place of the peer holding the most places, if two more than ours.
         let victim = if queue_full && self.config.fair_queue {
-            self.fair_queue_victim(from, was_background)
+            self.fair_queue_victim(from, was_repeater)
         } else {
             None
         };
@@ -1536,7 +1538,7 @@ impl ResponderModel {
                         .expect("the victim has a job queued");
                     let job = self.queue.remove(newest).expect("a queued job");
                     self.evicted += 1;
-                    if !self.machine.is_background(&victim) {
+                    if !self.machine.is_repeater(&victim) {
                         self.expect_busy_reply(victim, job.nonce);
                     }
                 }
@@ -1559,7 +1561,7 @@ impl ResponderModel {
             }
             Err(error) => panic!("request [{start}, {end}] refused with {error:?}"),
         }
-        if result.is_err() && !was_background {
+        if result.is_err() && !was_repeater {
             self.expect_busy_reply(from, message.nonce);
         }
         self.drain();
@@ -1573,7 +1575,7 @@ impl ResponderModel {
     /// if two more than `from`; otherwise, if `from` holds none, the one
     /// whose latest read started last (within a minute), if after `from`'s
     /// latest. Of peers alike, the one whose newest job came last.
-    fn fair_queue_victim(&self, from: u8, from_background: bool) -> Option<u8> {
+    fn fair_queue_victim(&self, from: u8, from_repeater: bool) -> Option<u8> {
         let reading = |peer: u8| {
             self.reads
                 .iter()
@@ -1594,16 +1596,15 @@ impl ResponderModel {
         }
         let ours = held.get(&from).map_or(reading(from), |&(count, _)| count);
         let others = || held.iter().filter(|(&peer, _)| peer != from);
-        if !from_background {
+        if !from_repeater {
             let background = others()
-                .filter(|(peer, _)| self.machine.is_background(peer))
+                .filter(|(peer, _)| self.machine.is_repeater(peer))
                 .max_by_key(|(_, &places)| places);
             if let Some((&victim, _)) = background {
                 return Some(victim);
             }
         }
-        let alike =
-            || others().filter(|(peer, _)| self.machine.is_background(peer) == from_background);
+        let alike = || others().filter(|(peer, _)| self.machine.is_repeater(peer) == from_repeater);
         let (&victim, &(most, _)) = alike().max_by_key(|(_, &places)| places)?;
         if most >= ours + 2 {
             return Some(victim);
@@ -1859,11 +1860,9 @@ impl ResponderModel {
                 .map(|(_, (job, _))| job.from)
         };
         let own = live().filter(|&from| from == peer).count();
-        let background = live()
-            .filter(|from| self.machine.is_background(from))
-            .count();
+        let background = live().filter(|from| self.machine.is_repeater(from)).count();
         own < (slots - (slots / 4).max(1)).max(1)
-            && (!self.machine.is_background(&peer) || background < (slots / 4).max(1))
+            && (!self.machine.is_repeater(&peer) || background < (slots / 4).max(1))
     }
 
     /// The job whose read starts next: the oldest of the first peer after
@@ -1886,7 +1885,7 @@ impl ResponderModel {
         let peer = rotation
             .iter()
             .copied()
-            .find(|peer| !self.machine.is_background(peer))
+            .find(|peer| !self.machine.is_repeater(peer))
             .or_else(|| rotation.first().copied())?;
         let index = self.queue.iter().position(|job| job.from == peer)?;
         self.last_started = Some(peer);
