@@ -1,6 +1,7 @@
 //! [`AntiEntropy`]: the requester side of state transfer.
 
 mod delivery;
+mod end_game;
 mod peers;
 mod planning;
 mod reorder;
