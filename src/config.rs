@@ -164,8 +164,8 @@ pub struct Config {
     /// (requests queued and being read) takes one of the peer holding the
     /// most; a peer holding none takes that of the peer whose latest read
     /// started last, if after its own latest, so that places go round when
-    /// more peers want them than there are. A background peer never takes
-    /// a foreground peer's place. A flooder whose requests fill the queue
+    /// more peers want them than there are. A repeater
+    /// (`StateResponder::is_repeater`) never takes another peer's place. A flooder whose requests fill the queue
     /// before any is served is never seen to repeat itself, so it would
     /// keep everyone else out of a short queue. Fabric's one FIFO drops
     /// what does not fit (off in its preset).

@@ -89,7 +89,9 @@ impl SendGate {
         self.open_for(None).await;
     }
 
-    /// [`idle`](Self::idle), or until lane `id` (if any) is promoted.
+    /// Waits until no connection has a foreground message pending, except
+    /// connections stalled for `stall_after`, or until lane `id` (if any)
+    /// is promoted.
     async fn open_for(&self, id: Option<u64>) {
         loop {
             // Registered before the check, so a change in between still

@@ -219,7 +219,7 @@ pub struct AntiEntropy<P> {
     /// When the next round starts, while none is active.
     next_round_at: Option<Instant>,
     /// When a send the end game waits on is next taken for lost or
-    /// overdue: planning looks again then (`planning::end_game`).
+    /// overdue: planning looks again then (`end_game::end_game`).
     look_again_at: Option<Instant>,
     /// When the first range held back as still queued at a slowed peer
     /// (`planning::queued_until`) is no longer taken for queued: it is

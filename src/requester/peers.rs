@@ -112,6 +112,37 @@ impl RttEstimator {
     }
 }
 
+/// The least round trip of the last 64 to 128 answers (two epochs of 64): a
+/// queue-free round trip that follows the path when it slows, as the
+/// least ever seen (`base_rtt`) does not. What `timers::head_of_queue_due`
+/// expects a send alone at its peer to take.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RecentMinRtt {
+    current: Option<Duration>,
+    previous: Option<Duration>,
+    samples: u32,
+}
+
+impl RecentMinRtt {
+    const EPOCH: u32 = 64;
+
+    pub(crate) fn sample(&mut self, rtt: Duration) {
+        self.current = Some(self.current.map_or(rtt, |least| least.min(rtt)));
+        self.samples += 1;
+        if self.samples >= Self::EPOCH {
+            self.previous = self.current.take();
+            self.samples = 0;
+        }
+    }
+
+    pub(crate) fn get(&self) -> Option<Duration> {
+        match (self.current, self.previous) {
+            (Some(current), Some(previous)) => Some(current.min(previous)),
+            (current, previous) => current.or(previous),
+        }
+    }
+}
+
 /// Near a round's end (see `AntiEntropy::tail_end`), a range goes to the
 /// free peer expected to deliver it first: after its sends in flight, at
 /// its measured rate.
@@ -147,6 +178,8 @@ pub(crate) struct Peer {
     /// the last answer, or the send that ended an idle spell.
     busy_from: Option<Instant>,
     pub(crate) rtt: RttEstimator,
+    /// Its least round trip lately.
+    pub(crate) recent_min_rtt: RecentMinRtt,
     window: PeerWindow,
     /// Failures not yet paid back by successes; drives the bench time.
     strikes: u32,
@@ -198,6 +231,7 @@ impl Peer {
             rate: None,
             busy_from: None,
             rtt: RttEstimator::default(),
+            recent_min_rtt: RecentMinRtt::default(),
             window: PeerWindow::new(),
             strikes: 0,
             benched_until: None,
@@ -404,6 +438,9 @@ impl Peer {
     ) {
         let rtt = now.saturating_duration_since(sent_at);
         self.rtt.sample(rtt);
+        if !rtt.is_zero() {
+            self.recent_min_rtt.sample(rtt);
+        }
         self.answer_came();
         let floor = usize::try_from(START_BYTES / request_bytes.max(1)).unwrap_or(usize::MAX);
         let max = config.max_in_flight_per_peer;

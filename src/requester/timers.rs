@@ -135,7 +135,8 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
 
     /// When the request holding back the commit point should be hedged: once
     /// its only waiting send is older than `max(hedge_after, 2·SRTT)` of the
-    /// peer asked, or taken for lost, at most [`MAX_HEDGES`] times per
+    /// peer asked (sooner if it is all its peer has in flight:
+    /// `head_of_queue_due`), or taken for lost, at most [`MAX_HEDGES`] times per
     /// request; after those, when it is sent again as a retry
     /// (`resend_due`). Sends taken for lost do not count as racing it.
     pub(super) fn hedge_due(&self) -> Option<Instant> {
@@ -220,13 +221,16 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     }
 
     /// When a send that is all its peer has in flight should be hedged: one
-    /// queue-free round trip (the peer's fastest; its reordering allowance
-    /// if longer) after its answer was due. It is due a queue-free round
-    /// trip after it was sent, or its own transfer after the peer's last
-    /// answer if it was queued behind that.
-    /// The SRTT that `hedge_due` waits twice for grew with the queue just
-    /// drained: at 2 % loss the last range of a round, lost, held the
-    /// commit point for 0.5 s beside idle peers (hostile, seed 1).
+    /// queue-free round trip (the peer's least of its last answers; its
+    /// reordering allowance if longer) after its answer was due. It is due
+    /// a queue-free round trip after it was sent, or its own transfer after
+    /// the peer's last answer if it was queued behind that. The SRTT that
+    /// `hedge_due` waits twice for grew with the queue just drained: at 2 %
+    /// loss the last range of a round, lost, held the commit point for
+    /// 0.5 s beside idle peers (hostile, seed 1). A send of ours that timed
+    /// out or was beaten no longer counts in flight though the peer may
+    /// still be sending its answer: then this one is hedged early, at a cost
+    /// of one copy (`MAX_HEDGES` per request).
     fn head_of_queue_due(
         &self,
         peer: &super::peers::Peer,
@@ -236,7 +240,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         if peer.in_flight != 1 {
             return None;
         }
-        let base = peer.base_rtt()?;
+        let base = peer.recent_min_rtt.get()?;
         let bytes = attempt
             .asked
             .len()
@@ -600,17 +604,22 @@ mod tests {
         let _ = ae.handle(at, Event::Response { from, message });
     }
 
-    // A send that is all its peer has in flight is hedged one queue-free
-    // round trip after its answer was due, not twice an SRTT that grew
-    // with a queue since drained (hostile, seed 1: the chain's last range,
-    // lost at 2 % loss, held the commit point 0.5 s beside two idle peers).
-    #[test]
-    fn a_send_alone_at_its_peer_is_hedged_a_queue_free_round_trip_after_it_was_due() {
+    /// Two peers answer a first range in 5 ms; their SRTT is then made
+    /// 254.375 ms, as by a queue since drained, and `recent` more round
+    /// trips are sampled. The chain grows by a range and the send of its
+    /// first part is lost, alone at its peer: how long after it was sent
+    /// the other peer is sent a copy, and the lost send's transfer time at
+    /// its peer's measured rate.
+    fn hedge_of_a_lone_lost_send(
+        hedge_after: Duration,
+        recent: &[Duration],
+    ) -> (Duration, Duration) {
         let t0 = crate::test_epoch();
         // A window of 22 blocks (nothing is committed): the second range
         // fills it, so no end-game copy races the hedge.
         let config = Config {
             window_blocks: 22,
+            hedge_after: Some(hedge_after),
             ..Config::default()
         };
         let channel = Bytes::from_static(b"ch");
@@ -622,29 +631,43 @@ mod tests {
         // The first flight overlaps (`split_first_flight`): answered last
         // sent first, each answer brings a block and a sample.
         for send in first.into_iter().rev() {
-            answer(&mut ae, t0 + ms(50), send);
+            answer(&mut ae, t0 + ms(5), send);
+        }
+        // Copies sent meanwhile (with a short `hedge_after`) are answered
+        // too: nothing stays in flight.
+        loop {
+            let copies = sends(&mut ae);
+            if copies.is_empty() {
+                break;
+            }
+            for send in copies {
+                answer(&mut ae, t0 + ms(5), send);
+            }
         }
         assert_eq!(ae.height(), 12);
-        // Queues, since drained, made both peers' SRTT 293.75 ms; their
-        // fastest round trip stays 50 ms.
         for id in ["a", "b"] {
             let peer = ae.peers.get_mut(&id).unwrap();
             peer.rtt.sample(ms(2000));
-            assert_eq!(peer.base_rtt(), Some(ms(50)));
+            assert_eq!(peer.rtt.srtt(), Some(Duration::from_nanos(254_375_000)));
+            for &rtt in recent {
+                peer.recent_min_rtt.sample(rtt);
+            }
         }
         let t1 = t0 + ms(100);
         ae.handle(t1, Event::Membership(view(40))).unwrap();
         let asked = sends(&mut ae);
         let lost = *asked.iter().find(|s| s.2 == 12).unwrap();
         let other = if lost.0 == "a" { "b" } else { "a" };
-        for &send in asked.iter().filter(|s| s.1 != lost.1) {
+        let rest: Vec<_> = asked.iter().copied().filter(|s| s.1 != lost.1).collect();
+        assert!(rest.iter().all(|s| s.0 == other), "{asked:?}");
+        for &send in &rest {
             answer(&mut ae, t1 + ms(50), send);
         }
-        assert!(ae.peers.get(&lost.0).is_some_and(|p| p.in_flight == 1));
+        let peer = ae.peers.get(&lost.0).unwrap();
+        assert_eq!(peer.in_flight, 1);
+        let bytes = (lost.3 - lost.2 + 1) * ae.block_bytes_estimate;
+        let transfer = Duration::from_secs_f64(bytes as f64 / peer.rate().unwrap());
         let hedges = ae.stats().hedges;
-        // Its answer was due 50 ms after it was sent; the hedge comes a
-        // round trip later but never before `hedge_after` (250 ms), where
-        // twice the SRTT was 587.5 ms.
         let (now, hedge) = loop {
             let now = ae.poll_timeout().unwrap();
             assert!(now < t1 + ms(1000), "nothing sent by {:?}", now - t1);
@@ -653,11 +676,36 @@ mod tests {
                 break (now, send);
             }
         };
-        assert_eq!(now - t1, ms(250), "{hedge:?}; first sent {asked:?}");
         assert_eq!((hedge.0, hedge.2, hedge.3), (other, lost.2, lost.3));
         assert_eq!(ae.stats().timeouts, 0);
         answer(&mut ae, now + ms(50), hedge);
         assert_eq!(ae.height(), 23);
         assert_eq!(ae.stats().hedges, hedges + 1);
+        (now - t1, transfer)
+    }
+
+    // A send that is all its peer has in flight is hedged one queue-free
+    // round trip after its answer was due, not twice an SRTT that grew
+    // with a queue since drained (hostile, seed 1: the chain's last range,
+    // lost at 2 % loss, held the commit point 0.5 s beside two idle peers).
+    #[test]
+    fn a_send_alone_at_its_peer_is_hedged_a_queue_free_round_trip_after_it_was_due() {
+        // Due a round trip (5 ms) or its transfer at its peer's rate after
+        // it was sent, whichever is later; hedged the reordering allowance
+        // (SRTT / 4, longer than 5 ms) after that: where twice the SRTT
+        // was 508.75 ms.
+        let (quick, transfer) = hedge_of_a_lone_lost_send(ms(10), &[]);
+        let exact = ms(5).max(transfer) + Duration::from_nanos(63_593_750);
+        assert!(
+            quick.abs_diff(exact) < Duration::from_micros(1),
+            "{quick:?} {exact:?}"
+        );
+        assert!(quick < ms(100), "{quick:?}");
+        // Never before `hedge_after`.
+        assert_eq!(hedge_of_a_lone_lost_send(ms(250), &[]).0, ms(250));
+        // Round trips of 600 ms lately (the path slowed): not before the
+        // old rule's 2·SRTT, though the least ever seen is still 5 ms.
+        let (slowed, _) = hedge_of_a_lone_lost_send(ms(10), &[ms(600); 128]);
+        assert_eq!(slowed, Duration::from_micros(508_750));
     }
 }

@@ -269,6 +269,8 @@ impl<P: Clone + Ord> Priorities<P> {
         }
     }
 
+    /// Whether `peer` is a repeater: most of its recent requests asked for
+    /// blocks it was served (`StateResponder::is_repeater`).
     pub(super) fn is_background(&self, peer: &P) -> bool {
         self.peers.get(peer).is_some_and(|h| h.background)
     }
@@ -323,7 +325,7 @@ impl<P: Clone + Ord> Priorities<P> {
         catching_up > 2 * self.favoured
     }
 
-    /// Peers in the background now.
+    /// Repeaters now.
     pub(super) fn background_count(&self) -> usize {
         self.peers.values().filter(|h| h.background).count()
     }

@@ -148,7 +148,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     }
 
     /// Whose queued request a request of `from` may take the place of in a
-    /// full queue ([`Config::fair_queue`]); see [`fair_queue`] for the
+    /// full queue ([`Config::fair_queue`](crate::Config::fair_queue)); see [`fair_queue`] for the
     /// rules. Runs only when the queue is full: its cost is the peers
     /// queued times the read slots.
     pub(super) fn fair_queue_victim(&self, now: Instant, from: &P) -> Option<P> {

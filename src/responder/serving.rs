@@ -52,8 +52,8 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
 
     /// Hands queued requests to the host while read slots are free. A peer
     /// holds three quarters of the slots at most (and leaves at least one
-    /// to the others whenever there are two), and peers in the
-    /// background a quarter together, only when no other peer has a read
+    /// to the others whenever there are two), and repeaters
+    /// ([`StateResponder::is_repeater`]) a quarter together, only when no other peer has a read
     /// waiting: on a host whose reads take seconds, a slot is held that
     /// long, and a flood that came first would hold them all.
     pub(super) fn start_reads(&mut self, now: Instant) {
@@ -80,7 +80,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         }
     }
 
-    /// Reads of peers in the background. A peer's own reads are counted in
+    /// Reads of repeaters. A peer's own reads are counted in
     /// `reads` when asked: at most `max_concurrent_reads` of them, where a
     /// map by peer cost an allocation for every read started.
     pub(super) fn background_reads(&self) -> usize {
@@ -256,7 +256,7 @@ pub(super) fn reading_for<P: Ord>(reads: &Reads<P>, peer: &P) -> usize {
 }
 
 /// Whether `peer` may have one more of `slots` reads, `reads` being under
-/// way, `background_reads` of them for peers in the background (see
+/// way, `background_reads` of them for repeaters (see
 /// [`StateResponder::start_reads`]).
 pub(super) fn may_read<P: Clone + Ord>(
     slots: usize,

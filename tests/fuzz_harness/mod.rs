@@ -1166,7 +1166,8 @@ fn responder_config(selector: u8) -> Config {
             config.max_queued_requests = 3;
             config.max_concurrent_reads = 2;
             config.read_timeout = Duration::from_secs(1);
-            // A crowd of three peers: four can hold one back and free it.
+            // A crowd is three peers: of four, up to three can be held
+            // back, and freed.
             config.favoured_peers = 1;
             config
         }
