@@ -362,11 +362,25 @@ impl Peer {
     /// expected in, at its measured rate: each answers at most
     /// `per_request` blocks of `block_bytes`.
     pub(crate) fn drain(&self, now: Instant, block_bytes: u64, per_request: u64) -> Option<f64> {
-        let rate = self.rate?;
+        let backlog = self.backlog_secs(block_bytes, per_request)?;
         let started = self
             .busy_from
             .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64());
-        Some((self.backlog(block_bytes, per_request) as f64 / rate - started).max(0.0))
+        Some((backlog - started).max(0.0))
+    }
+
+    /// When the answers to its sends in flight are expected in, as
+    /// [`drain`](Self::drain) counts them, though that is past: `None`
+    /// before its rate is measured or while it has nothing in flight.
+    pub(crate) fn drained_at(&self, block_bytes: u64, per_request: u64) -> Option<Instant> {
+        let backlog = self.backlog_secs(block_bytes, per_request)?;
+        self.busy_from?
+            .checked_add(Duration::try_from_secs_f64(backlog).ok()?)
+    }
+
+    /// Seconds its sends in flight take on its link at its measured rate.
+    fn backlog_secs(&self, block_bytes: u64, per_request: u64) -> Option<f64> {
+        Some(self.backlog(block_bytes, per_request) as f64 / self.rate?)
     }
 
     /// Its fastest round trip yet.

@@ -223,8 +223,10 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// When a send that is all its peer has in flight should be hedged: one
     /// queue-free round trip (the peer's least of its last answers; its
     /// reordering allowance if longer) after its answer was due. It is due
-    /// a queue-free round trip after it was sent, or its own transfer after
-    /// the peer's last answer if it was queued behind that. The SRTT that
+    /// a queue-free round trip after it was sent, or when the peer's queue,
+    /// this send alone in it, is drained at its measured rate
+    /// (`Peer::drained_at`: its transfer after the peer's last answer if it
+    /// was queued behind that, after it was sent if not). The SRTT that
     /// `hedge_due` waits twice for grew with the queue just drained: at 2 %
     /// loss the last range of a round, lost, held the commit point for
     /// 0.5 s beside idle peers (hostile, seed 1). A send of ours that timed
@@ -241,16 +243,8 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             return None;
         }
         let base = peer.recent_min_rtt.get()?;
-        let bytes = attempt
-            .asked
-            .len()
-            .saturating_mul(self.block_bytes_estimate) as f64;
-        let transfer = Duration::try_from_secs_f64(bytes / peer.rate()?).ok()?;
-        let after_last = peer
-            .last_answer_at
-            .map_or(attempt.sent_at, |at| at.max(attempt.sent_at))
-            .checked_add(transfer)?;
-        let expected = attempt.sent_at.checked_add(base)?.max(after_last);
+        let drained = peer.drained_at(self.block_bytes_estimate, self.blocks_per_request())?;
+        let expected = attempt.sent_at.checked_add(base)?.max(drained);
         let margin = base.max(peer.reorder_allowance(peer.timeout(&self.config)));
         Some(
             expected

@@ -381,7 +381,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
                 + self.busy.as_ref().map_or(0, |busy| busy.peers.len())
                 + self.priorities.len()
                 + self.read_starts.len(),
-            background_peers: self.priorities.background_count(),
+            background_peers: self.priorities.repeater_count(),
             ..self.stats.clone()
         }
     }
@@ -401,7 +401,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     /// one waiting. Off in the Fabric preset
     /// (`Config::background_repeaters`).
     pub fn is_repeater(&self, peer: &P) -> bool {
-        self.priorities.is_background(peer)
+        self.priorities.is_repeater(peer)
     }
 
     /// Whether an answer to `peer` made now goes in the background: it is

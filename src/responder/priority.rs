@@ -59,7 +59,8 @@ struct History {
     /// before (a repeat, or a range overlapping one): a lagger's ranges are
     /// disjoint but for its retries, a flood's random ones overlap at once.
     overlap_share: u32,
-    background: bool,
+    /// Most of its recent requests repeat what it was served.
+    repeater: bool,
     last_seen: Instant,
     /// When its current run of requests began (a pause longer than
     /// [`PAUSE`] starts a new one): the earliest runs are favoured.
@@ -76,7 +77,7 @@ impl History {
     /// `waits` for answers of ours, within `waiting_for`.
     fn catching_up(&self, now: Instant, waits: bool, waiting_for: Duration) -> bool {
         let quiet = now.saturating_duration_since(self.last_seen);
-        !self.background
+        !self.repeater
             && self.overlap_share <= CROWD_OVERLAP
             && (quiet <= PAUSE || (waits && quiet <= waiting_for))
     }
@@ -225,7 +226,7 @@ impl<P: Clone + Ord> Priorities<P> {
             served: BTreeMap::new(),
             repeat_share: 0,
             overlap_share: 0,
-            background: false,
+            repeater: false,
             last_seen: now,
             since: now,
         });
@@ -246,9 +247,9 @@ impl<P: Clone + Ord> Priorities<P> {
         let overlap = if asked == Asked::Fresh { 0 } else { ONE };
         history.overlap_share = running_mean(history.overlap_share, overlap, OVERLAP_SMOOTHING);
         if history.repeat_share > ENTER {
-            history.background = true;
+            history.repeater = true;
         } else if history.repeat_share < LEAVE {
-            history.background = false;
+            history.repeater = false;
         }
         if asked != Asked::Repeat {
             // A repeat adds nothing: the ranges are disjoint and never
@@ -271,8 +272,8 @@ impl<P: Clone + Ord> Priorities<P> {
 
     /// Whether `peer` is a repeater: most of its recent requests asked for
     /// blocks it was served (`StateResponder::is_repeater`).
-    pub(super) fn is_background(&self, peer: &P) -> bool {
-        self.peers.get(peer).is_some_and(|h| h.background)
+    pub(super) fn is_repeater(&self, peer: &P) -> bool {
+        self.peers.get(peer).is_some_and(|h| h.repeater)
     }
 
     /// Whether `peer` waits for the favoured ones: more than twice
@@ -287,7 +288,7 @@ impl<P: Clone + Ord> Priorities<P> {
         // (a few laggers and a flooder), told without a scan on every
         // response.
         if self.favoured == 0
-            || history.background
+            || history.repeater
             || self.peers.len() <= self.favoured.saturating_mul(2)
         {
             return false;
@@ -326,8 +327,8 @@ impl<P: Clone + Ord> Priorities<P> {
     }
 
     /// Repeaters now.
-    pub(super) fn background_count(&self) -> usize {
-        self.peers.values().filter(|h| h.background).count()
+    pub(super) fn repeater_count(&self) -> usize {
+        self.peers.values().filter(|h| h.repeater).count()
     }
 
     /// Whether `peer` is remembered.
@@ -417,10 +418,10 @@ mod tests {
             let start = if repeat { 1 } else { 11 * i + 1 };
             p.on_request(&1, range(start, start + 10), now);
         }
-        assert!(!p.is_background(&1), "a quarter of repeats is not a flood");
+        assert!(!p.is_repeater(&1), "a quarter of repeats is not a flood");
         // Then nothing but repeats.
         let mut requests = 0;
-        while !p.is_background(&1) {
+        while !p.is_repeater(&1) {
             p.on_request(&1, range(1, 11), now);
             requests += 1;
             assert!(requests < 40, "never demoted");
@@ -429,10 +430,10 @@ mod tests {
             requests > 4,
             "one burst of repeats is not enough: {requests}"
         );
-        assert_eq!(p.background_count(), 1);
+        assert_eq!(p.repeater_count(), 1);
         // Fresh requests bring it back.
         let mut fresh = 1_000;
-        while p.is_background(&1) {
+        while p.is_repeater(&1) {
             p.on_request(&1, range(fresh, fresh + 10), now);
             fresh += 11;
             assert!(fresh < 2_000, "never restored");
@@ -510,7 +511,7 @@ mod tests {
         }
         // Peer 0 floods: it goes to the background as a repeater and
         // leaves the two others, no crowd for one favoured place.
-        while !p.is_background(&0) {
+        while !p.is_repeater(&0) {
             p.on_request(&0, range(1, 11), now);
         }
         assert!(!p.is_later(&0) && !p.is_later(&1) && !p.is_later(&2));
@@ -536,7 +537,7 @@ mod tests {
         for peer in 4..7u64 {
             p.on_request(&peer, range(1, 11), later);
         }
-        assert!((0..4).all(|peer| !p.is_background(&peer)));
+        assert!((0..4).all(|peer| !p.is_repeater(&peer)));
         // Before, the flooders took the three places (they began first)
         // and every lagger was served from what they left.
         assert!((4..7).all(|peer| !p.is_later(&peer)));
@@ -570,7 +571,7 @@ mod tests {
         for _ in 0..100 {
             assert!(!p.on_request(&1, range(1, 11), now).is_repeat());
         }
-        assert!(!p.is_background(&1));
+        assert!(!p.is_repeater(&1));
         assert_eq!(p.len(), 0);
     }
 }

@@ -49,7 +49,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         {
             // A busy reply saves an honest requester a timeout; a flooder
             // gets nothing but silence.
-            if !self.priorities.is_background(&from) {
+            if !self.priorities.is_repeater(&from) {
                 self.busy_reply(now, from, nonce);
             }
         }
@@ -159,7 +159,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             peer,
             held: queued + self.reading_for(peer),
             newest,
-            background: self.priorities.is_background(peer),
+            background: self.priorities.is_repeater(peer),
             latest_read: self.read_starts.latest(peer, now),
         };
         let newcomer = holder(from, self.queue.queued_of(from), 0);
@@ -181,7 +181,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
         self.buckets.finish(victim);
         self.not_served(&job);
         emit!(DEBUG, peer = ?victim, nonce = job.nonce, "queued request evicted");
-        if !self.priorities.is_background(victim) {
+        if !self.priorities.is_repeater(victim) {
             self.busy_reply(now, job.from, job.nonce);
         }
     }
@@ -228,7 +228,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     /// `max_requests_per_peer` in the background, so that a flooder holds
     /// little of the queue (and of a slow host's reads) while it lasts.
     pub(super) fn request_limit(&self, peer: &P) -> usize {
-        if self.priorities.is_background(peer) {
+        if self.priorities.is_repeater(peer) {
             (self.config.max_requests_per_peer / 8).max(1)
         } else {
             self.config.max_requests_per_peer

@@ -69,11 +69,11 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             let allowed = |peer: &P| may_read(slots, reads, priorities, peer, background_reads);
             let Some(job) = self
                 .queue
-                .pop_next(|peer| priorities.is_background(peer), allowed)
+                .pop_next(|peer| priorities.is_repeater(peer), allowed)
             else {
                 break;
             };
-            if priorities.is_background(&job.from) {
+            if priorities.is_repeater(&job.from) {
                 background_reads += 1;
             }
             self.start_read(now, job);
@@ -86,7 +86,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     pub(super) fn background_reads(&self) -> usize {
         self.reads
             .values()
-            .filter(|read| !read.orphaned && self.priorities.is_background(&read.job.from))
+            .filter(|read| !read.orphaned && self.priorities.is_repeater(&read.job.from))
             .count()
     }
 
@@ -156,7 +156,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     /// Queues a response with `payloads` to `to`'s request `nonce`;
     /// `body`: their `RemoteStateResponse`'s encoded length.
     pub(super) fn send(&mut self, to: P, nonce: u64, payloads: Vec<Payload>, body: usize) {
-        let repeater = self.priorities.is_background(&to);
+        let repeater = self.priorities.is_repeater(&to);
         let background = repeater || self.priorities.is_later(&to);
         if background && !repeater {
             self.held_back.insert(to.clone());
@@ -210,7 +210,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             return;
         }
         for to in std::mem::take(&mut self.held_back) {
-            if !self.priorities.is_background(&to) {
+            if !self.priorities.is_repeater(&to) {
                 self.actions.push_back(Queued::Promote { to });
             }
         }
@@ -271,5 +271,5 @@ pub(super) fn may_read<P: Clone + Ord>(
     let per_peer = (slots - (slots / 4).max(1)).max(1);
     let background_slots = (slots / 4).max(1);
     reading_for(reads, peer) < per_peer
-        && (background_reads < background_slots || !priorities.is_background(peer))
+        && (background_reads < background_slots || !priorities.is_repeater(peer))
 }
