@@ -1091,20 +1091,21 @@ fn an_overtaken_send_is_hedged_after_a_reordering_allowance() {
     assert_eq!(delivered(&drain(&mut ae))[0], 1);
 }
 
-// A lost request at the only peer: no other peer can take a hedge, so the
-// commit point's range is asked of the same peer again once its send has
-// waited three round trips (a tail loss probe), not at the send's timeout.
-// Once per request.
+// A lost request at the only peer, its last: no later answer overtakes it
+// and no other peer can take a hedge, so the commit point's range is asked
+// of the same peer again once its send has waited three round trips (a
+// tail loss probe), not at the send's timeout. Once per request.
 #[test]
 fn a_lost_send_to_the_only_peer_is_probed_before_its_timeout() {
     let ms = Duration::from_millis;
     let t0 = epoch();
     let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 5, t0).unwrap();
-    // Two requests cover the chain: [1, 11] is lost, [12, 22] answered.
+    // Two requests cover the chain: [1, 11], sent first, is answered;
+    // [12, 22] is lost.
     ae.handle(t0, Event::Membership(vec![PeerState::new("a", 23)]))
         .unwrap();
     let asked = sends(&drain(&mut ae));
-    let lost = *asked.iter().find(|s| s.2 == 1).unwrap();
+    let lost = *asked.iter().find(|s| s.2 == 12).unwrap();
     let rest: Vec<_> = asked.iter().copied().filter(|s| s.1 != lost.1).collect();
     assert_eq!(rest.len(), 1, "{asked:?}");
     let t1 = t0 + ms(100);
@@ -1133,6 +1134,54 @@ fn a_lost_send_to_the_only_peer_is_probed_before_its_timeout() {
     );
     assert!(at < t0 + ms(1000), "{:?}", at - t0);
     answer_in_full(&mut ae, at + ms(100), &[probe]);
+    assert_eq!(delivered(&drain(&mut ae))[0], 12);
+}
+
+// A lost request at the only peer overtaken by the answer to a later one
+// times out a reordering allowance after that answer (here one answer's
+// time on the link, a round trip by the first answer's measure), long
+// before its deadline, and is asked of the peer again at once: a loss on
+// a path that works (`Silence::Lost`). Nothing backs off: the next send's
+// deadline is the peer's unbacked one.
+#[test]
+fn an_overtaken_send_times_out_as_lost_and_is_asked_again_at_once() {
+    let ms = Duration::from_millis;
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 5, t0).unwrap();
+    // [1, 11], sent first, is lost; [12, 22] answered.
+    ae.handle(t0, Event::Membership(vec![PeerState::new("a", 23)]))
+        .unwrap();
+    let asked = sends(&drain(&mut ae));
+    let lost = *asked.iter().find(|s| s.2 == 1).unwrap();
+    let rest: Vec<_> = asked.iter().copied().filter(|s| s.1 != lost.1).collect();
+    assert_eq!(rest.len(), 1, "{asked:?}");
+    let t1 = t0 + ms(100);
+    answer_in_full(&mut ae, t1, &rest);
+    drain(&mut ae);
+    // The hedge of the commit point's range looks at it first, but finds
+    // no other peer, and the tail loss probe waits three round trips.
+    let (next, again) = loop {
+        let next = ae.poll_timeout().expect("the lost send's deadline");
+        ae.handle(next, Event::Timeout).unwrap();
+        let sent = sends(&drain(&mut ae));
+        if !sent.is_empty() {
+            break (next, sent);
+        }
+    };
+    assert_eq!(
+        next,
+        t1 + ms(100),
+        "an answer's time after the one that overtook it"
+    );
+    assert_eq!(ae.stats().timeouts, 1);
+    assert_eq!(ae.stats().hedges, 0);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!((again[0].0, again[0].2, again[0].3), ("a", lost.2, lost.3));
+    // Not backed off: the re-send's deadline is the peer's RTO from one
+    // 100 ms sample (SRTT + 4 · RTTVAR = 300 ms), not twice that.
+    let deadline = ae.poll_timeout().expect("the re-send's deadline");
+    assert!(deadline <= next + ms(300), "{:?}", deadline - next);
+    answer_in_full(&mut ae, next + ms(100), &again);
     assert_eq!(delivered(&drain(&mut ae))[0], 1);
 }
 

@@ -1996,11 +1996,19 @@ fn regression_poll_timeout_in_the_past_after_a_delivery() {
         from: "a",
         message: wire::state_response(nonce, channel(), seqs.map(sized).collect()),
     };
-    // A fast answer: SRTT 0.
+    // A fast answer: SRTT 0. It overtakes [1, 11] and [12, 22], which time
+    // out as lost a millisecond later (the host's timer fires then);
+    // [12, 22] is asked again at once, with a deadline a second out.
     ae.handle(t0, answer(asked[2].1, 23..=23)).unwrap();
     let _ = drain(&mut ae);
-    // 600 ms later [1, 11] arrives (its own hedge, due at 250 ms, found no
-    // other peer); [12, 22] now holds back the commit point, sent 600 ms ago.
+    let lost_at = ae.poll_timeout().unwrap();
+    assert_eq!(lost_at, t0 + Duration::from_millis(1));
+    ae.handle(lost_at, Event::Timeout).unwrap();
+    let again: Vec<(u64, u64)> = sends(&drain(&mut ae)).iter().map(|a| (a.2, a.3)).collect();
+    assert!(again.contains(&(12, 22)), "{again:?}");
+    // 600 ms later the first [1, 11] arrives after all (its hedge, due at
+    // 250 ms, found no other peer); [12, 22] now holds back the commit
+    // point, sent 599 ms ago.
     let now = t0 + Duration::from_millis(600);
     ae.handle(now, answer(asked[0].1, 1..=11)).unwrap();
     assert_eq!(delivered(&drain(&mut ae)), (1..=11).collect::<Vec<_>>());

@@ -170,6 +170,17 @@ fn add_faults(rng: &mut fastrand::Rng, mut scenario: Scenario, flooders: bool) -
             loss: 0.5 + bursty.f64() / 2.0,
         });
     }
+    // Heavy random loss, 20 to 40 % of messages on every connection (a
+    // radio link, a saturated path that drops rather than queues), in a
+    // twentieth of the clusters without flooders (whose flood cost is
+    // read against themselves unattacked: heavy loss would drown it in
+    // chaos). At 35 % the default preset idled, taking each loss for a
+    // dead or congested peer (`heavy_loss_degrades_gracefully`). A fork.
+    let mut lossy = fastrand::Rng::with_seed(rng.get_seed() ^ 0x1055_1055);
+    let flooded = scenario.behaviours.contains(&Behaviour::Flooder);
+    if lossy.f64() < 0.05 && !flooded {
+        scenario.loss = 0.2 + lossy.f64() * 0.2;
+    }
     let mut touched = std::collections::BTreeSet::new();
     let mut pick = |rng: &mut fastrand::Rng, range: std::ops::Range<usize>| {
         let node = rng.usize(range);
@@ -1684,13 +1695,17 @@ fn a_slowed_only_source_is_not_sent_its_queued_ranges_again() {
 }
 
 /// Losses in bursts (every connection loses all it sends for 200 ms,
-/// about every 2 s: a tenth of its messages) cost no more than the same
-/// share of losses spread out: a burst costs one spell of timeouts at one
-/// peer, while independent losses hit a different range each time.
-/// 1.64 s against 2.07 s (seed 1; seeds 2–5 likewise, `catchup
-/// --burst-loss 2:0.2:1` against `--loss 0.0909`).
+/// about every 2 s: a tenth of its messages) cost a spell of timeouts per
+/// burst, not a collapse: over seeds 1–5, the geometric mean of the
+/// catch-up time over the same cluster's without loss is at most 1.8
+/// (1.64 measured: 1.59, 2.88, 1.23, 1.24, 1.70; 1.66 before sends lost at
+/// random were told from silence). A burst is silence: nothing comes back
+/// from the peer while it lasts. The same share of losses spread out used
+/// to cost more than bursts (2.07 s against 1.64 s on seed 1, which this
+/// test checked), and now costs less (1.59 s against 1.77 s): each is a
+/// loss on a path that works, which backs nothing off.
 #[test]
-fn losses_in_bursts_cost_no_more_than_the_same_losses_spread_out() {
+fn losses_in_bursts_cost_a_spell_of_timeouts_each() {
     let base = three_peers_one_lagger();
     let bursts = BurstLoss {
         every: Duration::from_secs(2),
@@ -1701,17 +1716,19 @@ fn losses_in_bursts_cost_no_more_than_the_same_losses_spread_out() {
         burst_loss: Some(bursts),
         ..base.clone()
     };
-    let spread = Scenario {
-        loss: bursts.length.as_secs_f64() / (bursts.every + bursts.length).as_secs_f64(),
-        ..base
-    };
-    let in_bursts = run(bursty.clone(), Config::default(), 1, None);
-    assert_passed(&in_bursts, "default", &bursty);
-    let independent = run(spread.clone(), Config::default(), 1, None);
-    assert_passed(&independent, "default", &spread);
-    assert!(in_bursts.messages_lost > 0, "no burst came");
-    let (b, i) = (in_bursts.catchup.unwrap(), independent.catchup.unwrap());
-    assert!(b <= i, "{b:?} in bursts against {i:?} spread out");
+    let mut log_sum = 0.0;
+    for seed in 1..=5 {
+        let in_bursts = run(bursty.clone(), Config::default(), seed, None);
+        assert_passed(&in_bursts, "default", &bursty);
+        assert!(in_bursts.messages_lost > 0, "no burst came");
+        let clean = run(base.clone(), Config::default(), seed, None);
+        let secs = |r: &Report| r.catchup.expect("converged").as_secs_f64();
+        let ratio = secs(&in_bursts) / secs(&clean);
+        println!("seed {seed}: {ratio:.2}× the time without loss");
+        log_sum += ratio.ln();
+    }
+    let mean = (log_sum / 5.0).exp();
+    assert!(mean <= 1.8, "bursts cost {mean:.2}× the time without loss");
 }
 
 /// Two of three peers hang, at 0.3 s and 0.5 s. The range at the commit
@@ -1739,4 +1756,86 @@ fn a_probe_to_a_hung_peer_does_not_hold_the_commit_point() {
         took <= alone,
         "{took:.3} s with two hung peers against {alone:.3} s from the third alone"
     );
+}
+
+// --- heavy random loss --------------------------------------------------------
+
+/// The clusters of [`heavy_loss_degrades_gracefully`]: one lagger of four
+/// honest peers; two laggers with duplicates and reordering; one lagger of
+/// six peers, one slow and one lying.
+fn lossy_shapes() -> [Scenario; 3] {
+    let base = Scenario {
+        peers: 4,
+        laggers: 1,
+        blocks: 1500,
+        block_size: 8 * 1024,
+        latency: Duration::from_millis(50),
+        max_virtual_time: Duration::from_secs(3600),
+        ..Scenario::default()
+    };
+    [
+        base.clone(),
+        Scenario {
+            laggers: 2,
+            blocks: 1000,
+            block_size: 16 * 1024,
+            duplicate: 0.1,
+            reorder: 0.3,
+            ..base.clone()
+        },
+        Scenario {
+            peers: 6,
+            blocks: 600,
+            block_size: 64 * 1024,
+            ..base
+        }
+        .with_faults(0, 1, 1, 0),
+    ]
+}
+
+/// Random loss of 10 to 40 % of messages slows the default preset's
+/// catch-up by what losing them costs, not by treating each loss as a dead
+/// or congested peer: per loss rate, the geometric mean over the clusters
+/// of [`lossy_shapes`] and seeds 1–4 of the catch-up time over the same
+/// cluster's without loss stays under a stated bound (and every run is
+/// live, within the amplification bounds, without violations). Before the
+/// timeouts told loss from silence (see `Silence` in the requester) the
+/// means were 2.66, 10.7, 45.1 and 231; after, 1.75, 2.83, 6.37 and 30.1:
+/// the bounds leave about a quarter over those.
+#[test]
+fn heavy_loss_degrades_gracefully() {
+    let config = Config::default();
+    let mut slowdowns: Vec<(f64, Vec<f64>)> = Vec::new();
+    for (loss, bound) in [(0.1, 2.2), (0.2, 3.5), (0.3, 8.0), (0.4, 38.0)] {
+        let mut ratios = Vec::new();
+        for (shape, scenario) in lossy_shapes().into_iter().enumerate() {
+            for seed in 1..=4 {
+                let lossy = Scenario {
+                    loss,
+                    ..scenario.clone()
+                };
+                let report = run(lossy.clone(), config.clone(), seed, None);
+                assert_passed(&report, "default", &lossy);
+                let clean = run(lossless(scenario.clone()), config.clone(), seed, None);
+                let secs = |r: &Report| r.catchup.expect("converged").as_secs_f64();
+                let ratio = secs(&report) / secs(&clean);
+                println!("loss {loss} shape {shape} seed {seed}: {ratio:.2}");
+                ratios.push(ratio);
+            }
+        }
+        let mean = (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp();
+        println!("loss {loss}: geometric mean {mean:.2} (bound {bound})");
+        assert!(
+            mean <= bound,
+            "at {loss} loss, catch-up {mean:.2}× slower than without (bound {bound})"
+        );
+        slowdowns.push((loss, ratios));
+    }
+    // More loss costs more: a mean that fell would mean the clusters'
+    // lossless times, not loss, decide the figures.
+    let means: Vec<f64> = slowdowns
+        .iter()
+        .map(|(_, r)| (r.iter().map(|x| x.ln()).sum::<f64>() / r.len() as f64).exp())
+        .collect();
+    assert!(means.windows(2).all(|w| w[0] < w[1]), "{means:?}");
 }

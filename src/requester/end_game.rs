@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::requests::AttemptState;
 use super::{AntiEntropy, Send};
 use crate::range::SeqRange;
 
@@ -224,6 +225,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // order (a responder answers in order).
         let mut queued: Vec<(P, Instant, u64, u64)> = Vec::new();
         let mut stranded: Option<u64> = None;
+        let mut retried: Option<u64> = None;
         for (id, request) in self.requests.iter() {
             if request.hedges >= super::MAX_HEDGES {
                 continue;
@@ -232,6 +234,19 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             let (Some(attempt), None) = (waiting.next(), waiting.next()) else {
                 continue;
             };
+            // A send of it timed out already: under random loss its retry
+            // is as likely lost, and waiting for that alone made the tail
+            // (at 10 % loss the last two ranges took 0.5 s, sent to one
+            // peer at a time, while three were idle). A free peer gets a
+            // copy, whoever failed it before.
+            if retried.is_none()
+                && request
+                    .attempts
+                    .iter()
+                    .any(|attempt| attempt.state == AttemptState::TimedOut)
+            {
+                retried = Some(*id);
+            }
             // Taken for lost (a silent peer's ranges, probed mid-run, were
             // fetched one at a time as each reached the commit point,
             // hostile: 1.5 s of tail): first, to any free peer.
@@ -294,14 +309,23 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             self.look_again(at);
         }
         // A stranded send is due never, and any free peer is faster.
-        let Some((due, id, slow)) = stranded.map(|id| (f64::INFINITY, id, 0.0)).or(latest) else {
+        let lost_before = stranded.is_none() && retried.is_some();
+        let Some((due, id, slow)) = stranded
+            .or(retried)
+            .map(|id| (f64::INFINITY, id, 0.0))
+            .or(latest)
+        else {
             return false;
         };
         let Some(request) = self.requests.get(id) else {
             return false;
         };
         let range = request.range;
-        let asked: Vec<P> = request.attempts.iter().map(|a| a.peer.clone()).collect();
+        let asked: Vec<P> = if lost_before {
+            request.waiting().map(|a| a.peer.clone()).collect()
+        } else {
+            request.attempts.iter().map(|a| a.peer.clone()).collect()
+        };
         let rejected = self.rejected_in(range);
         let bytes = (range.len().min(per_request) * block_bytes) as f64;
         let mut best: Option<(f64, P)> = None;

@@ -75,7 +75,8 @@ struct BlockBackoff {
 const HOST_STALL: Duration = Duration::from_millis(250);
 
 /// Hedges per request at most: bounds the sends of a range at
-/// `max_retries + 1 + MAX_HEDGES`.
+/// `2 · (max_retries + 1) + MAX_HEDGES` (sends lost on a path that works
+/// count half against `max_retries`).
 const MAX_HEDGES: u32 = 3;
 
 /// A payload handed to the host and not yet committed.

@@ -41,6 +41,21 @@ struct Doubt {
     until: Instant,
 }
 
+/// What a send's timeout says of its peer, by what the peer answered since
+/// the send was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Silence {
+    /// It answered a send made no earlier: this one or its answer was lost
+    /// on a path that works (random loss, not a sign of a slow or dead
+    /// peer).
+    Lost,
+    /// Answers to earlier sends came since it was made: lost, or queued
+    /// behind them.
+    Unclear,
+    /// Nothing came since it was made: the peer may be gone or hung.
+    Dead,
+}
+
 /// Jacobson/Karels round-trip estimator with exponential back-off of the
 /// timeout after a timeout (RFC 6298 §5.5): under a sudden queue the
 /// deadline grows instead of expiring every request in turn.
@@ -57,7 +72,7 @@ const MAX_BACKOFF: u32 = 6;
 /// The least margin of a deadline over the SRTT (RFC 9002's
 /// `kGranularity`): once round trips stop varying, RTTVAR decays to zero
 /// and an answer as slow as the average would be taken for lost.
-const CLOCK_GRANULARITY: Duration = Duration::from_millis(1);
+pub(crate) const CLOCK_GRANULARITY: Duration = Duration::from_millis(1);
 
 /// Timeouts in a row, with no answer between, after which a peer is quiet
 /// (`Peer::quiet`). One is a lost message at most: counting a single one
@@ -202,6 +217,10 @@ pub(crate) struct Peer {
     /// When the request it answered last was sent: a request sent after
     /// it is still queued behind earlier ones.
     pub(crate) last_answered_sent_at: Option<Instant>,
+    /// The latest time a send to it was made that it answered with a
+    /// usable block: a send made before it that times out was lost on a
+    /// path that works (`Silence::Lost`).
+    latest_answered_send: Option<Instant>,
     /// Whether its link's rate was measured yet.
     bandwidth_seen: bool,
     /// How long an overtaken send may still be on its way, in quarters of
@@ -242,6 +261,7 @@ impl Peer {
             length_cap: u64::MAX,
             last_answer_at: None,
             last_answered_sent_at: None,
+            latest_answered_send: None,
             bandwidth_seen: false,
             reorder_quarters: 1,
             beaten_unanswered: false,
@@ -425,12 +445,20 @@ impl Peer {
 
     /// A response came back that says nothing of the link's timing (it
     /// waited out a stall of our host): the peer is alive, nothing more.
-    pub(crate) fn answered_unmeasured(&mut self, now: Instant) {
+    pub(crate) fn answered_unmeasured(&mut self, now: Instant, sent_at: Instant) {
         self.rtt.answered_unmeasured();
+        self.answered_send(sent_at);
         // Its queue moves: the next answer's time on the link counts from
         // here, not from before the stall.
         self.busy_from = Some(now);
         self.answer_came();
+    }
+
+    fn answered_send(&mut self, sent_at: Instant) {
+        self.latest_answered_send = Some(
+            self.latest_answered_send
+                .map_or(sent_at, |t| t.max(sent_at)),
+        );
     }
 
     /// What any answer with a usable block tells, timed or not: the peer
@@ -452,6 +480,7 @@ impl Peer {
     ) {
         let rtt = now.saturating_duration_since(sent_at);
         self.rtt.sample(rtt);
+        self.answered_send(sent_at);
         if !rtt.is_zero() {
             self.recent_min_rtt.sample(rtt);
         }
@@ -522,13 +551,25 @@ impl Peer {
         self.reorder_quarters = (self.reorder_quarters * 2).min(8);
     }
 
-    /// A request to this peer timed out.
-    pub(crate) fn timed_out(&mut self, now: Instant, config: &Config) {
+    /// A send to this peer, made at `sent_at`, timed out: what that says
+    /// of the peer depends on what it answered since (`Silence`).
+    pub(crate) fn timed_out(&mut self, now: Instant, sent_at: Instant, config: &Config) -> Silence {
+        let silence = if self.latest_answered_send.is_some_and(|at| at >= sent_at) {
+            Silence::Lost
+        } else if self.last_answer_at.is_some_and(|at| at > sent_at) {
+            Silence::Unclear
+        } else {
+            Silence::Dead
+        };
+        if silence == Silence::Lost {
+            return silence;
+        }
         self.rtt.back_off();
-        self.window.on_timeout();
-        if self.rtt.backoff >= QUIET_AFTER_TIMEOUTS {
+        self.window.on_timeout(silence == Silence::Unclear);
+        if silence == Silence::Dead && self.rtt.backoff >= QUIET_AFTER_TIMEOUTS {
             self.quiet_until = now.checked_add(self.timeout(config));
         }
+        silence
     }
 
     /// The height we believe the peer holds now: what it advertises, cut
@@ -1337,8 +1378,8 @@ mod tests {
         );
         // Unless its sends time out in a row (quiet): then no better.
         let measured = peers.get_mut(&"measured").unwrap();
-        measured.timed_out(now, &config);
-        measured.timed_out(now, &config);
+        measured.timed_out(now, now, &config);
+        measured.timed_out(now, now, &config);
         assert!(measured.quiet(now));
         assert_eq!(
             peers.choose(&config, 50, &["measured"], &[], now, &mut rng, None, None),
@@ -1409,5 +1450,55 @@ mod tests {
             !fabric.benched(now),
             "Fabric's random choice remembers nothing"
         );
+    }
+
+    #[test]
+    fn a_timeout_says_what_the_peer_answered_since() {
+        let ms = Duration::from_millis;
+        let config = Config::default();
+        let start = crate::test_epoch() + Duration::from_secs(10);
+        let mut peer = Peer::new(Some(100));
+        // Answers to sends made at 0 and 10 ms lift its window (no queue).
+        peer.answered(start + ms(100), start, 11_000, &config, 11_000);
+        peer.answered(start + ms(110), start + ms(10), 11_000, &config, 11_000);
+        let window = peer.window.size;
+        assert!(window > 2, "window {window}");
+        // A send made at 5 ms times out: a later send was answered, so it
+        // was lost on a path that works. Nothing changes: no back-off, no
+        // smaller window, not quiet, however many.
+        for _ in 0..3 {
+            assert_eq!(
+                peer.timed_out(start + ms(400), start + ms(5), &config),
+                Silence::Lost
+            );
+        }
+        assert_eq!(peer.rtt.backoff, 0);
+        assert_eq!(peer.window.size, window);
+        assert!(!peer.quiet(start + ms(400)));
+        // One made at 50 ms: answers came since, none to a later send. Lost
+        // or queued: its timeout backs off, but the last answer met no
+        // queue, so the window stays, and the peer is not quiet.
+        for _ in 0..2 {
+            assert_eq!(
+                peer.timed_out(start + ms(500), start + ms(50), &config),
+                Silence::Unclear
+            );
+        }
+        assert_eq!(peer.rtt.backoff, 2);
+        assert_eq!(peer.window.size, window);
+        assert!(!peer.quiet(start + ms(500)));
+        // Made after its last answer: nothing came since. The window halves
+        // with each, and after two in a row the peer is quiet.
+        assert_eq!(
+            peer.timed_out(start + ms(900), start + ms(200), &config),
+            Silence::Dead
+        );
+        assert_eq!(peer.window.size, window / 2);
+        assert_eq!(
+            peer.timed_out(start + ms(900), start + ms(300), &config),
+            Silence::Dead
+        );
+        assert_eq!(peer.window.size, (window / 4).max(1));
+        assert!(peer.quiet(start + ms(900)));
     }
 }

@@ -1,8 +1,8 @@
 //! Rounds and requests: which blocks to ask for, of whom, and when.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use super::peers::{Choice, Finish};
+use super::peers::{Choice, Finish, CLOCK_GRANULARITY};
 use super::requests::{Attempt, AttemptState, Request};
 use super::{Action, AntiEntropy, GiveUpReason, PeerState, Pick, Send};
 use crate::config::PeerSelection;
@@ -448,6 +448,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 extended: false,
                 order: self.stats.requests,
                 overtaken_at: None,
+                lost: false,
             },
         );
         self.actions.push_back(Action::SendRequest { to, message });
@@ -464,11 +465,14 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// responder mostly answers a peer's requests in order (Fabric's one
     /// goroutine does; ours may finish concurrent reads out of order, and
     /// sends a repeater's answers later), so the request or its answer was
-    /// probably lost. They keep their deadline, but are marked:
-    /// hedged a reordering allowance later when they hold the commit point
-    /// (`hedge_due`), copied at the round's end (`end_game`). A hedge, not
-    /// a timeout, since responders may reorder (ours sends a repeater's
-    /// answers after everyone else's): a wrong guess costs one copy.
+    /// probably lost. They are marked: hedged a reordering allowance later
+    /// when they hold the commit point (`hedge_due`), copied at the round's
+    /// end (`end_game`). And they time out a reordering allowance later
+    /// (RACK, RFC 8985), as lost (`Silence::Lost`: nothing backs off): the
+    /// slot and the range are free for a retry, and a late answer is
+    /// still taken. Waiting for its deadline instead held a
+    /// window slot and the range for a backed-off timeout per loss (at 20 %
+    /// loss, four peers' catch-up took 10 times as long as without loss).
     /// With fixed (Fabric) timeouts none of this is done.
     pub(super) fn reschedule_after_answer(&mut self, now: Instant, from: &P, answered: u64) {
         if !self.config.adaptive_timeout {
@@ -479,13 +483,41 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         };
         let timeout = peer.timeout(&self.config);
         let cap = self.config.max_response_timeout;
+        // Two requests swapped on the way are answered in swapped order,
+        // one answer's time on the peer's link apart: so long at least is
+        // waited for an overtaken answer (a quarter of an SRTT made 7
+        // needless copies of 11 × 64 KiB blocks in `many-laggers`, 5 %
+        // reordering: 1.82 → 1.89 of the bound).
+        let request_bytes = self
+            .blocks_per_request()
+            .saturating_mul(self.block_bytes_estimate) as f64;
+        let one_answer = peer
+            .rate()
+            .and_then(|rate| Duration::try_from_secs_f64(request_bytes / rate).ok())
+            .unwrap_or_default();
+        // At least a clock's granularity: a deadline at `now` would be due
+        // before this event is over, and only the next would judge it.
+        let allowance = peer
+            .reorder_allowance(timeout)
+            .max(one_answer)
+            .max(CLOCK_GRANULARITY);
+        let lost_at = now.checked_add(allowance);
+        let mut brought_forward = false;
         for request in self.requests.iter_mut() {
             for attempt in &mut request.attempts {
                 if attempt.state != AttemptState::Waiting || &attempt.peer != from {
                     continue;
                 }
                 if attempt.order < answered {
-                    attempt.overtaken_at = attempt.overtaken_at.or(Some(now));
+                    if attempt.overtaken_at.is_none() {
+                        attempt.overtaken_at = Some(now);
+                        if let (Some(deadline), Some(lost_at)) = (attempt.deadline, lost_at) {
+                            if lost_at < deadline {
+                                attempt.deadline = Some(lost_at);
+                                brought_forward = true;
+                            }
+                        }
+                    }
                     continue;
                 }
                 let extended = now.checked_add(timeout);
@@ -496,6 +528,9 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                     attempt.deadline = Some(deadline.max(extended.min(latest)));
                 }
             }
+        }
+        if let (true, Some(lost_at)) = (brought_forward, lost_at) {
+            self.requests.deadline_brought_forward(lost_at);
         }
     }
 
@@ -510,6 +545,14 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let range = request.range;
         let sends = request.counted_sends();
         let failed: Vec<P> = request.attempts.iter().map(|a| a.peer.clone()).collect();
+        // A peer that lost its sends of the range on a path that works
+        // holds it, by all signs.
+        let doubted: Vec<P> = request
+            .attempts
+            .iter()
+            .filter(|attempt| !attempt.lost)
+            .map(|attempt| attempt.peer.clone())
+            .collect();
         if self.obsolete(range) {
             // Everything it asked for came another way (gossip): no re-send.
             self.drop_request(id);
@@ -519,7 +562,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             // Every peer asked failed the range: none is believed to hold
             // its first block for a while, so the next round does not ask
             // them the same at once.
-            for peer in &failed {
+            for peer in &doubted {
                 if let Some(peer) = self.peers.get_mut(peer) {
                     peer.doubt(range.start(), now);
                 }

@@ -154,7 +154,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             if measured {
                 peer.answered(now, answered_sent_at, bytes, &self.config, request_bytes);
             } else {
-                peer.answered_unmeasured(now);
+                peer.answered_unmeasured(now, answered_sent_at);
             }
             peer.stats.responses += 1;
             peer.stats.blocks += usable;

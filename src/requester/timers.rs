@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::peers::HEDGE_HEADROOM;
+use super::peers::{Silence, HEDGE_HEADROOM};
 use super::requests::{Attempt, AttemptState, Request};
 use super::{AntiEntropy, Send, MAX_HEDGES};
 use crate::range::SeqRange;
@@ -81,7 +81,12 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                             }
                         }
                     }
-                    expired.push((attempt.nonce, attempt.peer.clone(), attempt.asked.len()));
+                    expired.push((
+                        attempt.nonce,
+                        attempt.peer.clone(),
+                        attempt.asked.len(),
+                        attempt.sent_at,
+                    ));
                 }
             }
             if expired.is_empty() {
@@ -91,18 +96,33 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
             let range = request.range;
             let adaptive = self.config.adaptive_window;
-            for &(nonce, ref peer_id, blocks) in &expired {
-                self.requests.end_send(id, nonce, AttemptState::TimedOut);
+            for &(nonce, ref peer_id, blocks, sent_at) in &expired {
                 self.stats.timeouts += 1;
                 emit!(DEBUG, peer = ?peer_id, %range, "request timed out");
+                let mut silence = Silence::Dead;
                 if let Some(peer) = self.peers.get_mut(peer_id) {
                     peer.send_ended(blocks);
                     peer.stats.timeouts += 1;
-                    peer.timed_out(now, &self.config);
-                    if adaptive {
+                    silence = peer.timed_out(now, sent_at, &self.config);
+                    if adaptive && silence != Silence::Lost {
                         peer.shorten_requests(blocks);
                     }
-                    peer.failed(now, 1, self.config.peer_selection);
+                    // Only a silence that may be the peer's fault counts
+                    // against it: one lost send in three at 20 % loss
+                    // benched every honest peer in turn.
+                    if silence != Silence::Lost || !adaptive {
+                        peer.failed(now, 1, self.config.peer_selection);
+                    }
+                }
+                self.requests.end_send(id, nonce, AttemptState::TimedOut);
+                if silence == Silence::Lost && adaptive {
+                    if let Some(attempt) = self
+                        .requests
+                        .get_mut(id)
+                        .and_then(|request| request.attempt_with(nonce))
+                    {
+                        attempt.lost = true;
+                    }
                 }
             }
             self.retry_if_idle(now, id);

@@ -18,6 +18,8 @@ pub(crate) struct PeerWindow {
     pub(super) size: usize,
     pub(super) base_rtt: Option<Duration>,
     slow_start: bool,
+    /// Whether the last answer met a queue at the peer.
+    queueing: bool,
     /// When the window last stepped (a jump or a shrink): requests sent
     /// by then say nothing of the new window.
     changed_at: Option<Instant>,
@@ -45,6 +47,7 @@ impl PeerWindow {
             size: Self::INITIAL,
             base_rtt: None,
             slow_start: true,
+            queueing: false,
             changed_at: None,
         }
     }
@@ -81,6 +84,7 @@ impl PeerWindow {
         let queued = self.size as f64 * (1.0 - base.as_secs_f64() / rtt.as_secs_f64());
         let delay = rtt.saturating_sub(base);
         let queueing = queued > Self::BETA && delay > base / Self::BETA_DELAY_DIVISOR;
+        self.queueing = queueing;
         if queueing {
             self.slow_start = false;
             if self.changed_at.is_some_and(|at| sent_at <= at) {
@@ -132,8 +136,16 @@ impl PeerWindow {
         }
     }
 
-    pub(super) fn on_timeout(&mut self) {
+    /// A send timed out. The window halves unless answers came since it
+    /// was made (`answered_since`) and the last of them met no queue: then
+    /// it was lost at random, not to congestion, which the round trips
+    /// would show. Halving on every loss held four peers' windows at one
+    /// or two at 20 % loss (`catchup --peers 4 --laggers 1 --loss 0.2`).
+    pub(super) fn on_timeout(&mut self, answered_since: bool) {
         self.slow_start = false;
+        if answered_since && !self.queueing {
+            return;
+        }
         self.size = (self.size / 2).max(1);
     }
 }
@@ -238,7 +250,7 @@ mod tests {
         // to the 6 that keep the link busy, and two more.
         sample(&mut window, &mut clock, ms(200), 32, 0);
         assert_eq!(window.size, 8);
-        window.on_timeout();
+        window.on_timeout(false);
         assert_eq!(window.size, 4);
         for _ in 0..100 {
             sample(&mut window, &mut clock, ms(100), 8, 0);

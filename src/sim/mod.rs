@@ -1105,7 +1105,9 @@ impl Simulation {
         let answer_cap = k
             .saturating_mul(block)
             .min((c.max_response_bytes as u64).max(block));
-        let per_range = u64::from(c.max_retries) + 4;
+        // `max_retries + 1` sends, twice as many lost at random (they
+        // count half), and 3 hedges.
+        let per_range = 2 * (u64::from(c.max_retries) + 1) + 3;
         let others = (self.nodes.len() - 1) as u64;
         let seconds = report.virtual_time.as_secs_f64().ceil() as u64;
         // One window of ranges a peer advertised but does not hold, sent

@@ -160,11 +160,12 @@ impl Outcome {
 /// run:
 ///
 /// ```text
-/// requests ≤ (max_retries + 4) · ⌈n / k⌉ + 4 · P · T + P · W · E
+/// requests ≤ (2 · max_retries + 5) · ⌈n / k⌉ + 4 · P · T + P · W · E
 /// ```
 ///
 /// Each range of at most `k` blocks is sent at most `max_retries + 1`
-/// times before it is given up, plus up to 3 hedges; the time term covers
+/// times before it is given up, twice as many if its sends are lost on
+/// paths that work (they count half), plus up to 3 hedges; the time term covers
 /// what repeats by the clock rather than by the blocks: every back-off that
 /// re-asks a peer (bench, doubt of an overclaimer, bad-block back-off,
 /// probation probes) is at least 250 ms, so each peer is re-asked at most 4
