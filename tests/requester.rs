@@ -1091,6 +1091,29 @@ fn an_overtaken_send_is_hedged_after_a_reordering_allowance() {
     assert_eq!(delivered(&drain(&mut ae))[0], 1);
 }
 
+/// One peer "a" holding blocks 1–22, asked for them in two requests at
+/// `t0`; the one starting at `lost_start` is lost, the other answered in
+/// full 100 ms later. The machine, the lost send and `t0`.
+fn one_peer_one_lost_send(
+    lost_start: u64,
+) -> (
+    AntiEntropy<&'static str>,
+    (&'static str, u64, u64, u64),
+    Instant,
+) {
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 5, t0).unwrap();
+    ae.handle(t0, Event::Membership(vec![PeerState::new("a", 23)]))
+        .unwrap();
+    let asked = sends(&drain(&mut ae));
+    let lost = *asked.iter().find(|s| s.2 == lost_start).unwrap();
+    let rest: Vec<_> = asked.iter().copied().filter(|s| s.1 != lost.1).collect();
+    assert_eq!(rest.len(), 1, "{asked:?}");
+    answer_in_full(&mut ae, t0 + Duration::from_millis(100), &rest);
+    drain(&mut ae);
+    (ae, lost, t0)
+}
+
 // A lost request at the only peer, its last: no later answer overtakes it
 // and no other peer can take a hedge, so the commit point's range is asked
 // of the same peer again once its send has waited three round trips (a
@@ -1098,19 +1121,8 @@ fn an_overtaken_send_is_hedged_after_a_reordering_allowance() {
 #[test]
 fn a_lost_send_to_the_only_peer_is_probed_before_its_timeout() {
     let ms = Duration::from_millis;
-    let t0 = epoch();
-    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 5, t0).unwrap();
-    // Two requests cover the chain: [1, 11], sent first, is answered;
-    // [12, 22] is lost.
-    ae.handle(t0, Event::Membership(vec![PeerState::new("a", 23)]))
-        .unwrap();
-    let asked = sends(&drain(&mut ae));
-    let lost = *asked.iter().find(|s| s.2 == 12).unwrap();
-    let rest: Vec<_> = asked.iter().copied().filter(|s| s.1 != lost.1).collect();
-    assert_eq!(rest.len(), 1, "{asked:?}");
-    let t1 = t0 + ms(100);
-    answer_in_full(&mut ae, t1, &rest);
-    drain(&mut ae);
+    // [1, 11], sent first, is answered; [12, 22] is lost.
+    let (mut ae, lost, t0) = one_peer_one_lost_send(12);
     let mut probes = Vec::new();
     while let Some(next) = ae.poll_timeout() {
         if ae.stats().timeouts > 0 || next > t0 + Duration::from_secs(20) {
@@ -1146,18 +1158,9 @@ fn a_lost_send_to_the_only_peer_is_probed_before_its_timeout() {
 #[test]
 fn an_overtaken_send_times_out_as_lost_and_is_asked_again_at_once() {
     let ms = Duration::from_millis;
-    let t0 = epoch();
-    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 5, t0).unwrap();
     // [1, 11], sent first, is lost; [12, 22] answered.
-    ae.handle(t0, Event::Membership(vec![PeerState::new("a", 23)]))
-        .unwrap();
-    let asked = sends(&drain(&mut ae));
-    let lost = *asked.iter().find(|s| s.2 == 1).unwrap();
-    let rest: Vec<_> = asked.iter().copied().filter(|s| s.1 != lost.1).collect();
-    assert_eq!(rest.len(), 1, "{asked:?}");
+    let (mut ae, lost, t0) = one_peer_one_lost_send(1);
     let t1 = t0 + ms(100);
-    answer_in_full(&mut ae, t1, &rest);
-    drain(&mut ae);
     // The hedge of the commit point's range looks at it first, but finds
     // no other peer, and the tail loss probe waits three round trips.
     let (next, again) = loop {

@@ -1463,27 +1463,20 @@ mod tests {
         peer.answered(start + ms(110), start + ms(10), 11_000, &config, 11_000);
         let window = peer.window.size;
         assert!(window > 2, "window {window}");
-        // A send made at 5 ms times out: a later send was answered, so it
-        // was lost on a path that works. Nothing changes: no back-off, no
-        // smaller window, not quiet, however many.
-        for _ in 0..3 {
-            assert_eq!(
-                peer.timed_out(start + ms(400), start + ms(5), &config),
-                Silence::Lost
-            );
-        }
-        assert_eq!(peer.rtt.backoff, 0);
-        assert_eq!(peer.window.size, window);
-        assert!(!peer.quiet(start + ms(400)));
-        // One made at 50 ms: answers came since, none to a later send. Lost
-        // or queued: its timeout backs off, but the last answer met no
-        // queue, so the window stays, and the peer is not quiet.
-        for _ in 0..2 {
-            assert_eq!(
-                peer.timed_out(start + ms(500), start + ms(50), &config),
-                Silence::Unclear
-            );
-        }
+        // `times` sends made at `sent` time out at `at`.
+        let mut time_out = |at: u64, sent: u64, times: usize| -> Vec<Silence> {
+            (0..times)
+                .map(|_| peer.timed_out(start + ms(at), start + ms(sent), &config))
+                .collect()
+        };
+        // Made at 5 ms: a later send was answered, so they were lost on a
+        // path that works. Nothing changes: no back-off, no smaller window,
+        // not quiet, however many.
+        assert_eq!(time_out(400, 5, 3), [Silence::Lost; 3]);
+        // Made at 50 ms: answers came since, none to a later send. Lost or
+        // queued: the timeout backs off, but the last answer met no queue,
+        // so the window stays, and the peer is not quiet.
+        assert_eq!(time_out(500, 50, 2), [Silence::Unclear; 2]);
         assert_eq!(peer.rtt.backoff, 2);
         assert_eq!(peer.window.size, window);
         assert!(!peer.quiet(start + ms(500)));
