@@ -225,7 +225,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // order (a responder answers in order).
         let mut queued: Vec<(P, Instant, u64, u64)> = Vec::new();
         let mut stranded: Option<u64> = None;
-        let mut retried: Option<u64> = None;
+        let mut retried: Vec<u64> = Vec::new();
         for (id, request) in self.requests.iter() {
             if request.hedges >= super::MAX_HEDGES {
                 continue;
@@ -239,13 +239,12 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             // (at 10 % loss the last two ranges took 0.5 s, sent to one
             // peer at a time, while three were idle). A free peer gets a
             // copy, whoever failed it before.
-            if retried.is_none()
-                && request
-                    .attempts
-                    .iter()
-                    .any(|attempt| attempt.state == AttemptState::TimedOut)
+            if request
+                .attempts
+                .iter()
+                .any(|attempt| attempt.state == AttemptState::TimedOut)
             {
-                retried = Some(*id);
+                retried.push(*id);
             }
             // Taken for lost (a silent peer's ranges, probed mid-run, were
             // fetched one at a time as each reached the commit point,
@@ -308,18 +307,45 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         if let Some(at) = next_look {
             self.look_again(at);
         }
-        // A stranded send is due never, and any free peer is faster.
-        let lost_before = stranded.is_none() && retried.is_some();
-        let Some((due, id, slow)) = stranded
-            .or(retried)
-            .map(|id| (f64::INFINITY, id, 0.0))
-            .or(latest)
-        else {
-            return false;
-        };
-        let Some(request) = self.requests.get(id) else {
-            return false;
-        };
+        // A stranded send is due never, and any free peer is faster; so is
+        // a range lost once. Each in turn, until one finds a free peer: one
+        // that none can take (no free peer holds it) must not keep the
+        // others from theirs.
+        let candidates = stranded
+            .map(|id| (f64::INFINITY, id, 0.0, false))
+            .into_iter()
+            .chain(retried.into_iter().map(|id| (f64::INFINITY, id, 0.0, true)))
+            .chain(latest.map(|(due, id, slow)| (due, id, slow, false)));
+        let mut tried: Vec<u64> = Vec::new();
+        for (due, id, slow, lost_before) in candidates {
+            if tried.contains(&id) {
+                continue;
+            }
+            tried.push(id);
+            if let Some(peer) = self.end_game_peer(now, id, due, slow, lost_before) {
+                self.send_hedge(now, id, peer, "end-game copy");
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The free dependable peer that would deliver request `id` soonest,
+    /// before `due` (seconds from now) and at least twice as fast as
+    /// `slow` (bytes a second), if any; not one already asked for it (with
+    /// `lost_before`, not one waiting on it: a peer that lost it may
+    /// well deliver it now), nor a sender of a rejected block in it.
+    fn end_game_peer(
+        &self,
+        now: Instant,
+        id: u64,
+        due: f64,
+        slow: f64,
+        lost_before: bool,
+    ) -> Option<P> {
+        let block_bytes = self.block_bytes_estimate;
+        let per_request = self.blocks_per_request();
+        let request = self.requests.get(id)?;
         let range = request.range;
         let asked: Vec<P> = if lost_before {
             request.waiting().map(|a| a.peer.clone()).collect()
@@ -359,11 +385,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 best = Some((at, id.clone()));
             }
         }
-        if let Some((_, peer)) = best {
-            self.send_hedge(now, id, peer, "end-game copy");
-            return true;
-        }
-        false
+        best.map(|(_, peer)| peer)
     }
 
     /// `range` cut to what `peer` can deliver before the others are done

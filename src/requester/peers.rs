@@ -45,12 +45,12 @@ struct Doubt {
 /// the send was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Silence {
-    /// It answered a send made no earlier: this one or its answer was lost
-    /// on a path that works (random loss, not a sign of a slow or dead
-    /// peer).
+    /// It answered a send made after this one: this one or its answer was
+    /// lost on a path that works (random loss, not a sign of a slow or
+    /// dead peer).
     Lost,
-    /// Answers to earlier sends came since it was made: lost, or queued
-    /// behind them.
+    /// Answers came since it was made, none to a later send: lost, or
+    /// queued behind them.
     Unclear,
     /// Nothing came since it was made: the peer may be gone or hung.
     Dead,
@@ -217,10 +217,12 @@ pub(crate) struct Peer {
     /// When the request it answered last was sent: a request sent after
     /// it is still queued behind earlier ones.
     pub(crate) last_answered_sent_at: Option<Instant>,
-    /// The latest time a send to it was made that it answered with a
-    /// usable block: a send made before it that times out was lost on a
-    /// path that works (`Silence::Lost`).
-    latest_answered_send: Option<Instant>,
+    /// The place in our send order (`Attempt::order`) of the latest send
+    /// it answered with a usable block: a send made before it that times
+    /// out was lost on a path that works (`Silence::Lost`). The order, not
+    /// the time: sends of one flight leave at the same instant, and one
+    /// queued behind the answered one is not overtaken.
+    latest_answered_order: Option<u64>,
     /// Whether its link's rate was measured yet.
     bandwidth_seen: bool,
     /// How long an overtaken send may still be on its way, in quarters of
@@ -261,7 +263,7 @@ impl Peer {
             length_cap: u64::MAX,
             last_answer_at: None,
             last_answered_sent_at: None,
-            latest_answered_send: None,
+            latest_answered_order: None,
             bandwidth_seen: false,
             reorder_quarters: 1,
             beaten_unanswered: false,
@@ -445,20 +447,18 @@ impl Peer {
 
     /// A response came back that says nothing of the link's timing (it
     /// waited out a stall of our host): the peer is alive, nothing more.
-    pub(crate) fn answered_unmeasured(&mut self, now: Instant, sent_at: Instant) {
+    pub(crate) fn answered_unmeasured(&mut self, now: Instant) {
         self.rtt.answered_unmeasured();
-        self.answered_send(sent_at);
         // Its queue moves: the next answer's time on the link counts from
         // here, not from before the stall.
         self.busy_from = Some(now);
         self.answer_came();
     }
 
-    fn answered_send(&mut self, sent_at: Instant) {
-        self.latest_answered_send = Some(
-            self.latest_answered_send
-                .map_or(sent_at, |t| t.max(sent_at)),
-        );
+    /// It answered our send number `order` with a usable block.
+    pub(crate) fn answered_send(&mut self, order: u64) {
+        self.latest_answered_order =
+            Some(self.latest_answered_order.map_or(order, |o| o.max(order)));
     }
 
     /// What any answer with a usable block tells, timed or not: the peer
@@ -480,7 +480,6 @@ impl Peer {
     ) {
         let rtt = now.saturating_duration_since(sent_at);
         self.rtt.sample(rtt);
-        self.answered_send(sent_at);
         if !rtt.is_zero() {
             self.recent_min_rtt.sample(rtt);
         }
@@ -551,25 +550,46 @@ impl Peer {
         self.reorder_quarters = (self.reorder_quarters * 2).min(8);
     }
 
-    /// A send to this peer, made at `sent_at`, timed out: what that says
-    /// of the peer depends on what it answered since (`Silence`).
-    pub(crate) fn timed_out(&mut self, now: Instant, sent_at: Instant, config: &Config) -> Silence {
-        let silence = if self.latest_answered_send.is_some_and(|at| at >= sent_at) {
+    /// Our send number `order` to this peer, made at `sent_at`, timed
+    /// out: what that says of the peer depends on what it answered since
+    /// (`Silence`).
+    pub(crate) fn timed_out(
+        &mut self,
+        now: Instant,
+        order: u64,
+        sent_at: Instant,
+        config: &Config,
+    ) -> Silence {
+        let silence = if self.latest_answered_order.is_some_and(|o| o > order) {
             Silence::Lost
         } else if self.last_answer_at.is_some_and(|at| at > sent_at) {
             Silence::Unclear
         } else {
             Silence::Dead
         };
+        self.silent(now, silence, config);
+        silence
+    }
+
+    /// A send to this peer timed out, its silence not told apart (fixed
+    /// timeouts): it counts as `Silence::Dead`, as every timeout did.
+    pub(crate) fn timed_out_unclassified(&mut self, now: Instant, config: &Config) -> Silence {
+        self.silent(now, Silence::Dead, config);
+        Silence::Dead
+    }
+
+    /// What a timeout's `silence` backs off: nothing for a loss; the
+    /// timeout, and the window if the last answer met a queue, for an
+    /// unclear one; both, and quiet after two in a row, for a dead one.
+    fn silent(&mut self, now: Instant, silence: Silence, config: &Config) {
         if silence == Silence::Lost {
-            return silence;
+            return;
         }
         self.rtt.back_off();
         self.window.on_timeout(silence == Silence::Unclear);
         if silence == Silence::Dead && self.rtt.backoff >= QUIET_AFTER_TIMEOUTS {
             self.quiet_until = now.checked_add(self.timeout(config));
         }
-        silence
     }
 
     /// The height we believe the peer holds now: what it advertises, cut
@@ -1378,8 +1398,8 @@ mod tests {
         );
         // Unless its sends time out in a row (quiet): then no better.
         let measured = peers.get_mut(&"measured").unwrap();
-        measured.timed_out(now, now, &config);
-        measured.timed_out(now, now, &config);
+        measured.timed_out(now, 1, now, &config);
+        measured.timed_out(now, 2, now, &config);
         assert!(measured.quiet(now));
         assert_eq!(
             peers.choose(&config, 50, &["measured"], &[], now, &mut rng, None, None),
@@ -1457,41 +1477,60 @@ mod tests {
         let ms = Duration::from_millis;
         let config = Config::default();
         let start = crate::test_epoch() + Duration::from_secs(10);
+        let at = |t: u64| start + ms(t);
         let mut peer = Peer::new(Some(100));
-        // Answers to sends made at 0 and 10 ms lift its window (no queue).
-        peer.answered(start + ms(100), start, 11_000, &config, 11_000);
-        peer.answered(start + ms(110), start + ms(10), 11_000, &config, 11_000);
+        // Sends 1 and 3 (made at 0 and 10 ms) are answered in 100 ms, no
+        // queue: the window grows.
+        let answer = |peer: &mut Peer, order: u64, sent: u64, came: u64| {
+            peer.answered(at(came), at(sent), 11_000, &config, 11_000);
+            peer.answered_send(order);
+        };
+        answer(&mut peer, 1, 0, 100);
+        answer(&mut peer, 3, 10, 110);
         let window = peer.window.size;
         assert!(window > 2, "window {window}");
-        // `times` sends made at `sent` time out at `at`.
-        let mut time_out = |at: u64, sent: u64, times: usize| -> Vec<Silence> {
-            (0..times)
-                .map(|_| peer.timed_out(start + ms(at), start + ms(sent), &config))
-                .collect()
-        };
-        // Made at 5 ms: a later send was answered, so they were lost on a
-        // path that works. Nothing changes: no back-off, no smaller window,
-        // not quiet, however many.
-        assert_eq!(time_out(400, 5, 3), [Silence::Lost; 3]);
-        // Made at 50 ms: answers came since, none to a later send. Lost or
-        // queued: the timeout backs off, but the last answer met no queue,
-        // so the window stays, and the peer is not quiet.
-        assert_eq!(time_out(500, 50, 2), [Silence::Unclear; 2]);
+        // Send 2, made at 5 ms, was overtaken: lost on a path that works.
+        // Nothing backs off, however many.
+        for _ in 0..3 {
+            assert_eq!(peer.timed_out(at(400), 2, at(5), &config), Silence::Lost);
+        }
+        // Send 4 left at the same instant as send 3 but after it: queued
+        // behind it, not overtaken. And send 5, made at 50 ms: answers came
+        // since, none to a later send. Both unclear: the timeout backs off,
+        // but the last answer met no queue, so the window stays, and the
+        // peer is not quiet.
+        assert_eq!(
+            peer.timed_out(at(400), 4, at(10), &config),
+            Silence::Unclear
+        );
+        assert_eq!(
+            peer.timed_out(at(500), 5, at(50), &config),
+            Silence::Unclear
+        );
         assert_eq!(peer.rtt.backoff, 2);
         assert_eq!(peer.window.size, window);
-        assert!(!peer.quiet(start + ms(500)));
-        // Made after its last answer: nothing came since. The window halves
-        // with each, and after two in a row the peer is quiet.
+        assert!(!peer.quiet(at(500)));
+        // An answer that met a queue (280 ms against a 100 ms base): then
+        // an unclear timeout halves the window too.
+        answer(&mut peer, 6, 120, 400);
+        let queued = peer.window.size;
         assert_eq!(
-            peer.timed_out(start + ms(900), start + ms(200), &config),
-            Silence::Dead
+            peer.timed_out(at(600), 7, at(300), &config),
+            Silence::Unclear
         );
-        assert_eq!(peer.window.size, window / 2);
+        assert_eq!(peer.window.size, queued / 2);
+        // Nothing came since these were made: the window halves with each,
+        // and after two in a row the peer is quiet.
+        answer(&mut peer, 8, 410, 510);
+        let window = peer.window.size;
+        assert_eq!(peer.timed_out(at(1000), 9, at(600), &config), Silence::Dead);
+        assert_eq!(peer.window.size, (window / 2).max(1));
+        assert!(!peer.quiet(at(1000)));
         assert_eq!(
-            peer.timed_out(start + ms(900), start + ms(300), &config),
+            peer.timed_out(at(1000), 10, at(700), &config),
             Silence::Dead
         );
         assert_eq!(peer.window.size, (window / 4).max(1));
-        assert!(peer.quiet(start + ms(900)));
+        assert!(peer.quiet(at(1000)));
     }
 }

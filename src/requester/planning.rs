@@ -449,6 +449,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 order: self.stats.requests,
                 overtaken_at: None,
                 lost: false,
+                hedge: kind == Send::Hedge,
             },
         );
         self.actions.push_back(Action::SendRequest { to, message });
@@ -545,14 +546,6 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let range = request.range;
         let sends = request.counted_sends();
         let failed: Vec<P> = request.attempts.iter().map(|a| a.peer.clone()).collect();
-        // A peer that lost its sends of the range on a path that works
-        // holds it, by all signs.
-        let doubted: Vec<P> = request
-            .attempts
-            .iter()
-            .filter(|attempt| !attempt.lost)
-            .map(|attempt| attempt.peer.clone())
-            .collect();
         if self.obsolete(range) {
             // Everything it asked for came another way (gossip): no re-send.
             self.drop_request(id);
@@ -562,7 +555,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             // Every peer asked failed the range: none is believed to hold
             // its first block for a while, so the next round does not ask
             // them the same at once.
-            for peer in &doubted {
+            for peer in &failed {
                 if let Some(peer) = self.peers.get_mut(peer) {
                     peer.doubt(range.start(), now);
                 }

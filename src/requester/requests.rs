@@ -44,10 +44,12 @@ pub(crate) struct Attempt<P> {
     /// When an answer to a later send to the same peer came first: the
     /// request or its answer was probably lost.
     pub(crate) overtaken_at: Option<Instant>,
-    /// It timed out though its peer answered a send made no earlier
+    /// It timed out though its peer answered a later send
     /// (`Silence::Lost`): a loss on a path that works, which costs the
     /// request half a retry.
     pub(crate) lost: bool,
+    /// It was a hedge: not counted against `max_retries`.
+    pub(crate) hedge: bool,
 }
 
 /// A range asked for, possibly of several peers in turn (retries) or at
@@ -76,17 +78,20 @@ impl<P: PartialEq> Request<P> {
     }
 
     /// Sends that count against `max_retries`: all but the hedges, those
-    /// lost on a path that works at half. A range whose sends are lost at
-    /// random is not given up after a few (at 35 % loss a send and its
-    /// answer both arrive 42 % of the time), and one a peer answers
-    /// everything but is still given up, after twice as many.
+    /// lost on a path that works at half (rounded down). A range whose
+    /// sends are lost at random is not given up after a few (at 35 % loss
+    /// a send and its answer both arrive 42 % of the time); one whose sends
+    /// peers fail otherwise is given up as before.
     pub(crate) fn counted_sends(&self) -> u32 {
-        let lost = self.attempts.iter().filter(|attempt| attempt.lost).count() as u32;
-        // Saturating: a lost hedge is subtracted twice, which only leaves
-        // a range a retry more (hedges are bounded by `MAX_HEDGES`).
-        (self.attempts.len() as u32)
-            .saturating_sub(self.hedges)
-            .saturating_sub(lost.div_ceil(2))
+        let (mut whole, mut lost) = (0u32, 0u32);
+        for attempt in self.attempts.iter().filter(|attempt| !attempt.hedge) {
+            if attempt.lost {
+                lost += 1;
+            } else {
+                whole += 1;
+            }
+        }
+        whole + lost / 2
     }
 
     pub(crate) fn waiting(&self) -> impl Iterator<Item = &Attempt<P>> {
@@ -353,6 +358,7 @@ mod tests {
             order: nonce,
             overtaken_at: None,
             lost,
+            hedge: false,
         }
     }
 
@@ -373,9 +379,20 @@ mod tests {
         let lost = (0..4).map(|n| attempt(n, true));
         let sends = request(lost.chain([attempt(4, false)]).collect(), 0);
         assert_eq!(sends.counted_sends(), 3);
-        // A lost hedge counts nothing, not minus one (a wrapped count gave
-        // a range up at once).
-        let hedge = request(vec![attempt(0, true)], 1);
-        assert_eq!(hedge.counted_sends(), 0);
+        // Hedges count nothing, lost or not (a lost hedge subtracted from
+        // the count wrapped it, and gave the range up at once), and take
+        // nothing off the sends that count.
+        let hedge = |nonce, lost| Attempt {
+            hedge: true,
+            ..attempt(nonce, lost)
+        };
+        assert_eq!(request(vec![hedge(0, true)], 1).counted_sends(), 0);
+        let mixed = vec![
+            attempt(0, true),
+            attempt(1, true),
+            hedge(2, true),
+            hedge(3, false),
+        ];
+        assert_eq!(request(mixed, 2).counted_sends(), 1);
     }
 }

@@ -154,8 +154,9 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             if measured {
                 peer.answered(now, answered_sent_at, bytes, &self.config, request_bytes);
             } else {
-                peer.answered_unmeasured(now, answered_sent_at);
+                peer.answered_unmeasured(now);
             }
+            peer.answered_send(answered_order);
             peer.stats.responses += 1;
             peer.stats.blocks += usable;
             peer.stats.bytes += bytes;

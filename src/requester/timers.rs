@@ -7,6 +7,15 @@ use super::requests::{Attempt, AttemptState, Request};
 use super::{AntiEntropy, Send, MAX_HEDGES};
 use crate::range::SeqRange;
 
+/// A send whose deadline passed, as `expire_requests` collects them.
+struct Expired<P> {
+    nonce: u64,
+    peer: P,
+    blocks: u64,
+    sent_at: Instant,
+    order: u64,
+}
+
 impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     pub(super) fn expire(&mut self, now: Instant) {
         if self.next_round_at.is_some_and(|at| at <= now) {
@@ -81,12 +90,13 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                             }
                         }
                     }
-                    expired.push((
-                        attempt.nonce,
-                        attempt.peer.clone(),
-                        attempt.asked.len(),
-                        attempt.sent_at,
-                    ));
+                    expired.push(Expired {
+                        nonce: attempt.nonce,
+                        peer: attempt.peer.clone(),
+                        blocks: attempt.asked.len(),
+                        sent_at: attempt.sent_at,
+                        order: attempt.order,
+                    });
                 }
             }
             if expired.is_empty() {
@@ -96,26 +106,40 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
             let range = request.range;
             let adaptive = self.config.adaptive_window;
-            for &(nonce, ref peer_id, blocks, sent_at) in &expired {
+            // Telling loss from silence is part of adaptive timeouts; with
+            // fixed (Fabric) ones every timeout counts as it always did.
+            let classify = self.config.adaptive_timeout;
+            for Expired {
+                nonce,
+                peer: peer_id,
+                blocks,
+                sent_at,
+                order,
+            } in expired
+            {
                 self.stats.timeouts += 1;
                 emit!(DEBUG, peer = ?peer_id, %range, "request timed out");
                 let mut silence = Silence::Dead;
-                if let Some(peer) = self.peers.get_mut(peer_id) {
+                if let Some(peer) = self.peers.get_mut(&peer_id) {
                     peer.send_ended(blocks);
                     peer.stats.timeouts += 1;
-                    silence = peer.timed_out(now, sent_at, &self.config);
+                    silence = if classify {
+                        peer.timed_out(now, order, sent_at, &self.config)
+                    } else {
+                        peer.timed_out_unclassified(now, &self.config)
+                    };
                     if adaptive && silence != Silence::Lost {
                         peer.shorten_requests(blocks);
                     }
                     // Only a silence that may be the peer's fault counts
                     // against it: one lost send in three at 20 % loss
                     // benched every honest peer in turn.
-                    if silence != Silence::Lost || !adaptive {
+                    if silence != Silence::Lost {
                         peer.failed(now, 1, self.config.peer_selection);
                     }
                 }
                 self.requests.end_send(id, nonce, AttemptState::TimedOut);
-                if silence == Silence::Lost && adaptive {
+                if silence == Silence::Lost {
                     if let Some(attempt) = self
                         .requests
                         .get_mut(id)

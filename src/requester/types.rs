@@ -160,7 +160,9 @@ pub enum Origin<P> {
 pub enum GiveUpReason {
     /// Every send of the range failed (timeout, empty or unusable answer).
     RetriesExhausted {
-        /// How many times the range was sent.
+        /// How many of its sends counted against `Config::max_retries`:
+        /// hedges do not, and sends lost on a path that works (their peer
+        /// answered a later send) count half, rounded down.
         sends: u32,
     },
     /// No reachable peer credibly advertises the range's first block.
