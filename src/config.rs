@@ -73,9 +73,9 @@ pub struct Config {
     /// Upper clamp of adaptive deadlines.
     pub max_response_timeout: Duration,
     /// Sends of one range beyond the first before the range is given up
-    /// (Fabric: `maxRetries`, 3, so 4 sends). With `adaptive_window`, a
-    /// send lost on a path that works (its peer answered a later one)
-    /// counts half: a range is given up after `max_retries + 1` sends its
+    /// (Fabric: `maxRetries`, 3, so 4 sends); hedges do not count. With
+    /// `adaptive_timeout`, a send lost on a path that works (its peer
+    /// answered a later one) counts half: a range is given up after `max_retries + 1` sends its
     /// peers failed, or twice as many lost at random.
     pub max_retries: u32,
     /// Requests in flight at once over all peers (Fabric: 1).

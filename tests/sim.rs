@@ -1716,18 +1716,18 @@ fn losses_in_bursts_cost_a_spell_of_timeouts_each() {
         burst_loss: Some(bursts),
         ..base.clone()
     };
-    let mut log_sum = 0.0;
+    let secs = |r: &Report| r.catchup.expect("converged").as_secs_f64();
+    let mut ratios = Vec::new();
     for seed in 1..=5 {
         let in_bursts = run(bursty.clone(), Config::default(), seed, None);
         assert_passed(&in_bursts, "default", &bursty);
         assert!(in_bursts.messages_lost > 0, "no burst came");
         let clean = run(base.clone(), Config::default(), seed, None);
-        let secs = |r: &Report| r.catchup.expect("converged").as_secs_f64();
         let ratio = secs(&in_bursts) / secs(&clean);
         println!("seed {seed}: {ratio:.2}× the time without loss");
-        log_sum += ratio.ln();
+        ratios.push((ratio, seed));
     }
-    let mean = (log_sum / 5.0).exp();
+    let mean = Spread::of(ratios.into_iter()).geomean;
     assert!(mean <= 1.8, "bursts cost {mean:.2}× the time without loss");
 }
 
@@ -1805,37 +1805,44 @@ fn lossy_shapes() -> [Scenario; 3] {
 #[test]
 fn heavy_loss_degrades_gracefully() {
     let config = Config::default();
-    let mut slowdowns: Vec<(f64, Vec<f64>)> = Vec::new();
+    let secs = |r: &Report| r.catchup.expect("converged").as_secs_f64();
+    let shapes = lossy_shapes();
+    let seeds = 1..=4u64;
+    // Each cluster's time without loss, once for every loss rate.
+    let clean: Vec<Vec<f64>> = shapes
+        .iter()
+        .map(|scenario| {
+            seeds
+                .clone()
+                .map(|seed| secs(&run(lossless(scenario.clone()), config.clone(), seed, None)))
+                .collect()
+        })
+        .collect();
+    let mut means = Vec::new();
     for (loss, bound) in [(0.1, 2.2), (0.2, 3.6), (0.3, 8.2), (0.4, 32.0)] {
         let mut ratios = Vec::new();
-        for (shape, scenario) in lossy_shapes().into_iter().enumerate() {
-            for seed in 1..=4 {
+        for (shape, scenario) in shapes.iter().enumerate() {
+            for (seed, clean) in seeds.clone().zip(&clean[shape]) {
                 let lossy = Scenario {
                     loss,
                     ..scenario.clone()
                 };
                 let report = run(lossy.clone(), config.clone(), seed, None);
                 assert_passed(&report, "default", &lossy);
-                let clean = run(lossless(scenario.clone()), config.clone(), seed, None);
-                let secs = |r: &Report| r.catchup.expect("converged").as_secs_f64();
-                let ratio = secs(&report) / secs(&clean);
+                let ratio = secs(&report) / clean;
                 println!("loss {loss} shape {shape} seed {seed}: {ratio:.2}");
-                ratios.push(ratio);
+                ratios.push((ratio, seed));
             }
         }
-        let mean = (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp();
+        let mean = Spread::of(ratios.into_iter()).geomean;
         println!("loss {loss}: geometric mean {mean:.2} (bound {bound})");
         assert!(
             mean <= bound,
             "at {loss} loss, catch-up {mean:.2}× slower than without (bound {bound})"
         );
-        slowdowns.push((loss, ratios));
+        means.push(mean);
     }
     // More loss costs more: a mean that fell would mean the clusters'
     // lossless times, not loss, decide the figures.
-    let means: Vec<f64> = slowdowns
-        .iter()
-        .map(|(_, r)| (r.iter().map(|x| x.ln()).sum::<f64>() / r.len() as f64).exp())
-        .collect();
     assert!(means.windows(2).all(|w| w[0] < w[1]), "{means:?}");
 }

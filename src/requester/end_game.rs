@@ -227,7 +227,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let mut stranded: Option<u64> = None;
         let mut retried: Vec<u64> = Vec::new();
         for (id, request) in self.requests.iter() {
-            if request.hedges >= super::MAX_HEDGES {
+            if request.hedges() >= super::MAX_HEDGES {
                 continue;
             }
             let mut waiting = request.waiting();

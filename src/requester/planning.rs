@@ -404,9 +404,6 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     /// Sends request `id` to `peer` as a hedge (`why`: which kind, for the
     /// trace), counted against the request's [`MAX_HEDGES`](super::MAX_HEDGES).
     pub(super) fn send_hedge(&mut self, now: Instant, id: u64, peer: P, why: &'static str) {
-        if let Some(request) = self.requests.get_mut(id) {
-            request.hedges += 1;
-        }
         self.stats.hedges += 1;
         emit!(DEBUG, ?peer, id, why, "hedge");
         let _ = why; // read by `emit!` only with the `tracing` feature
@@ -531,7 +528,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             }
         }
         if let (true, Some(lost_at)) = (brought_forward, lost_at) {
-            self.requests.deadline_brought_forward(lost_at);
+            self.requests.deadline_set(lost_at);
         }
     }
 

@@ -60,8 +60,6 @@ pub(crate) struct Request<P> {
     /// Every send, oldest first; at most `2 · (max_retries + 1)` plus the
     /// hedges (see `counted_sends`).
     pub(crate) attempts: Vec<Attempt<P>>,
-    /// Hedges sent: they do not count against `max_retries`.
-    pub(crate) hedges: u32,
     /// No hedge, nor retry once the hedges are spent, before this (none
     /// was possible at the last try).
     pub(crate) hedge_not_before: Option<Instant>,
@@ -75,6 +73,11 @@ impl<P: PartialEq> Request<P> {
     pub(crate) fn held_back(&self, due: Instant) -> Instant {
         self.hedge_not_before
             .map_or(due, |not_before| due.max(not_before))
+    }
+
+    /// Hedges sent: they do not count against `max_retries`.
+    pub(crate) fn hedges(&self) -> u32 {
+        self.attempts.iter().filter(|attempt| attempt.hedge).count() as u32
     }
 
     /// Sends that count against `max_retries`: all but the hedges, those
@@ -161,7 +164,6 @@ impl<P> Requests<P> {
             Request {
                 range,
                 attempts: Vec::new(),
-                hedges: 0,
                 hedge_not_before: None,
                 probed: false,
             },
@@ -203,11 +205,11 @@ impl<P> Requests<P> {
     pub(crate) fn push_attempt(&mut self, id: u64, attempt: Attempt<P>) {
         if let Some(request) = self.by_id.get_mut(&id) {
             self.by_nonce.insert(attempt.nonce, id);
-            if let Some(deadline) = attempt.deadline {
-                self.earliest = Some(self.earliest.map_or(deadline, |e| e.min(deadline)));
-            }
             if attempt.state == AttemptState::Waiting {
                 self.idle.remove(&id);
+            }
+            if let Some(deadline) = attempt.deadline {
+                lower_to(&mut self.earliest, deadline);
             }
             request.attempts.push(attempt);
         }
@@ -219,9 +221,10 @@ impl<P> Requests<P> {
         self.earliest
     }
 
-    /// A waiting send's deadline was brought forward to `deadline`.
-    pub(crate) fn deadline_brought_forward(&mut self, deadline: Instant) {
-        self.earliest = Some(self.earliest.map_or(deadline, |e| e.min(deadline)));
+    /// A waiting send's deadline was set, or brought forward, to
+    /// `deadline`: the earliest stays a lower bound.
+    pub(crate) fn deadline_set(&mut self, deadline: Instant) {
+        lower_to(&mut self.earliest, deadline);
     }
 
     /// Makes [`earliest_deadline`](Self::earliest_deadline) exact again.
@@ -342,6 +345,11 @@ impl<P> Requests<P> {
     }
 }
 
+/// `earliest` lowered to `deadline` if that is earlier (or it was unset).
+fn lower_to(earliest: &mut Option<Instant>, deadline: Instant) {
+    *earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,11 +370,10 @@ mod tests {
         }
     }
 
-    fn request(attempts: Vec<Attempt<&'static str>>, hedges: u32) -> Request<&'static str> {
+    fn request(attempts: Vec<Attempt<&'static str>>) -> Request<&'static str> {
         Request {
             range: SeqRange::new(1, 11).unwrap(),
             attempts,
-            hedges,
             hedge_not_before: None,
             probed: false,
         }
@@ -377,7 +384,7 @@ mod tests {
         // Four sends lost at random count as two; one that timed out
         // otherwise counts whole.
         let lost = (0..4).map(|n| attempt(n, true));
-        let sends = request(lost.chain([attempt(4, false)]).collect(), 0);
+        let sends = request(lost.chain([attempt(4, false)]).collect());
         assert_eq!(sends.counted_sends(), 3);
         // Hedges count nothing, lost or not (a lost hedge subtracted from
         // the count wrapped it, and gave the range up at once), and take
@@ -386,13 +393,13 @@ mod tests {
             hedge: true,
             ..attempt(nonce, lost)
         };
-        assert_eq!(request(vec![hedge(0, true)], 1).counted_sends(), 0);
+        assert_eq!(request(vec![hedge(0, true)]).counted_sends(), 0);
         let mixed = vec![
             attempt(0, true),
             attempt(1, true),
             hedge(2, true),
             hedge(3, false),
         ];
-        assert_eq!(request(mixed, 2).counted_sends(), 1);
+        assert_eq!(request(mixed).counted_sends(), 1);
     }
 }

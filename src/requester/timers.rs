@@ -186,7 +186,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     pub(super) fn hedge_due(&self) -> Option<Instant> {
         let hedge_after = self.config.hedge_after?;
         let (_, request) = self.requests.covering(self.buffer.next())?;
-        if request.hedges >= MAX_HEDGES {
+        if request.hedges() >= MAX_HEDGES {
             return self.resend_due(request).map(|due| request.held_back(due));
         }
         // Sends to one peer race nothing between them (a probe asks the
@@ -361,7 +361,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             .iter()
             .filter(|(id, request)| {
                 **id != hedged
-                    && request.hedges < MAX_HEDGES
+                    && request.hedges() < MAX_HEDGES
                     && request.waiting().next().is_some()
                     && request.waiting().all(|a| {
                         silent.contains(&a.peer)
@@ -442,7 +442,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     fn hedges_spent(&self, id: u64) -> bool {
         self.requests
             .get(id)
-            .is_some_and(|request| request.hedges >= MAX_HEDGES)
+            .is_some_and(|request| request.hedges() >= MAX_HEDGES)
     }
 
     /// Hedges the lower part of request `id` (`range`) at a free peer of a

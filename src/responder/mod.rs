@@ -411,7 +411,10 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     /// low-priority send queue): serving them in turn with everyone's
     /// would still give a flooder its share of our uplink.
     pub fn is_background(&self, peer: &P) -> bool {
-        self.is_repeater(peer) || self.priorities.is_later(peer)
+        self.is_repeater(peer)
+            || self
+                .now
+                .is_some_and(|now| self.priorities.is_later(peer, now))
     }
 
     /// Our ledger height, as last given to [`new`](Self::new) or by
@@ -427,7 +430,6 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     fn advance(&mut self, now: Instant) -> Instant {
         let now = self.now.map_or(now, |latest| latest.max(now));
         self.now = Some(now);
-        self.priorities.advance(now);
         while let Some(read) = self.reads.first() {
             if read.deadline.is_none_or(|deadline| deadline > now) {
                 break;

@@ -191,8 +191,6 @@ pub(super) struct Priorities<P> {
     /// Peers served in the foreground at once; the rest wait in the
     /// background (0: everyone is served alike).
     favoured: usize,
-    /// The latest instant seen.
-    now: Option<Instant>,
 }
 
 impl<P: Clone + Ord> Priorities<P> {
@@ -201,15 +199,7 @@ impl<P: Clone + Ord> Priorities<P> {
             peers: BTreeMap::new(),
             enabled,
             favoured,
-            now: None,
         }
-    }
-
-    /// Time passed: `is_later` counts the peers catching up at `now`, not
-    /// at the latest request (a read finishing seconds later classed its
-    /// answer by a crowd long gone).
-    pub(super) fn advance(&mut self, now: Instant) {
-        self.now = Some(self.now.map_or(now, |latest| latest.max(now)));
     }
 
     /// A request of `peer` for `range` (clamped to our height) was
@@ -234,7 +224,6 @@ impl<P: Clone + Ord> Priorities<P> {
             history.since = now;
         }
         history.last_seen = now;
-        self.now = Some(now);
         let asked = if history.covers(range) {
             Asked::Repeat
         } else if history.overlaps(range) {
@@ -279,9 +268,11 @@ impl<P: Clone + Ord> Priorities<P> {
     /// Whether `peer` waits for the favoured ones: more than twice
     /// `favoured` peers are catching up from us, and `favoured` of them
     /// began before it (within [`SAME_START`] by peer, so every responder
-    /// that several laggers reach at once favours the same ones).
-    pub(super) fn is_later(&self, peer: &P) -> bool {
-        let (Some(history), Some(now)) = (self.peers.get(peer), self.now) else {
+    /// that several laggers reach at once favours the same ones), counted
+    /// at `now`: the latest input's time, not the latest request's (a read
+    /// finishing seconds later classed its answer by a crowd long gone).
+    pub(super) fn is_later(&self, peer: &P, now: Instant) -> bool {
+        let Some(history) = self.peers.get(peer) else {
             return false;
         };
         // No crowd can be larger than the peers remembered: the usual case
@@ -449,10 +440,10 @@ mod tests {
         for peer in 0..4u64 {
             p.on_request(&peer, range(peer * 100 + 1, peer * 100 + 11), ms(peer));
         }
-        assert!((0..4).all(|peer| !p.is_later(&peer)));
+        assert!((0..4).all(|peer| !p.is_later(&peer, ms(3))));
         // A fifth: the two that began first are favoured, ties by peer.
         p.on_request(&4, range(401, 411), ms(4));
-        let later: Vec<u64> = (0..5).filter(|peer| p.is_later(peer)).collect();
+        let later: Vec<u64> = (0..5).filter(|peer| p.is_later(peer, ms(4))).collect();
         assert_eq!(later, [2, 3, 4]);
         // Peer 0 stops asking (it caught up); the others go on.
         for peer in 1..5u64 {
@@ -460,14 +451,14 @@ mod tests {
         }
         // Past the pause it no longer counts: four peers are no crowd.
         p.on_request(&1, range(123, 133), ms(520));
-        assert!((1..5).all(|peer| !p.is_later(&peer)));
+        assert!((1..5).all(|peer| !p.is_later(&peer, ms(520))));
         // A newcomer makes a crowd again, and 2 has moved up.
         p.on_request(&5, range(501, 511), ms(530));
-        let later: Vec<u64> = (1..6).filter(|peer| p.is_later(peer)).collect();
+        let later: Vec<u64> = (1..6).filter(|peer| p.is_later(peer, ms(530))).collect();
         assert_eq!(later, [3, 4, 5]);
         // Coming back after the pause, peer 0 queues behind the others.
         p.on_request(&0, range(12, 22), ms(540));
-        assert!(p.is_later(&0));
+        assert!(p.is_later(&0, ms(540)));
     }
 
     #[test]
@@ -491,7 +482,9 @@ mod tests {
                 );
             }
             p.on_request(&9, range(34, 44), at(1_000_300));
-            let mut favoured: Vec<u64> = (0..10).filter(|peer| !p.is_later(peer)).collect();
+            let mut favoured: Vec<u64> = (0..10)
+                .filter(|peer| !p.is_later(peer, at(1_000_300)))
+                .collect();
             favoured.sort_unstable();
             favoured
         };
@@ -514,12 +507,12 @@ mod tests {
         while !p.is_repeater(&0) {
             p.on_request(&0, range(1, 11), now);
         }
-        assert!(!p.is_later(&0) && !p.is_later(&1) && !p.is_later(&2));
+        assert!((0..3).all(|peer| !p.is_later(&peer, now)));
         let mut off = Priorities::new(true, 0);
         for peer in 0..10u64 {
             off.on_request(&peer, range(1, 11), now);
         }
-        assert!((0..10).all(|peer| !off.is_later(&peer)));
+        assert!((0..10).all(|peer| !off.is_later(&peer, now)));
     }
 
     #[test]
@@ -540,7 +533,7 @@ mod tests {
         assert!((0..4).all(|peer| !p.is_repeater(&peer)));
         // Before, the flooders took the three places (they began first)
         // and every lagger was served from what they left.
-        assert!((4..7).all(|peer| !p.is_later(&peer)));
+        assert!((4..7).all(|peer| !p.is_later(&peer, later)));
         // A lagger's own retry costs it its place for a few requests only.
         p.on_request(&4, range(1, 11), later);
         let fresh = [(12, 22), (23, 33), (34, 44)];

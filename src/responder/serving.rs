@@ -157,7 +157,7 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
     /// `body`: their `RemoteStateResponse`'s encoded length.
     pub(super) fn send(&mut self, to: P, nonce: u64, payloads: Vec<Payload>, body: usize) {
         let repeater = self.priorities.is_repeater(&to);
-        let background = repeater || self.priorities.is_later(&to);
+        let background = self.is_background(&to);
         if background && !repeater {
             self.held_back.insert(to.clone());
         } else {
