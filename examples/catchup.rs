@@ -225,6 +225,11 @@ struct Cli {
     /// out-of-range payloads or garbage.
     #[arg(long, default_value_t = 0)]
     byzantine: u64,
+    /// Up-to-date peers that answer like honest ones but silently drop
+    /// every request for a range holding one of their chosen blocks (about
+    /// one in 16).
+    #[arg(long, default_value_t = 0)]
+    droppers: u64,
     /// Up-to-date peers that advertise `--overclaim-by` blocks more than
     /// they hold.
     #[arg(long, default_value_t = 0)]
@@ -500,6 +505,7 @@ impl Cli {
         let secs = Duration::from_secs_f64;
         let mut s = base
             .with_overclaimers(as_usize(self.overclaim), mode, self.overclaim_by)
+            .with_droppers(as_usize(self.droppers))
             .with_flooders(as_usize(self.flooders));
         for &seq in &self.corrupt_block {
             s = s.with_corrupt_block(seq, self.corrupt_sources.unwrap_or(usize::MAX));
@@ -798,6 +804,7 @@ fn print_table(cli: &Cli, scenario: &Scenario, reports: &[(&str, Report)]) {
         ("slow", cli.slow),
         ("lying", cli.lying),
         ("byzantine", cli.byzantine),
+        ("dropping", cli.droppers),
     ]
     .iter()
     .filter(|(_, n)| *n > 0)

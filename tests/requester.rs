@@ -2001,3 +2001,54 @@ fn asked_again(
     }
     (now, sent)
 }
+
+// A peer that loses the same range twice, while answering the sends made
+// after it, is not sent it a third time as long as another dependable peer
+// holds it: the retry waits for that peer's slot. A peer that drops the
+// requests for chosen blocks looks like random loss on a working path, and
+// every retry went back to it (`sim::Behaviour::Dropping`). No hedges here,
+// and two sends per peer, so that the other peer is busy.
+#[test]
+fn a_range_lost_twice_at_a_peer_waits_for_another() {
+    let ms = Duration::from_millis;
+    let t0 = epoch();
+    let mut config = Config::default();
+    config.max_in_flight_per_peer = 2;
+    config.hedge_after = None;
+    let mut ae = AntiEntropy::new(config, channel(), 1, 5, t0).unwrap();
+    let view = vec![PeerState::new("a", 1000), PeerState::new("b", 1000)];
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    let mut pending = sends(&drain(&mut ae));
+    let lost = |s: &(&str, u64, u64, u64)| (s.2, s.3) == (1, 11);
+    assert!(pending.iter().any(|s| s.0 == "a" && lost(s)), "{pending:?}");
+    // Every 100 ms "a" answers its oldest send but those of [1, 11]; "b"
+    // answers nothing. Sends of [1, 11] to "a", by time.
+    let mut to_a = vec![Duration::ZERO];
+    for round in 1..=6 {
+        let at = t0 + ms(100 * round);
+        while let Some(next) = ae.poll_timeout().filter(|next| *next <= at) {
+            ae.handle(next, Event::Timeout).unwrap();
+            let sent = sends(&drain(&mut ae));
+            assert!(sent.iter().all(|s| !(lost(s) && s.0 == "b")), "b is full");
+            to_a.extend(sent.iter().filter(|s| lost(s)).map(|_| next - t0));
+            pending.extend(sent);
+        }
+        let oldest = pending.iter().position(|s| s.0 == "a" && !lost(s)).unwrap();
+        answer_in_full(&mut ae, at, &[pending.remove(oldest)]);
+        let sent = sends(&drain(&mut ae));
+        to_a.extend(sent.iter().filter(|s| lost(s)).map(|_| at - t0));
+        pending.extend(sent);
+    }
+    // Sent once, lost (overtaken), sent again at once (one loss says
+    // nothing of the peer), lost again: then never again.
+    assert_eq!(to_a.len(), 2, "{to_a:?}");
+    assert!(to_a[1] < ms(300), "{to_a:?}");
+    let stats = ae.stats();
+    assert_eq!(stats.timeouts, 2);
+    // Once "b" answers, a slot frees there and the range goes to it.
+    let at = t0 + ms(650);
+    let first_of_b = *pending.iter().find(|s| s.0 == "b").unwrap();
+    answer_in_full(&mut ae, at, &[first_of_b]);
+    let sent = sends(&drain(&mut ae));
+    assert!(sent.iter().any(|s| s.0 == "b" && lost(s)), "{sent:?}");
+}

@@ -136,6 +136,17 @@ impl PeerWindow {
         }
     }
 
+    /// A send was lost on a path that works (its peer answered a later
+    /// one): it carried nothing, so the slot it held is given back as one
+    /// more, unless the last answer met a queue. Otherwise a peer that
+    /// drops a share of its requests keeps as many answers in flight as
+    /// Vegas allows for all of them, and its link idles for that share.
+    pub(super) fn on_lost(&mut self, max: usize) {
+        if !self.queueing {
+            self.size = (self.size + 1).min(max);
+        }
+    }
+
     /// A send timed out. The window halves unless answers came since it
     /// was made (`answered_since`) and the last of them met no queue: then
     /// it was lost at random, not to congestion, which the round trips
@@ -166,6 +177,20 @@ mod tests {
         let sent_at = *clock + Duration::from_millis(1);
         *clock = sent_at + rtt;
         window.on_sample(*clock, sent_at, max, floor);
+    }
+
+    // A lost send's slot is given back while the answers meet no queue,
+    // never past the cap; once they meet one, Vegas alone decides.
+    #[test]
+    fn a_lost_send_gives_its_slot_back_unless_answers_queue() {
+        let mut window = PeerWindow::new();
+        window.on_lost(3);
+        assert_eq!(window.size, 3);
+        window.on_lost(3);
+        assert_eq!(window.size, 3);
+        window.queueing = true;
+        window.on_lost(128);
+        assert_eq!(window.size, 3);
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub use faults::{
 pub use network::{BurstLoss, Delivery, Faults, NetStats, Network, Wake};
 pub use node::NodeId;
 pub use report::{Amplification, Bound, Outcome, Progress, Report};
-pub use scenario::{Behaviour, Overclaim, Scenario, ScenarioError};
+pub use scenario::{Behaviour, Overclaim, Scenario, ScenarioError, DROPPED_ONE_IN};
 
 use crate::wire::gossip::{GossipMessage, Payload};
 use crate::{Config, ConfigError, SeqRange, Ticket};
@@ -944,17 +944,29 @@ impl Simulation {
             .max()
             .unwrap_or(0)
             .max(lagger.height);
+        let serves = |n: &Node, seq: u64| {
+            n.serving_height() > seq && !n.bad_blocks.contains_key(&seq) && !n.withholds(seq)
+        };
         // The lowest block below `best` that the lagger lacks and no source
-        // it reaches holds a good copy of.
+        // it reaches serves a good copy of: a corrupt one, or one that only
+        // peers withholding it hold (above what the others hold; looked
+        // for from there, so the scan is short: they withhold one block in
+        // `DROPPED_ONE_IN` each).
+        let full = sources()
+            .filter(|n| n.behaviour != Behaviour::Dropping)
+            .map(Node::serving_height)
+            .max()
+            .unwrap_or(0);
+        let withheld =
+            (full.max(lagger.height)..best).find(|&seq| !sources().any(|n| serves(n, seq)));
         let cut = self
             .scenario
             .corrupt
             .iter()
             .map(|corrupt| corrupt.seq)
             .filter(|&seq| lagger.height <= seq && seq < best)
-            .filter(|&seq| {
-                !sources().any(|n| n.serving_height() > seq && !n.bad_blocks.contains_key(&seq))
-            })
+            .filter(|&seq| !sources().any(|n| serves(n, seq)))
+            .chain(withheld)
             .min();
         match cut {
             Some(seq) => (seq, true),
@@ -1032,6 +1044,7 @@ impl Simulation {
                     Behaviour::Honest
                         | Behaviour::Slow
                         | Behaviour::Lying
+                        | Behaviour::Dropping
                         | Behaviour::Overclaiming(Overclaim::Partial)
                 )
             })

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use super::chain::{self, forged_block};
-use super::scenario::{Behaviour, Overclaim};
+use super::scenario::{Behaviour, Overclaim, DROPPED_ONE_IN};
 use super::{Wire, World};
 use crate::responder::Queued;
 use crate::wire::gossip::{GossipMessage, Payload, Properties, StateInfo};
@@ -173,16 +173,13 @@ impl Node {
         seed: u64,
         now: Instant,
     ) -> Result<(Option<AntiEntropy<NodeId>>, Option<StateResponder<NodeId>>), ConfigError> {
-        let requester = match behaviour {
-            Behaviour::Honest | Behaviour::Slow => Some(AntiEntropy::new(
-                config.clone(),
-                channel.clone(),
-                height,
-                seed,
-                now,
-            )?),
-            _ => None,
-        };
+        let requester =
+            match behaviour {
+                Behaviour::Honest | Behaviour::Slow | Behaviour::Dropping => Some(
+                    AntiEntropy::new(config.clone(), channel.clone(), height, seed, now)?,
+                ),
+                _ => None,
+            };
         let responder = match behaviour {
             Behaviour::Silent | Behaviour::Overclaiming(Overclaim::Silent) | Behaviour::Flooder => {
                 None
@@ -259,7 +256,9 @@ impl Node {
     /// The height this node truly serves valid blocks below (0: none).
     pub(crate) fn serving_height(&self) -> u64 {
         match self.behaviour {
-            Behaviour::Honest | Behaviour::Slow | Behaviour::Lying => self.height,
+            Behaviour::Honest | Behaviour::Slow | Behaviour::Lying | Behaviour::Dropping => {
+                self.height
+            }
             Behaviour::Overclaiming(Overclaim::Partial) => self.height,
             _ => 0,
         }
@@ -380,6 +379,9 @@ impl Node {
                 return;
             }
         }
+        if self.behaviour == Behaviour::Dropping && self.drops(message) {
+            return;
+        }
         // Answers to a sink are never corrupted (they are not encoded), so
         // a flooder's requests are not remembered: a flood's millions would
         // only grow the map.
@@ -399,6 +401,27 @@ impl Node {
             self.peak_queued = self.peak_queued.max(queued);
             self.peak_reading = self.peak_reading.max(reading);
         }
+    }
+
+    /// Whether this node never serves block `seq`: a
+    /// [`Behaviour::Dropping`] node's chosen blocks (the same whoever asks).
+    pub(crate) fn withholds(&self, seq: u64) -> bool {
+        self.behaviour == Behaviour::Dropping
+            && super::derive(seq, 0xd209_0000 + self.id.0 as u64).is_multiple_of(DROPPED_ONE_IN)
+    }
+
+    /// Whether a [`Behaviour::Dropping`] node drops this request: its range
+    /// holds a block the node withholds.
+    fn drops(&self, message: &GossipMessage) -> bool {
+        let Some(request) = wire::as_state_request(message) else {
+            return false;
+        };
+        // A request is at most a few hundred blocks (the responder refuses
+        // longer ones), but a peer's request is not trusted to be short.
+        let last = request
+            .end_seq_num
+            .min(request.start_seq_num.saturating_add(1024));
+        (request.start_seq_num..=last).any(|seq| self.withholds(seq))
     }
 
     /// A `StateInfo` from `from`, published at `published`, advertising

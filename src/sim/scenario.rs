@@ -38,7 +38,20 @@ pub enum Behaviour {
     /// Runs no machine; sends valid state requests to every responder as
     /// fast as its uplink (and send buffers) allow.
     Flooder,
+    /// Holds the whole chain and answers like an honest peer, but silently
+    /// drops every request whose range holds one of the blocks it chose
+    /// (one in [`DROPPED_ONE_IN`], by a hash of the block's number and the
+    /// peer), so a retry of such a range to it fails as the first send did.
+    /// A peer with a damaged stretch of ledger behind a responder that
+    /// fails the whole read, or one that withholds chosen blocks on
+    /// purpose: to the requester it looks like random loss on a working
+    /// path.
+    Dropping,
 }
+
+/// A [`Behaviour::Dropping`] peer drops the requests for ranges holding
+/// about one block in this many (an 11-block range: about half of them).
+pub const DROPPED_ONE_IN: u64 = 16;
 
 /// How an overclaiming peer answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +257,18 @@ impl Scenario {
             self.behaviours[i] = Behaviour::Overclaiming(mode);
         }
         self.overclaim_by = by;
+        self
+    }
+
+    /// Makes the last honest up-to-date peers [`Behaviour::Dropping`] (at
+    /// least one honest peer is kept).
+    pub fn with_droppers(mut self, count: usize) -> Self {
+        self.behaviours.resize(self.peers, Behaviour::Honest);
+        let honest = (0..self.peers).filter(|&i| self.behaviours[i] == Behaviour::Honest);
+        let last: Vec<usize> = honest.skip(1).collect();
+        for &i in last.iter().rev().take(count) {
+            self.behaviours[i] = Behaviour::Dropping;
+        }
         self
     }
 
