@@ -809,14 +809,20 @@ fn large_fault_sweep() {
             // the only sources of its next blocks withhold one of the next
             // 11 (drop every request holding it), it asks for ever, though
             // the blocks before it are there. Faithful, so counted, not
-            // failed, if the withholding peers are the cause: the same
-            // cluster with them honest passes.
+            // failed, if every lagger stopped within 11 blocks of its
+            // target (cut at such a block) and the withholding peers are
+            // the cause: the same cluster with them honest passes.
             let withheld = !starved_by_flood
                 && !outpaced
                 && preset == "fabric"
                 && safe
                 && !report.passed()
                 && scenario.behaviours.contains(&Behaviour::Dropping)
+                && report
+                    .lagger_heights
+                    .iter()
+                    .zip(&report.lagger_targets)
+                    .all(|(&height, &target)| height + 11 >= target)
                 && run(
                     Scenario {
                         behaviours: scenario
@@ -1881,15 +1887,16 @@ fn peers_that_drop_chosen_ranges_still_serve_the_rest() {
         );
         // One seed: without loss the runs hardly depend on it (seeds 1-3
         // give the same ratios to the third digit), and each is long.
-        for seed in 1..=1 {
-            let quiet = run(silent.clone(), config.clone(), seed, None);
-            assert_passed(&quiet, "default", &silent);
-            let report = run(dropping.clone(), config.clone(), seed, None);
-            assert_passed(&report, "default", &dropping);
-            let ratio = secs(&report) / secs(&quiet);
-            println!("{count} dropping, seed {seed}: {ratio:.3} of the time with them silent");
-            assert!(ratio <= most, "{count} dropping: {ratio:.3} > {most}");
-        }
+        let seed = 1;
+        let quiet = run(silent.clone(), config.clone(), seed, None);
+        assert_passed(&quiet, "default", &silent);
+        let report = run(dropping.clone(), config.clone(), seed, None);
+        assert_passed(&report, "default", &dropping);
+        // The droppers did drop: sends to them timed out.
+        assert!(report.timeouts > 0, "{report:?}");
+        let ratio = secs(&report) / secs(&quiet);
+        println!("{count} dropping: {ratio:.3} of the time with them silent");
+        assert!(ratio <= most, "{count} dropping: {ratio:.3} > {most}");
     }
 }
 
@@ -1901,9 +1908,9 @@ fn peers_that_drop_chosen_ranges_still_serve_the_rest() {
 /// live, within the amplification bounds, without violations). Before the
 /// timeouts told loss from silence (see `Silence` in the requester) the
 /// means were 2.66, 10.7, 45.1 and 231; after, 1.76, 2.86, 6.51 and 25.5:
-/// the bounds leave about a quarter over those. A lost send's slot given
-/// back to its peer's window (for peers that drop chosen ranges) moved
-/// them to 1.85, 3.09, 5.95 and 17.5.
+/// the bounds leave about a quarter over those. A lost send growing its
+/// peer's window (for peers that drop chosen ranges) moved them to 1.85,
+/// 3.09, 5.95 and 18.2.
 #[test]
 fn heavy_loss_degrades_gracefully() {
     let config = Config::default();

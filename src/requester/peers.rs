@@ -242,8 +242,9 @@ pub(crate) struct Peer {
     quiet_until: Option<Instant>,
     /// When the last send to it was made.
     last_sent_at: Option<Instant>,
-    /// Sends made to it while it was silent so far: each doubles the wait
-    /// before the next (`probe_due`).
+    /// Sends made to it while it was silent so far, since its last answer
+    /// or reconnection: each doubles the wait before the next
+    /// (`probe_due`).
     silent_probes: u32,
     pub(crate) stats: PeerStats,
 }
@@ -323,13 +324,15 @@ impl Peer {
     /// silent peer costs to a one-block range per probe, ever more rarely.
     pub(crate) fn probe_due(&self, now: Instant, config: &Config) -> bool {
         const MAX_DOUBLINGS: u32 = 5;
+        // Before back-off: each probe doubles the wait, not the timeouts'
+        // back-off on top of it.
         let wait = self
-            .timeout(config)
+            .unbacked_timeout(config)
             .saturating_mul(1 << self.silent_probes.min(MAX_DOUBLINGS));
         self.in_flight == 0
             && self
                 .last_sent_at
-                .is_none_or(|sent| now >= sent.checked_add(wait).unwrap_or(sent))
+                .is_none_or(|sent| sent.checked_add(wait).is_some_and(|due| now >= due))
     }
 
     /// Whether it gave a bad answer not yet made good: doubted (an empty or
@@ -497,6 +500,7 @@ impl Peer {
     /// is not quiet, and its requests may grow again, a block at a time.
     fn answer_came(&mut self) {
         self.quiet_until = None;
+        self.silent_probes = 0;
         self.length_cap = self.length_cap.saturating_add(1);
     }
 
@@ -615,7 +619,7 @@ impl Peer {
     /// unclear one; both, and quiet after two in a row, for a dead one.
     fn silent(&mut self, now: Instant, silence: Silence, config: &Config) {
         if silence == Silence::Lost {
-            self.window.on_lost(config.max_in_flight_per_peer);
+            self.window.grow_on_loss(config.max_in_flight_per_peer);
             return;
         }
         self.rtt.back_off();
@@ -682,6 +686,7 @@ impl Peer {
         self.doubts = 0;
         self.rtt = RttEstimator::default();
         self.quiet_until = None;
+        self.silent_probes = 0;
     }
 
     fn benched(&self, now: Instant) -> bool {
@@ -1528,8 +1533,8 @@ mod tests {
         let window = peer.window.size;
         assert!(window > 2, "window {window}");
         // Send 2, made at 5 ms, was overtaken: lost on a path that works.
-        // Nothing backs off, however many, and each lost send's slot is
-        // given back to the window (it carried nothing).
+        // Nothing backs off, however many, and each lost send grows the
+        // window by one (it carried nothing).
         for _ in 0..3 {
             assert_eq!(peer.timed_out(at(400), 2, at(5), &config), Silence::Lost);
         }

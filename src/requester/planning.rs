@@ -568,13 +568,15 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // planned again, to the better peer (wild seeds without loss,
         // flooded: 429, 58.7 s against 15.2 s unflooded, 18.1 s now;
         // 41 431, 119.3 s against 1.34 s, 18.3 s now).
+        let mut barred = Vec::new();
+        self.bar_peers_that_lost(now, id, &mut barred);
         if let Some(kept) = self.cut_for_another(now, range, true) {
             // Whoever is picked never held the whole range, so none of
             // its sends waits queued there (`queued_until`); a check
             // after the pick would also make the retry hang on the
             // seed's tie-break, which a second pass at the same instant
             // may break otherwise (the property harness found it).
-            if let Pick::Peer(peer) = self.pick(now, kept, &failed, None, &[]) {
+            if let Pick::Peer(peer) = self.pick(now, kept, &failed, None, &barred) {
                 if self.send_cut(now, id, kept, peer, Send::Retry) {
                     return;
                 }
@@ -586,7 +588,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // left the retry to the seed's tie-break, which the next input at
         // the same instant could break otherwise (a refused answer led to
         // a send: the property harness, seed 2).
-        let mut queued: Vec<P> = Vec::new();
+        let mut queued = barred;
         for attempt in self.requests.get(id).map_or(&[][..], |r| &r.attempts) {
             let peer = &attempt.peer;
             if attempt.state == AttemptState::TimedOut
@@ -596,7 +598,6 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
                 queued.push(peer.clone());
             }
         }
-        self.bar_peers_that_lost(now, id, &mut queued);
         match self.pick(now, range, &failed, None, &queued) {
             Pick::Peer(peer) => self.send_attempt(now, id, peer, Send::Retry),
             // `resend_idle` tries again when a slot frees or the back-off

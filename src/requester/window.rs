@@ -137,11 +137,13 @@ impl PeerWindow {
     }
 
     /// A send was lost on a path that works (its peer answered a later
-    /// one): it carried nothing, so the slot it held is given back as one
-    /// more, unless the last answer met a queue. Otherwise a peer that
-    /// drops a share of its requests keeps as many answers in flight as
-    /// Vegas allows for all of them, and its link idles for that share.
-    pub(super) fn on_lost(&mut self, max: usize) {
+    /// one): it carried nothing, so the window grows by one, unless the
+    /// last answer met a queue; for good, until Vegas sees a queue and
+    /// shrinks it. The window counts requests, and a lost one holds its
+    /// slot until taken for lost: a peer that drops a share of its
+    /// requests kept that share fewer answers in flight than its link
+    /// needed, and its link idled for it.
+    pub(super) fn grow_on_loss(&mut self, max: usize) {
         if !self.queueing {
             self.size = (self.size + 1).min(max);
         }
@@ -179,17 +181,17 @@ mod tests {
         window.on_sample(*clock, sent_at, max, floor);
     }
 
-    // A lost send's slot is given back while the answers meet no queue,
+    // A lost send grows the window by one while the answers meet no queue,
     // never past the cap; once they meet one, Vegas alone decides.
     #[test]
-    fn a_lost_send_gives_its_slot_back_unless_answers_queue() {
+    fn a_lost_send_grows_the_window_unless_answers_queue() {
         let mut window = PeerWindow::new();
-        window.on_lost(3);
+        window.grow_on_loss(3);
         assert_eq!(window.size, 3);
-        window.on_lost(3);
+        window.grow_on_loss(3);
         assert_eq!(window.size, 3);
         window.queueing = true;
-        window.on_lost(128);
+        window.grow_on_loss(128);
         assert_eq!(window.size, 3);
     }
 
