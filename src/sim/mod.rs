@@ -917,8 +917,9 @@ impl Simulation {
     /// serves (an overclaimer counts for what it holds, a liar for its
     /// half; silent, byzantine and flooding nodes, and a peer hung for
     /// good, not at all; a peer hung for a while does count), cut at a
-    /// corrupt block that no such node holds a good copy of. A lagger's own
-    /// height is a floor.
+    /// corrupt block that no such node holds a good copy of, or at a block
+    /// that only nodes withholding it hold ([`Behaviour::Dropping`]). A
+    /// lagger's own height is a floor.
     pub fn liveness_targets(&self) -> Vec<u64> {
         self.nodes
             .iter()
@@ -927,7 +928,8 @@ impl Simulation {
             .collect()
     }
 
-    /// The liveness target of `lagger`, and whether a corrupt block cut it.
+    /// The liveness target of `lagger`, and whether a block no source
+    /// serves (corrupt, or withheld) cut it.
     fn target_and_cut(&self, lagger: &Node) -> (u64, bool) {
         // `connected` is the schedule's reachability as of the last
         // transition: the same answer, without the schedule's arithmetic on
@@ -1590,5 +1592,32 @@ mod tests {
             .with_corrupt_block(30, usize::MAX);
         let sim = Simulation::new(none_good, Config::default(), 1).unwrap();
         assert_eq!(sim.liveness_targets(), [30]);
+    }
+
+    /// A block that only peers withholding it hold cuts the liveness
+    /// target there: the honest peer leaves at once, the dropper serves
+    /// the rest, and the default preset reaches the first block it
+    /// withholds and gives it up.
+    #[test]
+    fn a_withheld_block_cuts_the_target_where_only_droppers_hold_it() {
+        let scenario = Scenario {
+            peers: 2,
+            blocks: 300,
+            block_size: 256,
+            ..Scenario::default()
+        }
+        .with_droppers(1)
+        .with_leave(0, Duration::ZERO);
+        assert_eq!(
+            scenario.behaviours,
+            [Behaviour::Honest, Behaviour::Dropping]
+        );
+        let mut sim = Simulation::new(scenario, Config::default(), 1).unwrap();
+        let withheld = (1..=300).find(|&seq| sim.nodes[1].withholds(seq)).unwrap();
+        let report = sim.run(|_| {});
+        assert!(report.passed(), "{:?}", report.failures());
+        assert_eq!(report.lagger_targets, [withheld]);
+        assert_eq!(report.lagger_heights, [withheld]);
+        assert!(report.give_ups > 0);
     }
 }
