@@ -1905,7 +1905,7 @@ fn peers_that_drop_chosen_ranges_still_serve_the_rest() {
 /// means were 2.66, 10.7, 45.1 and 231; after, 1.76, 2.86, 6.51 and 25.5:
 /// the bounds leave about a quarter over those. A lost send growing its
 /// peer's window (for peers that drop chosen ranges) moved them to 1.85,
-/// 3.09, 5.95 and 18.2.
+/// 3.09, 5.95 and 17.5.
 #[test]
 fn heavy_loss_degrades_gracefully() {
     let config = Config::default();

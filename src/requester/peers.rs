@@ -324,10 +324,14 @@ impl Peer {
     /// silent peer costs to a one-block range per probe, ever more rarely.
     pub(crate) fn probe_due(&self, now: Instant, config: &Config) -> bool {
         const MAX_DOUBLINGS: u32 = 5;
-        // Before back-off: each probe doubles the wait, not the timeouts'
-        // back-off on top of it.
+        // Its timeout with back-off: a probe that timed out backs it off
+        // too, so a peer that stays silent is probed ever more rarely,
+        // faster than by the doubling alone. From the timeout before
+        // back-off, laggers of a crowd (silent to each other until they
+        // hold something) were probed more often: crowd seeds 1-3 8.55,
+        // 8.39, 9.15 against 8.69, 9.29, 9.32.
         let wait = self
-            .unbacked_timeout(config)
+            .timeout(config)
             .saturating_mul(1 << self.silent_probes.min(MAX_DOUBLINGS));
         self.in_flight == 0
             && self
