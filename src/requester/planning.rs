@@ -761,21 +761,15 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         }
     }
 
-    /// Whether a probe of a peer silent so far with the next range could
-    /// pay: the blocks left after `range` take the measured peers longer
-    /// than two initial deadlines, so the probe neither holds the round's
-    /// last blocks (probed at 2.05 s of a 2.2 s catch-up, the three silent
-    /// peers of `catchup --peers 4 --blocks 3000 --block-size 8192
-    /// --silent 3` held the last blocks until hedged: 2.41 s against
-    /// 2.23 s) nor finds a peer too late to help.
-    fn probe_pays(&self, range: SeqRange) -> bool {
-        let Some(end) = self.round_end else {
-            return false;
-        };
-        let rates: f64 = self.peers.iter().filter_map(|(_, peer)| peer.rate()).sum();
-        let left = end.saturating_sub(range.end()) as f64 * self.block_bytes_estimate as f64;
-        let horizon = 2.0 * self.config.response_timeout.as_secs_f64();
-        rates > 0.0 && left > rates * horizon
+    /// The bytes left in the round after `range`, if a peer silent so far
+    /// may be probed with it (`Peers::probe_pays` decides whether that
+    /// pays): a first send, before the round's tail, under scored
+    /// selection (Fabric's random choice has no probes).
+    fn probe_left(&self, range: SeqRange, failed: &[P], finish: Option<Finish>) -> Option<f64> {
+        let end = self.round_end?;
+        let scored = self.config.peer_selection == PeerSelection::Scored;
+        (scored && failed.is_empty() && finish.is_none())
+            .then(|| end.saturating_sub(range.end()) as f64 * self.block_bytes_estimate as f64)
     }
 
     /// The peer to send `range` to: one that advertises it, is free, and
@@ -808,7 +802,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             exclude: &rejected,
             hedge: None,
             finish,
-            probe: failed.is_empty() && finish.is_none() && self.probe_pays(range),
+            probe_left: self.probe_left(range, failed, finish),
         };
         self.peers
             .choose_except(
