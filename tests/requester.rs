@@ -2052,3 +2052,61 @@ fn a_range_lost_twice_at_a_peer_waits_for_another() {
     let sent = sends(&drain(&mut ae));
     assert!(sent.iter().any(|s| s.0 == "b" && lost(s)), "{sent:?}");
 }
+
+// In the end game a send waiting at a peer that never answered has no
+// expected time; it is copied to a free measured peer once it has waited as
+// long as that peer takes to deliver it (rent or buy). Before, it waited
+// until taken for lost (`max(hedge_after, 2·SRTT)`, 250 ms here): a silent
+// peer's first ranges held the tail after everything else was in.
+#[test]
+fn a_send_at_a_peer_that_never_answered_is_copied_once_it_waited_a_delivery() {
+    let ms = Duration::from_millis;
+    let t0 = epoch();
+    let mut ae = AntiEntropy::new(Config::default(), channel(), 1, 9, t0).unwrap();
+    let view = vec![PeerState::new("fast", 45), PeerState::new("mute", 45)];
+    ae.handle(t0, Event::Membership(view)).unwrap();
+    // "fast" answers each send in full 10 ms after it; "mute" never does.
+    let mut now = t0;
+    // (when, send): each send as (to, nonce, start, end).
+    type Send = (&'static str, u64, u64, u64);
+    let mut answers: Vec<(Instant, Send)> = Vec::new();
+    let mut at_mute: Vec<(Instant, (u64, u64))> = Vec::new();
+    let mut copied_after: Vec<Duration> = Vec::new();
+    while ae.height() < 45 && now < t0 + ms(1000) {
+        let actions = drain(&mut ae);
+        if let Some(&last) = delivered(&actions).last() {
+            ae.handle(now, Event::Committed { height: last + 1 })
+                .unwrap();
+        }
+        for send in sends(&actions) {
+            let range = (send.2, send.3);
+            if send.0 == "mute" {
+                at_mute.push((now, range));
+                continue;
+            }
+            if let Some((sent, _)) = at_mute.iter().find(|(_, r)| *r == range) {
+                copied_after.push(now - *sent);
+            }
+            answers.push((now + ms(10), send));
+        }
+        answers.sort_by_key(|(at, _)| *at);
+        let next_answer = answers.first().map(|(at, _)| *at);
+        let Some(next) = [next_answer, ae.poll_timeout()].into_iter().flatten().min() else {
+            break;
+        };
+        now = next;
+        if next_answer == Some(next) {
+            let (_, send) = answers.remove(0);
+            answer_in_full(&mut ae, now, &[send]);
+        } else {
+            ae.handle(now, Event::Timeout).unwrap();
+        }
+    }
+    assert!(!at_mute.is_empty(), "the mute peer got ranges");
+    assert_eq!(ae.height(), 45);
+    // Each of its ranges was copied after about one delivery of "fast"
+    // (10 ms, measured), far from the 250 ms of being taken for lost.
+    assert_eq!(copied_after.len(), at_mute.len(), "{copied_after:?}");
+    assert!(copied_after.iter().all(|d| *d < ms(60)), "{copied_after:?}");
+    assert!(now - t0 < ms(100), "caught up at {:?}", now - t0);
+}
