@@ -343,3 +343,47 @@ fn a_restored_peer_is_asked_at_once() {
     net.run_for(Duration::from_secs(10));
     assert_eq!(net.ae.height(), 100_000);
 }
+
+// Issue #8.2, a block bad everywhere: once every dependable holder sent a
+// bad copy, and two came in, the default preset gives the round up at once
+// (`BlockRejected`); counting rejections alone, it took six, 0.5 s doubling
+// in between. Fabric's preset still counts its tries. One bad copy alone
+// is no give-up (a glitch the next copy may fix: `tests/adapters.rs`).
+#[test]
+fn a_block_bad_at_every_holder_is_given_up_once_each_sent_a_bad_copy() {
+    let bad = |holds| Script::Corrupt { holds, bad: 100 };
+    let mut net = Net::new(
+        Config::default(),
+        1,
+        &[("one", 500, bad(500)), ("other", 500, bad(500))],
+    );
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.ae.height(), 100);
+    // The first give-up at the second bad copy; after it each further bad
+    // copy (one per back-off) gives the round up again.
+    assert_eq!(
+        net.give_ups.first(),
+        Some(&GiveUpReason::BlockRejected { seq: 100, times: 2 }),
+        "{:?}",
+        net.give_ups
+    );
+    assert!(
+        net.give_ups
+            .iter()
+            .all(|r| matches!(r, GiveUpReason::BlockRejected { seq: 100, .. })),
+        "{:?}",
+        net.give_ups
+    );
+    // With the block good at one holder, nothing is given up.
+    let mut net = Net::new(
+        Config::default(),
+        1,
+        &[
+            ("one", 500, bad(500)),
+            ("good", 500, Script::Honest { holds: 500 }),
+        ],
+    );
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.ae.height(), 500);
+    assert!(net.give_ups.is_empty(), "{:?}", net.give_ups);
+}
