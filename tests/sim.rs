@@ -6,7 +6,8 @@
 //! Any failure names its seed and preset: replay it with
 //! `SIM_SEED=<seed> cargo test --all-features --test sim replay -- --nocapture`
 //! (add `SIM_WILD=1` for a seed of the large sweep, `SIM_TRACE=<node>` for
-//! a trace of that node's requester). `SIM_FINGERPRINT=<file>` writes a
+//! a trace of that node's requester, `SIM_CLEAN=1` for its cluster without
+//! loss, `SIM_STEADY=1` without timed faults either). `SIM_FINGERPRINT=<file>` writes a
 //! hash of each of the large sweep's reports, by seed: two builds that
 //! should agree (a speed-up) can be compared run by run; `SIM_FLOOD_OUT=<file>`
 //! writes each flooded cluster's cost ratios by seed. `SIM_SEEDS=<n>`
@@ -677,6 +678,12 @@ fn replay() {
     } else {
         scenario
     };
+    // `SIM_STEADY=1`: without loss and without timed faults either.
+    let scenario = if std::env::var_os("SIM_STEADY").is_some() {
+        steady(scenario)
+    } else {
+        scenario
+    };
     println!("{scenario:?}");
     let mut reports = Vec::new();
     for (preset, config) in configs {
@@ -707,9 +714,25 @@ fn replay() {
     }
 }
 
-/// One flooded cluster of the large sweep: the flooded, placebo and lossless
-/// ratios, its seed, its flooders, and its lossless unattacked catch-up (s).
-type FloodRow = (f64, f64, f64, u64, usize, f64);
+/// One flooded cluster of the large sweep: its catch-up flooded over
+/// unattacked, in each variant.
+#[derive(Debug, Clone, Copy)]
+struct FloodRow {
+    seed: u64,
+    flooders: usize,
+    /// As drawn.
+    flooded: f64,
+    /// Unattacked, nudged, over unattacked: chance alone.
+    placebo: f64,
+    /// Without loss, duplicates and reordering.
+    lossless: f64,
+    /// Without them and without timed faults ([`steady`]).
+    steady: f64,
+    /// The placebo of the steady variant.
+    steady_placebo: f64,
+    /// The lossless variant's unattacked catch-up, seconds.
+    lossless_quiet_secs: f64,
+}
 
 /// The large sweep: 10 000 seeds of [`wild`] clusters (every fault,
 /// flooders included), each with both presets (and a small-window config on
@@ -858,29 +881,52 @@ fn large_fault_sweep() {
                     idle_flooders: true,
                     ..scenario.clone()
                 };
-                let placebo = placebo(&quiet);
                 let base = run(quiet.clone(), config.clone(), seed, Some(&chain));
-                let other = run(placebo, config.clone(), seed, Some(&chain));
-                // Without loss, duplicates and reordering the runs are not
-                // chaotic: the flood's cost is the difference itself.
+                let other = run(placebo(&quiet), config.clone(), seed, Some(&chain));
+                // Without loss, duplicates and reordering the runs are less
+                // chaotic.
                 let clean = |s: &Scenario| lossless(s.clone());
                 let clean_flooded = run(clean(&scenario), config.clone(), seed, Some(&chain));
-                let clean_quiet = run(clean(&quiet), config, seed, Some(&chain));
+                let clean_quiet = run(clean(&quiet), config.clone(), seed, Some(&chain));
+                // Lossless runs are still chaotic around timed faults (a
+                // lagger that finishes just before its crash, or just
+                // after): without them too, the placebo is all but exact
+                // and a flood's cost is its own.
+                let steady_flooded =
+                    run(steady(scenario.clone()), config.clone(), seed, Some(&chain));
+                let steady_quiet = steady(quiet.clone());
+                let steady_nudged = run(placebo(&steady_quiet), config.clone(), seed, Some(&chain));
+                let steady_quiet = run(steady_quiet, config, seed, Some(&chain));
                 let ratio = |a: &Report, b: &Report| {
                     Some(a.catchup?.as_secs_f64() / b.catchup?.as_secs_f64().max(1e-9))
                 };
-                if let (Some(flood), Some(chance), Some(clean)) = (
+                if let (
+                    Some(flooded),
+                    Some(placebo),
+                    Some(lossless),
+                    Some(steady),
+                    Some(steady_placebo),
+                ) = (
                     ratio(&report, &base),
                     ratio(&other, &base),
                     ratio(&clean_flooded, &clean_quiet),
+                    ratio(&steady_flooded, &steady_quiet),
+                    ratio(&steady_nudged, &steady_quiet),
                 ) {
-                    let flooders = scenario
-                        .behaviours
-                        .iter()
-                        .filter(|&&b| b == Behaviour::Flooder)
-                        .count();
-                    let quiet_secs = clean_quiet.catchup.map_or(0.0, |t| t.as_secs_f64());
-                    slowdowns.push((flood, chance, clean, seed, flooders, quiet_secs));
+                    slowdowns.push(FloodRow {
+                        seed,
+                        flooders: scenario
+                            .behaviours
+                            .iter()
+                            .filter(|&&b| b == Behaviour::Flooder)
+                            .count(),
+                        flooded,
+                        placebo,
+                        lossless,
+                        steady,
+                        steady_placebo,
+                        lossless_quiet_secs: clean_quiet.catchup.map_or(0.0, |t| t.as_secs_f64()),
+                    });
                 }
             }
         }
@@ -907,11 +953,21 @@ fn large_fault_sweep() {
     // two builds' flood costs can be compared cluster by cluster.
     if let Some(path) = std::env::var_os("SIM_FLOOD_OUT") {
         let mut rows = slowdowns.clone();
-        rows.sort_by_key(|row| row.3);
+        rows.sort_by_key(|row| row.seed);
         let lines: String = rows
             .iter()
-            .map(|(flood, chance, clean, seed, flooders, quiet)| {
-                format!("{seed} {flooders} {flood:.6} {chance:.6} {clean:.6} {quiet:.3}\n")
+            .map(|r| {
+                format!(
+                    "{} {} {:.6} {:.6} {:.6} {:.3} {:.6} {:.6}\n",
+                    r.seed,
+                    r.flooders,
+                    r.flooded,
+                    r.placebo,
+                    r.lossless,
+                    r.lossless_quiet_secs,
+                    r.steady,
+                    r.steady_placebo
+                )
             })
             .collect();
         std::fs::write(path, lines).expect("write SIM_FLOOD_OUT");
@@ -924,30 +980,30 @@ fn large_fault_sweep() {
     if !failures.is_empty() {
         println!("failing runs: {failures:?}");
     }
-    // (flooded, placebo, lossless) spreads of the clusters `of` keeps.
-    let spreads = |flooders: &std::ops::RangeInclusive<usize>| {
-        let rows: Vec<_> = slowdowns
-            .iter()
-            .filter(|s| flooders.contains(&s.4))
-            .collect();
-        let spread = |pick: fn(&FloodRow) -> f64| Spread::of(rows.iter().map(|s| (pick(s), s.3)));
-        (!rows.is_empty()).then(|| {
-            let spreads = (spread(|s| s.0), spread(|s| s.1), spread(|s| s.2));
-            (rows.len(), spreads)
-        })
-    };
-    // A flood's cost is small and near the placebo's, lossy or not. More
-    // flooding identities than a short queue has places each take a turn
-    // as a lagger would: a stated bound of its own.
+    // A flood's cost is small and near the placebo's, lossy, lossless or
+    // steady. More flooding identities than a short queue has places each
+    // take a turn as a lagger would: a stated bound of its own.
     for (name, flooders, bound) in [
         ("one flooder", 1..=1, 1.05),
         ("several flooders", 2..=usize::MAX, 1.2),
     ] {
-        let Some((count, (flood, placebo, clean))) = spreads(&flooders) else {
+        let rows: Vec<&FloodRow> = slowdowns
+            .iter()
+            .filter(|r| flooders.contains(&r.flooders))
+            .collect();
+        if rows.is_empty() {
             continue;
-        };
+        }
+        let spread =
+            |pick: fn(&FloodRow) -> f64| Spread::of(rows.iter().map(|r| (pick(r), r.seed)));
+        let flood = spread(|r| r.flooded);
+        let placebo = spread(|r| r.placebo);
+        let clean = spread(|r| r.lossless);
+        let steady = spread(|r| r.steady);
+        let steady_placebo = spread(|r| r.steady_placebo);
         println!(
-            "{name}: {count} clusters; default preset's catch-up over the same cluster unattacked:\n  flooded: {flood}\n  placebo (unattacked, nudged): {placebo}\n  flooded, without loss, duplicates and reordering: {clean}"
+            "{name}: {} clusters; default preset's catch-up over the same cluster unattacked:\n  flooded: {flood}\n  placebo (unattacked, nudged): {placebo}\n  flooded, without loss, duplicates and reordering: {clean}\n  flooded, without them and without timed faults (steady): {steady}\n  steady placebo: {steady_placebo}",
+            rows.len()
         );
         findings.push(
             (flood.geomean > bound || flood.geomean > placebo.geomean * bound)
@@ -956,6 +1012,15 @@ fn large_fault_sweep() {
         findings.push(
             (clean.geomean > bound)
                 .then(|| format!("{name}: a flood costs honest catch-up: {clean}")),
+        );
+        findings.push(
+            (steady.geomean > bound || steady.geomean > steady_placebo.geomean * bound).then(
+                || {
+                    format!(
+                        "{name}: a flood costs steady catch-up: {steady} against {steady_placebo}"
+                    )
+                },
+            ),
         );
     }
     println!(
@@ -1005,6 +1070,24 @@ fn lossless(scenario: Scenario) -> Scenario {
         duplicate: 0.0,
         reorder: 0.0,
         ..scenario
+    }
+}
+
+/// `scenario` without loss, duplicates and reordering, and without the
+/// faults that happen at a time (crashes, rollbacks, partitions, hangs,
+/// pauses, slowdowns) or to one block (corrupt copies): a run that ends a
+/// little later then crosses no cliff, so comparing two such runs measures
+/// a difference between them, not where it fell.
+fn steady(scenario: Scenario) -> Scenario {
+    Scenario {
+        outages: Vec::new(),
+        rollbacks: Vec::new(),
+        partitions: Vec::new(),
+        hangs: Vec::new(),
+        pauses: Vec::new(),
+        slowdowns: Vec::new(),
+        corrupt: Vec::new(),
+        ..lossless(scenario)
     }
 }
 
