@@ -315,51 +315,56 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         // time; it is copied once it has waited as long as a free peer
         // would take to deliver it, so that the range takes at most twice
         // what the better choice would have (the rent-or-buy rule). Before,
-        // it waited `presumed_lost_at` (twice the slowest round trip): a
-        // silent peer's first ranges held the tail 0.35 s after everything
-        // else was in (wild seed 4 598, 0.27 s without that).
+        // it waited to be taken for lost (`max(hedge_after, 2 × the slowest
+        // SRTT)`): a silent peer's first ranges held the tail 0.35 s after
+        // everything else was in (wild seed 4 598 flooded and steady, 0.27 s
+        // unattacked).
         unmeasured.sort_unstable();
-        let unmeasured: Vec<(f64, u64)> = unmeasured
-            .into_iter()
-            .map(|(sent_at, id)| (now.saturating_duration_since(sent_at).as_secs_f64(), id))
-            .collect();
         // A stranded send is due never, and any free peer is faster; so is
         // a range lost once. Each in turn, until one finds a free peer: one
         // that none can take (no free peer holds it) must not keep the
-        // others from theirs.
+        // others from theirs. The last field: whether it waits for its
+        // copy (a send at a peer that never answered).
         let candidates = stranded
-            .map(|id| (f64::INFINITY, id, 0.0, false))
+            .map(|id| (f64::INFINITY, id, 0.0, false, false))
             .into_iter()
-            .chain(retried.into_iter().map(|id| (f64::INFINITY, id, 0.0, true)))
             .chain(
-                unmeasured
-                    .iter()
-                    .map(|&(waited, id)| (waited, id, 0.0, false)),
+                retried
+                    .into_iter()
+                    .map(|id| (f64::INFINITY, id, 0.0, true, false)),
             )
-            .chain(latest.map(|(due, id, slow)| (due, id, slow, false)));
+            .chain(unmeasured.into_iter().map(|(sent_at, id)| {
+                let waited = now.saturating_duration_since(sent_at).as_secs_f64();
+                (waited, id, 0.0, false, true)
+            }))
+            .chain(latest.map(|(due, id, slow)| (due, id, slow, false, false)));
         let mut tried: Vec<u64> = Vec::new();
         let mut copied = false;
-        for (due, id, slow, lost_before) in candidates {
+        for (due, id, slow, lost_before, waits) in candidates {
             if tried.contains(&id) {
                 continue;
             }
             tried.push(id);
             match self.end_game_peer(now, id, slow, lost_before) {
-                Some((at, peer)) if at < due => {
+                Some((at, _, peer)) if at < due => {
                     self.send_hedge(now, id, peer, "end-game copy");
                     copied = true;
                     break;
                 }
-                // Looked at again once it has waited that long.
-                Some((at, _)) => {
-                    if let Some(&(waited, _)) = unmeasured.iter().find(|&&(_, u)| u == id) {
-                        let wait = Duration::try_from_secs_f64(at - waited + 1e-9).ok();
-                        if let Some(at) = wait.and_then(|wait| now.checked_add(wait)) {
-                            look_at(at);
-                        }
+                // Looked at again once it has waited that long: the wait
+                // grows as the free peer's backlog drains, so they meet
+                // halfway, or once the backlog is gone.
+                Some((at, drain, _)) if waits => {
+                    let gap = at - due;
+                    let wait = (gap / 2.0).max(gap - drain);
+                    if let Some(at) = Duration::try_from_secs_f64(wait + 1e-9)
+                        .ok()
+                        .and_then(|wait| now.checked_add(wait))
+                    {
+                        look_at(at);
                     }
                 }
-                None => {}
+                _ => {}
             }
         }
         if let Some(at) = next_look {
@@ -369,8 +374,9 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     }
 
     /// The free dependable peer that would deliver request `id` soonest,
-    /// at least twice as fast as `slow` (bytes a second), and in how many
-    /// seconds, if any; not one already asked for it (with `lost_before`,
+    /// at least twice as fast as `slow` (bytes a second), in how many
+    /// seconds, and how many of them its sends in flight take, if any; not
+    /// one already asked for it (with `lost_before`,
     /// not one waiting on it: a peer that lost it may well deliver it
     /// now), nor a sender of a rejected block in it.
     fn end_game_peer(
@@ -379,7 +385,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         id: u64,
         slow: f64,
         lost_before: bool,
-    ) -> Option<(f64, P)> {
+    ) -> Option<(f64, f64, P)> {
         let block_bytes = self.block_bytes_estimate;
         let per_request = self.blocks_per_request();
         let request = self.requests.get(id)?;
@@ -391,7 +397,7 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         };
         let rejected = self.rejected_in(range);
         let bytes = (range.len().min(per_request) * block_bytes) as f64;
-        let mut best: Option<(f64, P)> = None;
+        let mut best: Option<(f64, f64, P)> = None;
         for (id, peer) in self.peers.iter() {
             if peer.in_flight >= peer.limit(&self.config)
                 || !peer.covers(range.end(), now)
@@ -418,8 +424,8 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
             if rate < slow * 2.0 {
                 continue;
             }
-            if best.as_ref().is_none_or(|(b, _)| at < *b) {
-                best = Some((at, id.clone()));
+            if best.as_ref().is_none_or(|(b, _, _)| at < *b) {
+                best = Some((at, drain, id.clone()));
             }
         }
         best
