@@ -168,8 +168,10 @@ pub enum GiveUpReason {
     /// No reachable peer credibly advertises the range's first block.
     NoEligiblePeer,
     /// The host rejected every copy of block `seq` it was handed, `times`
-    /// in all (`max_retries + 1` in a row ends the round): fetching it is
-    /// retried with an exponential back-off, and from any new peer at once.
+    /// in all: `max_retries + 1` in a row end the round, and with scored
+    /// selection so does the second once every dependable peer holding it
+    /// sent a bad copy. Fetching it is retried with an exponential
+    /// back-off, and from any new peer at once.
     BlockRejected {
         /// The block.
         seq: u64,
