@@ -102,11 +102,6 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         let Some(rejecters) = self.rejected_by.get(&seq) else {
             return false;
         };
-        // A request for it still out may bring a good copy, and a range
-        // given up must not be asked (the fuzz harness's invariant).
-        if self.requests.covering(seq).is_some() {
-            return false;
-        }
         !self.peers.iter().any(|(id, peer)| {
             peer.covers(seq, now) && !rejecters.contains(id) && peer.dependable(now)
         })
@@ -186,7 +181,14 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
         for (payload, size, origin) in undelivered.into_iter().rev() {
             self.accept_payload(payload, size, origin);
         }
-        if times > self.config.max_retries || (times >= 2 && self.no_good_copy_left(now, seq)) {
+        // Not while a request for it is still out: that may bring a good
+        // copy, and a range given up must not be asked (the fuzz harness
+        // found both rules giving up with one out; the next bad copy
+        // decides instead).
+        let asked = self.requests.covering(seq).is_some();
+        if !asked
+            && (times > self.config.max_retries || (times >= 2 && self.no_good_copy_left(now, seq)))
+        {
             // As many bad copies as a range has sends, or a second one
             // with every dependable holder having sent one (a single bad
             // copy may be a glitch the same peer's next copy fixes): give

@@ -1085,7 +1085,8 @@ impl RequesterModel {
                 for request in self.outstanding.values() {
                     assert!(
                         !request.range.overlaps(&range),
-                        "{range} given up while requested"
+                        "{range} given up ({reason:?}) while {} is requested",
+                        request.range
                     );
                 }
             }
