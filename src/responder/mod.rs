@@ -226,6 +226,10 @@ impl<P: Clone + Ord + fmt::Debug> StateResponder<P> {
             }
             ResponderEvent::PeerDisconnected { peer } => {
                 r.on_disconnected(&peer);
+                // Its orphaned reads no longer count against the
+                // background's slots: a repeater's queued request may start
+                // (the fuzz harness found one waiting by a free slot).
+                r.start_reads(now);
                 Ok(())
             }
             // `advance` did the work.
