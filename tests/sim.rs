@@ -788,78 +788,54 @@ fn large_fault_sweep() {
             runs += 1;
             let flooded = scenario.behaviours.contains(&Behaviour::Flooder);
             let safe = report.violations == 0 && report.within_bounds();
-            // Stock Fabric has one FIFO queue for every peer: a flood fills it
-            // and honest requests are dropped. Faithful, so counted, not
-            // failed, if the flood is the cause: the same cluster with the
-            // flooder idle passes.
-            let starved_by_flood = flooded
-                && preset == "fabric"
-                && safe
-                && !report.passed()
-                && run(
-                    Scenario {
-                        idle_flooders: true,
-                        ..scenario.clone()
-                    },
-                    config.clone(),
-                    seed,
-                    Some(&chain),
-                )
-                .passed();
-            // Stock Fabric's timeout is fixed (3 s) and its requests are 11
-            // blocks: a link slowed below one answer in 3 s never delivers
-            // one in time, so it asks again, for ever. Faithful, so counted,
-            // not failed, if the slowdown is the cause: the same cluster
-            // without it passes.
-            let outpaced = !starved_by_flood
-                && preset == "fabric"
-                && safe
-                && !report.passed()
+            // Stock Fabric stuck where a fault it handles faithfully is the
+            // cause: counted, not failed, if the same cluster without that
+            // fault passes.
+            let fabric_stuck = preset == "fabric" && safe && !report.passed();
+            let passes =
+                |without: Scenario| run(without, config.clone(), seed, Some(&chain)).passed();
+            // It has one FIFO queue for every peer: a flood fills it and
+            // honest requests are dropped.
+            let starved_by_flood = fabric_stuck
+                && flooded
+                && passes(Scenario {
+                    idle_flooders: true,
+                    ..scenario.clone()
+                });
+            // Its timeout is fixed (3 s) and its requests are 11 blocks: a
+            // link slowed below one answer in 3 s never delivers one in
+            // time, so it asks again, for ever.
+            let outpaced = fabric_stuck
+                && !starved_by_flood
                 && scenario.slowdowns.iter().any(|slowdown| {
                     // One 11-block answer takes over 3 s on it.
                     let answer_bits = 11.0 * 8.0 * scenario.block_size as f64;
                     answer_bits > 3.0 * slowdown.uplink_bps as f64
                 })
-                && run(
-                    Scenario {
-                        slowdowns: Vec::new(),
-                        ..scenario.clone()
-                    },
-                    config.clone(),
-                    seed,
-                    Some(&chain),
-                )
-                .passed();
-            // Stock Fabric asks for 11 blocks at a time, never fewer: when
-            // the only sources of its next blocks each withhold one of the
-            // next 11 (and drop every request holding it), it asks for
-            // ever, though every block is there at some source (the
-            // target counts blocks, not ranges). Faithful, so counted, not
-            // failed, if the withholding peers are the cause: the same
-            // cluster with them honest passes.
-            let withheld = !starved_by_flood
+                && passes(Scenario {
+                    slowdowns: Vec::new(),
+                    ..scenario.clone()
+                });
+            // It asks for 11 blocks at a time, never fewer: when the only
+            // sources of its next blocks each withhold one of the next 11
+            // (and drop every request holding it), it asks for ever, though
+            // every block is there at some source (the target counts
+            // blocks, not ranges).
+            let withheld = fabric_stuck
+                && !starved_by_flood
                 && !outpaced
-                && preset == "fabric"
-                && safe
-                && !report.passed()
                 && scenario.behaviours.contains(&Behaviour::Dropping)
-                && run(
-                    Scenario {
-                        behaviours: scenario
-                            .behaviours
-                            .iter()
-                            .map(|&b| match b {
-                                Behaviour::Dropping => Behaviour::Honest,
-                                b => b,
-                            })
-                            .collect(),
-                        ..scenario.clone()
-                    },
-                    config.clone(),
-                    seed,
-                    Some(&chain),
-                )
-                .passed();
+                && passes(Scenario {
+                    behaviours: scenario
+                        .behaviours
+                        .iter()
+                        .map(|&b| match b {
+                            Behaviour::Dropping => Behaviour::Honest,
+                            b => b,
+                        })
+                        .collect(),
+                    ..scenario.clone()
+                });
             if starved_by_flood {
                 starved.push(seed);
             } else if outpaced {

@@ -737,13 +737,14 @@ impl<P: Clone + Ord + std::fmt::Debug> AntiEntropy<P> {
     }
 
     /// `range` cut for `peer`: to its request length, or to one block for a
-    /// probe (`Peer::probe_due`: a peer silent so far, asked while a trusted
-    /// peer holds the range), cheap to lose and least likely to hold a
-    /// block the peer withholds (scored selection only: Fabric's random
-    /// choice has no probes and asks whole ranges). One block only for
-    /// probes: trimmed so
-    /// whenever a peer silent so far was asked (the only one holding the
-    /// range, say), 12 000 wild clusters without loss were 0.17 % slower.
+    /// peer silent so far while a trusted peer holds the range (a probe,
+    /// `Peer::probe_due`, or a pick made because the trusted ones were
+    /// full): cheap to lose, and least likely to hold a block the peer
+    /// withholds (scored selection only: Fabric's random choice has no
+    /// probes and asks whole ranges). Not where no trusted peer holds it:
+    /// cut to one block whenever a peer silent so far was asked (the only
+    /// one holding the range, say), 12 000 wild clusters without loss were
+    /// 0.17 % slower.
     fn probe_or_trim(&self, now: Instant, peer: &P, range: SeqRange) -> SeqRange {
         let Some(record) = self.peers.get(peer) else {
             return range;
